@@ -1,0 +1,24 @@
+include(GNUInstallDirs)
+
+if(NOT CMAKE_BUILD_TYPE AND NOT CMAKE_CONFIGURATION_TYPES)
+  set(CMAKE_BUILD_TYPE Release CACHE STRING "Build type" FORCE)
+endif()
+set(CMAKE_CXX_EXTENSIONS OFF)
+
+find_program(LLMQ_CCACHE ccache)
+if(LLMQ_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
+  set(CMAKE_CXX_COMPILER_LAUNCHER "${LLMQ_CCACHE}")
+endif()
+
+# Warnings for llmq's own targets; dependencies live in system include dirs.
+function(llmq_set_warnings target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wpedantic -Wshadow
+                                           -Wnon-virtual-dtor -Wold-style-cast)
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+    # GCC 12 misreports asio's awaitable frame allocator as mismatched new/delete.
+    target_compile_options(${target} PRIVATE -Wno-mismatched-new-delete)
+  endif()
+  if(LLMQ_WERROR)
+    target_compile_options(${target} PRIVATE -Werror)
+  endif()
+endfunction()

@@ -1,0 +1,130 @@
+#pragma once
+/// @file config.hpp
+/// Configuration: the seed's YAML format (`azure_open_ai`, `user_limits`,
+/// `scheduler_limits`) plus `custom_models` for OpenAI-compatible servers.
+/// Full reference: docs/configuration.md.
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace llmq {
+
+/// What a deployment serves. `completion` and `chat` both serve LLM calls.
+enum class ModelType { completion, chat, embeddings };
+
+/// True for `completion` and `chat`.
+[[nodiscard]] constexpr bool is_llm(ModelType t) noexcept { return t != ModelType::embeddings; }
+
+/// The config spelling of a model type ("completion", "chat", "embeddings").
+[[nodiscard]] std::string_view to_string(ModelType t) noexcept;
+
+/// Which wire protocol a deployment speaks.
+enum class Provider {
+  azure,              ///< Azure OpenAI (`azure_open_ai[]` in the config)
+  openai_compatible,  ///< OpenAI or an OpenAI-compatible server (`custom_models[]`)
+};
+
+/// One deployment with everything needed to call it: the flattened view of an
+/// `azure_oai_models[]` entry together with its `azure_open_ai[]` group, or of a
+/// `custom_models[]` entry.
+struct Deployment {
+  std::string unique_model_id;           ///< unique across the whole config
+  std::string model_name_in_azure;       ///< the model (e.g. "gpt-4o"); `model` for custom models
+  std::string deployment_name_in_azure;  ///< the deployment; `model` for custom models
+  ModelType model_type = ModelType::chat;
+  std::string endpoint;     ///< `azure_endpoint`, or a custom model's `base_url`
+  std::string api_key;      ///< secret: never logged, never in telemetry
+  std::string api_version;  ///< Azure `api-version`; empty for custom models
+  std::string api_type;     ///< "azure" for Azure groups; empty for custom models
+  Provider provider = Provider::azure;
+  std::int64_t req_per_min = 0;     ///< requests per minute this deployment accepts (> 0)
+  std::int64_t tokens_per_min = 0;  ///< tokens per minute this deployment accepts (> 0)
+  /// How long the deployment is skipped after a failure that carried no Retry-After.
+  std::chrono::milliseconds error_backoff{std::chrono::seconds(60)};
+  /// Share of traffic relative to its peers; defaults to `req_per_min`.
+  std::int64_t weight = 0;
+};
+
+/// One `azure_oai_models[]` entry.
+struct AzureModelConfig {
+  std::string unique_model_id;
+  std::string model_name_in_azure;
+  std::string deployment_name_in_azure;
+  ModelType model_type = ModelType::chat;
+  std::int64_t req_per_min = 0;
+  std::int64_t tokens_per_min = 0;
+  std::chrono::milliseconds error_backoff{std::chrono::seconds(60)};
+  std::int64_t weight = 0;  ///< 0 in the YAML is rejected; absent means req_per_min
+};
+
+/// One `azure_open_ai[]` entry: an Azure OpenAI resource and its deployments.
+struct AzureOpenAIConfig {
+  std::string api_key;
+  std::string api_version;
+  std::string api_type = "azure";
+  std::string azure_endpoint;
+  std::vector<AzureModelConfig> azure_oai_models;
+};
+
+/// One `custom_models[]` entry: an OpenAI-compatible deployment (vLLM, llama.cpp
+/// server, Ollama, OpenAI itself) reached at `{base_url}/v1/...` with a Bearer key.
+struct CustomModelConfig {
+  std::string unique_model_id;  ///< defaults to `model`
+  std::string base_url;
+  std::string api_key;  ///< may be empty for servers without auth
+  std::string model;
+  ModelType model_type = ModelType::chat;
+  std::int64_t req_per_min = 0;
+  std::int64_t tokens_per_min = 0;
+  std::chrono::milliseconds error_backoff{std::chrono::seconds(60)};
+  std::int64_t weight = 0;
+};
+
+/// Per-user sliding-window limit (`user_limits`).
+struct UserLimits {
+  /// Requests a user may have admitted within any window. Default 40.
+  std::int64_t max_num_requests_in_time_window = 40;
+  /// Window length (`time_window_in_seconds`, also read as
+  /// `time_window_length_in_seconds`). Default 60 s.
+  std::chrono::milliseconds time_window{std::chrono::seconds(60)};
+};
+
+/// Queue bounds (`scheduler_limits`).
+struct SchedulerLimits {
+  /// Requests that may wait at once; one more gets SchedulerQueueFullError. Default 1000.
+  std::size_t max_queue_size = 1000;
+  /// How long a request may wait before QueueTimeoutError (`request_timeout_seconds`,
+  /// also read as `ttl_in_seconds`; fractions allowed). Default 300 s.
+  std::chrono::milliseconds request_timeout{std::chrono::seconds(300)};
+};
+
+/// The whole configuration.
+struct LLMConfig {
+  std::vector<AzureOpenAIConfig> azure_open_ai;
+  std::vector<CustomModelConfig> custom_models;
+  UserLimits user_limits;
+  SchedulerLimits scheduler_limits;
+  /// Warnings found while parsing (unknown keys); each was also logged.
+  std::vector<std::string> warnings;
+
+  /// Every deployment, Azure ones first in config order, then custom models.
+  [[nodiscard]] std::vector<Deployment> deployments() const;
+
+  /// Checks the invariants parse_config enforces (at least one deployment, positive
+  /// limits, unique ids, ...) on a config built in code. Throws ConfigError.
+  void validate() const;
+};
+
+/// Parses YAML text. `${VAR}` in string values is replaced by the environment variable
+/// VAR (`$$` stands for a literal `$`). Throws ConfigError naming key path, problem
+/// and line.
+[[nodiscard]] LLMConfig parse_config(std::string_view yaml);
+
+/// Reads and parses a YAML file. Throws ConfigError (also when the file is unreadable).
+[[nodiscard]] LLMConfig load_config(const std::filesystem::path& path);
+
+}  // namespace llmq

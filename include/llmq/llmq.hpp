@@ -1,0 +1,16 @@
+#pragma once
+/// @file llmq.hpp
+/// Umbrella header: everything an application needs.
+
+#include <llmq/config.hpp>
+#include <llmq/errors.hpp>
+#include <llmq/executor.hpp>
+#include <llmq/fifo_scheduler.hpp>
+#include <llmq/load_balancer.hpp>
+#include <llmq/log.hpp>
+#include <llmq/queue.hpp>
+#include <llmq/rate_limit_store.hpp>
+#include <llmq/request.hpp>
+#include <llmq/sliding_window_limiter.hpp>
+#include <llmq/telemetry.hpp>
+#include <llmq/token_estimator.hpp>

@@ -1,0 +1,141 @@
+#pragma once
+/// @file queue.hpp
+/// LLMQueue: the facade that admits, queues, balances, executes and records requests.
+
+#include <llmq/config.hpp>
+#include <llmq/executor.hpp>
+#include <llmq/rate_limit_store.hpp>
+#include <llmq/request.hpp>
+#include <llmq/telemetry.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace llmq {
+
+namespace detail {
+class QueueCore;
+}
+
+/// Tunables of an LLMQueue, each with its default.
+struct QueueOptions {
+  /// Per-user limit decisions. Null: an InMemoryUserRateLimitStore.
+  std::shared_ptr<UserRateLimitStore> user_rate_limit_store;
+  /// Where telemetry goes. Null: an InMemoryTelemetryStore (see LLMQueue::telemetry_store()).
+  std::shared_ptr<TelemetryStore> telemetry_store;
+  /// Longest time one executor call may run before it is cancelled and its caller gets
+  /// a 504 Response. Zero disables. Default 10 min.
+  std::chrono::milliseconds execution_timeout{std::chrono::minutes(10)};
+  /// How long graceful_shutdown() lets queued and in-flight requests finish. Default 30 s.
+  std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(30)};
+  /// Telemetry records buffered before new ones are dropped (and counted). Default 10000.
+  std::size_t telemetry_buffer_capacity = 10'000;
+  /// Records per TelemetryStore::insert_batch call at most. Default 500.
+  std::size_t telemetry_batch_size = 500;
+  /// A partial batch is flushed after this long. Default 1 s.
+  std::chrono::milliseconds telemetry_flush_interval{std::chrono::seconds(1)};
+  /// Store each request's body in its telemetry record. Default off.
+  bool record_payload = false;
+  /// Cap requests per 1 s and 10 s as Azure does (see DeploymentLimits). Default on.
+  bool pace_short_windows = true;
+  /// Completion budget assumed for a chat body without max_tokens. Default: Azure's 4096.
+  std::int64_t default_max_tokens = 4096;
+};
+
+/// One deployment in a stats snapshot.
+struct DeploymentStats {
+  std::string unique_model_id;
+  std::int64_t requests_in_window = 0;  ///< calls charged in the last 60 s
+  std::int64_t tokens_in_window = 0;    ///< tokens charged in the last 60 s
+  std::int64_t req_per_min = 0;
+  std::int64_t tokens_per_min = 0;
+  /// Remaining backoff; zero when the deployment is not backing off.
+  std::chrono::milliseconds backoff_remaining{0};
+  std::uint64_t granted = 0;    ///< requests dispatched to it since start
+  std::uint64_t failures = 0;   ///< failures reported since start
+  std::uint64_t throttled = 0;  ///< of which 429s
+};
+
+/// A snapshot of an LLMQueue.
+struct QueueStats {
+  std::size_t queue_depth = 0;
+  std::size_t in_flight = 0;
+  std::uint64_t admitted = 0;             ///< entered the queue
+  std::uint64_t completed = 0;            ///< executor finished (any status)
+  std::uint64_t rejected_user_limit = 0;  ///< UserRateLimitExceededError
+  std::uint64_t rejected_queue_full = 0;  ///< SchedulerQueueFullError
+  std::uint64_t rejected_invalid = 0;     ///< missing user, unknown type, bad preferences
+  std::uint64_t timed_out = 0;            ///< QueueTimeoutError
+  std::uint64_t cancelled = 0;            ///< callers that gave up
+  std::uint64_t telemetry_dropped = 0;    ///< records not buffered (buffer full)
+  std::uint64_t telemetry_failed = 0;     ///< records the store failed to write
+  std::vector<DeploymentStats> deployments;
+};
+
+/// The queue. Construct, `co_await initiate()`, then `co_await execute_request(...)` from
+/// any number of coroutines on any threads; finally `co_await graceful_shutdown()`.
+///
+/// Thread safety: all members may be called from any thread. State lives on an
+/// internal strand of the executor passed in; executors run on that strand.
+class LLMQueue {
+ public:
+  /// Throws ConfigError when `config` is invalid or an executor is null.
+  LLMQueue(boost::asio::any_io_executor ex, LLMConfig config,
+           std::map<std::string, std::shared_ptr<RequestExecutor>> executors,
+           QueueOptions options = {});
+  ~LLMQueue();
+  LLMQueue(const LLMQueue&) = delete;
+  LLMQueue& operator=(const LLMQueue&) = delete;
+
+  /// Connects the telemetry store and starts the poller and telemetry flusher.
+  /// Must complete before execute_request. Calling it twice is harmless.
+  boost::asio::awaitable<void> initiate();
+
+  /// Admits, queues and runs one request; returns the executor's Response.
+  ///
+  /// Throws: UserIdHeaderMissingError (empty user_id), UserRateLimitExceededError,
+  /// SchedulerQueueFullError, QueueTimeoutError, QueueClosedError (before initiate, during
+  /// or after shutdown). Returns without throwing: 404 for an unknown req_type, 400 for
+  /// preferences no deployment can satisfy, 500 when the executor threw, 504 when it
+  /// passed execution_timeout.
+  ///
+  /// Cancellation (e.g. via a cancellation slot or `||` with a timer): a queued request is
+  /// removed; a running one has its executor cancelled. Either way the awaitable
+  /// completes at once with `boost::system::system_error(operation_aborted)`.
+  boost::asio::awaitable<Response> execute_request(std::string req_type,
+                                                   nlohmann::json request_data, std::string user_id,
+                                                   ModelPreferences model_pref = {});
+
+  /// Stops admitting (new calls get QueueClosedError), lets queued and in-flight work
+  /// finish until QueueOptions::shutdown_timeout, then fails what is left with
+  /// QueueClosedError, flushes telemetry and closes the stores. Returns at once when
+  /// idle. Calling it again waits for the first call's work.
+  boost::asio::awaitable<void> graceful_shutdown();
+
+  /// Adds or replaces the executor for `req_type`. Throws ConfigError if null.
+  void register_request_executor(const std::string& req_type,
+                                 std::shared_ptr<RequestExecutor> executor);
+
+  /// A consistent snapshot of the queue.
+  boost::asio::awaitable<QueueStats> stats();
+
+  /// The deployments, as ChosenDeployments points into them.
+  [[nodiscard]] const std::vector<Deployment>& deployments() const noexcept;
+
+  /// The telemetry store in use (the default in-memory one unless one was given).
+  [[nodiscard]] std::shared_ptr<TelemetryStore> telemetry_store() const noexcept;
+
+ private:
+  std::shared_ptr<detail::QueueCore> core_;
+};
+
+}  // namespace llmq

@@ -1,0 +1,65 @@
+#pragma once
+/// @file request.hpp
+/// What a caller asks for (Request, ModelPreferences), what it gets back (Response),
+/// and which deployments the balancer granted (ChosenDeployments).
+
+#include <llmq/config.hpp>
+
+#include <nlohmann/json.hpp>
+
+#include <optional>
+#include <string>
+
+namespace llmq {
+
+/// Which deployments a request needs. Without `specific_*` or `*_model_name`, any
+/// deployment of the needed kind may serve it.
+struct ModelPreferences {
+  /// Pin the LLM call to this `unique_model_id`.
+  std::optional<std::string> specific_llm_model;
+  /// Pin the embedding call to this `unique_model_id`.
+  std::optional<std::string> specific_embedding_model;
+  /// The request needs an LLM (chat/completion) deployment.
+  bool require_llm_model = true;
+  /// The request needs an embeddings deployment.
+  bool require_embedding_model = false;
+  /// Upstream LLM calls one request makes; charged to the chosen LLM deployment.
+  int num_llm_calls_per_req = 1;
+  /// Upstream embedding calls one request makes; charged to the chosen embeddings deployment.
+  int num_emb_calls_per_req = 1;
+  /// Restrict the LLM choice to deployments of this model (`model_name_in_azure`),
+  /// balanced among them.
+  std::optional<std::string> llm_model_name;
+  /// Restrict the embeddings choice to deployments of this model (`model_name_in_azure`).
+  std::optional<std::string> embedding_model_name;
+};
+
+/// One queued request, as the executor sees it.
+struct Request {
+  std::string id;        ///< unique within the process
+  std::string req_type;  ///< selects the RequestExecutor
+  std::string user_id;
+  nlohmann::json body;  ///< the caller's request_data
+  ModelPreferences preferences;
+};
+
+/// What `execute_request` returns: the executor's body and HTTP-like status.
+/// `auto [body, status] = co_await queue.execute_request(...)`.
+struct Response {
+  nlohmann::json body;
+  int status = 200;
+};
+
+/// The deployments granted to one request. A pointer is null when the request did not
+/// need that kind. Pointees are owned by the LLMQueue and live as long as it does.
+struct ChosenDeployments {
+  const Deployment* llm = nullptr;
+  const Deployment* embedding = nullptr;
+};
+
+/// Builds the JSON error body llmq uses for its own answers:
+/// `{"error":{"message":..., "type":..., "code":...}}`.
+[[nodiscard]] nlohmann::json make_error_body(std::string_view message, std::string_view type,
+                                             std::string_view code);
+
+}  // namespace llmq

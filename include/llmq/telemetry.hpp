@@ -1,0 +1,97 @@
+#pragma once
+/// @file telemetry.hpp
+/// The per-request telemetry record and the store interface it is written to.
+
+#include <boost/asio/awaitable.hpp>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace llmq {
+
+/// Wall-clock time at microsecond resolution, as recorded in telemetry.
+using WallTime = std::chrono::time_point<std::chrono::system_clock, std::chrono::microseconds>;
+
+/// What the upstream answered one deployment. An executor fills it so that the
+/// balancer learns (429 and 5xx start a backoff; Retry-After overrides its length).
+struct UpstreamOutcome {
+  int status = 0;  ///< 0 = not reported
+  std::optional<std::chrono::milliseconds> retry_after;
+};
+
+/// One record per request, for every outcome (rejections included).
+struct TelemetryData {
+  std::string request_id;
+  std::string user_id;
+  std::string req_type;
+  std::string llm_deployment;        ///< unique_model_id, empty if none was chosen
+  std::string embedding_deployment;  ///< unique_model_id, empty if none was chosen
+
+  WallTime received_at{};    ///< execute_request was called
+  WallTime queued_at{};      ///< entered the queue (zero if rejected before)
+  WallTime dispatched_at{};  ///< handed to the executor (zero if never)
+  WallTime completed_at{};   ///< the caller's answer was decided
+
+  std::chrono::microseconds queue_wait{0};      ///< dispatched_at - queued_at
+  std::chrono::microseconds execution_time{0};  ///< completed_at - dispatched_at
+
+  std::int64_t estimated_tokens = 0;  ///< what the balancer charged before the call
+  // Filled by the executor:
+  std::int64_t prompt_tokens = 0;
+  std::int64_t completion_tokens = 0;
+  std::int64_t embedding_tokens = 0;
+  UpstreamOutcome llm_outcome;        ///< filled by the executor, feeds the balancer
+  UpstreamOutcome embedding_outcome;  ///< filled by the executor, feeds the balancer
+  int attempts = 0;                   ///< upstream attempts the executor made
+
+  int status = 0;     ///< the status the caller received (rejections: the error's status)
+  std::string error;  ///< error message, empty on success; never contains a key
+  std::optional<nlohmann::json> payload;  ///< request body, only if QueueOptions::record_payload
+};
+
+/// Converts a record to JSON (timestamps as microseconds since the Unix epoch).
+[[nodiscard]] nlohmann::json to_json(const TelemetryData& t);
+
+/// Where telemetry goes. Called only from the queue's telemetry flusher, one call at a
+/// time; an exception from insert_batch counts the batch as lost and is logged.
+class TelemetryStore {
+ public:
+  virtual ~TelemetryStore() = default;
+  /// Called once by LLMQueue::initiate().
+  virtual boost::asio::awaitable<void> connect() = 0;
+  /// Writes a batch of records.
+  virtual boost::asio::awaitable<void> insert_batch(std::vector<TelemetryData> batch) = 0;
+  /// Called once by LLMQueue::graceful_shutdown() after the last flush.
+  virtual boost::asio::awaitable<void> close() = 0;
+};
+
+/// Keeps records in memory, bounded (oldest dropped past `capacity`). Thread-safe.
+class InMemoryTelemetryStore : public TelemetryStore {
+ public:
+  explicit InMemoryTelemetryStore(std::size_t capacity = 100'000) : capacity_(capacity) {}
+
+  boost::asio::awaitable<void> connect() override;
+  boost::asio::awaitable<void> insert_batch(std::vector<TelemetryData> batch) override;
+  boost::asio::awaitable<void> close() override;
+
+  /// A copy of the stored records, oldest first.
+  [[nodiscard]] std::vector<TelemetryData> records() const;
+  /// Records ever inserted (including those since dropped for capacity).
+  [[nodiscard]] std::uint64_t total_inserted() const;
+  [[nodiscard]] bool closed() const;
+
+ private:
+  mutable std::mutex mutex_;
+  std::size_t capacity_;
+  std::vector<TelemetryData> records_;
+  std::size_t head_ = 0;  // ring start once full
+  std::uint64_t total_ = 0;
+  bool closed_ = false;
+};
+
+}  // namespace llmq

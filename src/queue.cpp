@@ -1,0 +1,1000 @@
+// LLMQueue runtime: admission on the caller's thread, all queue state on one strand,
+// one poller coroutine woken by events, executors spawned per dispatched request.
+
+#include <llmq/errors.hpp>
+#include <llmq/fifo_scheduler.hpp>
+#include <llmq/load_balancer.hpp>
+#include <llmq/log.hpp>
+#include <llmq/queue.hpp>
+#include <llmq/token_estimator.hpp>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
+#include <boost/asio/async_result.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/system/system_error.hpp>
+
+#include <atomic>
+#include <charconv>
+#include <deque>
+#include <mutex>
+#include <random>
+#include <shared_mutex>
+#include <unordered_map>
+#include <variant>
+
+namespace llmq {
+namespace detail {
+
+namespace asio = boost::asio;
+using steady = std::chrono::steady_clock;
+using std::chrono::duration_cast;
+using std::chrono::microseconds;
+
+namespace {
+
+WallTime wall_now() {
+  return std::chrono::time_point_cast<microseconds>(std::chrono::system_clock::now());
+}
+
+Response error_response(int status, std::string_view message, std::string_view type,
+                        std::string_view code) {
+  return Response{make_error_body(message, type, code), status};
+}
+
+std::string random_prefix() {
+  std::random_device rd;
+  std::uint64_t v = (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
+  char buf[17];
+  auto r = std::to_chars(buf, buf + sizeof buf, v & 0xffffffffffULL, 16);
+  return std::string(buf, r.ptr);
+}
+
+}  // namespace
+
+/// The deployments one kind of request may use.
+struct ResourceClass {
+  std::uint32_t index = 0;
+  bool need_llm = false;
+  bool need_emb = false;
+  std::vector<std::size_t> llm;  // candidate deployment indexes
+  std::vector<std::size_t> emb;
+};
+
+/// Delivers the one answer of a request to its caller, on the caller's executor (the only
+/// place where the caller's cancellation slot may be cleared). Type-erased, move-only.
+class Delivery {
+ public:
+  Delivery() = default;
+  template <class H>
+  explicit Delivery(H&& handler)
+      : impl_(std::make_unique<Impl<std::decay_t<H>>>(std::forward<H>(handler))) {}
+
+  explicit operator bool() const noexcept { return impl_ != nullptr; }
+  void operator()(std::exception_ptr ep, Response r) {
+    auto impl = std::move(impl_);
+    impl->deliver(ep, std::move(r));
+  }
+
+ private:
+  struct Base {
+    virtual ~Base() = default;
+    virtual void deliver(std::exception_ptr ep, Response r) = 0;
+  };
+  template <class H>
+  struct Impl final : Base {
+    explicit Impl(H&& h) : handler(std::move(h)) {}
+    void deliver(std::exception_ptr ep, Response r) override {
+      auto ex = asio::get_associated_executor(handler);
+      asio::post(ex, [h = std::move(handler), ep, r = std::move(r)]() mutable {
+        asio::get_associated_cancellation_slot(h).clear();
+        std::move(h)(ep, std::move(r));
+      });
+    }
+    H handler;
+  };
+  std::unique_ptr<Base> impl_;
+};
+
+struct Entry {
+  Request request;
+  TelemetryData telemetry;
+  const ResourceClass* cls = nullptr;
+  std::shared_ptr<RequestExecutor> executor;
+  DeploymentNeed llm_need;
+  DeploymentNeed emb_need;
+  SchedulerTicket ticket;
+  steady::time_point queued_steady{};
+  steady::time_point dispatched_steady{};
+  steady::time_point exec_deadline = steady::time_point::max();
+  enum class State { submitted, queued, running, done } state = State::submitted;
+  bool answered = false;
+  bool caller_cancelled = false;
+  bool exec_timed_out = false;
+  std::optional<DeploymentGrant> llm_grant;
+  std::optional<DeploymentGrant> emb_grant;
+  ChosenDeployments chosen;
+  asio::cancellation_signal exec_cancel;
+  Delivery deliver;
+  // Intrusive list of running entries, in dispatch (== execution deadline) order.
+  Entry* run_prev = nullptr;
+  Entry* run_next = nullptr;
+  bool in_run_list = false;
+};
+using EntryPtr = std::shared_ptr<Entry>;
+
+/// Bounded telemetry buffer flushed by a coroutine on the queue's strand.
+class TelemetryPipeline : public std::enable_shared_from_this<TelemetryPipeline> {
+ public:
+  TelemetryPipeline(asio::strand<asio::any_io_executor> strand,
+                    std::shared_ptr<TelemetryStore> store, const QueueOptions& o)
+      : strand_(strand),
+        timer_(strand),
+        store_(std::move(store)),
+        capacity_(o.telemetry_buffer_capacity),
+        batch_size_(std::max<std::size_t>(1, o.telemetry_batch_size)),
+        interval_(o.telemetry_flush_interval) {}
+
+  /// Any thread. Never blocks on I/O; drops (and counts) when the buffer is full.
+  void record(TelemetryData&& t) {
+    bool wake = false;
+    {
+      std::lock_guard lock(mutex_);
+      if (buffer_.size() >= capacity_) {
+        ++dropped_;
+        return;
+      }
+      buffer_.push_back(std::move(t));
+      wake = buffer_.size() >= batch_size_ && !wake_posted_;
+      if (wake) wake_posted_ = true;
+    }
+    if (wake) asio::post(strand_, [self = shared_from_this()] { self->timer_.cancel(); });
+  }
+
+  asio::awaitable<void> run() {
+    auto self = shared_from_this();
+    try {
+      co_await store_->connect();
+    } catch (const std::exception& e) {
+      logger()->error("telemetry store connect failed: {}", e.what());
+    }
+    while (!stop_requested_) {
+      timer_.expires_after(interval_);
+      co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+      {
+        std::lock_guard lock(mutex_);
+        wake_posted_ = false;
+      }
+      co_await flush();
+    }
+    co_await flush();
+    try {
+      co_await store_->close();
+    } catch (const std::exception& e) {
+      logger()->warn("telemetry store close failed: {}", e.what());
+    }
+    done_ = true;
+    done_timer_.cancel();
+  }
+
+  /// On the strand: stop after a final flush; completes when the store is closed.
+  asio::awaitable<void> stop() {
+    if (!started_) co_return;
+    stop_requested_ = true;
+    timer_.cancel();
+    while (!done_) {
+      done_timer_.expires_at(steady::time_point::max());
+      co_await done_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+  }
+
+  void started() { started_ = true; }
+
+  std::uint64_t dropped() const {
+    std::lock_guard lock(mutex_);
+    return dropped_;
+  }
+  std::uint64_t failed() const { return failed_; }
+
+ private:
+  asio::awaitable<void> flush() {
+    for (;;) {
+      std::vector<TelemetryData> batch;
+      {
+        std::lock_guard lock(mutex_);
+        if (buffer_.empty()) co_return;
+        const std::size_t n = std::min(batch_size_, buffer_.size());
+        batch.assign(std::make_move_iterator(buffer_.begin()),
+                     std::make_move_iterator(buffer_.begin() + static_cast<std::ptrdiff_t>(n)));
+        buffer_.erase(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(n));
+      }
+      const std::size_t n = batch.size();
+      try {
+        co_await store_->insert_batch(std::move(batch));
+      } catch (const std::exception& e) {
+        failed_ += n;
+        logger()->warn("telemetry store failed to write {} records: {}", n, e.what());
+      }
+    }
+  }
+
+  asio::strand<asio::any_io_executor> strand_;
+  asio::steady_timer timer_;
+  asio::steady_timer done_timer_{strand_};
+  std::shared_ptr<TelemetryStore> store_;
+  std::size_t capacity_;
+  std::size_t batch_size_;
+  std::chrono::milliseconds interval_;
+  mutable std::mutex mutex_;
+  std::deque<TelemetryData> buffer_;
+  std::uint64_t dropped_ = 0;
+  bool wake_posted_ = false;
+  std::uint64_t failed_ = 0;     // strand only
+  bool stop_requested_ = false;  // strand only
+  bool started_ = false;         // strand only
+  bool done_ = false;            // strand only
+};
+
+class QueueCore : public std::enable_shared_from_this<QueueCore> {
+ public:
+  QueueCore(asio::any_io_executor ex, LLMConfig config,
+            std::map<std::string, std::shared_ptr<RequestExecutor>> executors, QueueOptions options)
+      : strand_(asio::make_strand(ex)),
+        config_(std::move(config)),
+        options_(std::move(options)),
+        deployments_((config_.validate(), config_.deployments())),
+        balancer_(make_limits(deployments_, options_)),
+        scheduler_(config_.scheduler_limits.max_queue_size),
+        poll_timer_(strand_),
+        idle_timer_(strand_),
+        id_prefix_(random_prefix()) {
+    for (auto& [name, exec] : executors) register_executor(name, std::move(exec));
+    if (!options_.user_rate_limit_store)
+      options_.user_rate_limit_store = std::make_shared<InMemoryUserRateLimitStore>();
+    if (!options_.telemetry_store)
+      options_.telemetry_store = std::make_shared<InMemoryTelemetryStore>();
+    telemetry_ = std::make_shared<TelemetryPipeline>(strand_, options_.telemetry_store, options_);
+  }
+
+  static std::vector<DeploymentLimits> make_limits(const std::vector<Deployment>& ds,
+                                                   const QueueOptions& o) {
+    std::vector<DeploymentLimits> out;
+    out.reserve(ds.size());
+    for (const Deployment& d : ds)
+      out.push_back(DeploymentLimits{d.req_per_min, d.tokens_per_min, d.error_backoff,
+                                     d.weight > 0 ? d.weight : d.req_per_min,
+                                     o.pace_short_windows});
+    return out;
+  }
+
+  void register_executor(const std::string& name, std::shared_ptr<RequestExecutor> exec) {
+    if (!exec) throw ConfigError("request executor '" + name + "' is null");
+    std::unique_lock lock(executors_mutex_);
+    executors_[name] = std::move(exec);
+  }
+
+  std::shared_ptr<RequestExecutor> find_executor(const std::string& name) const {
+    std::shared_lock lock(executors_mutex_);
+    auto it = executors_.find(name);
+    return it == executors_.end() ? nullptr : it->second;
+  }
+
+  // ---- admission (any thread) --------------------------------------------------------
+
+  /// Resolves preferences to a resource class, or explains why none can serve them.
+  std::variant<const ResourceClass*, std::string> resolve(const ModelPreferences& p) {
+    if (p.specific_llm_model && !p.require_llm_model)
+      return std::string("specific_llm_model is set but require_llm_model is false");
+    if (p.specific_embedding_model && !p.require_embedding_model)
+      return std::string("specific_embedding_model is set but require_embedding_model is false");
+    if (p.require_llm_model && p.num_llm_calls_per_req < 1)
+      return std::string("num_llm_calls_per_req must be at least 1");
+    if (p.require_embedding_model && p.num_emb_calls_per_req < 1)
+      return std::string("num_emb_calls_per_req must be at least 1");
+    std::string key;
+    key.reserve(64);
+    auto add_key = [&key](bool need, const std::optional<std::string>& id,
+                          const std::optional<std::string>& name) {
+      key += need ? '1' : '0';
+      key += id ? *id : std::string();
+      key += '\x1f';
+      key += name ? *name : std::string();
+      key += '\x1e';
+    };
+    add_key(p.require_llm_model, p.specific_llm_model, p.llm_model_name);
+    add_key(p.require_embedding_model, p.specific_embedding_model, p.embedding_model_name);
+    {
+      std::lock_guard lock(classes_mutex_);
+      if (auto it = class_index_.find(key); it != class_index_.end()) return it->second;
+    }
+    ResourceClass rc;
+    if (p.require_llm_model) {
+      rc.need_llm = true;
+      auto err = candidates(true, p.specific_llm_model, p.llm_model_name, rc.llm);
+      if (!err.empty()) return err;
+    }
+    if (p.require_embedding_model) {
+      rc.need_emb = true;
+      auto err = candidates(false, p.specific_embedding_model, p.embedding_model_name, rc.emb);
+      if (!err.empty()) return err;
+    }
+    std::lock_guard lock(classes_mutex_);
+    if (auto it = class_index_.find(key); it != class_index_.end()) return it->second;
+    rc.index = static_cast<std::uint32_t>(classes_.size());
+    classes_.push_back(std::move(rc));
+    const ResourceClass* out = &classes_.back();
+    class_index_.emplace(std::move(key), out);
+    return out;
+  }
+
+  std::string candidates(bool llm, const std::optional<std::string>& id,
+                         const std::optional<std::string>& name,
+                         std::vector<std::size_t>& out) const {
+    const char* kind = llm ? "LLM (chat/completion)" : "embeddings";
+    const char* id_key = llm ? "specific_llm_model" : "specific_embedding_model";
+    const char* name_key = llm ? "llm_model_name" : "embedding_model_name";
+    for (std::size_t i = 0; i < deployments_.size(); ++i) {
+      const Deployment& d = deployments_[i];
+      if (is_llm(d.model_type) != llm) continue;
+      if (id && d.unique_model_id != *id) continue;
+      if (name && d.model_name_in_azure != *name) continue;
+      out.push_back(i);
+    }
+    if (!out.empty()) return {};
+    if (id) {
+      for (const Deployment& d : deployments_)
+        if (d.unique_model_id == *id)
+          return std::string(id_key) + " '" + *id + "' is not an " + kind + " deployment" +
+                 (name ? " of model '" + *name + "'" : std::string());
+      return std::string(id_key) + " '" + *id + "' is not a configured unique_model_id";
+    }
+    if (name) return std::string(name_key) + " '" + *name + "' matches no " + kind + " deployment";
+    return std::string("no ") + kind + " deployment is configured";
+  }
+
+  bool reserve_slot() {
+    const std::size_t prev = reserved_.fetch_add(1, std::memory_order_relaxed);
+    if (prev < config_.scheduler_limits.max_queue_size) return true;
+    reserved_.fetch_sub(1, std::memory_order_relaxed);
+    return false;
+  }
+  void release_slot() { reserved_.fetch_sub(1, std::memory_order_relaxed); }
+
+  std::string next_request_id() {
+    const std::uint64_t n = next_id_.fetch_add(1, std::memory_order_relaxed);
+    char buf[24];
+    auto r = std::to_chars(buf, buf + sizeof buf, n);
+    std::string id;
+    id.reserve(id_prefix_.size() + 1 + static_cast<std::size_t>(r.ptr - buf));
+    id += id_prefix_;
+    id += '-';
+    id.append(buf, r.ptr);
+    return id;
+  }
+
+  void record_rejection(TelemetryData&& t, int status, std::string_view error,
+                        std::atomic<std::uint64_t>& counter) {
+    counter.fetch_add(1, std::memory_order_relaxed);
+    t.status = status;
+    t.error = error;
+    t.completed_at = wall_now();
+    telemetry_->record(std::move(t));
+  }
+
+  // ---- submission and cancellation -----------------------------------------------------
+
+  struct CancelHandler {
+    std::weak_ptr<QueueCore> core;
+    std::weak_ptr<Entry> entry;
+    void operator()(asio::cancellation_type_t type) const {
+      if (type == asio::cancellation_type::none) return;
+      auto c = core.lock();
+      if (!c) return;
+      asio::post(c->strand_, [c, e = entry] {
+        if (auto p = e.lock()) c->on_caller_cancel(p);
+      });
+    }
+  };
+
+  template <class Token>
+  auto async_submit(EntryPtr e, Token&& token) {
+    return asio::async_initiate<Token, void(std::exception_ptr, Response)>(
+        [self = shared_from_this()](auto handler, EntryPtr entry) {
+          auto slot = asio::get_associated_cancellation_slot(handler);
+          if (slot.is_connected()) slot.template emplace<CancelHandler>(CancelHandler{self, entry});
+          entry->deliver = Delivery(std::move(handler));
+          asio::post(self->strand_, [self, entry = std::move(entry)]() mutable {
+            self->on_submit(std::move(entry));
+          });
+        },
+        token, std::move(e));
+  }
+
+  void answer(Entry& e, std::exception_ptr ep, Response r) {
+    if (e.answered) return;
+    e.answered = true;
+    e.deliver(ep, std::move(r));
+  }
+
+  template <class E>
+  void answer_error(Entry& e, E error) {
+    e.telemetry.status = error.http_status();
+    e.telemetry.error = error.what();
+    answer(e, std::make_exception_ptr(std::move(error)), Response{});
+  }
+
+  void on_submit(EntryPtr e) {
+    if (!accepting_.load(std::memory_order_relaxed) || stopped_) {
+      release_slot();
+      finish_unqueued(*e, QueueClosedError("queue is shutting down; request not queued"));
+      rejected_invalid_.fetch_add(1, std::memory_order_relaxed);
+      return;
+    }
+    const steady::time_point now = steady::now();
+    e->telemetry.queued_at = wall_now();
+    e->queued_steady = now;
+    auto ticket =
+        scheduler_.push(e->cls->index, EntryPtr(e), now + config_.scheduler_limits.request_timeout);
+    if (!ticket) {  // cannot happen while reservations bound the queue; kept as a guard
+      release_slot();
+      rejected_queue_full_.fetch_add(1, std::memory_order_relaxed);
+      finish_unqueued(*e, SchedulerQueueFullError(config_.scheduler_limits.max_queue_size));
+      return;
+    }
+    e->ticket = *ticket;
+    e->state = Entry::State::queued;
+    admitted_.fetch_add(1, std::memory_order_relaxed);
+    wake();
+  }
+
+  template <class E>
+  void finish_unqueued(Entry& e, E error) {
+    e.state = Entry::State::done;
+    answer_error(e, std::move(error));
+    e.telemetry.completed_at = wall_now();
+    telemetry_->record(std::move(e.telemetry));
+    notify_idle();
+  }
+
+  void on_caller_cancel(const EntryPtr& e) {
+    if (e->answered || e->state == Entry::State::done) return;
+    cancelled_.fetch_add(1, std::memory_order_relaxed);
+    e->caller_cancelled = true;
+    const auto aborted = std::make_exception_ptr(
+        boost::system::system_error(asio::error::operation_aborted, "request cancelled by caller"));
+    if (e->state == Entry::State::queued) {
+      if (scheduler_.cancel(e->ticket)) release_slot();
+      e->state = Entry::State::done;
+      e->telemetry.status = 499;
+      e->telemetry.error = "cancelled by caller while queued";
+      e->telemetry.completed_at = wall_now();
+      e->telemetry.queue_wait = duration_cast<microseconds>(steady::now() - e->queued_steady);
+      answer(*e, aborted, Response{});
+      telemetry_->record(std::move(e->telemetry));
+      notify_idle();
+    } else if (e->state == Entry::State::running) {
+      answer(*e, aborted, Response{});
+      e->exec_cancel.emit(asio::cancellation_type::terminal);
+    }
+  }
+
+  // ---- the poller ----------------------------------------------------------------------
+
+  void wake() {
+    if (poller_waiting_ && !wake_pending_) {
+      wake_pending_ = true;
+      poll_timer_.cancel();
+    }
+  }
+
+  asio::awaitable<void> poller() {
+    auto self = shared_from_this();
+    while (!stopped_) {
+      wake_pending_ = false;
+      const steady::time_point now = steady::now();
+      scheduler_.expire(now, [&](EntryPtr&& e) { on_queue_timeout(e, now); });
+      expire_running(now);
+      scheduler_.dispatch([&](std::uint32_t, EntryPtr& e) { return try_dispatch(e, now); });
+      poll_timer_.expires_at(next_wake(now));
+      poller_waiting_ = true;
+      co_await poll_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+      poller_waiting_ = false;
+    }
+  }
+
+  steady::time_point next_wake(steady::time_point now) {
+    steady::time_point next = steady::time_point::max();
+    if (auto d = scheduler_.next_deadline()) next = std::min(next, *d);
+    if (run_head_) next = std::min(next, run_head_->exec_deadline);
+    scheduler_.for_each_head([&](std::uint32_t, const EntryPtr& e) {
+      steady::time_point t = now;
+      if (e->cls->need_llm) t = std::max(t, balancer_.next_eligible(e->cls->llm, e->llm_need, now));
+      if (e->cls->need_emb) t = std::max(t, balancer_.next_eligible(e->cls->emb, e->emb_need, now));
+      // A blocked head is never eligible "now"; never spin.
+      next = std::min(next, std::max(t, now + std::chrono::milliseconds(1)));
+    });
+    return next;
+  }
+
+  void on_queue_timeout(const EntryPtr& e, steady::time_point now) {
+    release_slot();
+    timed_out_.fetch_add(1, std::memory_order_relaxed);
+    const auto waited = now - e->queued_steady;
+    e->telemetry.queue_wait = duration_cast<microseconds>(waited);
+    finish_unqueued(*e, QueueTimeoutError(waited));
+  }
+
+  bool try_dispatch(EntryPtr& e, steady::time_point now) {
+    const ResourceClass& rc = *e->cls;
+    std::optional<WeightedRoundRobinBalancer::Selection> ls;
+    std::optional<WeightedRoundRobinBalancer::Selection> es;
+    if (rc.need_llm && !(ls = balancer_.pick(rc.llm, e->llm_need, now))) return false;
+    if (rc.need_emb && !(es = balancer_.pick(rc.emb, e->emb_need, now))) return false;
+    if (ls) {
+      e->llm_grant = balancer_.commit(rc.llm, *ls, e->llm_need, now);
+      e->chosen.llm = &deployments_[ls->deployment];
+      e->telemetry.llm_deployment = e->chosen.llm->unique_model_id;
+    }
+    if (es) {
+      e->emb_grant = balancer_.commit(rc.emb, *es, e->emb_need, now);
+      e->chosen.embedding = &deployments_[es->deployment];
+      e->telemetry.embedding_deployment = e->chosen.embedding->unique_model_id;
+    }
+    release_slot();
+    start(std::move(e), now);
+    return true;
+  }
+
+  void start(EntryPtr e, steady::time_point now) {
+    e->state = Entry::State::running;
+    e->dispatched_steady = now;
+    e->telemetry.dispatched_at = wall_now();
+    e->telemetry.queue_wait = duration_cast<microseconds>(now - e->queued_steady);
+    if (options_.execution_timeout.count() > 0) e->exec_deadline = now + options_.execution_timeout;
+    run_list_push(*e);
+    ++in_flight_;
+    // The completion handler keeps the entry (and so the signal its slot belongs to)
+    // alive until co_spawn has finished with the slot.
+    auto slot = e->exec_cancel.slot();
+    auto work = run(e);
+    asio::co_spawn(
+        strand_, std::move(work),
+        asio::bind_cancellation_slot(slot, [keep = std::move(e)](std::exception_ptr) {}));
+  }
+
+  asio::awaitable<void> run(EntryPtr e) {
+    auto self = shared_from_this();
+    Response r;
+    bool threw = false;
+    try {
+      r = co_await e->executor->process_request(e->request, e->chosen, e->telemetry);
+    } catch (const std::exception& ex) {
+      threw = true;
+      r = executor_failure(*e, ex.what());
+    } catch (...) {
+      threw = true;
+      r = executor_failure(*e, "unknown exception");
+    }
+    finish(e, std::move(r), threw);
+  }
+
+  Response executor_failure(const Entry& e, std::string_view what) {
+    if (e.caller_cancelled)
+      return error_response(499, "request cancelled by caller", "cancelled", "cancelled");
+    if (e.exec_timed_out)
+      return error_response(504, "executor timed out", "timeout", "execution_timeout");
+    std::string msg = "request executor '" + e.request.req_type + "' failed: ";
+    msg += what;
+    logger()->warn("{} (request {})", msg, e.request.id);
+    return error_response(500, msg, "executor_error", "internal_error");
+  }
+
+  void finish(const EntryPtr& e, Response r, bool threw) {
+    const steady::time_point now = steady::now();
+    run_list_remove(*e);
+    --in_flight_;
+    completed_.fetch_add(1, std::memory_order_relaxed);
+    TelemetryData& t = e->telemetry;
+    // Feed the balancer: reported outcomes first; otherwise the Response status, for a
+    // single chosen deployment, unless the queue itself stopped the executor.
+    const bool ours = e->caller_cancelled || e->exec_timed_out;
+    const bool single = (e->llm_grant.has_value() + e->emb_grant.has_value()) == 1;
+    const int fallback = (single && !ours) ? (threw ? 500 : r.status) : 0;
+    apply_outcome(e->llm_grant, t.llm_outcome, fallback, now);
+    apply_outcome(e->emb_grant, t.embedding_outcome, fallback, now);
+    if (e->llm_grant) balancer_.reconcile(*e->llm_grant, t.prompt_tokens + t.completion_tokens);
+    if (e->emb_grant)
+      balancer_.reconcile(*e->emb_grant, t.embedding_tokens > 0 ? t.embedding_tokens : 0);
+    t.completed_at = wall_now();
+    t.execution_time = duration_cast<microseconds>(now - e->dispatched_steady);
+    if (e->answered) {
+      // The caller was answered already (cancelled, timed out or shut down).
+      if (t.status == 0) t.status = e->caller_cancelled ? 499 : 504;
+    } else {
+      t.status = r.status;
+      if (r.status >= 400 && t.error.empty()) t.error = error_message(r.body);
+      answer(*e, nullptr, std::move(r));
+    }
+    e->state = Entry::State::done;
+    telemetry_->record(std::move(t));
+    if (!scheduler_.empty()) wake();
+    notify_idle();
+  }
+
+  static std::string error_message(const nlohmann::json& body) {
+    if (body.is_object()) {
+      auto err = body.find("error");
+      if (err != body.end()) {
+        if (err->is_object()) {
+          auto m = err->find("message");
+          if (m != err->end() && m->is_string()) return m->get<std::string>();
+        }
+        if (err->is_string()) return err->get<std::string>();
+      }
+    }
+    std::string s = body.dump();
+    if (s.size() > 500) s.resize(500);
+    return s;
+  }
+
+  void apply_outcome(const std::optional<DeploymentGrant>& g, const UpstreamOutcome& o,
+                     int fallback, steady::time_point now) {
+    if (!g) return;
+    const int status = o.status != 0 ? o.status : fallback;
+    if (status == 429 || status >= 500) {
+      std::optional<steady::duration> retry;
+      if (o.retry_after && o.retry_after->count() >= 0) retry = *o.retry_after;
+      balancer_.report_failure(g->deployment, now, retry, status == 429);
+    }
+  }
+
+  void expire_running(steady::time_point now) {
+    while (run_head_ && run_head_->exec_deadline <= now) {
+      Entry& e = *run_head_;
+      run_list_remove(e);
+      e.exec_timed_out = true;
+      if (!e.answered) {
+        e.telemetry.status = 504;
+        e.telemetry.error = "executor timed out";
+        answer(e, nullptr,
+               error_response(504, "request executor did not finish within execution_timeout",
+                              "timeout", "execution_timeout"));
+      }
+      e.exec_cancel.emit(asio::cancellation_type::terminal);
+    }
+  }
+
+  void run_list_push(Entry& e) {
+    e.run_prev = run_tail_;
+    e.run_next = nullptr;
+    (run_tail_ ? run_tail_->run_next : run_head_) = &e;
+    run_tail_ = &e;
+    e.in_run_list = true;
+  }
+  void run_list_remove(Entry& e) {
+    if (!e.in_run_list) return;
+    (e.run_prev ? e.run_prev->run_next : run_head_) = e.run_next;
+    (e.run_next ? e.run_next->run_prev : run_tail_) = e.run_prev;
+    e.run_prev = e.run_next = nullptr;
+    e.in_run_list = false;
+  }
+
+  // ---- lifecycle ---------------------------------------------------------------------
+
+  asio::awaitable<void> initiate() {
+    if (started_) co_return;
+    started_ = true;
+    auto self = shared_from_this();
+    telemetry_->started();
+    asio::co_spawn(
+        strand_, [self]() -> asio::awaitable<void> { co_await self->telemetry_->run(); },
+        [](std::exception_ptr ep) {
+          if (!ep) return;
+          try {
+            std::rethrow_exception(ep);
+          } catch (const std::exception& e) {
+            logger()->error("telemetry flusher stopped: {}", e.what());
+          }
+        });
+    asio::co_spawn(strand_, poller(), [](std::exception_ptr ep) {
+      if (!ep) return;
+      try {
+        std::rethrow_exception(ep);
+      } catch (const std::exception& e) {
+        logger()->critical("llmq poller stopped: {}", e.what());
+      }
+    });
+    accepting_.store(true);
+    co_return;
+  }
+
+  bool idle() const { return scheduler_.empty() && in_flight_ == 0; }
+
+  void notify_idle() {
+    if (shutting_down_ && idle()) idle_timer_.cancel();
+  }
+
+  asio::awaitable<void> shutdown() {
+    auto self = shared_from_this();
+    if (shutdown_started_) {
+      while (!shutdown_done_) {
+        done_timer_.expires_at(steady::time_point::max());
+        co_await done_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+      }
+      co_return;
+    }
+    shutdown_started_ = true;
+    shutting_down_ = true;
+    accepting_.store(false);
+    const steady::time_point deadline = steady::now() + options_.shutdown_timeout;
+    while (!idle() && steady::now() < deadline) {
+      idle_timer_.expires_at(deadline);
+      co_await idle_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    if (!idle()) {
+      logger()->warn("shutdown deadline passed with {} queued and {} running requests",
+                     scheduler_.size(), in_flight_);
+      abandon_all("queue shut down before the request could finish");
+      // Give cancelled executors a moment to unwind.
+      const steady::time_point grace = steady::now() + std::chrono::seconds(1);
+      while (in_flight_ > 0 && steady::now() < grace) {
+        idle_timer_.expires_at(grace);
+        co_await idle_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+      }
+    }
+    stopped_ = true;
+    poll_timer_.cancel();
+    co_await telemetry_->stop();
+    try {
+      co_await options_.user_rate_limit_store->close();
+    } catch (const std::exception& e) {
+      logger()->warn("user rate limit store close failed: {}", e.what());
+    }
+    shutdown_done_ = true;
+    done_timer_.cancel();
+  }
+
+  /// Fails every queued request and cancels every running one (strand).
+  void abandon_all(const std::string& why) {
+    scheduler_.drain([&](EntryPtr&& e) {
+      release_slot();
+      finish_unqueued(*e, QueueClosedError(why));
+    });
+    std::vector<Entry*> running;
+    for (Entry* e = run_head_; e != nullptr; e = e->run_next) running.push_back(e);
+    for (Entry* e : running) {
+      if (!e->answered) answer_error(*e, QueueClosedError(why));
+      e->exec_cancel.emit(asio::cancellation_type::terminal);
+    }
+  }
+
+  /// Called by ~LLMQueue when graceful_shutdown() was not awaited.
+  void detach() {
+    accepting_.store(false);
+    asio::post(strand_, [self = shared_from_this()] {
+      if (self->shutdown_done_) return;
+      self->abandon_all("queue destroyed");
+      self->stopped_ = true;
+      self->poll_timer_.cancel();
+      asio::co_spawn(self->strand_, self->telemetry_->stop(), asio::detached);
+    });
+  }
+
+  asio::awaitable<QueueStats> stats_on_strand() { co_return stats_now(); }
+
+  QueueStats stats_now() {
+    QueueStats s;
+    s.queue_depth = scheduler_.size();
+    s.in_flight = in_flight_;
+    s.admitted = admitted_.load();
+    s.completed = completed_.load();
+    s.rejected_user_limit = rejected_user_limit_.load();
+    s.rejected_queue_full = rejected_queue_full_.load();
+    s.rejected_invalid = rejected_invalid_.load();
+    s.timed_out = timed_out_.load();
+    s.cancelled = cancelled_.load();
+    s.telemetry_dropped = telemetry_->dropped();
+    s.telemetry_failed = telemetry_->failed();
+    const steady::time_point now = steady::now();
+    for (std::size_t i = 0; i < deployments_.size(); ++i) {
+      const DeploymentState st = balancer_.state(i, now);
+      DeploymentStats d;
+      d.unique_model_id = deployments_[i].unique_model_id;
+      d.requests_in_window = st.requests_in_window;
+      d.tokens_in_window = st.tokens_in_window;
+      d.req_per_min = deployments_[i].req_per_min;
+      d.tokens_per_min = deployments_[i].tokens_per_min;
+      if (st.backoff_until)
+        d.backoff_remaining = std::chrono::ceil<std::chrono::milliseconds>(*st.backoff_until - now);
+      d.granted = st.granted;
+      d.failures = st.failures;
+      d.throttled = st.throttled;
+      s.deployments.push_back(std::move(d));
+    }
+    return s;
+  }
+
+  asio::strand<asio::any_io_executor> strand_;
+  LLMConfig config_;
+  QueueOptions options_;
+  const std::vector<Deployment> deployments_;
+  std::shared_ptr<TelemetryPipeline> telemetry_;
+
+  // Any thread:
+  mutable std::shared_mutex executors_mutex_;
+  std::map<std::string, std::shared_ptr<RequestExecutor>, std::less<>> executors_;
+  std::mutex classes_mutex_;
+  std::deque<ResourceClass> classes_;
+  std::unordered_map<std::string, const ResourceClass*> class_index_;
+  std::atomic<std::size_t> reserved_{0};
+  std::atomic<bool> accepting_{false};
+  std::atomic<bool> shutdown_requested_{false};
+  std::atomic<std::uint64_t> next_id_{0};
+  std::atomic<std::uint64_t> admitted_{0}, completed_{0}, rejected_user_limit_{0},
+      rejected_queue_full_{0}, rejected_invalid_{0}, timed_out_{0}, cancelled_{0};
+
+  // Strand only:
+  WeightedRoundRobinBalancer balancer_;
+  FifoScheduler<EntryPtr> scheduler_;
+  asio::steady_timer poll_timer_;
+  asio::steady_timer idle_timer_;
+  asio::steady_timer done_timer_{strand_};
+  bool poller_waiting_ = false;
+  bool wake_pending_ = false;
+  bool started_ = false;
+  bool stopped_ = false;
+  bool shutting_down_ = false;
+  bool shutdown_started_ = false;
+  bool shutdown_done_ = false;
+  std::size_t in_flight_ = 0;
+  Entry* run_head_ = nullptr;
+  Entry* run_tail_ = nullptr;
+
+  const std::string id_prefix_;
+};
+
+}  // namespace detail
+
+namespace asio = boost::asio;
+
+LLMQueue::LLMQueue(asio::any_io_executor ex, LLMConfig config,
+                   std::map<std::string, std::shared_ptr<RequestExecutor>> executors,
+                   QueueOptions options)
+    : core_(std::make_shared<detail::QueueCore>(std::move(ex), std::move(config),
+                                                std::move(executors), std::move(options))) {}
+
+LLMQueue::~LLMQueue() { core_->detach(); }
+
+asio::awaitable<void> LLMQueue::initiate() {
+  auto core = core_;
+  co_await asio::co_spawn(core->strand_, core->initiate(), asio::use_awaitable);
+}
+
+namespace {
+std::string closed_reason(bool shutting_down) {
+  return shutting_down ? std::string("queue is shutting down; request refused")
+                       : std::string("queue is not running: call initiate() first");
+}
+
+TelemetryData make_telemetry(std::string id, const std::string& req_type,
+                             const std::string& user_id, WallTime received) {
+  TelemetryData t;
+  t.request_id = std::move(id);
+  t.req_type = req_type;
+  t.user_id = user_id;
+  t.received_at = received;
+  return t;
+}
+}  // namespace
+
+asio::awaitable<Response> LLMQueue::execute_request(std::string req_type,
+                                                    nlohmann::json request_data,
+                                                    std::string user_id,
+                                                    ModelPreferences model_pref) {
+  auto core = core_;
+  const WallTime received = detail::wall_now();
+  TelemetryData t = make_telemetry(core->next_request_id(), req_type, user_id, received);
+  if (!core->accepting_.load(std::memory_order_relaxed)) {
+    QueueClosedError err(closed_reason(core->shutdown_requested_.load()));
+    core->record_rejection(std::move(t), err.http_status(), err.what(), core->rejected_invalid_);
+    throw err;
+  }
+  if (user_id.empty()) {
+    UserIdHeaderMissingError err;
+    core->record_rejection(std::move(t), err.http_status(), err.what(), core->rejected_invalid_);
+    throw err;
+  }
+  auto executor = core->find_executor(req_type);
+  if (!executor) {
+    std::string msg = "unknown request type '" + req_type + "'";
+    core->record_rejection(std::move(t), 404, msg, core->rejected_invalid_);
+    co_return detail::error_response(404, msg, "invalid_request_error", "unknown_request_type");
+  }
+  auto resolved = core->resolve(model_pref);
+  if (auto* why = std::get_if<std::string>(&resolved)) {
+    core->record_rejection(std::move(t), 400, *why, core->rejected_invalid_);
+    co_return detail::error_response(400, *why, "invalid_request_error",
+                                     "unsatisfiable_model_preferences");
+  }
+  const detail::ResourceClass* cls = std::get<const detail::ResourceClass*>(resolved);
+  if (!core->reserve_slot()) {
+    SchedulerQueueFullError err(core->config_.scheduler_limits.max_queue_size);
+    core->record_rejection(std::move(t), err.http_status(), err.what(), core->rejected_queue_full_);
+    throw err;
+  }
+  RateLimitDecision decision;
+  try {
+    decision =
+        co_await core->options_.user_rate_limit_store->acquire(user_id, core->config_.user_limits);
+  } catch (...) {
+    core->release_slot();
+    throw;
+  }
+  if (!decision.allowed) {
+    core->release_slot();
+    UserRateLimitExceededError err(user_id, decision.retry_after);
+    core->record_rejection(std::move(t), err.http_status(), err.what(), core->rejected_user_limit_);
+    throw err;
+  }
+  auto e = std::make_shared<detail::Entry>();
+  e->cls = cls;
+  e->executor = std::move(executor);
+  if (cls->need_llm) {
+    e->llm_need.calls = model_pref.num_llm_calls_per_req;
+    e->llm_need.tokens = estimate_chat_tokens(request_data, core->options_.default_max_tokens) *
+                         model_pref.num_llm_calls_per_req;
+  }
+  if (cls->need_emb) {
+    e->emb_need.calls = model_pref.num_emb_calls_per_req;
+    e->emb_need.tokens = estimate_embedding_tokens(request_data) * model_pref.num_emb_calls_per_req;
+  }
+  t.estimated_tokens = e->llm_need.tokens + e->emb_need.tokens;
+  if (core->options_.record_payload) t.payload = request_data;
+  e->request.id = t.request_id;
+  e->request.req_type = std::move(req_type);
+  e->request.user_id = std::move(user_id);
+  e->request.body = std::move(request_data);
+  e->request.preferences = std::move(model_pref);
+  e->telemetry = std::move(t);
+  Response response = co_await core->async_submit(std::move(e), asio::use_awaitable);
+  co_return response;
+}
+
+asio::awaitable<void> LLMQueue::graceful_shutdown() {
+  auto core = core_;
+  core->shutdown_requested_.store(true);
+  core->accepting_.store(false);
+  co_await asio::co_spawn(core->strand_, core->shutdown(), asio::use_awaitable);
+}
+
+void LLMQueue::register_request_executor(const std::string& req_type,
+                                         std::shared_ptr<RequestExecutor> executor) {
+  core_->register_executor(req_type, std::move(executor));
+}
+
+asio::awaitable<QueueStats> LLMQueue::stats() {
+  // Note: GCC 12 destroys a capturing lambda temporary twice in `co_return co_await
+  // co_spawn(ex, [captures] {...})`, so the strand-side work is a member coroutine.
+  auto core = core_;
+  QueueStats s =
+      co_await asio::co_spawn(core->strand_, core->stats_on_strand(), asio::use_awaitable);
+  co_return s;
+}
+
+const std::vector<Deployment>& LLMQueue::deployments() const noexcept {
+  return core_->deployments_;
+}
+
+std::shared_ptr<TelemetryStore> LLMQueue::telemetry_store() const noexcept {
+  return core_->options_.telemetry_store;
+}
+
+}  // namespace llmq

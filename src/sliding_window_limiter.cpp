@@ -1,0 +1,132 @@
+#include <llmq/rate_limit_store.hpp>
+#include <llmq/sliding_window_limiter.hpp>
+
+#include <algorithm>
+#include <cstring>
+
+namespace llmq {
+namespace {
+std::int64_t ticks(SlidingWindowLimiter::time_point t) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(t.time_since_epoch()).count();
+}
+}  // namespace
+
+void SlidingWindowLimiter::lru_unlink(User& u) noexcept {
+  (u.lru_prev ? u.lru_prev->lru_next : lru_head_) = u.lru_next;
+  (u.lru_next ? u.lru_next->lru_prev : lru_tail_) = u.lru_prev;
+  u.lru_prev = u.lru_next = nullptr;
+}
+
+void SlidingWindowLimiter::lru_push_back(User& u) noexcept {
+  u.lru_prev = lru_tail_;
+  u.lru_next = nullptr;
+  (lru_tail_ ? lru_tail_->lru_next : lru_head_) = &u;
+  lru_tail_ = &u;
+}
+
+std::int64_t SlidingWindowLimiter::newest(const User& u) noexcept {
+  return u.ring[(u.start + u.count - 1) % u.capacity];
+}
+
+void SlidingWindowLimiter::push(User& u, std::int64_t t, std::int64_t max_requests) {
+  if (u.count == u.capacity) {
+    // Grow (doubling, capped at max_requests), unrolling the ring.
+    const auto cap = static_cast<std::uint32_t>(
+        std::min<std::int64_t>(max_requests, std::max<std::uint32_t>(4, u.capacity * 2)));
+    auto ring = std::make_unique<std::int64_t[]>(cap);
+    for (std::uint32_t i = 0; i < u.count; ++i) ring[i] = u.ring[(u.start + i) % u.capacity];
+    u.ring = std::move(ring);
+    u.capacity = cap;
+    u.start = 0;
+  }
+  u.ring[(u.start + u.count) % u.capacity] = t;
+  ++u.count;
+}
+
+RateLimitDecision SlidingWindowLimiter::acquire(std::string_view user_id, time_point now,
+                                                std::int64_t max_requests, clock::duration window) {
+  evict_idle(now, window);
+  if (max_requests <= 0) return RateLimitDecision{false, window, 0};
+  const std::int64_t t_now = ticks(now);
+  const std::int64_t w = std::chrono::duration_cast<std::chrono::nanoseconds>(window).count();
+  auto it = users_.find(user_id);
+  if (it == users_.end()) {
+    it = users_.emplace(std::string(user_id), User{}).first;
+    it->second.key = &it->first;
+  } else {
+    lru_unlink(it->second);
+  }
+  User& u = it->second;
+  // Keep time monotonic per user so the ring stays sorted.
+  const std::int64_t t = u.count > 0 ? std::max(t_now, newest(u)) : t_now;
+  while (u.count > 0 && u.ring[u.start] <= t - w) {
+    u.start = (u.start + 1) % u.capacity;
+    --u.count;
+  }
+  RateLimitDecision d;
+  if (static_cast<std::int64_t>(u.count) >= max_requests) {
+    // The oldest entry we must wait for: with more entries than the (possibly lowered)
+    // limit, enough must leave for count to drop below max_requests.
+    const std::uint32_t must_leave = u.count - static_cast<std::uint32_t>(max_requests);
+    const std::int64_t leaves_at = u.ring[(u.start + must_leave) % u.capacity] + w;
+    d.allowed = false;
+    d.retry_after = std::chrono::nanoseconds(leaves_at - t_now);
+    d.remaining = 0;
+  } else {
+    push(u, t, max_requests);
+    d.allowed = true;
+    d.remaining = max_requests - static_cast<std::int64_t>(u.count);
+  }
+  if (u.count == 0) {
+    users_.erase(it);
+  } else {
+    lru_push_back(u);
+  }
+  return d;
+}
+
+void SlidingWindowLimiter::evict_idle(time_point now, clock::duration window) {
+  const std::int64_t cutoff =
+      ticks(now) - std::chrono::duration_cast<std::chrono::nanoseconds>(window).count();
+  while (lru_head_ != nullptr && newest(*lru_head_) <= cutoff) {
+    User* u = lru_head_;
+    lru_unlink(*u);
+    users_.erase(*u->key);
+  }
+}
+
+std::size_t SlidingWindowLimiter::memory_bytes() const noexcept {
+  // Node: key + value + hash-node overhead (next pointer, cached hash); plus the bucket
+  // array and each key's heap buffer and ring.
+  std::size_t bytes = users_.bucket_count() * sizeof(void*);
+  for (const auto& [key, u] : users_) {
+    bytes += sizeof(std::string) + sizeof(User) + 2 * sizeof(void*);
+    if (key.capacity() > 15) bytes += key.capacity() + 1;
+    bytes += u.capacity * sizeof(std::int64_t);
+  }
+  return bytes;
+}
+
+boost::asio::awaitable<void> UserRateLimitStore::close() { co_return; }
+
+InMemoryUserRateLimitStore::InMemoryUserRateLimitStore(clock_function clock)
+    : clock_(std::move(clock)) {}
+
+RateLimitDecision InMemoryUserRateLimitStore::acquire_now(std::string_view user_id,
+                                                          const UserLimits& limits) {
+  std::lock_guard lock(mutex_);
+  return limiter_.acquire(user_id, clock_(), limits.max_num_requests_in_time_window,
+                          limits.time_window);
+}
+
+boost::asio::awaitable<RateLimitDecision> InMemoryUserRateLimitStore::acquire(
+    std::string_view user_id, const UserLimits& limits) {
+  co_return acquire_now(user_id, limits);
+}
+
+std::size_t InMemoryUserRateLimitStore::user_count() const {
+  std::lock_guard lock(mutex_);
+  return limiter_.user_count();
+}
+
+}  // namespace llmq

@@ -1,0 +1,101 @@
+#include <llmq/request.hpp>
+#include <llmq/telemetry.hpp>
+
+namespace llmq {
+
+nlohmann::json make_error_body(std::string_view message, std::string_view type,
+                               std::string_view code) {
+  nlohmann::json inner = nlohmann::json::object();
+  inner["message"] = message;
+  inner["type"] = type;
+  inner["code"] = code;
+  nlohmann::json body = nlohmann::json::object();
+  body["error"] = std::move(inner);
+  return body;
+}
+
+namespace {
+std::int64_t micros(WallTime t) { return t.time_since_epoch().count(); }
+
+nlohmann::json outcome_json(const UpstreamOutcome& o) {
+  nlohmann::json j = nlohmann::json::object();
+  j["status"] = o.status;
+  if (o.retry_after) j["retry_after_ms"] = o.retry_after->count();
+  return j;
+}
+}  // namespace
+
+nlohmann::json to_json(const TelemetryData& t) {
+  nlohmann::json j = nlohmann::json::object();
+  j["request_id"] = t.request_id;
+  j["user_id"] = t.user_id;
+  j["req_type"] = t.req_type;
+  j["llm_deployment"] = t.llm_deployment;
+  j["embedding_deployment"] = t.embedding_deployment;
+  j["received_at_us"] = micros(t.received_at);
+  j["queued_at_us"] = micros(t.queued_at);
+  j["dispatched_at_us"] = micros(t.dispatched_at);
+  j["completed_at_us"] = micros(t.completed_at);
+  j["queue_wait_us"] = t.queue_wait.count();
+  j["execution_time_us"] = t.execution_time.count();
+  j["estimated_tokens"] = t.estimated_tokens;
+  j["prompt_tokens"] = t.prompt_tokens;
+  j["completion_tokens"] = t.completion_tokens;
+  j["embedding_tokens"] = t.embedding_tokens;
+  j["llm_outcome"] = outcome_json(t.llm_outcome);
+  j["embedding_outcome"] = outcome_json(t.embedding_outcome);
+  j["attempts"] = t.attempts;
+  j["status"] = t.status;
+  j["error"] = t.error;
+  if (t.payload) j["payload"] = *t.payload;
+  return j;
+}
+
+boost::asio::awaitable<void> InMemoryTelemetryStore::connect() {
+  std::lock_guard lock(mutex_);
+  closed_ = false;
+  co_return;
+}
+
+boost::asio::awaitable<void> InMemoryTelemetryStore::insert_batch(
+    std::vector<TelemetryData> batch) {
+  std::lock_guard lock(mutex_);
+  for (TelemetryData& t : batch) {
+    ++total_;
+    if (capacity_ == 0) continue;
+    if (records_.size() < capacity_) {
+      records_.push_back(std::move(t));
+    } else {
+      records_[head_] = std::move(t);
+      head_ = (head_ + 1) % capacity_;
+    }
+  }
+  co_return;
+}
+
+boost::asio::awaitable<void> InMemoryTelemetryStore::close() {
+  std::lock_guard lock(mutex_);
+  closed_ = true;
+  co_return;
+}
+
+std::vector<TelemetryData> InMemoryTelemetryStore::records() const {
+  std::lock_guard lock(mutex_);
+  std::vector<TelemetryData> out;
+  out.reserve(records_.size());
+  for (std::size_t i = 0; i < records_.size(); ++i)
+    out.push_back(records_[(head_ + i) % records_.size()]);
+  return out;
+}
+
+std::uint64_t InMemoryTelemetryStore::total_inserted() const {
+  std::lock_guard lock(mutex_);
+  return total_;
+}
+
+bool InMemoryTelemetryStore::closed() const {
+  std::lock_guard lock(mutex_);
+  return closed_;
+}
+
+}  // namespace llmq

@@ -1,0 +1,816 @@
+// Runtime tests: LLMQueue with fake executors on a real io_context (no network).
+#include <llmq/llmq.hpp>
+
+#include <gtest/gtest.h>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/system/system_error.hpp>
+
+#include <atomic>
+#include <map>
+#include <thread>
+
+namespace {
+namespace asio = boost::asio;
+using asio::awaitable;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+// ---- fixtures --------------------------------------------------------------------------
+
+llmq::AzureModelConfig model(std::string id, llmq::ModelType type, std::int64_t rpm = 1'000'000,
+                             std::int64_t tpm = 1'000'000'000, std::string name = "gpt-4o") {
+  llmq::AzureModelConfig m;
+  m.unique_model_id = id;
+  m.model_name_in_azure = std::move(name);
+  m.deployment_name_in_azure = std::move(id);
+  m.model_type = type;
+  m.req_per_min = rpm;
+  m.tokens_per_min = tpm;
+  m.error_backoff = 60s;
+  return m;
+}
+
+llmq::LLMConfig make_config(std::vector<llmq::AzureModelConfig> models) {
+  llmq::LLMConfig c;
+  llmq::AzureOpenAIConfig g;
+  g.api_key = "sk-TEST-SECRET-KEY";
+  g.api_version = "2024-10-21";
+  g.azure_endpoint = "http://127.0.0.1:1/";
+  g.azure_oai_models = std::move(models);
+  c.azure_open_ai.push_back(std::move(g));
+  c.user_limits.max_num_requests_in_time_window = 1'000'000;
+  c.user_limits.time_window = 60s;
+  c.scheduler_limits.max_queue_size = 100'000;
+  c.scheduler_limits.request_timeout = 30s;
+  return c;
+}
+
+llmq::LLMConfig default_config() {
+  return make_config({model("chat-a", llmq::ModelType::chat),
+                      model("chat-b", llmq::ModelType::chat),
+                      model("emb", llmq::ModelType::embeddings, 1'000'000, 1'000'000'000,
+                            "text-embedding-3-small")});
+}
+
+json echo_body(const llmq::Request& req, const llmq::ChosenDeployments& chosen) {
+  json j = json::object();
+  j["id"] = req.id;
+  j["user"] = req.user_id;
+  j["input"] = req.body;
+  j["llm"] = chosen.llm ? chosen.llm->unique_model_id : std::string();
+  j["embedding"] = chosen.embedding ? chosen.embedding->unique_model_id : std::string();
+  return j;
+}
+
+/// Answers at once with what it was given.
+class EchoExecutor : public llmq::RequestExecutor {
+ public:
+  awaitable<llmq::Response> process_request(const llmq::Request& req,
+                                            const llmq::ChosenDeployments& chosen,
+                                            llmq::TelemetryData& t) override {
+    ++calls;
+    t.prompt_tokens = 7;
+    t.completion_tokens = 3;
+    co_return llmq::Response{echo_body(req, chosen), 200};
+  }
+  std::atomic<int> calls{0};
+};
+
+/// Waits `delay` (honouring cancellation), then echoes.
+class SleepExecutor : public llmq::RequestExecutor {
+ public:
+  explicit SleepExecutor(std::chrono::milliseconds delay) : delay_(delay) {}
+  awaitable<llmq::Response> process_request(const llmq::Request& req,
+                                            const llmq::ChosenDeployments& chosen,
+                                            llmq::TelemetryData&) override {
+    ++started;
+    asio::steady_timer timer(co_await asio::this_coro::executor, delay_);
+    try {
+      co_await timer.async_wait(asio::use_awaitable);
+    } catch (const boost::system::system_error&) {
+      ++cancelled;
+      throw;
+    }
+    ++finished;
+    co_return llmq::Response{echo_body(req, chosen), 200};
+  }
+  std::atomic<int> started{0}, finished{0}, cancelled{0};
+
+ private:
+  std::chrono::milliseconds delay_;
+};
+
+class ThrowingExecutor : public llmq::RequestExecutor {
+ public:
+  awaitable<llmq::Response> process_request(const llmq::Request&, const llmq::ChosenDeployments&,
+                                            llmq::TelemetryData&) override {
+    throw std::runtime_error("upstream exploded");
+    co_return llmq::Response{};
+  }
+};
+
+/// Answers 429 with a Retry-After for one deployment, 200 for the others.
+class ThrottledExecutor : public llmq::RequestExecutor {
+ public:
+  explicit ThrottledExecutor(std::string throttled) : throttled_(std::move(throttled)) {}
+  awaitable<llmq::Response> process_request(const llmq::Request& req,
+                                            const llmq::ChosenDeployments& chosen,
+                                            llmq::TelemetryData& t) override {
+    ++per_deployment[chosen.llm->unique_model_id];
+    if (chosen.llm->unique_model_id == throttled_) {
+      t.llm_outcome.status = 429;
+      t.llm_outcome.retry_after = 10min;
+      co_return llmq::Response{llmq::make_error_body("throttled", "rate_limit", "429"), 429};
+    }
+    co_return llmq::Response{echo_body(req, chosen), 200};
+  }
+  std::map<std::string, int> per_deployment;
+
+ private:
+  std::string throttled_;
+};
+
+/// Runs `body` on `io` to completion (bounded), rethrowing its exception.
+void run_test(asio::io_context& io, std::function<awaitable<void>()> body,
+              std::chrono::seconds limit = 60s) {
+  std::exception_ptr error;
+  bool done = false;
+  asio::co_spawn(io, std::move(body), [&](std::exception_ptr ep) {
+    error = ep;
+    done = true;
+  });
+  io.run_for(limit);
+  ASSERT_TRUE(done) << "test coroutine did not finish within " << limit.count() << " s";
+  if (error) std::rethrow_exception(error);
+}
+
+json chat_body(std::string text = "Hello, world!") {
+  json b = json::object();
+  json msg = json::object();
+  msg["role"] = "user";
+  msg["content"] = std::move(text);
+  b["messages"] = json::array({msg});
+  b["max_tokens"] = 100;
+  return b;
+}
+
+llmq::ModelPreferences pinned(std::string id) {
+  llmq::ModelPreferences p;
+  p.specific_llm_model = std::move(id);
+  return p;
+}
+
+template <class E, class F>
+awaitable<std::optional<E>> catch_error(F f) {
+  try {
+    co_await f();
+  } catch (const E& e) {
+    co_return e;
+  }
+  co_return std::nullopt;
+}
+
+struct Harness {
+  asio::io_context io;
+  std::shared_ptr<llmq::InMemoryTelemetryStore> telemetry =
+      std::make_shared<llmq::InMemoryTelemetryStore>();
+  std::unique_ptr<llmq::LLMQueue> queue;
+
+  explicit Harness(llmq::LLMConfig config,
+                   std::map<std::string, std::shared_ptr<llmq::RequestExecutor>> execs,
+                   llmq::QueueOptions options = {}) {
+    options.telemetry_store = telemetry;
+    options.telemetry_flush_interval = 10ms;
+    queue = std::make_unique<llmq::LLMQueue>(io.get_executor(), std::move(config), std::move(execs),
+                                             std::move(options));
+  }
+};
+
+// ---- tests -----------------------------------------------------------------------------
+
+TEST(LLMQueueRuntime, ExecutesAndReturnsExecutorResponse) {
+  auto echo = std::make_shared<EchoExecutor>();
+  Harness h(default_config(), {{"chat_completion", echo}});
+  llmq::Response got;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    got = co_await h.queue->execute_request("chat_completion", chat_body(), "user123");
+    co_await h.queue->graceful_shutdown();
+  });
+  auto [body, status] = got;
+  EXPECT_EQ(status, 200);
+  EXPECT_EQ(body["user"], "user123");
+  EXPECT_EQ(body["input"], chat_body());
+  EXPECT_TRUE(body["llm"] == "chat-a" || body["llm"] == "chat-b");
+  EXPECT_EQ(body["embedding"], "");
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 1u);
+  const auto& t = records[0];
+  EXPECT_EQ(t.status, 200);
+  EXPECT_EQ(t.user_id, "user123");
+  EXPECT_EQ(t.req_type, "chat_completion");
+  EXPECT_EQ(t.llm_deployment, body["llm"].get<std::string>());
+  EXPECT_EQ(t.prompt_tokens, 7);
+  EXPECT_GT(t.estimated_tokens, 100);
+  EXPECT_LE(t.received_at, t.queued_at);
+  EXPECT_LE(t.queued_at, t.dispatched_at);
+  EXPECT_LE(t.dispatched_at, t.completed_at);
+  EXPECT_FALSE(t.payload.has_value());
+  EXPECT_TRUE(h.telemetry->closed());
+}
+
+TEST(LLMQueueRuntime, ExactlyOneAnswerForEachOfTenThousandConcurrentRequests) {
+  auto echo = std::make_shared<EchoExecutor>();
+  Harness h(default_config(), {{"chat_completion", echo}});
+  constexpr int n = 10'000;
+  std::vector<int> answers(n, 0);
+  std::vector<std::string> ids(n);
+  int finished = 0;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    auto ex = co_await asio::this_coro::executor;
+    for (int i = 0; i < n; ++i) {
+      asio::co_spawn(
+          ex,
+          [&, i]() -> awaitable<void> {
+            auto r = co_await h.queue->execute_request(
+                "chat_completion", chat_body(std::to_string(i)), "user-" + std::to_string(i % 97));
+            ++answers[static_cast<std::size_t>(i)];
+            ids[static_cast<std::size_t>(i)] = r.body["id"].get<std::string>();
+            if (r.body["input"]["messages"][0]["content"] != std::to_string(i))
+              answers[static_cast<std::size_t>(i)] += 100;  // wrong answer delivered
+          },
+          [&](std::exception_ptr) { ++finished; });
+    }
+    while (finished < n) {
+      asio::steady_timer t(ex, 5ms);
+      co_await t.async_wait(asio::use_awaitable);
+    }
+    auto s = co_await h.queue->stats();
+    EXPECT_EQ(s.admitted, static_cast<std::uint64_t>(n));
+    EXPECT_EQ(s.completed, static_cast<std::uint64_t>(n));
+    EXPECT_EQ(s.queue_depth, 0u);
+    EXPECT_EQ(s.in_flight, 0u);
+    co_await h.queue->graceful_shutdown();
+  });
+  for (int i = 0; i < n; ++i) ASSERT_EQ(answers[static_cast<std::size_t>(i)], 1) << "request " << i;
+  std::sort(ids.begin(), ids.end());
+  EXPECT_EQ(std::unique(ids.begin(), ids.end()), ids.end()) << "request ids must be unique";
+  EXPECT_EQ(echo->calls.load(), n);
+  EXPECT_EQ(h.telemetry->total_inserted(), static_cast<std::uint64_t>(n));
+}
+
+TEST(LLMQueueRuntime, ExecutorExceptionBecomes500AndQueueKeepsServing) {
+  auto echo = std::make_shared<EchoExecutor>();
+  Harness h(default_config(),
+            {{"bad", std::make_shared<ThrowingExecutor>()}, {"chat_completion", echo}});
+  llmq::Response bad, good;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    bad = co_await h.queue->execute_request("bad", chat_body(), "u");
+    good = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(bad.status, 500);
+  EXPECT_NE(bad.body["error"]["message"].get<std::string>().find("upstream exploded"),
+            std::string::npos);
+  EXPECT_EQ(good.status, 200);
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[0].status, 500);
+  EXPECT_NE(records[0].error.find("upstream exploded"), std::string::npos);
+}
+
+TEST(LLMQueueRuntime, RefusesBadRequestsAtOnceWithoutSpendingBudget) {
+  auto config = make_config({model("chat-a", llmq::ModelType::chat)});
+  config.user_limits.max_num_requests_in_time_window = 1;
+  Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}});
+  llmq::Response unknown_type, unknown_model, no_embeddings, wrong_kind, good;
+  bool missing_user = false;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    unknown_type = co_await h.queue->execute_request("nope", chat_body(), "u");
+    unknown_model =
+        co_await h.queue->execute_request("chat_completion", chat_body(), "u", pinned("gpt-99"));
+    llmq::ModelPreferences emb;
+    emb.require_llm_model = false;
+    emb.require_embedding_model = true;
+    no_embeddings = co_await h.queue->execute_request("chat_completion", chat_body(), "u", emb);
+    llmq::ModelPreferences wrong;
+    wrong.specific_embedding_model = "chat-a";
+    wrong.require_embedding_model = true;
+    wrong_kind = co_await h.queue->execute_request("chat_completion", chat_body(), "u", wrong);
+    try {
+      co_await h.queue->execute_request("chat_completion", chat_body(), "");
+    } catch (const llmq::UserIdHeaderMissingError& e) {
+      missing_user = e.http_status() == 400;
+    }
+    // The one request the user may make is still available.
+    good = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(unknown_type.status, 404);
+  EXPECT_NE(unknown_type.body["error"]["message"].get<std::string>().find("'nope'"),
+            std::string::npos);
+  EXPECT_EQ(unknown_model.status, 400);
+  EXPECT_NE(unknown_model.body["error"]["message"].get<std::string>().find("gpt-99"),
+            std::string::npos);
+  EXPECT_EQ(no_embeddings.status, 400);
+  EXPECT_EQ(wrong_kind.status, 400);
+  EXPECT_TRUE(missing_user);
+  EXPECT_EQ(good.status, 200);
+  EXPECT_EQ(h.telemetry->records().size(), 6u);  // rejections are recorded too
+}
+
+TEST(LLMQueueRuntime, UserLimitRaisesWithExactRetryAfter) {
+  auto config = default_config();
+  config.user_limits.max_num_requests_in_time_window = 2;
+  config.user_limits.time_window = 60s;
+  Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}});
+  std::optional<llmq::UserRateLimitExceededError> err;
+  llmq::Response other_user;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    co_await h.queue->execute_request("chat_completion", chat_body(), "alice");
+    co_await h.queue->execute_request("chat_completion", chat_body(), "alice");
+    err = co_await catch_error<llmq::UserRateLimitExceededError>([&]() -> awaitable<void> {
+      co_await h.queue->execute_request("chat_completion", chat_body(), "alice");
+    });
+    other_user = co_await h.queue->execute_request("chat_completion", chat_body(), "bob");
+    auto s = co_await h.queue->stats();
+    EXPECT_EQ(s.rejected_user_limit, 1u);
+    co_await h.queue->graceful_shutdown();
+  });
+  ASSERT_TRUE(err.has_value());
+  EXPECT_EQ(err->http_status(), 429);
+  EXPECT_GT(err->retry_after(), 59s);
+  EXPECT_LE(err->retry_after(), 60s);
+  EXPECT_EQ(other_user.status, 200);
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 4u);
+  EXPECT_EQ(records[2].status, 429);
+}
+
+TEST(LLMQueueRuntime, QueueFullIsRefused) {
+  // One deployment at 1 request per minute: the first runs, the next two wait, the
+  // fourth finds the queue (max 2) full.
+  auto config = make_config({model("slow", llmq::ModelType::chat, 1)});
+  config.scheduler_limits.max_queue_size = 2;
+  config.scheduler_limits.request_timeout = 200ms;
+  Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}});
+  int full = 0, timeouts = 0, ok = 0;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    auto ex = co_await asio::this_coro::executor;
+    int done = 0;
+    for (int i = 0; i < 4; ++i) {
+      asio::co_spawn(
+          ex,
+          [&]() -> awaitable<void> {
+            try {
+              auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+              ok += r.status == 200;
+            } catch (const llmq::SchedulerQueueFullError& e) {
+              full += e.http_status() == 503;
+            } catch (const llmq::QueueTimeoutError& e) {
+              timeouts += e.http_status() == 504;
+            }
+            ++done;
+          },
+          asio::detached);
+    }
+    while (done < 4) {
+      asio::steady_timer t(ex, 5ms);
+      co_await t.async_wait(asio::use_awaitable);
+    }
+    co_await h.queue->graceful_shutdown();
+  });
+  // Admission runs before the first dispatch, so the queue holds two and refuses two.
+  EXPECT_EQ(full + ok + timeouts, 4);
+  EXPECT_GE(full, 1);
+  EXPECT_EQ(ok, 1);
+  EXPECT_EQ(timeouts, 4 - ok - full);
+}
+
+TEST(LLMQueueRuntime, QueuedRequestTimesOut) {
+  auto config = make_config({model("slow", llmq::ModelType::chat, 1)});
+  config.scheduler_limits.request_timeout = 50ms;
+  Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}});
+  std::optional<llmq::QueueTimeoutError> err;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    co_await h.queue->execute_request("chat_completion", chat_body(), "u");  // uses the 1 RPM
+    err = co_await catch_error<llmq::QueueTimeoutError>([&]() -> awaitable<void> {
+      co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    });
+    auto s = co_await h.queue->stats();
+    EXPECT_EQ(s.timed_out, 1u);
+    EXPECT_EQ(s.queue_depth, 0u);
+    co_await h.queue->graceful_shutdown();
+  });
+  ASSERT_TRUE(err.has_value());
+  EXPECT_EQ(err->http_status(), 504);
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[1].status, 504);
+  EXPECT_GE(records[1].queue_wait, 50ms);
+}
+
+TEST(LLMQueueRuntime, BusyPinnedModelDoesNotBlockOthers) {
+  auto config = make_config(
+      {model("pinned", llmq::ModelType::chat, 1), model("free", llmq::ModelType::chat)});
+  config.scheduler_limits.request_timeout = 300ms;
+  Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}});
+  std::vector<std::string> order;
+  bool pinned_timed_out = false;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    co_await h.queue->execute_request("chat_completion", chat_body(), "u", pinned("pinned"));
+    auto ex = co_await asio::this_coro::executor;
+    int done = 0;
+    asio::co_spawn(
+        ex,
+        [&]() -> awaitable<void> {
+          try {
+            co_await h.queue->execute_request("chat_completion", chat_body(), "u",
+                                              pinned("pinned"));
+          } catch (const llmq::QueueTimeoutError&) {
+            pinned_timed_out = true;
+            order.push_back("pinned-timeout");
+          }
+          ++done;
+        },
+        asio::detached);
+    asio::co_spawn(
+        ex,
+        [&]() -> awaitable<void> {
+          auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u",
+                                                     pinned("free"));
+          order.push_back(r.body["llm"].get<std::string>());
+          ++done;
+        },
+        asio::detached);
+    while (done < 2) {
+      asio::steady_timer t(ex, 5ms);
+      co_await t.async_wait(asio::use_awaitable);
+    }
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(order, (std::vector<std::string>{"free", "pinned-timeout"}));
+  EXPECT_TRUE(pinned_timed_out);
+}
+
+TEST(LLMQueueRuntime, CancellingAQueuedRequestRemovesIt) {
+  auto echo = std::make_shared<EchoExecutor>();
+  auto config = make_config({model("slow", llmq::ModelType::chat, 1)});
+  Harness h(std::move(config), {{"chat_completion", echo}});
+  bool aborted = false;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    auto ex = co_await asio::this_coro::executor;
+    asio::cancellation_signal cancel;
+    bool done = false;
+    asio::co_spawn(
+        ex, h.queue->execute_request("chat_completion", chat_body(), "u"),
+        asio::bind_cancellation_slot(cancel.slot(), [&](std::exception_ptr ep, llmq::Response) {
+          try {
+            if (ep) std::rethrow_exception(ep);
+          } catch (const boost::system::system_error& e) {
+            aborted = e.code() == asio::error::operation_aborted;
+          }
+          done = true;
+        }));
+    asio::steady_timer t(ex, 20ms);
+    co_await t.async_wait(asio::use_awaitable);
+    auto before = co_await h.queue->stats();
+    EXPECT_EQ(before.queue_depth, 1u);
+    cancel.emit(asio::cancellation_type::terminal);
+    while (!done) {
+      t.expires_after(1ms);
+      co_await t.async_wait(asio::use_awaitable);
+    }
+    auto after = co_await h.queue->stats();
+    EXPECT_EQ(after.queue_depth, 0u);
+    EXPECT_EQ(after.cancelled, 1u);
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_TRUE(aborted);
+  EXPECT_EQ(echo->calls.load(), 1);  // the cancelled one never ran
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[1].status, 499);
+}
+
+TEST(LLMQueueRuntime, CancellingARunningRequestCancelsItsExecutor) {
+  auto sleeper = std::make_shared<SleepExecutor>(1h);
+  Harness h(default_config(), {{"chat_completion", sleeper}});
+  bool aborted = false;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    auto ex = co_await asio::this_coro::executor;
+    asio::cancellation_signal cancel;
+    bool done = false;
+    asio::co_spawn(
+        ex, h.queue->execute_request("chat_completion", chat_body(), "u"),
+        asio::bind_cancellation_slot(cancel.slot(), [&](std::exception_ptr ep, llmq::Response) {
+          try {
+            if (ep) std::rethrow_exception(ep);
+          } catch (const boost::system::system_error& e) {
+            aborted = e.code() == asio::error::operation_aborted;
+          }
+          done = true;
+        }));
+    asio::steady_timer t(ex, 1ms);
+    while (sleeper->started.load() == 0) {
+      t.expires_after(1ms);
+      co_await t.async_wait(asio::use_awaitable);
+    }
+    cancel.emit(asio::cancellation_type::terminal);
+    while (!done || sleeper->cancelled.load() == 0) {
+      t.expires_after(1ms);
+      co_await t.async_wait(asio::use_awaitable);
+    }
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_TRUE(aborted);
+  EXPECT_EQ(sleeper->cancelled.load(), 1);
+  EXPECT_EQ(sleeper->finished.load(), 0);
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].status, 499);
+}
+
+TEST(LLMQueueRuntime, ExecutionTimeoutGives504AndCancelsExecutor) {
+  auto sleeper = std::make_shared<SleepExecutor>(1h);
+  llmq::QueueOptions o;
+  o.execution_timeout = 50ms;
+  Harness h(default_config(), {{"chat_completion", sleeper}}, o);
+  llmq::Response r;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(r.status, 504);
+  EXPECT_EQ(sleeper->cancelled.load(), 1);
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].status, 504);
+}
+
+TEST(LLMQueueRuntime, ThrottledDeploymentBacksOffAndOthersServe) {
+  auto throttled = std::make_shared<ThrottledExecutor>("chat-a");
+  Harness h(default_config(), {{"chat_completion", throttled}});
+  int ok = 0, throttled_answers = 0;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    for (int i = 0; i < 20; ++i) {
+      auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+      ok += r.status == 200;
+      throttled_answers += r.status == 429;
+    }
+    auto s = co_await h.queue->stats();
+    EXPECT_EQ(s.deployments[0].throttled, 1u);
+    EXPECT_GT(s.deployments[0].backoff_remaining, 9min);
+    EXPECT_EQ(s.deployments[1].backoff_remaining, 0ms);
+    co_await h.queue->graceful_shutdown();
+  });
+  // chat-a answered 429 once and then received nothing for its Retry-After.
+  EXPECT_EQ(throttled->per_deployment["chat-a"], 1);
+  EXPECT_EQ(throttled->per_deployment["chat-b"], 19);
+  EXPECT_EQ(throttled_answers, 1);
+  EXPECT_EQ(ok, 19);
+}
+
+TEST(LLMQueueRuntime, RagRequestGetsBothDeployments) {
+  Harness h(default_config(), {{"rag", std::make_shared<EchoExecutor>()}});
+  llmq::Response r, none;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    llmq::ModelPreferences rag;
+    rag.require_embedding_model = true;
+    rag.num_emb_calls_per_req = 3;
+    r = co_await h.queue->execute_request("rag", chat_body(), "u", rag);
+    llmq::ModelPreferences nothing;
+    nothing.require_llm_model = false;
+    none = co_await h.queue->execute_request("rag", chat_body(), "u", nothing);
+    auto s = co_await h.queue->stats();
+    EXPECT_EQ(s.deployments[2].requests_in_window, 3);  // three embedding calls charged
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(r.status, 200);
+  EXPECT_TRUE(r.body["llm"] == "chat-a" || r.body["llm"] == "chat-b");
+  EXPECT_EQ(r.body["embedding"], "emb");
+  // A request needing no model runs at once rather than blocking the queue.
+  EXPECT_EQ(none.status, 200);
+  EXPECT_EQ(none.body["llm"], "");
+}
+
+TEST(LLMQueueRuntime, ModelNameBalancesAmongItsDeployments) {
+  auto config =
+      make_config({model("a1", llmq::ModelType::chat, 1'000'000, 1'000'000'000, "gpt-4o"),
+                   model("a2", llmq::ModelType::chat, 1'000'000, 1'000'000'000, "gpt-4o"),
+                   model("m1", llmq::ModelType::chat, 1'000'000, 1'000'000'000, "gpt-4o-mini")});
+  Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}});
+  std::map<std::string, int> seen;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    llmq::ModelPreferences p;
+    p.llm_model_name = "gpt-4o";
+    for (int i = 0; i < 10; ++i) {
+      auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u", p);
+      ++seen[r.body["llm"].get<std::string>()];
+    }
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(seen["a1"], 5);
+  EXPECT_EQ(seen["a2"], 5);
+  EXPECT_EQ(seen.count("m1"), 0u);
+}
+
+TEST(LLMQueueRuntime, RefusesBeforeInitiateAndAfterShutdown) {
+  Harness h(default_config(), {{"chat_completion", std::make_shared<EchoExecutor>()}});
+  int closed = 0;
+  run_test(h.io, [&]() -> awaitable<void> {
+    auto call = [&]() -> awaitable<void> {
+      co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    };
+    if (co_await catch_error<llmq::QueueClosedError>(call)) ++closed;
+    co_await h.queue->initiate();
+    co_await h.queue->graceful_shutdown();
+    if (auto e = co_await catch_error<llmq::QueueClosedError>(call))
+      closed += e->http_status() == 503;
+  });
+  EXPECT_EQ(closed, 2);
+}
+
+TEST(LLMQueueRuntime, ShutdownWhenIdleReturnsAtOnce) {
+  Harness h(default_config(), {{"chat_completion", std::make_shared<EchoExecutor>()}});
+  std::chrono::steady_clock::duration took{};
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    const auto start = std::chrono::steady_clock::now();
+    co_await h.queue->graceful_shutdown();
+    took = std::chrono::steady_clock::now() - start;
+    co_await h.queue->graceful_shutdown();  // a second call is harmless
+  });
+  EXPECT_LT(took, 1s);  // nothing to drain: not the 30 s shutdown_timeout
+  EXPECT_TRUE(h.telemetry->closed());
+}
+
+TEST(LLMQueueRuntime, ShutdownUnderLoadDrainsQueuedAndInFlight) {
+  auto sleeper = std::make_shared<SleepExecutor>(20ms);
+  Harness h(default_config(), {{"chat_completion", sleeper}});
+  int ok = 0, refused = 0;
+  constexpr int n = 200;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    auto ex = co_await asio::this_coro::executor;
+    for (int i = 0; i < n; ++i)
+      asio::co_spawn(
+          ex,
+          [&]() -> awaitable<void> {
+            auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+            ok += r.status == 200;
+          },
+          asio::detached);
+    asio::steady_timer t(ex, 5ms);
+    co_await t.async_wait(asio::use_awaitable);
+    co_await h.queue->graceful_shutdown();
+    try {
+      co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    } catch (const llmq::QueueClosedError&) {
+      ++refused;
+    }
+  });
+  EXPECT_EQ(ok, n);
+  EXPECT_EQ(refused, 1);
+  EXPECT_EQ(sleeper->finished.load(), n);
+  // The refusal after shutdown is not stored: the store was closed by then.
+  EXPECT_EQ(h.telemetry->total_inserted(), static_cast<std::uint64_t>(n));
+  EXPECT_TRUE(h.telemetry->closed());
+}
+
+TEST(LLMQueueRuntime, ShutdownDeadlineFailsWhatIsLeft) {
+  auto sleeper = std::make_shared<SleepExecutor>(1h);
+  auto config = make_config({model("one", llmq::ModelType::chat, 1)});
+  llmq::QueueOptions o;
+  o.shutdown_timeout = 100ms;
+  Harness h(std::move(config), {{"chat_completion", sleeper}}, o);
+  int closed = 0;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    auto ex = co_await asio::this_coro::executor;
+    int done = 0;
+    for (int i = 0; i < 3; ++i)  // one runs forever, two wait for the 1 RPM deployment
+      asio::co_spawn(
+          ex,
+          [&]() -> awaitable<void> {
+            try {
+              co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+            } catch (const llmq::QueueClosedError&) {
+              ++closed;
+            }
+            ++done;
+          },
+          asio::detached);
+    asio::steady_timer t(ex, 20ms);
+    co_await t.async_wait(asio::use_awaitable);
+    co_await h.queue->graceful_shutdown();
+    while (done < 3) {
+      t.expires_after(1ms);
+      co_await t.async_wait(asio::use_awaitable);
+    }
+  });
+  EXPECT_EQ(closed, 3);
+  EXPECT_EQ(sleeper->cancelled.load(), 1);
+  EXPECT_EQ(h.telemetry->total_inserted(), 3u);
+}
+
+TEST(LLMQueueRuntime, TelemetryNeverHoldsTheApiKeyAndPayloadIsOptIn) {
+  llmq::QueueOptions o;
+  o.record_payload = true;
+  Harness h(default_config(), {{"chat_completion", std::make_shared<EchoExecutor>()}}, o);
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    co_await h.queue->execute_request("chat_completion", chat_body("payload text"), "u");
+    co_await h.queue->graceful_shutdown();
+  });
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 1u);
+  const std::string dumped = llmq::to_json(records[0]).dump();
+  EXPECT_EQ(dumped.find("sk-TEST-SECRET-KEY"), std::string::npos);
+  EXPECT_NE(dumped.find("payload text"), std::string::npos);
+}
+
+TEST(LLMQueueRuntime, MultiThreadedIoContextCallersOnManyThreads) {
+  auto echo = std::make_shared<EchoExecutor>();
+  auto sleeper = std::make_shared<SleepExecutor>(1ms);
+  asio::io_context io(4);
+  auto telemetry = std::make_shared<llmq::InMemoryTelemetryStore>();
+  llmq::QueueOptions o;
+  o.telemetry_store = telemetry;
+  llmq::LLMQueue queue(io.get_executor(), default_config(),
+                       {{"chat_completion", echo}, {"sleep", sleeper}}, o);
+  constexpr int n = 2000;
+  std::atomic<int> ok{0}, finished{0};
+  std::atomic<bool> shut{false};
+  bool initiated = false;
+  asio::co_spawn(io, queue.initiate(), [&](std::exception_ptr) { initiated = true; });
+  while (!initiated) io.run_one();  // the callers below start once the queue runs
+  for (int i = 0; i < n; ++i)
+    asio::co_spawn(
+        io,
+        [&, i]() -> awaitable<void> {
+          auto r = co_await queue.execute_request(i % 2 ? "chat_completion" : "sleep", chat_body(),
+                                                  "user-" + std::to_string(i % 13));
+          ok += r.status == 200;
+        },
+        [&](std::exception_ptr) {
+          if (++finished == n)
+            asio::co_spawn(io, queue.graceful_shutdown(), [&](std::exception_ptr) { shut = true; });
+        });
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) threads.emplace_back([&] { io.run_for(60s); });
+  for (auto& t : threads) t.join();
+  EXPECT_TRUE(shut.load());
+  EXPECT_EQ(ok.load(), n);
+  EXPECT_EQ(telemetry->total_inserted(), static_cast<std::uint64_t>(n));
+}
+
+TEST(LLMQueueRuntime, TelemetryBufferOverflowIsCountedNotBlocking) {
+  llmq::QueueOptions o;
+  o.telemetry_buffer_capacity = 10;
+  o.telemetry_flush_interval = 1h;
+  o.telemetry_batch_size = 1000;
+  Harness h(default_config(), {{"chat_completion", std::make_shared<EchoExecutor>()}}, o);
+  int ok = 0;
+  std::uint64_t dropped = 0;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    for (int i = 0; i < 30; ++i)
+      ok += (co_await h.queue->execute_request("chat_completion", chat_body(), "u")).status == 200;
+    dropped = (co_await h.queue->stats()).telemetry_dropped;
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(ok, 30);
+  EXPECT_EQ(dropped, 20u);
+  EXPECT_EQ(h.telemetry->total_inserted(), 10u);
+}
+
+TEST(LLMQueueRuntime, RejectsNullExecutor) {
+  asio::io_context io;
+  EXPECT_THROW(llmq::LLMQueue(io.get_executor(), default_config(), {{"x", nullptr}}),
+               llmq::ConfigError);
+  llmq::LLMQueue q(io.get_executor(), default_config(), {});
+  EXPECT_THROW(q.register_request_executor("x", nullptr), llmq::ConfigError);
+}
+
+}  // namespace
