@@ -127,6 +127,11 @@ void WeightedRoundRobinBalancer::report_failure(std::size_t deployment, time_poi
   if (throttled) ++s.counters.throttled;
 }
 
+void WeightedRoundRobinBalancer::hold(std::size_t deployment, time_point until) {
+  State& s = states_.at(deployment);
+  s.backoff_until = std::max(s.backoff_until, until);
+}
+
 WeightedRoundRobinBalancer::time_point WeightedRoundRobinBalancer::next_fit(State& s,
                                                                             DeploymentNeed need,
                                                                             time_point now) {

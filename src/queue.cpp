@@ -122,7 +122,10 @@ struct Entry {
   std::optional<DeploymentGrant> llm_grant;
   std::optional<DeploymentGrant> emb_grant;
   ChosenDeployments chosen;
-  asio::cancellation_signal exec_cancel;
+  // One signal per executor run; the run's completion handler co-owns it.
+  std::shared_ptr<asio::cancellation_signal> exec_cancel;
+  std::optional<steady::time_point> first_dispatch;
+  std::optional<Response> last_response;  // of the previous attempt, while retrying
   Delivery deliver;
   // Intrusive list of running entries, in dispatch (== execution deadline) order.
   Entry* run_prev = nullptr;
@@ -471,7 +474,9 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     const auto aborted = std::make_exception_ptr(
         boost::system::system_error(asio::error::operation_aborted, "request cancelled by caller"));
     if (e->state == Entry::State::queued) {
-      if (scheduler_.cancel(e->ticket)) release_slot();
+      // Queued in the scheduler, or waiting in retry_pending_ (skipped there once done).
+      scheduler_.cancel(e->ticket);
+      release_slot();
       e->state = Entry::State::done;
       e->telemetry.status = 499;
       e->telemetry.error = "cancelled by caller while queued";
@@ -482,7 +487,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       notify_idle();
     } else if (e->state == Entry::State::running) {
       answer(*e, aborted, Response{});
-      e->exec_cancel.emit(asio::cancellation_type::terminal);
+      e->exec_cancel->emit(asio::cancellation_type::terminal);
     }
   }
 
@@ -500,9 +505,11 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     while (!stopped_) {
       wake_pending_ = false;
       const steady::time_point now = steady::now();
+      queue_pending_retries();
       scheduler_.expire(now, [&](EntryPtr&& e) { on_queue_timeout(e, now); });
       expire_running(now);
       scheduler_.dispatch([&](std::uint32_t, EntryPtr& e) { return try_dispatch(e, now); });
+      if (!retry_pending_.empty()) continue;
       poll_timer_.expires_at(next_wake(now));
       poller_waiting_ = true;
       co_await poll_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
@@ -526,10 +533,27 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
 
   void on_queue_timeout(const EntryPtr& e, steady::time_point now) {
     release_slot();
+    if (e->last_response) {  // a retry found no deployment in time: the last answer stands
+      answer_with_last_response(*e);
+      return;
+    }
     timed_out_.fetch_add(1, std::memory_order_relaxed);
     const auto waited = now - e->queued_steady;
     e->telemetry.queue_wait = duration_cast<microseconds>(waited);
     finish_unqueued(*e, QueueTimeoutError(waited));
+  }
+
+  void answer_with_last_response(Entry& e) {
+    completed_.fetch_add(1, std::memory_order_relaxed);
+    Response r = std::move(*e.last_response);
+    e.last_response.reset();
+    e.state = Entry::State::done;
+    e.telemetry.status = r.status;
+    if (e.telemetry.error.empty()) e.telemetry.error = error_message(r.body);
+    e.telemetry.completed_at = wall_now();
+    answer(e, nullptr, std::move(r));
+    telemetry_->record(std::move(e.telemetry));
+    notify_idle();
   }
 
   bool try_dispatch(EntryPtr& e, steady::time_point now) {
@@ -556,18 +580,20 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   void start(EntryPtr e, steady::time_point now) {
     e->state = Entry::State::running;
     e->dispatched_steady = now;
-    e->telemetry.dispatched_at = wall_now();
-    e->telemetry.queue_wait = duration_cast<microseconds>(now - e->queued_steady);
+    if (!e->first_dispatch) {
+      e->first_dispatch = now;
+      e->telemetry.dispatched_at = wall_now();
+      e->telemetry.queue_wait = duration_cast<microseconds>(now - e->queued_steady);
+    }
     if (options_.execution_timeout.count() > 0) e->exec_deadline = now + options_.execution_timeout;
     run_list_push(*e);
     ++in_flight_;
-    // The completion handler keeps the entry (and so the signal its slot belongs to)
-    // alive until co_spawn has finished with the slot.
-    auto slot = e->exec_cancel.slot();
-    auto work = run(e);
-    asio::co_spawn(
-        strand_, std::move(work),
-        asio::bind_cancellation_slot(slot, [keep = std::move(e)](std::exception_ptr) {}));
+    // The completion handler keeps the signal alive until co_spawn is done with its slot.
+    e->exec_cancel = std::make_shared<asio::cancellation_signal>();
+    auto signal = e->exec_cancel;
+    auto work = run(std::move(e));
+    asio::co_spawn(strand_, std::move(work),
+                   asio::bind_cancellation_slot(signal->slot(), [signal](std::exception_ptr) {}));
   }
 
   asio::awaitable<void> run(EntryPtr e) {
@@ -601,7 +627,6 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     const steady::time_point now = steady::now();
     run_list_remove(*e);
     --in_flight_;
-    completed_.fetch_add(1, std::memory_order_relaxed);
     TelemetryData& t = e->telemetry;
     // Feed the balancer: reported outcomes first; otherwise the Response status, for a
     // single chosen deployment, unless the queue itself stopped the executor.
@@ -613,8 +638,21 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     if (e->llm_grant) balancer_.reconcile(*e->llm_grant, t.prompt_tokens + t.completion_tokens);
     if (e->emb_grant)
       balancer_.reconcile(*e->emb_grant, t.embedding_tokens > 0 ? t.embedding_tokens : 0);
+    AttemptRecord attempt;
+    attempt.llm_deployment = e->chosen.llm ? e->chosen.llm->unique_model_id : std::string();
+    attempt.embedding_deployment =
+        e->chosen.embedding ? e->chosen.embedding->unique_model_id : std::string();
+    attempt.status = threw ? 500 : r.status;
+    attempt.duration = duration_cast<microseconds>(now - e->dispatched_steady);
+    t.attempt_log.push_back(std::move(attempt));
+    t.attempts = static_cast<int>(t.attempt_log.size());
+    if (!e->answered && !threw && should_retry(*e, r, now)) {
+      requeue(e, std::move(r), now);
+      return;
+    }
+    completed_.fetch_add(1, std::memory_order_relaxed);
     t.completed_at = wall_now();
-    t.execution_time = duration_cast<microseconds>(now - e->dispatched_steady);
+    t.execution_time = duration_cast<microseconds>(now - *e->first_dispatch);
     if (e->answered) {
       // The caller was answered already (cancelled, timed out or shut down).
       if (t.status == 0) t.status = e->caller_cancelled ? 499 : 504;
@@ -627,6 +665,57 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     telemetry_->record(std::move(t));
     if (!scheduler_.empty()) wake();
     notify_idle();
+  }
+
+  static bool retryable_status(int status) {
+    return status == 408 || status == 409 || status == 429 || status >= 500;
+  }
+
+  /// Retry when a reported upstream outcome says the failure is transient, attempts and
+  /// the retry budget remain, and nothing said "never retry".
+  bool should_retry(const Entry& e, const Response& r, steady::time_point now) const {
+    if (r.status < 400 || e.caller_cancelled || e.exec_timed_out) return false;
+    if (e.telemetry.attempts >= options_.max_attempts) return false;
+    if (now - *e.first_dispatch >= options_.retry_budget) return false;
+    bool transient = false;
+    auto check = [&](bool granted, const UpstreamOutcome& o) {
+      if (!granted || (o.status == 0 && !o.connection_error)) return true;
+      if (!o.retryable) return false;
+      transient = transient || o.connection_error || retryable_status(o.status);
+      return true;
+    };
+    const bool allowed = check(e.llm_grant.has_value(), e.telemetry.llm_outcome) &&
+                         check(e.emb_grant.has_value(), e.telemetry.embedding_outcome);
+    return allowed && transient;
+  }
+
+  /// Puts a failed attempt back at the front of the queue. The failed deployment is in
+  /// backoff now, so the balancer picks another eligible one, or waits for the backoff.
+  void requeue(const EntryPtr& e, Response r, steady::time_point now) {
+    logger()->debug("request {} attempt {} got {}; retrying", e->request.id, e->telemetry.attempts,
+                    r.status);
+    e->last_response = std::move(r);
+    e->llm_grant.reset();
+    e->emb_grant.reset();
+    e->chosen = ChosenDeployments{};
+    e->telemetry.llm_outcome = UpstreamOutcome{};
+    e->telemetry.embedding_outcome = UpstreamOutcome{};
+    e->state = Entry::State::queued;
+    reserved_.fetch_add(1, std::memory_order_relaxed);
+    // An executor that completes without suspending finishes inside the poller's
+    // dispatch loop; the scheduler is not re-entered: the poller queues it next.
+    retry_pending_.push_back(e);
+    wake();
+    (void)now;
+  }
+
+  void queue_pending_retries() {
+    for (EntryPtr& e : retry_pending_) {
+      if (e->state != Entry::State::queued || e->answered) continue;  // cancelled meanwhile
+      const auto deadline = *e->first_dispatch + options_.retry_budget;
+      e->ticket = scheduler_.push_front(e->cls->index, e, deadline);
+    }
+    retry_pending_.clear();
   }
 
   static std::string error_message(const nlohmann::json& body) {
@@ -648,12 +737,21 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   void apply_outcome(const std::optional<DeploymentGrant>& g, const UpstreamOutcome& o,
                      int fallback, steady::time_point now) {
     if (!g) return;
-    const int status = o.status != 0 ? o.status : fallback;
+    const int status =
+        o.connection_error && o.status == 0 ? 503 : (o.status != 0 ? o.status : fallback);
     if (status == 429 || status >= 500) {
       std::optional<steady::duration> retry;
       if (o.retry_after && o.retry_after->count() >= 0) retry = *o.retry_after;
       balancer_.report_failure(g->deployment, now, retry, status == 429);
     }
+    // The upstream says the budget is spent until a reset: stay away until then.
+    using std::chrono::seconds;
+    if (o.remaining_requests && *o.remaining_requests <= 0)
+      balancer_.hold(g->deployment, now + (o.reset_requests ? steady::duration(*o.reset_requests)
+                                                            : steady::duration(seconds(1))));
+    if (o.remaining_tokens && *o.remaining_tokens <= 0)
+      balancer_.hold(g->deployment, now + (o.reset_tokens ? steady::duration(*o.reset_tokens)
+                                                          : steady::duration(seconds(1))));
   }
 
   void expire_running(steady::time_point now) {
@@ -668,7 +766,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
                error_response(504, "request executor did not finish within execution_timeout",
                               "timeout", "execution_timeout"));
       }
-      e.exec_cancel.emit(asio::cancellation_type::terminal);
+      e.exec_cancel->emit(asio::cancellation_type::terminal);
     }
   }
 
@@ -716,7 +814,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     co_return;
   }
 
-  bool idle() const { return scheduler_.empty() && in_flight_ == 0; }
+  bool idle() const { return scheduler_.empty() && retry_pending_.empty() && in_flight_ == 0; }
 
   void notify_idle() {
     if (shutting_down_ && idle()) idle_timer_.cancel();
@@ -764,15 +862,19 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
 
   /// Fails every queued request and cancels every running one (strand).
   void abandon_all(const std::string& why) {
+    queue_pending_retries();
     scheduler_.drain([&](EntryPtr&& e) {
       release_slot();
-      finish_unqueued(*e, QueueClosedError(why));
+      if (e->last_response)
+        answer_with_last_response(*e);
+      else
+        finish_unqueued(*e, QueueClosedError(why));
     });
     std::vector<Entry*> running;
     for (Entry* e = run_head_; e != nullptr; e = e->run_next) running.push_back(e);
     for (Entry* e : running) {
       if (!e->answered) answer_error(*e, QueueClosedError(why));
-      e->exec_cancel.emit(asio::cancellation_type::terminal);
+      e->exec_cancel->emit(asio::cancellation_type::terminal);
     }
   }
 
@@ -792,7 +894,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
 
   QueueStats stats_now() {
     QueueStats s;
-    s.queue_depth = scheduler_.size();
+    s.queue_depth = scheduler_.size() + retry_pending_.size();
     s.in_flight = in_flight_;
     s.admitted = admitted_.load();
     s.completed = completed_.load();
@@ -855,6 +957,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   bool shutdown_started_ = false;
   bool shutdown_done_ = false;
   std::size_t in_flight_ = 0;
+  std::vector<EntryPtr> retry_pending_;
   Entry* run_head_ = nullptr;
   Entry* run_tail_ = nullptr;
 

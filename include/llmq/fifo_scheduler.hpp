@@ -52,6 +52,18 @@ class FifoScheduler {
     return SchedulerTicket{resource_class, seq};
   }
 
+  /// Queues `item` ahead of everything queued (in its class and across classes): for a
+  /// request being retried, which has waited longest. Not bounded by max_size, since the
+  /// item was already admitted once.
+  SchedulerTicket push_front(std::uint32_t resource_class, Item item, time_point deadline) {
+    if (resource_class >= classes_.size()) classes_.resize(resource_class + 1);
+    Class& c = classes_[resource_class];
+    const std::uint64_t seq = --front_seq_;
+    c.slots.push_front(Slot{seq, deadline, std::move(item), false});
+    ++live_;
+    return SchedulerTicket{resource_class, seq};
+  }
+
   /// Removes a queued item. Returns the item if it was still queued.
   std::optional<Item> cancel(SchedulerTicket t) {
     if (t.resource_class >= classes_.size()) return std::nullopt;
@@ -186,7 +198,11 @@ class FifoScheduler {
 
   std::size_t max_size_;
   std::size_t live_ = 0;
-  std::uint64_t next_seq_ = 0;
+  // Sequence numbers grow from the middle of the range; push_front takes smaller ones,
+  // so every class stays sorted by seq and older-first across classes.
+  static constexpr std::uint64_t kSeqOrigin = std::uint64_t{1} << 63;
+  std::uint64_t next_seq_ = kSeqOrigin;
+  std::uint64_t front_seq_ = kSeqOrigin;
   std::vector<Class> classes_;
   std::vector<bool> blocked_;
 };

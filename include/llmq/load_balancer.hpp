@@ -86,6 +86,10 @@ class WeightedRoundRobinBalancer {
   void report_failure(std::size_t deployment, time_point now,
                       std::optional<clock::duration> retry_after, bool throttled);
 
+  /// Keeps the deployment out of rotation until `until` without counting a failure
+  /// (e.g. the upstream said it has no requests or tokens left until a reset).
+  void hold(std::size_t deployment, time_point until);
+
   /// Earliest time at which some candidate could be eligible for `need`
   /// (== now if one is eligible now; time_point::max() if none ever can be).
   [[nodiscard]] time_point next_eligible(std::span<const std::size_t> candidates,

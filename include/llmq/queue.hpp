@@ -35,6 +35,16 @@ struct QueueOptions {
   /// Longest time one executor call may run before it is cancelled and its caller gets
   /// a 504 Response. Zero disables. Default 10 min.
   std::chrono::milliseconds execution_timeout{std::chrono::minutes(10)};
+  /// Executor runs per request at most; 1 disables retries. A run is retried when the
+  /// executor reported an upstream outcome (TelemetryData::llm_outcome /
+  /// embedding_outcome) that is transient (408, 409, 429, >= 500 or a connection error)
+  /// and not marked `retryable = false`. The failed deployment is in backoff by then, so
+  /// the retry goes to another eligible deployment, or waits for the backoff to end.
+  /// When all attempts fail the caller gets the last upstream Response. Default 3.
+  int max_attempts = 3;
+  /// No retry starts later than this after the first dispatch; a retry still waiting
+  /// then answers with the last upstream Response. Default 60 s.
+  std::chrono::milliseconds retry_budget{std::chrono::seconds(60)};
   /// How long graceful_shutdown() lets queued and in-flight requests finish. Default 30 s.
   std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(30)};
   /// Telemetry records buffered before new ones are dropped (and counted). Default 10000.

@@ -18,10 +18,32 @@ namespace llmq {
 using WallTime = std::chrono::time_point<std::chrono::system_clock, std::chrono::microseconds>;
 
 /// What the upstream answered one deployment. An executor fills it so that the
-/// balancer learns (429 and 5xx start a backoff; Retry-After overrides its length).
+/// balancer learns (429 and 5xx start a backoff; Retry-After overrides its length) and
+/// the queue can retry (see QueueOptions::max_attempts).
 struct UpstreamOutcome {
-  int status = 0;  ///< 0 = not reported
+  /// HTTP status; 0 = not reported. A connection failure (reset, refused, timeout before
+  /// any response) is reported as 503 with `connection_error` set.
+  int status = 0;
+  /// The upstream's Retry-After (from retry-after-ms, x-ms-retry-after-ms or retry-after).
   std::optional<std::chrono::milliseconds> retry_after;
+  /// x-ratelimit-remaining-requests / -tokens, when the upstream sent sane values.
+  std::optional<std::int64_t> remaining_requests;
+  std::optional<std::int64_t> remaining_tokens;
+  /// x-ratelimit-reset-requests / -tokens (durations like "1s", "6m0s", "12ms").
+  std::optional<std::chrono::milliseconds> reset_requests;
+  std::optional<std::chrono::milliseconds> reset_tokens;
+  bool connection_error = false;
+  /// False for failures that must never be retried even though their status would be
+  /// (e.g. OpenAI's 429 `insufficient_quota`).
+  bool retryable = true;
+};
+
+/// One upstream attempt of a request (the queue may retry on another deployment).
+struct AttemptRecord {
+  std::string llm_deployment;
+  std::string embedding_deployment;
+  int status = 0;
+  std::chrono::microseconds duration{0};
 };
 
 /// One record per request, for every outcome (rejections included).
@@ -45,9 +67,10 @@ struct TelemetryData {
   std::int64_t prompt_tokens = 0;
   std::int64_t completion_tokens = 0;
   std::int64_t embedding_tokens = 0;
-  UpstreamOutcome llm_outcome;        ///< filled by the executor, feeds the balancer
-  UpstreamOutcome embedding_outcome;  ///< filled by the executor, feeds the balancer
-  int attempts = 0;                   ///< upstream attempts the executor made
+  UpstreamOutcome llm_outcome;             ///< filled by the executor, feeds the balancer
+  UpstreamOutcome embedding_outcome;       ///< filled by the executor, feeds the balancer
+  int attempts = 0;                        ///< executor runs (1 + retries)
+  std::vector<AttemptRecord> attempt_log;  ///< one entry per executor run, in order
 
   int status = 0;     ///< the status the caller received (rejections: the error's status)
   std::string error;  ///< error message, empty on success; never contains a key

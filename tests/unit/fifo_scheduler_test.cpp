@@ -117,6 +117,25 @@ TEST(FifoScheduler, ManyCancellationsCompact) {
   EXPECT_EQ(dispatch_all(s, {0}), (std::vector<int>{0, 199}));
 }
 
+TEST(FifoScheduler, PushFrontGoesAheadOfEverythingAndIgnoresBound) {
+  FifoScheduler<int> s(2);
+  s.push(0, 1, t0 + seconds(10));
+  s.push(1, 2, t0 + seconds(10));
+  auto t = s.push_front(1, 9, t0 + seconds(10));
+  EXPECT_EQ(s.size(), 3u);
+  s.push_front(0, 8, t0 + seconds(10));  // the newest retry goes first
+  EXPECT_EQ(dispatch_all(s, {0, 1}), (std::vector<int>{8, 9, 1, 2}));
+  EXPECT_FALSE(s.cancel(t).has_value());
+}
+
+TEST(FifoScheduler, CancelFindsFrontPushedItems) {
+  FifoScheduler<int> s(10);
+  s.push(0, 1, t0 + seconds(10));
+  auto t = s.push_front(0, 2, t0 + seconds(10));
+  EXPECT_EQ(s.cancel(t), std::optional<int>(2));
+  EXPECT_EQ(dispatch_all(s, {0}), (std::vector<int>{1}));
+}
+
 TEST(FifoScheduler, DrainReturnsEverythingInArrivalOrder) {
   FifoScheduler<int> s(10);
   s.push(1, 1, t0);

@@ -159,6 +159,16 @@ TEST(WeightedRoundRobinBalancer, RetryAfterOverridesErrorBackoff) {
   EXPECT_EQ(b.state(0, t0).failures, 1u);
 }
 
+TEST(WeightedRoundRobinBalancer, HoldPausesWithoutCountingFailure) {
+  WeightedRoundRobinBalancer b({big(1), big(1)});
+  const std::vector<std::size_t> both{0, 1};
+  b.hold(1, t0 + seconds(2));
+  EXPECT_EQ(b.acquire(both, {1, 1}, t0)->deployment, 0u);
+  EXPECT_EQ(b.acquire(both, {1, 1}, t0 + seconds(1))->deployment, 0u);
+  EXPECT_EQ(b.state(1, t0).failures, 0u);
+  EXPECT_EQ(b.next_eligible(std::vector<std::size_t>{1}, {1, 1}, t0), t0 + seconds(2));
+}
+
 TEST(WeightedRoundRobinBalancer, PickDoesNotChargeUntilCommit) {
   DeploymentLimits l{1, 1000, seconds(60), 1, false};
   WeightedRoundRobinBalancer b({l});

@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <map>
+#include <set>
 #include <thread>
 
 namespace {
@@ -163,6 +164,12 @@ json chat_body(std::string text = "Hello, world!") {
 llmq::ModelPreferences pinned(std::string id) {
   llmq::ModelPreferences p;
   p.specific_llm_model = std::move(id);
+  return p;
+}
+
+llmq::ModelPreferences pinned_name(std::string model_name) {
+  llmq::ModelPreferences p;
+  p.llm_model_name = std::move(model_name);
   return p;
 }
 
@@ -582,11 +589,162 @@ TEST(LLMQueueRuntime, ThrottledDeploymentBacksOffAndOthersServe) {
     EXPECT_EQ(s.deployments[1].backoff_remaining, 0ms);
     co_await h.queue->graceful_shutdown();
   });
-  // chat-a answered 429 once and then received nothing for its Retry-After.
+  // chat-a answered 429 once and then received nothing for its Retry-After; the
+  // throttled request was retried on chat-b, so every caller got a 200.
   EXPECT_EQ(throttled->per_deployment["chat-a"], 1);
-  EXPECT_EQ(throttled->per_deployment["chat-b"], 19);
-  EXPECT_EQ(throttled_answers, 1);
-  EXPECT_EQ(ok, 19);
+  EXPECT_EQ(throttled->per_deployment["chat-b"], 20);
+  EXPECT_EQ(throttled_answers, 0);
+  EXPECT_EQ(ok, 20);
+}
+
+/// Fails with a transient (or, if `permanent`, a non-retryable) upstream error on the
+/// deployments listed in `failing`.
+class FlakyExecutor : public llmq::RequestExecutor {
+ public:
+  FlakyExecutor(std::set<std::string> failing, int status, bool permanent = false)
+      : failing_(std::move(failing)), status_(status), permanent_(permanent) {}
+  awaitable<llmq::Response> process_request(const llmq::Request& req,
+                                            const llmq::ChosenDeployments& chosen,
+                                            llmq::TelemetryData& t) override {
+    const std::string& id = chosen.llm->unique_model_id;
+    tried.push_back(id);
+    if (failing_.count(id)) {
+      t.llm_outcome.status = status_;
+      t.llm_outcome.retryable = !permanent_;
+      t.llm_outcome.retry_after = 5min;
+      co_return llmq::Response{llmq::make_error_body("upstream says no", "server_error", id),
+                               status_};
+    }
+    t.llm_outcome.status = 200;
+    co_return llmq::Response{echo_body(req, chosen), 200};
+  }
+  std::vector<std::string> tried;
+
+ private:
+  std::set<std::string> failing_;
+  int status_;
+  bool permanent_;
+};
+
+TEST(LLMQueueRuntime, TransientFailureIsRetriedOnAnotherDeployment) {
+  auto flaky = std::make_shared<FlakyExecutor>(std::set<std::string>{"chat-a"}, 503);
+  Harness h(default_config(), {{"chat_completion", flaky}});
+  llmq::Response r;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    r = co_await h.queue->execute_request("chat_completion", chat_body(), "u",
+                                          pinned_name("gpt-4o"));
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body["llm"], "chat-b");
+  EXPECT_EQ(flaky->tried, (std::vector<std::string>{"chat-a", "chat-b"}));
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].attempts, 2);
+  ASSERT_EQ(records[0].attempt_log.size(), 2u);
+  EXPECT_EQ(records[0].attempt_log[0].llm_deployment, "chat-a");
+  EXPECT_EQ(records[0].attempt_log[0].status, 503);
+  EXPECT_EQ(records[0].attempt_log[1].status, 200);
+  EXPECT_EQ(records[0].status, 200);
+}
+
+TEST(LLMQueueRuntime, AllAttemptsFailingReturnsTheUpstreamError) {
+  auto flaky = std::make_shared<FlakyExecutor>(std::set<std::string>{"chat-a", "chat-b"}, 500);
+  llmq::QueueOptions o;
+  o.retry_budget = 100ms;  // both deployments back off for 5 min: the retry waits, then gives up
+  Harness h(default_config(), {{"chat_completion", flaky}}, o);
+  llmq::Response r;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(r.status, 500);
+  EXPECT_EQ(r.body["error"]["message"], "upstream says no");
+  EXPECT_EQ(flaky->tried.size(), 2u);  // one attempt each, then no eligible deployment
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].attempts, 2);
+  EXPECT_EQ(records[0].status, 500);
+}
+
+TEST(LLMQueueRuntime, AttemptsAreBounded) {
+  auto config = make_config({model("a", llmq::ModelType::chat), model("b", llmq::ModelType::chat),
+                             model("c", llmq::ModelType::chat), model("d", llmq::ModelType::chat)});
+  auto flaky = std::make_shared<FlakyExecutor>(std::set<std::string>{"a", "b", "c", "d"}, 429);
+  llmq::QueueOptions o;
+  o.max_attempts = 3;
+  Harness h(std::move(config), {{"chat_completion", flaky}}, o);
+  llmq::Response r;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(r.status, 429);
+  EXPECT_EQ(flaky->tried.size(), 3u);
+}
+
+TEST(LLMQueueRuntime, NonRetryableFailureIsNotRetried) {
+  auto flaky =
+      std::make_shared<FlakyExecutor>(std::set<std::string>{"chat-a", "chat-b"}, 429, true);
+  Harness h(default_config(), {{"chat_completion", flaky}});
+  llmq::Response r;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(r.status, 429);
+  EXPECT_EQ(flaky->tried.size(), 1u);
+}
+
+TEST(LLMQueueRuntime, ClientErrorsAreNotRetried) {
+  auto flaky = std::make_shared<FlakyExecutor>(std::set<std::string>{"chat-a", "chat-b"}, 400);
+  Harness h(default_config(), {{"chat_completion", flaky}});
+  llmq::Response r;
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    auto s = co_await h.queue->stats();
+    EXPECT_EQ(s.deployments[0].failures + s.deployments[1].failures, 0u);  // no backoff for a 400
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(flaky->tried.size(), 1u);
+}
+
+class ExhaustedExecutor : public llmq::RequestExecutor {
+ public:
+  awaitable<llmq::Response> process_request(const llmq::Request& req,
+                                            const llmq::ChosenDeployments& chosen,
+                                            llmq::TelemetryData& t) override {
+    tried.push_back(chosen.llm->unique_model_id);
+    t.llm_outcome.status = 200;
+    if (chosen.llm->unique_model_id == "chat-a") {
+      t.llm_outcome.remaining_requests = 0;
+      t.llm_outcome.reset_requests = 10min;
+    }
+    co_return llmq::Response{echo_body(req, chosen), 200};
+  }
+  std::vector<std::string> tried;
+};
+
+TEST(LLMQueueRuntime, UpstreamRemainingZeroHoldsTheDeploymentUntilReset) {
+  auto exhausted = std::make_shared<ExhaustedExecutor>();
+  Harness h(default_config(), {{"chat_completion", exhausted}});
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    for (int i = 0; i < 6; ++i)
+      co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    auto s = co_await h.queue->stats();
+    EXPECT_EQ(s.deployments[0].failures, 0u);
+    EXPECT_GT(s.deployments[0].backoff_remaining, 9min);
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(exhausted->tried,
+            (std::vector<std::string>{"chat-a", "chat-b", "chat-b", "chat-b", "chat-b", "chat-b"}));
 }
 
 TEST(LLMQueueRuntime, RagRequestGetsBothDeployments) {
