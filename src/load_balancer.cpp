@@ -31,6 +31,8 @@ WeightedRoundRobinBalancer::WeightedRoundRobinBalancer(std::vector<DeploymentLim
 }
 
 void WeightedRoundRobinBalancer::advance(State& s, time_point now) {
+  if (now <= s.advanced_to) return;  // nothing can have left the windows since
+  s.advanced_to = now;
   const std::uint64_t end = s.base_seq + s.log.size();
   for (Window& w : s.windows) {
     while (w.cursor < end) {

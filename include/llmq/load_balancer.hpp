@@ -119,6 +119,7 @@ class WeightedRoundRobinBalancer {
     std::int64_t current = 0;     // smooth WRR
     std::uint64_t eligible_epoch = 0;
     time_point backoff_until{};
+    time_point advanced_to{};  // windows are current as of this time
     DeploymentState counters;
   };
 

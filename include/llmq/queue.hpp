@@ -49,8 +49,9 @@ struct QueueOptions {
   std::chrono::milliseconds shutdown_timeout{std::chrono::seconds(30)};
   /// Telemetry records buffered before new ones are dropped (and counted). Default 10000.
   std::size_t telemetry_buffer_capacity = 10'000;
-  /// Records per TelemetryStore::insert_batch call at most. Default 500.
-  std::size_t telemetry_batch_size = 500;
+  /// Records per TelemetryStore::insert_batch call at most. Default 100 (a batch stays
+  /// well under the allocator's large-block thresholds).
+  std::size_t telemetry_batch_size = 100;
   /// A partial batch is flushed after this long. Default 1 s.
   std::chrono::milliseconds telemetry_flush_interval{std::chrono::seconds(1)};
   /// Store each request's body in its telemetry record. Default off.

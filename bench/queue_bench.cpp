@@ -1,0 +1,224 @@
+// End-to-end in-process benchmark of LLMQueue: closed-loop callers drive requests from
+// many users over many deployments through admission, the limiter, the scheduler, the
+// balancer, a no-op or fixed-latency executor and telemetry, on one thread.
+//
+//   llmq_bench_queue [--requests N] [--concurrency C] [--users U] [--deployments D]
+//                    [--latency-ms L]
+//
+// Prints throughput, the queue's overhead per request (caller-observed latency minus the
+// executor's own time) at p50/p99/p99.9, and peak RSS.
+
+#include <llmq/llmq.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <malloc.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+namespace asio = boost::asio;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+struct Args {
+  long requests = 300'000;
+  long concurrency = 1000;
+  long users = 1000;
+  long deployments = 16;
+  long latency_ms = 0;
+  long measure_users = 0;  // instead of the queue run: bytes per active user in the limiter
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string k = argv[i];
+    const long v = std::stol(argv[i + 1]);
+    if (k == "--requests")
+      a.requests = v;
+    else if (k == "--concurrency")
+      a.concurrency = v;
+    else if (k == "--users")
+      a.users = v;
+    else if (k == "--deployments")
+      a.deployments = v;
+    else if (k == "--latency-ms")
+      a.latency_ms = v;
+    else if (k == "--measure-users")
+      a.measure_users = v;
+    else {
+      std::fprintf(stderr, "unknown option %s\n", k.c_str());
+      std::exit(2);
+    }
+  }
+  return a;
+}
+
+class NoopExecutor : public llmq::RequestExecutor {
+ public:
+  asio::awaitable<llmq::Response> process_request(const llmq::Request&,
+                                                  const llmq::ChosenDeployments&,
+                                                  llmq::TelemetryData&) override {
+    co_return llmq::Response{nlohmann::json(), 200};
+  }
+};
+
+class LatencyExecutor : public llmq::RequestExecutor {
+ public:
+  explicit LatencyExecutor(std::chrono::milliseconds d) : d_(d) {}
+  asio::awaitable<llmq::Response> process_request(const llmq::Request&,
+                                                  const llmq::ChosenDeployments&,
+                                                  llmq::TelemetryData&) override {
+    asio::steady_timer t(co_await asio::this_coro::executor, d_);
+    co_await t.async_wait(asio::use_awaitable);
+    co_return llmq::Response{nlohmann::json(), 200};
+  }
+
+ private:
+  std::chrono::milliseconds d_;
+};
+
+llmq::LLMConfig make_config(const Args& a) {
+  llmq::LLMConfig c;
+  llmq::AzureOpenAIConfig g;
+  g.api_key = "bench";
+  g.api_version = "2024-10-21";
+  g.azure_endpoint = "http://127.0.0.1:1/";
+  for (long i = 0; i < a.deployments; ++i) {
+    llmq::AzureModelConfig m;
+    m.unique_model_id = "d" + std::to_string(i);
+    m.model_name_in_azure = "gpt-4o";
+    m.deployment_name_in_azure = m.unique_model_id;
+    m.model_type = llmq::ModelType::chat;
+    m.req_per_min = 1'000'000'000;
+    m.tokens_per_min = 1'000'000'000'000;
+    g.azure_oai_models.push_back(std::move(m));
+  }
+  c.azure_open_ai.push_back(std::move(g));
+  c.user_limits.max_num_requests_in_time_window = 1'000'000'000;
+  c.scheduler_limits.max_queue_size = static_cast<std::size_t>(a.concurrency) + 1;
+  c.scheduler_limits.request_timeout = std::chrono::minutes(10);
+  return c;
+}
+
+nlohmann::json body() {
+  return nlohmann::json{
+      {"messages", nlohmann::json::array({{{"role", "user"}, {"content", "Hello, world!"}}})},
+      {"max_tokens", 16}};
+}
+
+/// Heap bytes per active user in the in-memory limiter: every user at the seed's limit of
+/// 40 requests in the window, measured with mallinfo2 around the fill.
+int measure_users(long users) {
+  const auto before = mallinfo2().uordblks;
+  {
+    llmq::SlidingWindowLimiter limiter;
+    auto now = Clock::now();
+    for (long u = 0; u < users; ++u) {
+      const std::string id = "user-" + std::to_string(u) + "@tenant.example";
+      for (int k = 0; k < 40; ++k) limiter.acquire(id, now, 40, std::chrono::seconds(60));
+      now += std::chrono::microseconds(1);
+    }
+    const auto after = mallinfo2().uordblks;
+    std::printf("users %ld limiter heap %.1f MiB bytes/user %.0f (estimate %.0f)\n", users,
+                static_cast<double>(after - before) / (1024.0 * 1024.0),
+                static_cast<double>(after - before) / static_cast<double>(users),
+                static_cast<double>(limiter.memory_bytes()) / static_cast<double>(users));
+  }
+  return 0;
+}
+
+long peak_rss_kib() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Args a = parse(argc, argv);
+  if (a.measure_users > 0) return measure_users(a.measure_users);
+  llmq::logger()->set_level(spdlog::level::warn);
+  asio::io_context io(1);
+  std::shared_ptr<llmq::RequestExecutor> exec;
+  if (a.latency_ms > 0)
+    exec = std::make_shared<LatencyExecutor>(std::chrono::milliseconds(a.latency_ms));
+  else
+    exec = std::make_shared<NoopExecutor>();
+  llmq::QueueOptions o;
+  o.telemetry_store = std::make_shared<llmq::InMemoryTelemetryStore>(10'000);
+  o.telemetry_buffer_capacity = 1'000'000;
+  llmq::LLMQueue queue(io.get_executor(), make_config(a), {{"chat_completion", exec}}, o);
+
+  const nlohmann::json request = body();
+  std::vector<std::int64_t> overhead_ns;
+  overhead_ns.reserve(static_cast<std::size_t>(a.requests));
+  long issued = 0, answered = 0, failed = 0;
+  Clock::time_point start, end;
+  const auto executor_time = std::chrono::milliseconds(a.latency_ms);
+
+  auto caller = [&](long id) -> asio::awaitable<void> {
+    const std::string user = "user-" + std::to_string(id % a.users);
+    while (issued < a.requests) {
+      ++issued;
+      const auto t0 = Clock::now();
+      try {
+        auto r = co_await queue.execute_request("chat_completion", request, user);
+        if (r.status == 200)
+          ++answered;
+        else
+          ++failed;
+      } catch (const std::exception&) {
+        ++failed;
+      }
+      overhead_ns.push_back(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - t0 - executor_time)
+              .count());
+    }
+  };
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        co_await queue.initiate();
+        start = Clock::now();
+        long done = 0;
+        for (long i = 0; i < a.concurrency; ++i)
+          asio::co_spawn(io, caller(i), [&](std::exception_ptr) { ++done; });
+        asio::steady_timer t(io);
+        while (done < a.concurrency) {
+          t.expires_after(std::chrono::milliseconds(1));
+          co_await t.async_wait(asio::use_awaitable);
+        }
+        end = Clock::now();
+        co_await queue.graceful_shutdown();
+      },
+      asio::detached);
+  io.run();
+
+  const double secs = std::chrono::duration<double>(end - start).count();
+  std::sort(overhead_ns.begin(), overhead_ns.end());
+  auto pct = [&](double p) {
+    if (overhead_ns.empty()) return 0.0;
+    const auto i = static_cast<std::size_t>(p * static_cast<double>(overhead_ns.size() - 1));
+    return static_cast<double>(overhead_ns[i]) / 1000.0;
+  };
+  std::printf("requests %ld concurrency %ld users %ld deployments %ld executor_latency_ms %ld\n",
+              a.requests, a.concurrency, a.users, a.deployments, a.latency_ms);
+  std::printf("answered %ld/%ld failed %ld\n", answered, a.requests, failed);
+  std::printf("throughput %.0f requests/s\n", static_cast<double>(answered) / secs);
+  std::printf("queue overhead us: p50 %.1f p99 %.1f p99.9 %.1f\n", pct(0.5), pct(0.99), pct(0.999));
+  std::printf("peak rss %ld KiB\n", peak_rss_kib());
+  return answered == a.requests ? 0 : 1;
+}
