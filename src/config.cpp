@@ -338,42 +338,8 @@ class YamlConfigParser {
     return *entry;
   }
 
-  /// Replaces `${VAR}` by the environment variable VAR and `$$` by `$`.
   static std::string expand_env(std::string_view in, const std::string& path, int line) {
-    std::string out;
-    out.reserve(in.size());
-    for (std::size_t i = 0; i < in.size(); ++i) {
-      const char c = in[i];
-      if (c != '$' || i + 1 >= in.size()) {
-        out.push_back(c);
-        continue;
-      }
-      if (in[i + 1] == '$') {
-        out.push_back('$');
-        ++i;
-        continue;
-      }
-      if (in[i + 1] != '{') {
-        out.push_back(c);
-        continue;
-      }
-      const std::size_t close = in.find('}', i + 2);
-      if (close == std::string_view::npos) fail(path, "unterminated '${' (missing '}')", line);
-      const std::string name(in.substr(i + 2, close - i - 2));
-      if (name.empty()) fail(path, "empty environment variable name in '${}'", line);
-      bool valid = is_var_start(name.front());
-      for (char n : name) valid = valid && is_var_char(n);
-      if (!valid) {
-        // The text between the braces is not echoed: it may be part of a secret.
-        fail(path, "invalid environment variable name in '${...}' (use letters, digits and _)",
-             line);
-      }
-      const char* value = std::getenv(name.c_str());
-      if (value == nullptr) fail(path, "environment variable '" + name + "' is not set", line);
-      out.append(value);
-      i = close;
-    }
-    return out;
+    return expand_environment(in, path, line);
   }
 
   /// A scalar's text after `${VAR}` expansion; `type_problem` if it is not a scalar.
@@ -632,6 +598,45 @@ std::vector<Deployment> LLMConfig::deployments() const {
 }
 
 void LLMConfig::validate() const { InvariantChecker(nullptr).check(*this); }
+
+std::string expand_environment(std::string_view in, std::string_view path, int line) {
+  auto fail = [&](std::string_view where, std::string_view problem, int at) {
+    throw ConfigError(format_problem(where, problem, at));
+  };
+  std::string out;
+  out.reserve(in.size());
+  for (std::size_t i = 0; i < in.size(); ++i) {
+    const char c = in[i];
+    if (c != '$' || i + 1 >= in.size()) {
+      out.push_back(c);
+      continue;
+    }
+    if (in[i + 1] == '$') {
+      out.push_back('$');
+      ++i;
+      continue;
+    }
+    if (in[i + 1] != '{') {
+      out.push_back(c);
+      continue;
+    }
+    const std::size_t close = in.find('}', i + 2);
+    if (close == std::string_view::npos) fail(path, "unterminated '${' (missing '}')", line);
+    const std::string name(in.substr(i + 2, close - i - 2));
+    if (name.empty()) fail(path, "empty environment variable name in '${}'", line);
+    bool valid = is_var_start(name.front());
+    for (char n : name) valid = valid && is_var_char(n);
+    if (!valid) {
+      // The text between the braces is not echoed: it may be part of a secret.
+      fail(path, "invalid environment variable name in '${...}' (use letters, digits and _)", line);
+    }
+    const char* value = std::getenv(name.c_str());
+    if (value == nullptr) fail(path, "environment variable '" + name + "' is not set", line);
+    out.append(value);
+    i = close;
+  }
+  return out;
+}
 
 LLMConfig parse_config(std::string_view yaml) { return YamlConfigParser().parse(yaml); }
 

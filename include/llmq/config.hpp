@@ -124,6 +124,12 @@ struct LLMConfig {
 /// and line.
 [[nodiscard]] LLMConfig parse_config(std::string_view yaml);
 
+/// Replaces `${VAR}` in `text` by the environment variable VAR and `$$` by `$`, as
+/// parse_config does for every string value. Throws ConfigError naming `key_path` (and
+/// `line` when > 0) for an unset variable or a malformed reference.
+[[nodiscard]] std::string expand_environment(std::string_view text, std::string_view key_path,
+                                             int line = 0);
+
 /// Reads and parses a YAML file. Throws ConfigError (also when the file is unreadable).
 [[nodiscard]] LLMConfig load_config(const std::filesystem::path& path);
 

@@ -193,7 +193,8 @@ struct Harness {
                    std::map<std::string, std::shared_ptr<llmq::RequestExecutor>> execs,
                    llmq::QueueOptions options = {}) {
     options.telemetry_store = telemetry;
-    options.telemetry_flush_interval = 10ms;
+    if (options.telemetry_flush_interval == llmq::QueueOptions{}.telemetry_flush_interval)
+      options.telemetry_flush_interval = 10ms;  // unless the test chose its own
     queue = std::make_unique<llmq::LLMQueue>(io.get_executor(), std::move(config), std::move(execs),
                                              std::move(options));
   }

@@ -1,0 +1,88 @@
+#pragma once
+// llmq-gateway: an OpenAI- and Azure-compatible HTTP front end to an LLMQueue.
+//
+// `Gateway` maps one HTTP request to one LLMQueue call and back (no I/O of its own, so it
+// is tested without sockets); `GatewayServer` is the Beast HTTP/1.1 server around it.
+
+#include "gateway_config.hpp"
+#include "metrics.hpp"
+
+#include <llmq/queue.hpp>
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace llmq::gateway {
+
+struct HttpExchange {
+  std::string method;
+  std::string target;                                        ///< path and query as received
+  std::vector<std::pair<std::string, std::string>> headers;  ///< names lower-cased
+  std::string body;
+
+  [[nodiscard]] const std::string* header(std::string_view lower_name) const;
+};
+
+struct HttpAnswer {
+  int status = 200;
+  std::string content_type = "application/json";
+  std::vector<std::pair<std::string, std::string>> headers;
+  std::string body;
+};
+
+/// Builds the OpenAI-style error answer `{"error":{"message","type","code"}}`.
+HttpAnswer error_answer(int status, std::string_view message, std::string_view type,
+                        std::string_view code);
+
+class Gateway {
+ public:
+  Gateway(LLMQueue& queue, GatewayConfig config, std::shared_ptr<Metrics> metrics);
+
+  /// Answers one request. Never throws.
+  boost::asio::awaitable<HttpAnswer> handle(HttpExchange request);
+
+  /// /readyz answers 200 only while ready.
+  void set_ready(bool ready) noexcept { ready_.store(ready); }
+
+ private:
+  struct Route;
+  boost::asio::awaitable<HttpAnswer> handle_inference(const HttpExchange& request,
+                                                      const Route& route, std::string user);
+  HttpAnswer count(HttpAnswer a);
+  HttpAnswer reject(int status, std::string_view message, std::string_view type,
+                    std::string_view code, std::string_view reason);
+
+  LLMQueue& queue_;
+  GatewayConfig config_;
+  std::shared_ptr<Metrics> metrics_;
+  std::atomic<bool> ready_{false};
+};
+
+/// The HTTP/1.1 server (keep-alive, limits, slow-client timeouts, max connections).
+class GatewayServer {
+ public:
+  GatewayServer(boost::asio::any_io_executor ex, Gateway& gateway, GatewayConfig config);
+  ~GatewayServer();
+
+  /// Binds and listens; returns the port (useful with port 0). Throws on failure.
+  unsigned short listen();
+  /// Accepts until stop(); each connection is served by its own coroutine.
+  boost::asio::awaitable<void> run();
+  /// Stops accepting and closes idle keep-alive connections.
+  void stop();
+  /// Waits until every connection has closed, at most `limit`.
+  boost::asio::awaitable<void> drain(std::chrono::milliseconds limit);
+  [[nodiscard]] std::size_t connections() const noexcept;
+
+ private:
+  struct Impl;
+  std::shared_ptr<Impl> impl_;
+};
+
+}  // namespace llmq::gateway

@@ -1,0 +1,139 @@
+#include "gateway_config.hpp"
+
+#include <llmq/errors.hpp>
+#include <llmq/log.hpp>
+
+#include <yaml-cpp/yaml.h>
+
+#include <fstream>
+#include <limits>
+#include <set>
+#include <sstream>
+
+namespace llmq::gateway {
+namespace {
+
+[[noreturn]] void fail(const std::string& path, std::string_view problem, const YAML::Node& at) {
+  std::string msg = path + ": " + std::string(problem);
+  if (at.IsDefined() && at.Mark().line >= 0)
+    msg += " (line " + std::to_string(at.Mark().line + 1) + ")";
+  throw ConfigError(msg);
+}
+
+std::string text(const YAML::Node& n, const std::string& path) {
+  if (!n.IsScalar()) fail(path, "must be a string", n);
+  return expand_environment(n.Scalar(), path, n.Mark().line + 1);
+}
+
+std::int64_t positive(const YAML::Node& n, const std::string& path, std::int64_t max) {
+  const std::string s = text(n, path);
+  std::int64_t v = 0;
+  try {
+    std::size_t used = 0;
+    v = std::stoll(s, &used);
+    if (used != s.size()) v = 0;
+  } catch (const std::exception&) {
+    v = 0;
+  }
+  if (v <= 0 || v > max)
+    fail(path, "must be a positive integer no larger than " + std::to_string(max), n);
+  return v;
+}
+
+std::chrono::milliseconds seconds(const YAML::Node& n, const std::string& path) {
+  const std::string s = text(n, path);
+  double v = 0;
+  try {
+    std::size_t used = 0;
+    v = std::stod(s, &used);
+    if (used != s.size()) v = 0;
+  } catch (const std::exception&) {
+    v = 0;
+  }
+  if (!(v >= 0.001 && v <= 1e6))
+    fail(path, "must be a number of seconds between 0.001 and 1000000", n);
+  return std::chrono::milliseconds(static_cast<std::int64_t>(v * 1000.0 + 0.5));
+}
+
+GatewayConfig parse_section(const YAML::Node& g) {
+  GatewayConfig c;
+  if (!g || g.IsNull()) return c;
+  if (!g.IsMap()) fail("gateway", "must be a mapping", g);
+  static const std::set<std::string> known = {"listen_address",       "port",
+                                              "user_header",          "client_keys",
+                                              "max_body_bytes",       "max_header_bytes",
+                                              "read_timeout_seconds", "idle_timeout_seconds",
+                                              "max_connections",      "telemetry_jsonl"};
+  for (const auto& kv : g) {
+    const std::string key = kv.first.as<std::string>();
+    const std::string path = "gateway." + key;
+    const YAML::Node& v = kv.second;
+    if (!known.count(key)) {
+      logger()->warn("{}: unknown key (line {})", path, kv.first.Mark().line + 1);
+      continue;
+    }
+    if (key == "listen_address")
+      c.listen_address = text(v, path);
+    else if (key == "port")
+      c.port = static_cast<unsigned short>(positive(v, path, 65535));
+    else if (key == "user_header") {
+      c.user_header = text(v, path);
+      if (c.user_header.empty()) fail(path, "must not be empty", v);
+    } else if (key == "max_body_bytes")
+      c.max_body_bytes = static_cast<std::size_t>(positive(v, path, std::int64_t{1} << 30));
+    else if (key == "max_header_bytes")
+      c.max_header_bytes = static_cast<std::size_t>(positive(v, path, std::int64_t{1} << 20));
+    else if (key == "read_timeout_seconds")
+      c.read_timeout = seconds(v, path);
+    else if (key == "idle_timeout_seconds")
+      c.idle_timeout = seconds(v, path);
+    else if (key == "max_connections")
+      c.max_connections = static_cast<std::size_t>(positive(v, path, 1'000'000));
+    else if (key == "telemetry_jsonl")
+      c.telemetry_jsonl = text(v, path);
+    else if (key == "client_keys") {
+      if (!v.IsSequence()) fail(path, "must be a list", v);
+      for (std::size_t i = 0; i < v.size(); ++i) {
+        const std::string item = path + "[" + std::to_string(i) + "]";
+        const YAML::Node& e = v[i];
+        if (!e.IsMap()) fail(item, "must be a mapping with key and optional user", e);
+        if (!e["key"]) fail(item + ".key", "is required", e);
+        ClientKey k;
+        k.key = text(e["key"], item + ".key");
+        if (k.key.empty()) fail(item + ".key", "must not be empty", e["key"]);
+        if (e["user"]) k.user = text(e["user"], item + ".user");
+        c.client_keys.push_back(std::move(k));
+      }
+    }
+  }
+  return c;
+}
+
+}  // namespace
+
+GatewaySettings parse_gateway_settings(std::string_view yaml) {
+  GatewaySettings s;
+  s.llm = parse_config(yaml);  // validates the library's keys, reports their errors
+  YAML::Node root;
+  try {
+    root = YAML::Load(std::string(yaml));
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(std::string("config: ") + e.what());
+  }
+  s.gateway = parse_section(root["gateway"]);
+  return s;
+}
+
+GatewaySettings load_gateway_settings(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError(path.string() + ": cannot read file");
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  try {
+    return parse_gateway_settings(ss.str());
+  } catch (const ConfigError& e) {
+    throw ConfigError(path.string() + ": " + e.what());
+  }
+}
+
+}  // namespace llmq::gateway

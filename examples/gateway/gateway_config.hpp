@@ -1,0 +1,52 @@
+#pragma once
+// The `gateway:` section of the llmq config, read by llmq-gateway.
+
+#include <llmq/config.hpp>
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace llmq::gateway {
+
+/// A client key accepted by the gateway; optionally bound to one user.
+struct ClientKey {
+  std::string key;   ///< secret: never logged
+  std::string user;  ///< empty: the user comes from the user header
+};
+
+struct GatewayConfig {
+  std::string listen_address = "127.0.0.1";
+  unsigned short port = 8080;
+  /// Header naming the user (case-insensitive). Default `x-user-id`.
+  std::string user_header = "x-user-id";
+  /// When non-empty, every request must carry one of these keys as `api-key: <key>` or
+  /// `Authorization: Bearer <key>`.
+  std::vector<ClientKey> client_keys;
+  std::size_t max_body_bytes = 4 * 1024 * 1024;
+  std::size_t max_header_bytes = 16 * 1024;
+  /// A client must send a whole request (and read the answer) within this time.
+  std::chrono::milliseconds read_timeout{std::chrono::seconds(30)};
+  /// Keep-alive connections idle longer than this are closed.
+  std::chrono::milliseconds idle_timeout{std::chrono::seconds(60)};
+  std::size_t max_connections = 1024;
+  /// Where telemetry goes: empty for in-memory only, else a JSON-lines file path.
+  std::string telemetry_jsonl;
+};
+
+/// The whole file: the library's config plus the gateway section.
+struct GatewaySettings {
+  LLMConfig llm;
+  GatewayConfig gateway;
+};
+
+/// Parses the YAML text (library keys via llmq::parse_config; `gateway:` here). Throws
+/// llmq::ConfigError naming the key and line.
+GatewaySettings parse_gateway_settings(std::string_view yaml);
+GatewaySettings load_gateway_settings(const std::filesystem::path& path);
+
+}  // namespace llmq::gateway

@@ -1,0 +1,117 @@
+// llmq-gateway: a rate-limited, load-balanced OpenAI/Azure-compatible LLM API proxy.
+//
+//   llmq-gateway --config gateway.yaml [--port N] [--port-file PATH]
+//
+// Reads the library's YAML plus its `gateway:` section (docs/configuration.md), serves
+// until SIGINT/SIGTERM, then stops accepting, drains, flushes telemetry and exits 0.
+
+#include "gateway.hpp"
+
+#include <llmq/errors.hpp>
+#include <llmq/http_client.hpp>
+#include <llmq/log.hpp>
+#include <llmq/providers.hpp>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <fstream>
+#include <iostream>
+
+namespace asio = boost::asio;
+using namespace llmq;
+using namespace llmq::gateway;
+
+namespace {
+struct Args {
+  std::string config;
+  std::optional<unsigned short> port;
+  std::string port_file;
+};
+
+Args parse_args(int argc, char** argv) {
+  Args a;
+  for (int i = 1; i < argc; ++i) {
+    const std::string k = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument(k + " needs a value");
+      return argv[++i];
+    };
+    if (k == "--config")
+      a.config = value();
+    else if (k == "--port")
+      a.port = static_cast<unsigned short>(std::stoi(value()));
+    else if (k == "--port-file")
+      a.port_file = value();
+    else
+      throw std::invalid_argument("unknown option " + k);
+  }
+  if (a.config.empty()) throw std::invalid_argument("--config is required");
+  return a;
+}
+
+asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args args,
+                            int& exit_code) {
+  auto metrics = std::make_shared<Metrics>();
+  QueueOptions options;
+  options.telemetry_store = std::make_shared<MetricsTelemetryStore>(
+      metrics, std::make_shared<InMemoryTelemetryStore>(10'000));
+  options.telemetry_flush_interval = std::chrono::milliseconds(200);
+  LLMQueue queue(io.get_executor(), settings.llm, {}, options);
+  auto client = std::make_shared<HttpClient>(io.get_executor());
+  register_default_executors(queue, client);
+  co_await queue.initiate();
+
+  if (args.port) settings.gateway.port = *args.port;
+  Gateway gateway(queue, settings.gateway, metrics);
+  GatewayServer server(io.get_executor(), gateway, settings.gateway);
+  const unsigned short port = server.listen();
+  if (!args.port_file.empty()) std::ofstream(args.port_file) << port << "\n";
+  std::cout << "llmq-gateway listening on http://" << settings.gateway.listen_address << ":" << port
+            << std::endl;
+  gateway.set_ready(true);
+
+  asio::signal_set signals(io, SIGINT, SIGTERM);
+  signals.async_wait([&](const boost::system::error_code& ec, int) {
+    if (ec) return;
+    logger()->info("llmq-gateway: shutting down");
+    gateway.set_ready(false);
+    server.stop();
+  });
+  co_await server.run();
+  co_await queue.graceful_shutdown();
+  co_await server.drain(std::chrono::seconds(5));
+  client->close();
+  signals.cancel();
+  exit_code = 0;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+  Args args;
+  GatewaySettings settings;
+  try {
+    args = parse_args(argc, argv);
+    settings = load_gateway_settings(args.config);
+  } catch (const std::exception& e) {
+    std::cerr << "llmq-gateway: " << e.what() << "\n";
+    return 2;
+  }
+  asio::io_context io(1);
+  int exit_code = 1;
+  asio::co_spawn(io, serve(io, std::move(settings), args, exit_code), [&](std::exception_ptr ep) {
+    if (!ep) return;
+    try {
+      std::rethrow_exception(ep);
+    } catch (const std::exception& e) {
+      std::cerr << "llmq-gateway: " << e.what() << "\n";
+      exit_code = 1;
+    }
+    io.stop();
+  });
+  io.run();
+  return exit_code;
+}

@@ -1,0 +1,209 @@
+#include "metrics.hpp"
+
+#include <cstdio>
+
+namespace llmq::gateway {
+namespace {
+std::vector<double> latency_bounds() {
+  return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+}
+
+std::string number(double v) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+/// Label values are escaped as the exposition format requires.
+std::string label(const std::string& v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+  return out;
+}
+
+void header(std::string& out, const char* name, const char* type, const char* help) {
+  out += "# HELP ";
+  out += name;
+  out += ' ';
+  out += help;
+  out += "\n# TYPE ";
+  out += name;
+  out += ' ';
+  out += type;
+  out += '\n';
+}
+
+void sample(std::string& out, const std::string& name, const std::string& labels, double v) {
+  out += name;
+  if (!labels.empty()) out += "{" + labels + "}";
+  out += ' ';
+  out += number(v);
+  out += '\n';
+}
+}  // namespace
+
+Histogram::Histogram(std::vector<double> bounds)
+    : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {}
+
+void Histogram::observe(double seconds) {
+  std::size_t i = 0;
+  while (i < bounds_.size() && seconds > bounds_[i]) ++i;
+  ++counts_[i];
+  sum_ += seconds;
+  ++count_;
+}
+
+void Histogram::render(std::string& out, const std::string& name) const {
+  std::uint64_t cumulative = 0;
+  for (std::size_t i = 0; i < bounds_.size(); ++i) {
+    cumulative += counts_[i];
+    sample(out, name + "_bucket", "le=\"" + number(bounds_[i]) + "\"",
+           static_cast<double>(cumulative));
+  }
+  cumulative += counts_.back();
+  sample(out, name + "_bucket", "le=\"+Inf\"", static_cast<double>(cumulative));
+  sample(out, name + "_sum", "", sum_);
+  sample(out, name + "_count", "", static_cast<double>(count_));
+}
+
+Metrics::Metrics()
+    : queue_wait_(latency_bounds()),
+      upstream_latency_(latency_bounds()),
+      total_latency_(latency_bounds()) {}
+
+void Metrics::observe(const TelemetryData& t) {
+  std::lock_guard lock(mutex_);
+  auto secs = [](std::chrono::microseconds d) { return static_cast<double>(d.count()) / 1e6; };
+  if (t.dispatched_at.time_since_epoch().count() != 0) {
+    queue_wait_.observe(secs(t.queue_wait));
+    upstream_latency_.observe(secs(t.execution_time));
+  }
+  if (t.completed_at >= t.received_at && t.received_at.time_since_epoch().count() != 0)
+    total_latency_.observe(secs(t.completed_at - t.received_at));
+  for (const AttemptRecord& a : t.attempt_log)
+    if (a.status == 429) {
+      if (!a.llm_deployment.empty()) ++upstream_429_[a.llm_deployment];
+      if (!a.embedding_deployment.empty()) ++upstream_429_[a.embedding_deployment];
+    }
+  if (!t.llm_deployment.empty())
+    tokens_[t.llm_deployment] += static_cast<std::uint64_t>(t.prompt_tokens + t.completion_tokens);
+  if (!t.embedding_deployment.empty())
+    tokens_[t.embedding_deployment] += static_cast<std::uint64_t>(t.embedding_tokens);
+}
+
+void Metrics::rejected(const std::string& reason) {
+  std::lock_guard lock(mutex_);
+  ++rejected_[reason];
+}
+
+void Metrics::answered(int status) {
+  std::lock_guard lock(mutex_);
+  ++http_status_[status];
+}
+
+std::string Metrics::render(const QueueStats& s) const {
+  std::string out;
+  out.reserve(8192);
+  header(out, "llmq_queue_depth", "gauge", "Requests waiting in the queue.");
+  sample(out, "llmq_queue_depth", "", static_cast<double>(s.queue_depth));
+  header(out, "llmq_in_flight", "gauge", "Requests being executed.");
+  sample(out, "llmq_in_flight", "", static_cast<double>(s.in_flight));
+  header(out, "llmq_admitted_total", "counter", "Requests admitted into the queue.");
+  sample(out, "llmq_admitted_total", "", static_cast<double>(s.admitted));
+  header(out, "llmq_completed_total", "counter", "Requests whose executor finished.");
+  sample(out, "llmq_completed_total", "", static_cast<double>(s.completed));
+  header(out, "llmq_rejected_total", "counter", "Requests refused, by reason.");
+  sample(out, "llmq_rejected_total", "reason=\"user_limit\"",
+         static_cast<double>(s.rejected_user_limit));
+  sample(out, "llmq_rejected_total", "reason=\"queue_full\"",
+         static_cast<double>(s.rejected_queue_full));
+  sample(out, "llmq_rejected_total", "reason=\"invalid\"", static_cast<double>(s.rejected_invalid));
+  sample(out, "llmq_rejected_total", "reason=\"queue_timeout\"", static_cast<double>(s.timed_out));
+  sample(out, "llmq_rejected_total", "reason=\"cancelled\"", static_cast<double>(s.cancelled));
+  header(out, "llmq_telemetry_dropped_total", "counter",
+         "Telemetry records dropped (buffer full).");
+  sample(out, "llmq_telemetry_dropped_total", "", static_cast<double>(s.telemetry_dropped));
+  header(out, "llmq_telemetry_failed_total", "counter",
+         "Telemetry records the store failed to write.");
+  sample(out, "llmq_telemetry_failed_total", "", static_cast<double>(s.telemetry_failed));
+
+  header(out, "llmq_deployment_requests_total", "counter", "Requests dispatched to a deployment.");
+  for (const auto& d : s.deployments)
+    sample(out, "llmq_deployment_requests_total", "deployment=\"" + label(d.unique_model_id) + "\"",
+           static_cast<double>(d.granted));
+  header(out, "llmq_deployment_requests_in_window", "gauge", "Calls charged in the last 60 s.");
+  for (const auto& d : s.deployments)
+    sample(out, "llmq_deployment_requests_in_window",
+           "deployment=\"" + label(d.unique_model_id) + "\"",
+           static_cast<double>(d.requests_in_window));
+  header(out, "llmq_deployment_tokens_in_window", "gauge", "Tokens charged in the last 60 s.");
+  for (const auto& d : s.deployments)
+    sample(out, "llmq_deployment_tokens_in_window",
+           "deployment=\"" + label(d.unique_model_id) + "\"",
+           static_cast<double>(d.tokens_in_window));
+  header(out, "llmq_deployment_failures_total", "counter",
+         "Upstream failures reported (429 and 5xx).");
+  for (const auto& d : s.deployments)
+    sample(out, "llmq_deployment_failures_total", "deployment=\"" + label(d.unique_model_id) + "\"",
+           static_cast<double>(d.failures));
+  header(out, "llmq_deployment_backoff_seconds", "gauge", "Remaining backoff (0 = in rotation).");
+  for (const auto& d : s.deployments)
+    sample(out, "llmq_deployment_backoff_seconds",
+           "deployment=\"" + label(d.unique_model_id) + "\"",
+           static_cast<double>(d.backoff_remaining.count()) / 1000.0);
+
+  std::lock_guard lock(mutex_);
+  header(out, "llmq_deployment_throttled_total", "counter",
+         "429 answers received from a deployment.");
+  for (const auto& d : s.deployments) {
+    auto it = upstream_429_.find(d.unique_model_id);
+    sample(out, "llmq_deployment_throttled_total",
+           "deployment=\"" + label(d.unique_model_id) + "\"",
+           static_cast<double>(it == upstream_429_.end() ? 0 : it->second));
+  }
+  header(out, "llmq_deployment_tokens_total", "counter", "Tokens used (as the upstream reported).");
+  for (const auto& d : s.deployments) {
+    auto it = tokens_.find(d.unique_model_id);
+    sample(out, "llmq_deployment_tokens_total", "deployment=\"" + label(d.unique_model_id) + "\"",
+           static_cast<double>(it == tokens_.end() ? 0 : it->second));
+  }
+  header(out, "llmq_gateway_rejected_total", "counter",
+         "Requests the gateway answered with an error, by reason.");
+  for (const auto& [reason, n] : rejected_)
+    sample(out, "llmq_gateway_rejected_total", "reason=\"" + label(reason) + "\"",
+           static_cast<double>(n));
+  header(out, "llmq_gateway_http_responses_total", "counter", "HTTP answers by status.");
+  for (const auto& [status, n] : http_status_)
+    sample(out, "llmq_gateway_http_responses_total", "status=\"" + std::to_string(status) + "\"",
+           static_cast<double>(n));
+  header(out, "llmq_queue_wait_seconds", "histogram", "Time from queueing to dispatch.");
+  queue_wait_.render(out, "llmq_queue_wait_seconds");
+  header(out, "llmq_upstream_latency_seconds", "histogram",
+         "Time from dispatch to the executor's answer.");
+  upstream_latency_.render(out, "llmq_upstream_latency_seconds");
+  header(out, "llmq_request_latency_seconds", "histogram", "Time from arrival to answer.");
+  total_latency_.render(out, "llmq_request_latency_seconds");
+  return out;
+}
+
+MetricsTelemetryStore::MetricsTelemetryStore(std::shared_ptr<Metrics> metrics,
+                                             std::shared_ptr<TelemetryStore> inner)
+    : metrics_(std::move(metrics)), inner_(std::move(inner)) {}
+
+boost::asio::awaitable<void> MetricsTelemetryStore::connect() { co_await inner_->connect(); }
+
+boost::asio::awaitable<void> MetricsTelemetryStore::insert_batch(std::vector<TelemetryData> batch) {
+  for (const TelemetryData& t : batch) metrics_->observe(t);
+  co_await inner_->insert_batch(std::move(batch));
+}
+
+boost::asio::awaitable<void> MetricsTelemetryStore::close() { co_await inner_->close(); }
+
+}  // namespace llmq::gateway

@@ -1,0 +1,70 @@
+#pragma once
+// Prometheus text exposition for llmq-gateway: the queue's stats plus histograms fed by
+// telemetry records (a TelemetryStore decorator) and the gateway's own counters.
+
+#include <llmq/queue.hpp>
+#include <llmq/telemetry.hpp>
+
+#include <array>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace llmq::gateway {
+
+/// A cumulative histogram with fixed bucket bounds (seconds).
+class Histogram {
+ public:
+  explicit Histogram(std::vector<double> bounds);
+  void observe(double seconds);
+  /// Appends `name_bucket{le=...}`, `name_sum`, `name_count` lines.
+  void render(std::string& out, const std::string& name) const;
+
+ private:
+  std::vector<double> bounds_;
+  std::vector<std::uint64_t> counts_;  // one per bound, plus +Inf
+  double sum_ = 0;
+  std::uint64_t count_ = 0;
+};
+
+class Metrics {
+ public:
+  Metrics();
+
+  /// Called for every telemetry record (from the queue's flusher).
+  void observe(const TelemetryData& t);
+  /// A request the gateway answered itself (auth, bad input, queue errors), by reason.
+  void rejected(const std::string& reason);
+  /// An HTTP answer, by status.
+  void answered(int status);
+
+  /// The whole exposition, queue stats included.
+  std::string render(const QueueStats& stats) const;
+
+ private:
+  mutable std::mutex mutex_;
+  Histogram queue_wait_;
+  Histogram upstream_latency_;
+  Histogram total_latency_;
+  std::map<std::string, std::uint64_t> rejected_;
+  std::map<int, std::uint64_t> http_status_;
+  std::map<std::string, std::uint64_t> upstream_429_;  // by deployment
+  std::map<std::string, std::uint64_t> tokens_;        // by deployment
+};
+
+/// Forwards to `inner` after feeding `metrics`.
+class MetricsTelemetryStore : public TelemetryStore {
+ public:
+  MetricsTelemetryStore(std::shared_ptr<Metrics> metrics, std::shared_ptr<TelemetryStore> inner);
+  boost::asio::awaitable<void> connect() override;
+  boost::asio::awaitable<void> insert_batch(std::vector<TelemetryData> batch) override;
+  boost::asio::awaitable<void> close() override;
+
+ private:
+  std::shared_ptr<Metrics> metrics_;
+  std::shared_ptr<TelemetryStore> inner_;
+};
+
+}  // namespace llmq::gateway
