@@ -8,6 +8,7 @@ packages=(
   libboost1.81-dev libboost-url1.81-dev libssl-dev
   nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libhiredis-dev redis-server libpq-dev postgresql libsqlite3-dev
 )
 
 missing=()

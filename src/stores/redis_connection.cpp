@@ -1,0 +1,642 @@
+/// @file redis_connection.cpp
+/// RedisConnection: one pipelined connection on an Asio strand; the URL parser and the
+/// error category.
+
+#include <llmq/detail/redis_protocol.hpp>
+#include <llmq/errors.hpp>
+#include <llmq/log.hpp>
+#include <llmq/redis.hpp>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/cancellation_state.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/system/system_error.hpp>
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <charconv>
+#include <deque>
+
+namespace llmq {
+
+namespace asio = boost::asio;
+using steady = std::chrono::steady_clock;
+
+// --- error category --------------------------------------------------------------------
+
+namespace {
+
+// boost::system::error_category has a protected non-virtual destructor by design.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wnon-virtual-dtor"
+class RedisCategory final : public boost::system::error_category {
+ public:
+  const char* name() const noexcept override { return "llmq.redis"; }
+  std::string message(int ev) const override {
+    switch (static_cast<RedisErrc>(ev)) {
+      case RedisErrc::not_connected:
+        return "not connected to redis (waiting for the reconnect backoff)";
+      case RedisErrc::connect_timeout:
+        return "redis connect timed out";
+      case RedisErrc::command_timeout:
+        return "redis command timed out";
+      case RedisErrc::connection_lost:
+        return "redis connection lost";
+      case RedisErrc::protocol_error:
+        return "redis protocol error";
+      case RedisErrc::handshake_failed:
+        return "redis AUTH/SELECT failed";
+      case RedisErrc::closed:
+        return "redis connection closed";
+      case RedisErrc::too_many_redirects:
+        return "too many redis cluster redirects";
+    }
+    return "unknown redis error";
+  }
+};
+#pragma GCC diagnostic pop
+
+}  // namespace
+
+const boost::system::error_category& redis_category() noexcept {
+  static const RedisCategory category;
+  return category;
+}
+
+boost::system::error_code make_error_code(RedisErrc e) noexcept {
+  return {static_cast<int>(e), redis_category()};
+}
+
+// --- URL -------------------------------------------------------------------------------
+
+namespace {
+
+int hex_value(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+std::string percent_decode(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%') {
+      if (i + 2 >= s.size()) throw ConfigError("redis url: truncated percent escape");
+      const int hi = hex_value(s[i + 1]);
+      const int lo = hex_value(s[i + 2]);
+      if (hi < 0 || lo < 0) throw ConfigError("redis url: invalid percent escape");
+      out.push_back(static_cast<char>(hi * 16 + lo));
+      i += 2;
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+template <class Int>
+bool parse_decimal(std::string_view s, Int& out) {
+  if (s.empty()) return false;
+  const char* end = s.data() + s.size();
+  auto [ptr, ec] = std::from_chars(s.data(), end, out);
+  return ec == std::errc() && ptr == end;
+}
+
+}  // namespace
+
+RedisConfig parse_redis_url(std::string_view url, RedisConfig base) {
+  constexpr std::string_view plain = "redis://";
+  constexpr std::string_view tls = "rediss://";
+  if (url.substr(0, tls.size()) == tls)
+    throw ConfigError("redis url: rediss:// (TLS) is not supported yet; use redis://");
+  if (url.substr(0, plain.size()) != plain)
+    throw ConfigError("redis url: must start with redis:// (got '" + std::string(url) + "')");
+  std::string_view rest = url.substr(plain.size());
+  const std::size_t slash = rest.find('/');
+  std::string_view authority = rest.substr(0, slash);
+  std::string_view path =
+      slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
+
+  RedisConfig cfg = std::move(base);
+  cfg.username.clear();
+  cfg.password.clear();
+  cfg.port = 6379;
+  cfg.database = 0;
+
+  const std::size_t at = authority.rfind('@');
+  if (at != std::string_view::npos) {
+    std::string_view userinfo = authority.substr(0, at);
+    authority.remove_prefix(at + 1);
+    const std::size_t colon = userinfo.find(':');
+    if (colon == std::string_view::npos) {
+      cfg.password = percent_decode(userinfo);  // redis://password@host
+    } else {
+      cfg.username = percent_decode(userinfo.substr(0, colon));
+      cfg.password = percent_decode(userinfo.substr(colon + 1));
+    }
+  }
+  std::string_view host;
+  std::string_view port;
+  if (!authority.empty() && authority.front() == '[') {
+    const std::size_t close = authority.find(']');
+    if (close == std::string_view::npos) throw ConfigError("redis url: unterminated [ in host");
+    host = authority.substr(1, close - 1);
+    std::string_view after = authority.substr(close + 1);
+    if (!after.empty()) {
+      if (after.front() != ':') throw ConfigError("redis url: unexpected text after ]");
+      port = after.substr(1);
+    }
+  } else {
+    const std::size_t colon = authority.rfind(':');
+    host = authority.substr(0, colon);
+    if (colon != std::string_view::npos) port = authority.substr(colon + 1);
+  }
+  if (host.empty()) throw ConfigError("redis url: host is missing");
+  cfg.host = std::string(host);
+  if (!port.empty() || authority.find(':') != std::string_view::npos) {
+    if (!parse_decimal(port, cfg.port) || cfg.port == 0)
+      throw ConfigError("redis url: invalid port '" + std::string(port) + "'");
+  }
+  if (!path.empty()) {
+    if (!parse_decimal(path, cfg.database) || cfg.database < 0)
+      throw ConfigError("redis url: the path must be a database number (got '" + std::string(path) +
+                        "')");
+  }
+  return cfg;
+}
+
+// --- the connection state machine, on its strand ---------------------------------------
+
+namespace detail {
+
+/// One exec()/exec_pipeline() call: its bytes, the replies it expects, and the timer its
+/// caller waits on (cancelled when the replies are in; its expiry is the command timeout).
+struct RedisOp {
+  explicit RedisOp(const asio::strand<asio::any_io_executor>& s) : timer(s) {}
+  std::string wire;
+  std::size_t expected = 1;  // 0: "just be connected" (connect())
+  std::vector<RedisReply> replies;
+  boost::system::error_code ec;
+  bool done = false;
+  bool abandoned = false;  // the caller left (cancelled or timed out): discard the reply
+  bool rearmed = false;    // the timer was moved (connected): its wait was aborted for that
+  asio::steady_timer timer;
+};
+
+class RedisConnectionState : public std::enable_shared_from_this<RedisConnectionState> {
+ public:
+  using strand_type = asio::strand<asio::any_io_executor>;
+
+  RedisConnectionState(const asio::any_io_executor& ex, RedisConfig config)
+      : strand_(asio::make_strand(ex)),
+        config_(std::move(config)),
+        socket_(strand_),
+        resolver_(strand_),
+        write_signal_(strand_),
+        connect_deadline_(strand_) {}
+
+  [[nodiscard]] const strand_type& strand() const noexcept { return strand_; }
+  [[nodiscard]] bool connected() const noexcept { return connected_.load(); }
+
+  /// On the strand: queues `wire` (holding `expected` commands) and waits for the replies.
+  static asio::awaitable<std::vector<RedisReply>> run(std::shared_ptr<RedisConnectionState> self,
+                                                      std::string wire, std::size_t expected) {
+    if (self->phase_ == Phase::closed)
+      throw boost::system::system_error(make_error_code(RedisErrc::closed), self->where());
+    steady::duration extra{0};
+    if (self->phase_ == Phase::idle) {
+      const auto now = steady::now();
+      if (now < self->next_attempt_) {
+        throw boost::system::system_error(make_error_code(RedisErrc::not_connected),
+                                          self->down_message(now));
+      }
+      self->start_connect();
+    }
+    if (self->phase_ == Phase::connecting) extra = self->config_.connect_timeout;
+
+    auto op = std::make_shared<RedisOp>(self->strand_);
+    op->wire = std::move(wire);
+    op->expected = expected;
+    self->to_write_.push_back(op);
+    if (self->phase_ == Phase::connected) self->write_signal_.cancel();
+
+    if (self->config_.command_timeout.count() > 0) {
+      op->timer.expires_after(self->config_.command_timeout + extra);
+    } else {
+      op->timer.expires_at(steady::time_point::max());
+    }
+    while (!op->done) {
+      auto [ec] = co_await op->timer.async_wait(asio::as_tuple(asio::use_awaitable));
+      if (op->done) break;
+      if (!ec) {
+        // No reply in time: the server is stuck or gone. Reset the connection; every
+        // call on it (this one included) fails.
+        op->abandoned = true;
+        self->fail_connection(self->generation_, RedisErrc::command_timeout,
+                              "no reply within command_timeout");
+        if (!op->done) {  // not on the connection any more (cannot happen; be safe)
+          op->done = true;
+          op->ec = make_error_code(RedisErrc::command_timeout);
+        }
+        break;
+      }
+      // Aborted: either connect_and_run() re-armed the timer (the connection is up, the
+      // command timeout now starts) or the caller cancelled us.
+      const asio::cancellation_state cs = co_await asio::this_coro::cancellation_state;
+      if (op->rearmed && cs.cancelled() == asio::cancellation_type::none) {
+        op->rearmed = false;
+        continue;
+      }
+      // Cancelled by the caller. The op stays queued: unwritten, it is skipped; written,
+      // its reply is read and dropped, so the pipeline keeps its order.
+      op->abandoned = true;
+      throw boost::system::system_error(asio::error::operation_aborted);
+    }
+    if (op->ec) {
+      std::string what = self->where();
+      if (op->ec != make_error_code(RedisErrc::closed) && !self->last_error_.empty())
+        what += " (" + self->last_error_ + ")";
+      throw boost::system::system_error(op->ec, what);
+    }
+    co_return std::move(op->replies);
+  }
+
+  /// On the strand: closes for good.
+  void close_now() {
+    if (phase_ == Phase::closed) return;
+    phase_ = Phase::closed;
+    ++generation_;
+    connected_ = false;
+    shut_socket();
+    fail_all(make_error_code(RedisErrc::closed));
+  }
+
+ private:
+  enum class Phase { idle, connecting, connected, closed };
+
+  [[nodiscard]] std::string where() const {
+    return "redis " + config_.host + ":" + std::to_string(config_.port);
+  }
+
+  [[nodiscard]] std::string down_message(steady::time_point now) const {
+    const auto wait = std::chrono::ceil<std::chrono::milliseconds>(next_attempt_ - now);
+    return where() + " (last error: " + last_error_ + "; next attempt in " +
+           std::to_string(wait.count()) + " ms)";
+  }
+
+  void start_connect() {
+    phase_ = Phase::connecting;
+    const std::uint64_t gen = ++generation_;
+    asio::co_spawn(strand_, connect_and_run(shared_from_this(), gen), asio::detached);
+  }
+
+  static std::string handshake_wire(const RedisConfig& cfg, std::size_t& count) {
+    std::string wire;
+    count = 0;
+    if (!cfg.password.empty()) {
+      std::vector<std::string> auth;
+      auth.emplace_back("AUTH");
+      if (!cfg.username.empty()) auth.push_back(cfg.username);
+      auth.push_back(cfg.password);
+      wire += format_redis_command(auth);
+      ++count;
+    }
+    if (cfg.database != 0) {
+      std::vector<std::string> select;
+      select.emplace_back("SELECT");
+      select.push_back(std::to_string(cfg.database));
+      wire += format_redis_command(select);
+      ++count;
+    }
+    return wire;
+  }
+
+  static asio::awaitable<void> connect_and_run(std::shared_ptr<RedisConnectionState> self,
+                                               std::uint64_t gen) {
+    self->connect_timed_out_ = false;
+    if (self->config_.connect_timeout.count() > 0) {
+      self->connect_deadline_.expires_after(self->config_.connect_timeout);
+      self->connect_deadline_.async_wait([self, gen](boost::system::error_code ec) {
+        if (ec || self->generation_ != gen || self->phase_ != Phase::connecting) return;
+        self->connect_timed_out_ = true;
+        self->shut_socket();
+      });
+    }
+    auto failed = [&](const boost::system::error_code& ec, std::string_view what) {
+      if (self->generation_ != gen) return;
+      if (self->connect_timed_out_) {
+        self->fail_connection(gen, RedisErrc::connect_timeout, "connect timed out");
+      } else {
+        self->fail_connection(gen, RedisErrc::connection_lost,
+                              std::string(what) + ": " + ec.message());
+      }
+    };
+
+    auto [rec, endpoints] = co_await self->resolver_.async_resolve(
+        self->config_.host, std::to_string(self->config_.port),
+        asio::as_tuple(asio::use_awaitable));
+    if (self->generation_ != gen) co_return;
+    if (rec || self->connect_timed_out_) {
+      failed(rec, "resolve");
+      co_return;
+    }
+    auto [cec, endpoint] =
+        co_await asio::async_connect(self->socket_, endpoints, asio::as_tuple(asio::use_awaitable));
+    if (self->generation_ != gen) co_return;
+    if (cec || self->connect_timed_out_) {
+      failed(cec, "connect");
+      co_return;
+    }
+    boost::system::error_code ignored;
+    self->socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
+
+    std::size_t expected = 0;
+    const std::string hello = handshake_wire(self->config_, expected);
+    if (expected > 0) {
+      auto [wec, written] = co_await asio::async_write(self->socket_, asio::buffer(hello),
+                                                       asio::as_tuple(asio::use_awaitable));
+      if (self->generation_ != gen) co_return;
+      if (wec) {
+        failed(wec, "write");
+        co_return;
+      }
+      std::vector<RedisReply> replies;
+      std::array<char, 4096> buf{};
+      for (;;) {
+        bool bad = false;
+        try {
+          while (replies.size() < expected) {
+            auto r = self->reader_.next();
+            if (!r) break;
+            replies.push_back(std::move(*r));
+          }
+        } catch (const RedisProtocolError&) {
+          bad = true;
+        }
+        if (bad) {
+          self->fail_connection(gen, RedisErrc::protocol_error, "bad reply to AUTH/SELECT");
+          co_return;
+        }
+        if (replies.size() >= expected) break;
+        auto [ec, n] = co_await self->socket_.async_read_some(asio::buffer(buf),
+                                                              asio::as_tuple(asio::use_awaitable));
+        if (self->generation_ != gen) co_return;
+        if (ec) {
+          failed(ec, "read");
+          co_return;
+        }
+        try {
+          self->reader_.feed(std::string_view(buf.data(), n));
+        } catch (const RedisProtocolError&) {
+          bad = true;
+        }
+        if (bad) {
+          self->fail_connection(gen, RedisErrc::protocol_error, "bad reply to AUTH/SELECT");
+          co_return;
+        }
+      }
+      for (const RedisReply& r : replies) {
+        if (r.is_error()) {
+          // The server's message (e.g. WRONGPASS) never contains the password.
+          self->fail_connection(gen, RedisErrc::handshake_failed, "AUTH/SELECT: " + r.str);
+          co_return;
+        }
+      }
+    }
+    self->connect_deadline_.cancel();
+    // Calls that waited for the connection get their full command timeout from now on.
+    if (self->config_.command_timeout.count() > 0) {
+      for (const auto& op : self->to_write_) {
+        if (op->done) continue;
+        op->rearmed = op->timer.expires_after(self->config_.command_timeout) > 0;
+      }
+    }
+    self->phase_ = Phase::connected;
+    self->connected_ = true;
+    self->backoff_ = std::chrono::milliseconds(0);
+    if (self->down_logged_) {
+      logger()->info("{}: connected again", self->where());
+      self->down_logged_ = false;
+    }
+    asio::co_spawn(self->strand_, reader_loop(self, gen), asio::detached);
+    asio::co_spawn(self->strand_, writer_loop(self, gen), asio::detached);
+  }
+
+  static asio::awaitable<void> reader_loop(std::shared_ptr<RedisConnectionState> self,
+                                           std::uint64_t gen) {
+    std::array<char, 16384> buf{};
+    for (;;) {
+      auto [ec, n] = co_await self->socket_.async_read_some(asio::buffer(buf),
+                                                            asio::as_tuple(asio::use_awaitable));
+      if (self->generation_ != gen) co_return;
+      if (ec) {
+        self->fail_connection(gen, RedisErrc::connection_lost, "read: " + ec.message());
+        co_return;
+      }
+      bool bad = false;
+      try {
+        self->reader_.feed(std::string_view(buf.data(), n));
+        while (auto reply = self->reader_.next()) {
+          if (!self->deliver(std::move(*reply))) {
+            bad = true;
+            break;
+          }
+        }
+      } catch (const RedisProtocolError&) {
+        bad = true;
+      }
+      if (bad) {
+        self->fail_connection(gen, RedisErrc::protocol_error, "unexpected or malformed reply");
+        co_return;
+      }
+    }
+  }
+
+  static asio::awaitable<void> writer_loop(std::shared_ptr<RedisConnectionState> self,
+                                           std::uint64_t gen) {
+    std::string batch;
+    for (;;) {
+      if (self->generation_ != gen) co_return;
+      batch.clear();
+      while (!self->to_write_.empty()) {
+        std::shared_ptr<RedisOp> op = std::move(self->to_write_.front());
+        self->to_write_.pop_front();
+        if (op->abandoned) continue;
+        if (op->expected == 0) {
+          complete(*op, {});
+          continue;
+        }
+        batch += op->wire;
+        self->awaiting_.push_back(std::move(op));
+      }
+      if (batch.empty()) {
+        self->write_signal_.expires_at(steady::time_point::max());
+        co_await self->write_signal_.async_wait(asio::as_tuple(asio::use_awaitable));
+        continue;
+      }
+      auto [ec, n] = co_await asio::async_write(self->socket_, asio::buffer(batch),
+                                                asio::as_tuple(asio::use_awaitable));
+      if (self->generation_ != gen) co_return;
+      if (ec) {
+        self->fail_connection(gen, RedisErrc::connection_lost, "write: " + ec.message());
+        co_return;
+      }
+    }
+  }
+
+  /// Hands a reply to the oldest written op; false if none is waiting (desynchronised).
+  bool deliver(RedisReply reply) {
+    if (awaiting_.empty()) return false;
+    RedisOp& op = *awaiting_.front();
+    op.replies.push_back(std::move(reply));
+    if (op.replies.size() >= op.expected) {
+      std::shared_ptr<RedisOp> done = std::move(awaiting_.front());
+      awaiting_.pop_front();
+      complete(*done, {});
+    }
+    return true;
+  }
+
+  static void complete(RedisOp& op, boost::system::error_code ec) {
+    if (op.done) return;
+    op.done = true;
+    op.ec = ec;
+    op.timer.cancel();
+  }
+
+  void fail_all(boost::system::error_code ec) {
+    std::deque<std::shared_ptr<RedisOp>> written = std::move(awaiting_);
+    std::deque<std::shared_ptr<RedisOp>> queued = std::move(to_write_);
+    awaiting_.clear();
+    to_write_.clear();
+    for (auto& op : written) complete(*op, ec);
+    for (auto& op : queued) complete(*op, ec);
+  }
+
+  void shut_socket() {
+    boost::system::error_code ignored;
+    socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+    socket_.close(ignored);
+    resolver_.cancel();
+    write_signal_.cancel();
+    connect_deadline_.cancel();
+  }
+
+  /// Drops connection `gen` (if still current): fails its calls with `code`, schedules
+  /// the next attempt (at once after a healthy connection, else after the backoff).
+  void fail_connection(std::uint64_t gen, RedisErrc code, std::string why) {
+    if (gen != generation_ || phase_ == Phase::idle || phase_ == Phase::closed) return;
+    const bool was_connected = phase_ == Phase::connected;
+    ++generation_;
+    phase_ = Phase::idle;
+    connected_ = false;
+    shut_socket();
+    reader_.reset();
+    const auto now = steady::now();
+    if (was_connected) {
+      backoff_ = std::chrono::milliseconds(0);
+      next_attempt_ = now;
+    } else {
+      backoff_ = backoff_.count() == 0
+                     ? config_.reconnect_backoff_initial
+                     : std::min(backoff_ * 2, std::max(config_.reconnect_backoff_max,
+                                                       config_.reconnect_backoff_initial));
+      next_attempt_ = now + backoff_;
+    }
+    last_error_ = std::move(why);
+    if (!down_logged_) {
+      logger()->warn("{}: {}", where(), last_error_);
+      down_logged_ = true;
+    } else {
+      logger()->debug("{}: {}", where(), last_error_);
+    }
+    fail_all(make_error_code(code));
+  }
+
+  strand_type strand_;
+  RedisConfig config_;
+  asio::ip::tcp::socket socket_;
+  asio::ip::tcp::resolver resolver_;
+  asio::steady_timer write_signal_;
+  asio::steady_timer connect_deadline_;
+  RedisReplyReader reader_;
+  std::deque<std::shared_ptr<RedisOp>> to_write_;  // queued, not yet written
+  std::deque<std::shared_ptr<RedisOp>> awaiting_;  // written, replies pending (FIFO)
+  Phase phase_ = Phase::idle;
+  std::uint64_t generation_ = 0;  // bumped whenever a connection (attempt) ends
+  steady::time_point next_attempt_{};
+  std::chrono::milliseconds backoff_{0};
+  std::string last_error_;
+  bool connect_timed_out_ = false;
+  bool down_logged_ = false;
+  std::atomic<bool> connected_{false};
+};
+
+}  // namespace detail
+
+// --- RedisConnection -------------------------------------------------------------------
+
+RedisConnection::RedisConnection(asio::any_io_executor ex, RedisConfig config)
+    : config_(std::move(config)),
+      state_(std::make_shared<detail::RedisConnectionState>(ex, config_)) {}
+
+RedisConnection::~RedisConnection() {
+  asio::post(state_->strand(), [state = state_] { state->close_now(); });
+}
+
+asio::awaitable<RedisReply> RedisConnection::exec(std::vector<std::string> args) {
+  std::string wire = detail::format_redis_command(args);
+  std::shared_ptr<detail::RedisConnectionState> state = state_;
+  std::vector<RedisReply> replies = co_await asio::co_spawn(
+      state->strand(), detail::RedisConnectionState::run(state, std::move(wire), 1),
+      asio::use_awaitable);
+  co_return std::move(replies.front());
+}
+
+asio::awaitable<std::vector<RedisReply>> RedisConnection::exec_pipeline(
+    std::vector<std::vector<std::string>> commands) {
+  if (commands.empty()) co_return std::vector<RedisReply>();
+  std::string wire;
+  for (const auto& c : commands) wire += detail::format_redis_command(c);
+  std::shared_ptr<detail::RedisConnectionState> state = state_;
+  std::vector<RedisReply> replies = co_await asio::co_spawn(
+      state->strand(), detail::RedisConnectionState::run(state, std::move(wire), commands.size()),
+      asio::use_awaitable);
+  co_return replies;
+}
+
+asio::awaitable<void> RedisConnection::connect() {
+  std::shared_ptr<detail::RedisConnectionState> state = state_;
+  std::vector<RedisReply> none = co_await asio::co_spawn(
+      state->strand(), detail::RedisConnectionState::run(state, std::string(), 0),
+      asio::use_awaitable);
+  (void)none;
+}
+
+namespace {
+asio::awaitable<void> close_on_strand(std::shared_ptr<detail::RedisConnectionState> state) {
+  state->close_now();
+  co_return;
+}
+}  // namespace
+
+asio::awaitable<void> RedisConnection::close() {
+  std::shared_ptr<detail::RedisConnectionState> state = state_;
+  co_await asio::co_spawn(state->strand(), close_on_strand(state), asio::use_awaitable);
+}
+
+bool RedisConnection::is_connected() const noexcept { return state_->connected(); }
+
+}  // namespace llmq

@@ -1,0 +1,276 @@
+#include "store_test_support.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+
+#include <array>
+#include <cstdlib>
+#include <random>
+
+#include <fcntl.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char** environ;
+
+namespace llmq::test {
+
+namespace asio = boost::asio;
+using tcp = asio::ip::tcp;
+
+std::string env_or(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v != nullptr && v[0] != '\0' ? std::string(v) : fallback;
+}
+
+bool services_required() { return env_or("LLMQ_TEST_REQUIRE_SERVICES", "0") == "1"; }
+
+std::uint16_t redis_port() {
+  return static_cast<std::uint16_t>(std::stoi(env_or("LLMQ_TEST_REDIS_PORT", "6390")));
+}
+
+std::uint16_t redis_cluster_port() {
+  return static_cast<std::uint16_t>(std::stoi(env_or("LLMQ_TEST_REDIS_CLUSTER_PORT", "7101")));
+}
+
+std::string pg_conninfo() {
+  return env_or("LLMQ_TEST_PG_CONNINFO", "host=127.0.0.1 port=5433 user=postgres dbname=postgres");
+}
+
+bool tcp_reachable(std::uint16_t port, std::chrono::milliseconds timeout) {
+  asio::io_context io;
+  tcp::socket socket(io);
+  bool ok = false;
+  socket.async_connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port),
+                       [&](boost::system::error_code ec) { ok = !ec; });
+  io.run_for(timeout);
+  return ok;
+}
+
+std::uint16_t free_port() {
+  asio::io_context io;
+  tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+  return acceptor.local_endpoint().port();
+}
+
+std::string random_hex(std::size_t n) {
+  static thread_local std::mt19937_64 gen{std::random_device{}()};
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out;
+  for (std::size_t i = 0; i < n; ++i) out.push_back(digits[gen() % 16]);
+  return out;
+}
+
+// --- TempDir ---------------------------------------------------------------------------
+
+TempDir::TempDir() {
+  std::string pattern =
+      (std::filesystem::temp_directory_path() / "llmq-store-test-XXXXXX").string();
+  if (::mkdtemp(pattern.data()) == nullptr) throw std::runtime_error("mkdtemp failed");
+  path_ = pattern;
+}
+
+TempDir::~TempDir() {
+  std::error_code ignored;
+  std::filesystem::remove_all(path_, ignored);
+}
+
+// --- RedisProcess ----------------------------------------------------------------------
+
+bool RedisProcess::available() {
+  return std::system("command -v redis-server >/dev/null 2>&1") == 0;
+}
+
+RedisProcess::RedisProcess(std::uint16_t port, std::vector<std::string> extra_args)
+    : port_(port), extra_(std::move(extra_args)) {}
+
+RedisProcess::~RedisProcess() { kill(); }
+
+void RedisProcess::start() {
+  if (pid_ > 0) return;
+  std::vector<std::string> args = {"redis-server",
+                                   "--port",
+                                   std::to_string(port_),
+                                   "--bind",
+                                   "127.0.0.1",
+                                   "--save",
+                                   "",
+                                   "--appendonly",
+                                   "no",
+                                   "--protected-mode",
+                                   "no",
+                                   "--daemonize",
+                                   "no",
+                                   "--dir",
+                                   dir_.path().string()};
+  args.insert(args.end(), extra_.begin(), extra_.end());
+  std::vector<char*> argv;
+  for (auto& a : args) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0);
+  const int rc = posix_spawnp(&pid_, "redis-server", &actions, nullptr, argv.data(), environ);
+  posix_spawn_file_actions_destroy(&actions);
+  if (rc != 0) {
+    pid_ = -1;
+    throw std::runtime_error("cannot spawn redis-server");
+  }
+  for (int i = 0; i < 200; ++i) {
+    if (tcp_reachable(port_, std::chrono::milliseconds(50))) return;
+    int status = 0;
+    if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+      pid_ = -1;
+      throw std::runtime_error("redis-server exited at start (port " + std::to_string(port_) + ")");
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  kill();
+  throw std::runtime_error("redis-server did not accept connections in 10 s");
+}
+
+void RedisProcess::kill() {
+  if (pid_ <= 0) return;
+  ::kill(pid_, SIGKILL);
+  int status = 0;
+  ::waitpid(pid_, &status, 0);
+  pid_ = -1;
+}
+
+// --- TcpProxy --------------------------------------------------------------------------
+
+struct TcpProxy::State {
+  asio::io_context io;
+  asio::executor_work_guard<asio::io_context::executor_type> work{io.get_executor()};
+  std::optional<std::uint16_t> target;
+  std::uint16_t port = 0;
+  std::optional<tcp::acceptor> acceptor;
+  std::vector<std::weak_ptr<tcp::socket>> sockets;
+
+  static asio::awaitable<void> pump(std::shared_ptr<tcp::socket> from,
+                                    std::shared_ptr<tcp::socket> to) {
+    std::array<char, 8192> buf{};
+    for (;;) {
+      auto [ec, n] =
+          co_await from->async_read_some(asio::buffer(buf), asio::as_tuple(asio::use_awaitable));
+      if (ec) break;
+      auto [wec, w] = co_await asio::async_write(*to, asio::buffer(buf.data(), n),
+                                                 asio::as_tuple(asio::use_awaitable));
+      if (wec) break;
+    }
+    boost::system::error_code ignored;
+    from->close(ignored);
+    to->close(ignored);
+  }
+
+  static asio::awaitable<void> session(State* self, std::shared_ptr<tcp::socket> client) {
+    if (!self->target) {
+      // Black hole: read and drop everything, never answer.
+      std::array<char, 8192> buf{};
+      for (;;) {
+        auto [ec, n] = co_await client->async_read_some(asio::buffer(buf),
+                                                        asio::as_tuple(asio::use_awaitable));
+        if (ec) co_return;
+      }
+    }
+    auto upstream = std::make_shared<tcp::socket>(self->io);
+    self->sockets.push_back(upstream);
+    auto [ec] = co_await upstream->async_connect(
+        tcp::endpoint(asio::ip::make_address("127.0.0.1"), *self->target),
+        asio::as_tuple(asio::use_awaitable));
+    if (ec) {
+      boost::system::error_code ignored;
+      client->close(ignored);
+      co_return;
+    }
+    asio::co_spawn(self->io, pump(client, upstream), asio::detached);
+    asio::co_spawn(self->io, pump(upstream, client), asio::detached);
+  }
+
+  static asio::awaitable<void> accept_loop(State* self) {
+    for (;;) {
+      if (!self->acceptor) co_return;
+      auto [ec, socket] =
+          co_await self->acceptor->async_accept(asio::as_tuple(asio::use_awaitable));
+      if (ec) co_return;
+      auto client = std::make_shared<tcp::socket>(std::move(socket));
+      self->sockets.push_back(client);
+      asio::co_spawn(self->io, session(self, client), asio::detached);
+    }
+  }
+
+  void do_start() {
+    if (acceptor) return;
+    acceptor.emplace(io);
+    const tcp::endpoint ep(asio::ip::make_address("127.0.0.1"), port);
+    acceptor->open(ep.protocol());
+    acceptor->set_option(tcp::acceptor::reuse_address(true));
+    acceptor->bind(ep);
+    acceptor->listen();
+    port = acceptor->local_endpoint().port();
+    asio::co_spawn(io, accept_loop(this), asio::detached);
+  }
+
+  void do_stop() {
+    boost::system::error_code ignored;
+    if (acceptor) {
+      acceptor->close(ignored);
+      acceptor.reset();
+    }
+    for (auto& w : sockets) {
+      if (auto s = w.lock()) {
+        s->shutdown(tcp::socket::shutdown_both, ignored);
+        s->close(ignored);
+      }
+    }
+    sockets.clear();
+  }
+
+  template <class F>
+  void on_thread(F f) {
+    std::promise<void> done;
+    asio::post(io, [&] {
+      try {
+        f();
+        done.set_value();
+      } catch (...) {
+        done.set_exception(std::current_exception());
+      }
+    });
+    done.get_future().get();
+  }
+};
+
+TcpProxy::TcpProxy(std::optional<std::uint16_t> target) : state_(std::make_shared<State>()) {
+  state_->target = target;
+  thread_ = std::thread([s = state_] { s->io.run(); });
+  start();
+  port_ = state_->port;
+}
+
+TcpProxy::~TcpProxy() {
+  stop();
+  state_->work.reset();
+  state_->io.stop();
+  thread_.join();
+}
+
+void TcpProxy::start() {
+  state_->on_thread([s = state_] { s->do_start(); });
+}
+
+void TcpProxy::stop() {
+  state_->on_thread([s = state_] { s->do_stop(); });
+}
+
+}  // namespace llmq::test

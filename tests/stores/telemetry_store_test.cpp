@@ -1,0 +1,528 @@
+// The durable telemetry stores: JSON lines and SQLite in a temporary directory,
+// PostgreSQL on loopback (skipped when not reachable), outages through a TCP proxy.
+
+#include "store_test_support.hpp"
+
+#include <llmq/errors.hpp>
+#include <llmq/jsonl_telemetry_store.hpp>
+#include <llmq/postgres_telemetry_store.hpp>
+#include <llmq/sqlite_telemetry_store.hpp>
+
+#include <gtest/gtest.h>
+#include <libpq-fe.h>
+#include <sqlite3.h>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/this_coro.hpp>
+
+#include <fstream>
+#include <map>
+#include <thread>
+
+namespace llmq {
+namespace {
+
+namespace asio = boost::asio;
+using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
+
+constexpr std::int64_t base_us = 1'732'800'000'123'456LL;
+const std::string odd_user(
+    "us\xff"
+    "er\0x",
+    7);
+// In SQL databases (no NUL, valid UTF-8) and in JSON (NUL allowed, escaped).
+const std::string odd_user_clean =
+    "us\xEF\xBF\xBD"
+    "er\xEF\xBF\xBDx";
+const std::string odd_user_json(
+    "us\xEF\xBF\xBD"
+    "er\0x",
+    9);
+
+bool rejected(int i) { return i % 10 == 9; }
+
+/// A record with every field set; every 7th has an invalid-UTF-8 user id, every 3rd a
+/// payload (with a NUL in it), every 10th is a rejection (no queue/dispatch times).
+TelemetryData record(int i) {
+  TelemetryData t;
+  t.request_id = "req-" + std::to_string(i);
+  t.user_id = i % 7 == 0 ? odd_user : "user-" + std::to_string(i % 5);
+  t.req_type = "chat";
+  t.llm_deployment = rejected(i) ? "" : "gpt-4o-east";
+  t.embedding_deployment = i % 2 == 1 ? "ada-west" : "";
+  const WallTime base{std::chrono::microseconds(base_us + i)};
+  t.received_at = base;
+  if (!rejected(i)) {
+    t.queued_at = base + 10us;
+    t.dispatched_at = base + 1000us;
+    t.queue_wait = 990us;
+    t.execution_time = 249'000us;
+  }
+  t.completed_at = base + 250'000us;
+  t.estimated_tokens = 100 + i;
+  t.prompt_tokens = 80 + i;
+  t.completion_tokens = 20;
+  t.embedding_tokens = i % 2 == 1 ? 5 : 0;
+  t.attempts = rejected(i) ? 0 : 1 + i % 3;
+  for (int a = 0; a < t.attempts; ++a) {
+    AttemptRecord r;
+    r.llm_deployment = "gpt-4o-east";
+    r.status = a + 1 == t.attempts ? 200 : 429;
+    r.duration = std::chrono::microseconds(1000 * (a + 1));
+    t.attempt_log.push_back(r);
+  }
+  t.status = rejected(i) ? 429 : 200;
+  t.error = rejected(i) ? "rate limit exceeded for user" : "";
+  if (i % 3 == 0) {
+    nlohmann::json msg = nlohmann::json::object();
+    msg["role"] = "user";
+    msg["content"] = std::string("hi \0 there", 10);
+    nlohmann::json body = nlohmann::json::object();
+    body["messages"] = nlohmann::json::array({msg});
+    t.payload = body;
+  }
+  return t;
+}
+
+std::vector<TelemetryData> records(int from, int to) {
+  std::vector<TelemetryData> v;
+  for (int i = from; i < to; ++i) v.push_back(record(i));
+  return v;
+}
+
+// --- JSON lines ------------------------------------------------------------------------
+
+std::vector<std::string> read_lines(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  std::vector<std::string> lines;
+  for (std::string line; std::getline(in, line);) lines.push_back(line);
+  return lines;
+}
+
+TEST(JsonlTelemetryStore, AppendsOneParsableObjectPerRecord) {
+  test::TempDir dir;
+  const auto path = dir.path() / "telemetry.jsonl";
+  asio::thread_pool pool(2);
+  JsonlTelemetryOptions o;
+  o.path = path;
+  o.fsync = true;
+  JsonlTelemetryStore store(pool.get_executor(), o);
+  test::run(pool, store.connect());
+  test::run(pool, store.insert_batch(records(0, 3)));
+  test::run(pool, store.insert_batch(records(3, 10)));
+  test::run(pool, store.close());
+  test::run(pool, store.insert_batch(records(10, 11)));  // reopens after close
+  test::run(pool, store.close());
+  EXPECT_EQ(store.rows_written(), 11U);
+
+  const std::vector<std::string> lines = read_lines(path);
+  ASSERT_EQ(lines.size(), 11U);
+  for (int i = 0; i < 11; ++i) {
+    const std::string& line = lines[static_cast<std::size_t>(i)];
+    EXPECT_EQ(line.find("api_key"), std::string::npos);
+    const nlohmann::json j = nlohmann::json::parse(line);  // throws if not JSON
+    const TelemetryData t = record(i);
+    EXPECT_EQ(j.at("request_id"), t.request_id);
+    EXPECT_EQ(j.at("user_id"), i % 7 == 0 ? odd_user_json : t.user_id);
+    EXPECT_EQ(j.at("received_at_us"), base_us + i);
+    EXPECT_EQ(j.at("queued_at_us"), rejected(i) ? 0 : base_us + i + 10);
+    EXPECT_EQ(j.at("execution_time_us"), t.execution_time.count());
+    EXPECT_EQ(j.at("prompt_tokens"), t.prompt_tokens);
+    EXPECT_EQ(j.at("status"), t.status);
+    EXPECT_EQ(j.at("error"), t.error);
+    EXPECT_EQ(j.at("attempt_log").size(), t.attempt_log.size());
+    EXPECT_EQ(j.contains("payload"), t.payload.has_value());
+    if (t.payload) {
+      EXPECT_EQ(j.at("payload").at("messages").at(0).at("content"), std::string("hi \0 there", 10));
+    }
+  }
+}
+
+TEST(JsonlTelemetryStore, UnwritablePathThrows503) {
+  asio::thread_pool pool(1);
+  JsonlTelemetryOptions o;
+  o.path = "/nonexistent-dir/telemetry.jsonl";
+  JsonlTelemetryStore store(pool.get_executor(), o);
+  try {
+    test::run(pool, store.insert_batch(records(0, 1)));
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.http_status(), 503);
+    EXPECT_NE(std::string(e.what()).find("/nonexistent-dir/telemetry.jsonl"), std::string::npos);
+  }
+}
+
+// --- SQLite ----------------------------------------------------------------------------
+
+struct SqliteDb {
+  explicit SqliteDb(const std::filesystem::path& p) {
+    if (sqlite3_open_v2(p.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK)
+      throw std::runtime_error("cannot open " + p.string());
+  }
+  ~SqliteDb() { sqlite3_close(db); }
+  SqliteDb(const SqliteDb&) = delete;
+  SqliteDb& operator=(const SqliteDb&) = delete;
+
+  /// Rows of `sql` as strings ("NULL" for NULL).
+  std::vector<std::vector<std::string>> query(const std::string& sql) const {
+    sqlite3_stmt* st = nullptr;
+    if (sqlite3_prepare_v2(db, sql.c_str(), -1, &st, nullptr) != SQLITE_OK)
+      throw std::runtime_error(sqlite3_errmsg(db));
+    std::vector<std::vector<std::string>> rows;
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      std::vector<std::string> row;
+      for (int c = 0; c < sqlite3_column_count(st); ++c) {
+        if (sqlite3_column_type(st, c) == SQLITE_NULL) {
+          row.emplace_back("NULL");
+        } else {
+          const auto* text = sqlite3_column_text(st, c);
+          row.emplace_back(reinterpret_cast<const char*>(text),
+                           static_cast<std::size_t>(sqlite3_column_bytes(st, c)));
+        }
+      }
+      rows.push_back(std::move(row));
+    }
+    sqlite3_finalize(st);
+    return rows;
+  }
+
+  sqlite3* db = nullptr;
+};
+
+TEST(SqliteTelemetryStore, WritesRowsInWalMode) {
+  test::TempDir dir;
+  const auto path = dir.path() / "telemetry.sqlite3";
+  asio::thread_pool pool(2);
+  SqliteTelemetryOptions o;
+  o.path = path;
+  SqliteTelemetryStore store(pool.get_executor(), o);
+  test::run(pool, store.connect());
+  test::run(pool, store.insert_batch(records(0, 100)));
+  test::run(pool, store.insert_batch({}));
+  test::run(pool, store.close());
+  test::run(pool, store.insert_batch(records(100, 110)));  // reopens after close
+  test::run(pool, store.close());
+  EXPECT_EQ(store.rows_written(), 110U);
+
+  SqliteDb db(path);
+  EXPECT_EQ(db.query("PRAGMA journal_mode").at(0).at(0), "wal");
+  EXPECT_EQ(db.query("SELECT count(*) FROM llmq_telemetry").at(0).at(0), "110");
+  const auto rows = db.query(
+      "SELECT request_id, user_id, received_at, queued_at, completed_at, execution_time_us, "
+      "attempts, status, error, payload, attempt_log, embedding_deployment FROM llmq_telemetry "
+      "WHERE request_id IN ('req-7', 'req-9', 'req-21') ORDER BY id");
+  ASSERT_EQ(rows.size(), 3U);
+  // req-7: odd user id, made valid UTF-8
+  EXPECT_EQ(rows[0][0], "req-7");
+  EXPECT_EQ(rows[0][1], odd_user_clean);
+  EXPECT_EQ(rows[0][2], std::to_string(base_us + 7));
+  EXPECT_EQ(rows[0][3], std::to_string(base_us + 7 + 10));
+  EXPECT_EQ(rows[0][4], std::to_string(base_us + 7 + 250'000));
+  EXPECT_EQ(rows[0][5], "249000");
+  EXPECT_EQ(rows[0][6], "2");
+  EXPECT_EQ(rows[0][9], "NULL");
+  EXPECT_EQ(nlohmann::json::parse(rows[0][10]).size(), 2U);
+  EXPECT_EQ(rows[0][11], "ada-west");
+  // req-9: a rejection: no queue time, status and error kept
+  EXPECT_EQ(rows[1][3], "NULL");
+  EXPECT_EQ(rows[1][7], "429");
+  EXPECT_EQ(rows[1][8], "rate limit exceeded for user");
+  // req-21: a payload
+  EXPECT_EQ(nlohmann::json::parse(rows[2][9]).at("messages").at(0).at("role"), "user");
+}
+
+asio::awaitable<bool> insert_and_check_thread(SqliteTelemetryStore& store, std::thread::id caller) {
+  co_await store.insert_batch(records(0, 5));
+  co_return std::this_thread::get_id() == caller;
+}
+
+TEST(SqliteTelemetryStore, RunsOffTheCallerThreadAndResumesOnTheCallersExecutor) {
+  test::TempDir dir;
+  asio::io_context io;
+  SqliteTelemetryOptions o;
+  o.path = dir.path() / "t.sqlite3";
+  SqliteTelemetryStore store(io.get_executor(), o);
+  bool resumed_on_caller = false;
+  asio::co_spawn(io, insert_and_check_thread(store, std::this_thread::get_id()),
+                 [&](std::exception_ptr e, bool same) {
+                   EXPECT_FALSE(e);
+                   resumed_on_caller = same;
+                 });
+  io.run();  // returns once the insert is done: the store keeps io busy meanwhile
+  EXPECT_TRUE(resumed_on_caller);
+  EXPECT_EQ(store.rows_written(), 5U);
+}
+
+TEST(SqliteTelemetryStore, BadTableNameIsAConfigError) {
+  asio::io_context io;
+  SqliteTelemetryOptions o;
+  o.table = "t; DROP TABLE x";
+  EXPECT_THROW(SqliteTelemetryStore(io.get_executor(), o), ConfigError);
+}
+
+// --- PostgreSQL ------------------------------------------------------------------------
+
+/// A blocking libpq connection for the test's own checks (never inside the stores).
+class PgCheck {
+ public:
+  explicit PgCheck(const std::string& conninfo) : conn_(PQconnectdb(conninfo.c_str())) {
+    if (PQstatus(conn_) != CONNECTION_OK)
+      throw std::runtime_error(std::string("PgCheck: ") + PQerrorMessage(conn_));
+    PQsetNoticeProcessor(
+        conn_, [](void*, const char*) {}, nullptr);
+  }
+  ~PgCheck() { PQfinish(conn_); }
+  PgCheck(const PgCheck&) = delete;
+  PgCheck& operator=(const PgCheck&) = delete;
+
+  std::vector<std::vector<std::string>> query(const std::string& sql) {
+    PGresult* r = PQexec(conn_, sql.c_str());
+    const auto st = PQresultStatus(r);
+    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+      std::string msg = PQresultErrorMessage(r);
+      PQclear(r);
+      throw std::runtime_error("PgCheck: " + msg);
+    }
+    std::vector<std::vector<std::string>> rows;
+    for (int i = 0; i < PQntuples(r); ++i) {
+      std::vector<std::string> row;
+      for (int c = 0; c < PQnfields(r); ++c)
+        row.emplace_back(PQgetisnull(r, i, c) ? "NULL" : PQgetvalue(r, i, c));
+      rows.push_back(std::move(row));
+    }
+    PQclear(r);
+    return rows;
+  }
+
+ private:
+  PGconn* conn_;
+};
+
+/// The value of `key` in a conninfo string, or "".
+std::string conninfo_value(const std::string& conninfo, const std::string& key) {
+  char* err = nullptr;
+  PQconninfoOption* opts = PQconninfoParse(conninfo.c_str(), &err);
+  if (opts == nullptr) {
+    PQfreemem(err);
+    return "";
+  }
+  std::string out;
+  for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
+    if (key == o->keyword && o->val != nullptr) out = o->val;
+  }
+  PQconninfoFree(opts);
+  return out;
+}
+
+class PostgresTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    conninfo_ = test::pg_conninfo();
+    if (PQping(conninfo_.c_str()) != PQPING_OK) {
+      LLMQ_SKIP_OR_FAIL("no PostgreSQL at '"
+                        << conninfo_
+                        << "' (run scripts/services.sh start, or set LLMQ_TEST_PG_CONNINFO)");
+    }
+    table_ = "llmq_test_" + test::random_hex(12);
+  }
+  void TearDown() override {
+    if (table_.empty()) return;
+    try {
+      PgCheck(conninfo_).query("DROP TABLE IF EXISTS " + table_);
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << e.what();
+    }
+  }
+
+  PostgresTelemetryOptions options() const {
+    PostgresTelemetryOptions o;
+    o.conninfo = conninfo_;
+    o.table = table_;
+    o.connect_timeout = 2s;
+    o.statement_timeout = 5s;
+    return o;
+  }
+
+  asio::thread_pool pool_{2};
+  std::string conninfo_;
+  std::string table_;
+};
+
+TEST_F(PostgresTest, CreatesTypedTableAndInsertsBatches) {
+  PostgresTelemetryStore store(pool_.get_executor(), options());
+  test::run(pool_, store.connect());
+  EXPECT_TRUE(store.is_connected());
+  test::run(pool_, store.insert_batch(records(0, 2500)));  // 3 INSERTs, one transaction
+  test::run(pool_, store.insert_batch(records(2500, 2503)));
+  test::run(pool_, store.insert_batch({}));
+  EXPECT_EQ(store.rows_written(), 2503U);
+  test::run(pool_, store.close());
+  EXPECT_FALSE(store.is_connected());
+
+  PgCheck pg(conninfo_);
+  std::map<std::string, std::string> types;
+  for (const auto& row : pg.query("SELECT column_name, data_type FROM information_schema.columns "
+                                  "WHERE table_name = '" +
+                                  table_ + "'"))
+    types[row[0]] = row[1];
+  const std::map<std::string, std::string> expected = {
+      {"id", "bigint"},
+      {"request_id", "text"},
+      {"user_id", "text"},
+      {"req_type", "text"},
+      {"llm_deployment", "text"},
+      {"embedding_deployment", "text"},
+      {"received_at", "timestamp with time zone"},
+      {"queued_at", "timestamp with time zone"},
+      {"dispatched_at", "timestamp with time zone"},
+      {"completed_at", "timestamp with time zone"},
+      {"queue_wait_us", "bigint"},
+      {"execution_time_us", "bigint"},
+      {"estimated_tokens", "bigint"},
+      {"prompt_tokens", "bigint"},
+      {"completion_tokens", "bigint"},
+      {"embedding_tokens", "bigint"},
+      {"attempts", "integer"},
+      {"status", "integer"},
+      {"error", "text"},
+      {"payload", "jsonb"},
+      {"attempt_log", "jsonb"}};
+  EXPECT_EQ(types, expected);
+
+  EXPECT_EQ(pg.query("SELECT count(*), count(DISTINCT request_id) FROM " + table_).at(0),
+            (std::vector<std::string>{"2503", "2503"}));
+  const auto rows = pg.query(
+      "SELECT request_id, user_id, (extract(epoch FROM received_at) * 1000000)::bigint, "
+      "queued_at IS NULL, (extract(epoch FROM completed_at) * 1000000)::bigint, "
+      "execution_time_us, attempts, status, error, payload->'messages'->0->>'content', "
+      "jsonb_array_length(attempt_log), attempt_log->0->>'status', prompt_tokens "
+      "FROM " +
+      table_ + " WHERE request_id IN ('req-7', 'req-9', 'req-21') ORDER BY id");
+  ASSERT_EQ(rows.size(), 3U);
+  EXPECT_EQ(rows[0][0], "req-7");
+  EXPECT_EQ(rows[0][1], odd_user_clean);
+  EXPECT_EQ(rows[0][2], std::to_string(base_us + 7));  // exact microseconds
+  EXPECT_EQ(rows[0][3], "f");
+  EXPECT_EQ(rows[0][4], std::to_string(base_us + 7 + 250'000));
+  EXPECT_EQ(rows[0][5], "249000");
+  EXPECT_EQ(rows[0][6], "2");
+  EXPECT_EQ(rows[0][9], "NULL");
+  EXPECT_EQ(rows[0][10], "2");
+  EXPECT_EQ(rows[0][11], "429");
+  EXPECT_EQ(rows[0][12], "87");
+  EXPECT_EQ(rows[1][3], "t");  // rejected: never queued
+  EXPECT_EQ(rows[1][7], "429");
+  EXPECT_EQ(rows[1][8], "rate limit exceeded for user");
+  EXPECT_EQ(rows[1][10], "0");
+  EXPECT_EQ(rows[2][9], "hi \xEF\xBF\xBD there");  // jsonb cannot hold NUL
+}
+
+TEST_F(PostgresTest, ReconnectsAfterTheServerGoesAwayAndNothingHangs) {
+  const std::string host = conninfo_value(conninfo_, "host");
+  const std::string port = conninfo_value(conninfo_, "port");
+  if ((host != "127.0.0.1" && host != "localhost") || port.empty())
+    GTEST_SKIP() << "the proxy test needs host=127.0.0.1 and a port in LLMQ_TEST_PG_CONNINFO";
+  test::TcpProxy proxy(static_cast<std::uint16_t>(std::stoi(port)));
+  PostgresTelemetryOptions o = options();
+  o.conninfo = conninfo_ + " host=127.0.0.1 port=" + std::to_string(proxy.port());
+  o.connect_timeout = 1s;
+  o.statement_timeout = 1s;
+  PostgresTelemetryStore store(pool_.get_executor(), o);
+  test::run(pool_, store.connect());
+  test::run(pool_, store.insert_batch(records(0, 5)));
+
+  // A restart while idle: the next batch notices the closed connection and reconnects.
+  proxy.stop();
+  proxy.start();
+  std::this_thread::sleep_for(50ms);
+  test::run(pool_, store.insert_batch(records(5, 10)));
+  EXPECT_TRUE(store.is_connected());
+
+  proxy.stop();  // the server "goes away": connection cut, port refuses
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    const auto t0 = steady::now();
+    bool threw = false;
+    try {
+      test::run(pool_, store.insert_batch(records(100, 110)), 10s);
+    } catch (const Error& e) {
+      threw = true;
+      EXPECT_EQ(e.http_status(), 503);
+    }
+    EXPECT_TRUE(threw) << "attempt " << attempt;
+    EXPECT_LT(steady::now() - t0, 3s) << "attempt " << attempt;
+    EXPECT_FALSE(store.is_connected());
+  }
+
+  proxy.start();  // back
+  test::run(pool_, store.insert_batch(records(10, 20)));
+  EXPECT_TRUE(store.is_connected());
+  EXPECT_EQ(store.rows_written(), 20U);
+  test::run(pool_, store.close());
+  EXPECT_EQ(PgCheck(conninfo_).query("SELECT count(*) FROM " + table_).at(0).at(0), "20");
+}
+
+TEST_F(PostgresTest, ServerThatNeverAnswersTimesOut) {
+  test::TcpProxy black_hole(std::nullopt);
+  PostgresTelemetryOptions o = options();
+  o.conninfo = "host=127.0.0.1 port=" + std::to_string(black_hole.port()) +
+               " user=postgres dbname=postgres sslmode=disable gssencmode=disable";
+  o.connect_timeout = 500ms;
+  PostgresTelemetryStore store(pool_.get_executor(), o);
+  const auto t0 = steady::now();
+  std::string message;
+  try {
+    test::run(pool_, store.connect(), 10s);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("timed out"), std::string::npos) << message;
+  EXPECT_GE(steady::now() - t0, 450ms);
+  EXPECT_LT(steady::now() - t0, 2s);
+  EXPECT_FALSE(store.is_connected());
+}
+
+TEST(PostgresTelemetryStore, DeadPortFailsFastAndResolvesHostNamesAsynchronously) {
+  asio::thread_pool pool(2);
+  PostgresTelemetryOptions o;
+  o.conninfo = "host=localhost port=" + std::to_string(test::free_port()) +
+               " user=postgres dbname=postgres connect_timeout=30";
+  o.connect_timeout = 2s;
+  PostgresTelemetryStore store(pool.get_executor(), o);
+  const auto t0 = steady::now();
+  bool threw = false;
+  try {
+    test::run(pool, store.insert_batch(records(0, 1)), 10s);
+  } catch (const Error& e) {
+    threw = true;
+    EXPECT_EQ(e.http_status(), 503);
+  }
+  EXPECT_TRUE(threw);
+  EXPECT_LT(steady::now() - t0, 1500ms);
+}
+
+TEST(PostgresTelemetryStore, RejectsBadOptions) {
+  asio::io_context io;
+  PostgresTelemetryOptions o;
+  o.table = "x y";
+  EXPECT_THROW(PostgresTelemetryStore(io.get_executor(), o), ConfigError);
+  o.table = "ok";
+  o.rows_per_statement = 0;
+  EXPECT_THROW(PostgresTelemetryStore(io.get_executor(), o), ConfigError);
+  o.rows_per_statement = 10;
+  o.conninfo = "this is = not valid '";
+  PostgresTelemetryStore bad(io.get_executor(), o);
+  bool threw = false;
+  asio::co_spawn(io, bad.connect(), [&](std::exception_ptr e) {
+    try {
+      if (e) std::rethrow_exception(e);
+    } catch (const ConfigError&) {
+      threw = true;
+    } catch (...) {
+    }
+  });
+  io.run();
+  EXPECT_TRUE(threw);
+}
+
+}  // namespace
+}  // namespace llmq
