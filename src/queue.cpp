@@ -123,7 +123,8 @@ struct Entry {
   steady::time_point queued_steady{};
   steady::time_point dispatched_steady{};
   steady::time_point exec_deadline = steady::time_point::max();
-  enum class State { submitted, queued, running, done } state = State::submitted;
+  // confirming: granted locally, waiting for the shared DeploymentBudgetStore.
+  enum class State { submitted, queued, confirming, running, done } state = State::submitted;
   bool answered = false;
   bool caller_cancelled = false;
   bool exec_timed_out = false;
@@ -262,7 +263,8 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
         config_(std::move(config)),
         options_(std::move(options)),
         deployments_((config_.validate(), config_.deployments())),
-        balancer_(make_limits(deployments_, options_)),
+        limits_(make_limits(deployments_, options_)),
+        balancer_(limits_),
         scheduler_(config_.scheduler_limits.max_queue_size),
         poll_timer_(strand_),
         idle_timer_(strand_),
@@ -493,6 +495,11 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       answer(*e, aborted, Response{});
       telemetry_->record(std::move(*e->telemetry));
       notify_idle();
+    } else if (e->state == Entry::State::confirming) {
+      e->telemetry->status = 499;
+      e->telemetry->error = "cancelled by caller";
+      e->telemetry->completed_at = wall_now();
+      answer(*e, aborted, Response{});
     } else if (e->state == Entry::State::running) {
       answer(*e, aborted, Response{});
       e->exec_cancel->emit(asio::cancellation_type::terminal);
@@ -581,8 +588,97 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       e->telemetry->embedding_deployment = e->chosen.embedding->unique_model_id;
     }
     release_slot();
-    start(std::move(e), now);
+    if (options_.deployment_budget_store) {
+      begin_confirm(std::move(e));
+    } else {
+      start(std::move(e), now);
+    }
     return true;
+  }
+
+  // ---- shared deployment budgets ------------------------------------------------------
+
+  void begin_confirm(EntryPtr e) {
+    e->state = Entry::State::confirming;
+    ++in_flight_;
+    auto work = confirm(std::move(e));
+    asio::co_spawn(strand_, std::move(work), [](std::exception_ptr ep) {
+      if (ep) logger()->error("llmq: budget confirmation failed unexpectedly");
+    });
+  }
+
+  /// Asks the shared store to charge what the local balancer granted; then runs the
+  /// request, or puts it back at the front of the queue with the refusing deployment held.
+  asio::awaitable<void> confirm(EntryPtr e) {
+    auto self = shared_from_this();
+    std::optional<std::chrono::milliseconds> refused;
+    std::size_t refused_deployment = 0;
+    bool store_failed_closed = false;
+    for (const std::optional<DeploymentGrant>* g : {&e->llm_grant, &e->emb_grant}) {
+      if (!g->has_value()) continue;
+      const std::size_t d = (*g)->deployment;
+      try {
+        const BudgetDecision bd = co_await options_.deployment_budget_store->try_charge(
+            deployments_[d], limits_[d], (*g)->need);
+        if (!bd.allowed) {
+          refused = bd.retry_after;
+          refused_deployment = d;
+          break;
+        }
+      } catch (const std::exception& ex) {
+        budget_store_errors_.fetch_add(1, std::memory_order_relaxed);
+        logger()->warn("llmq: deployment budget store failed ({}): {}",
+                       deployments_[d].unique_model_id, ex.what());
+        if (!options_.budget_store_fail_open) {
+          store_failed_closed = true;
+          break;
+        }
+      }
+    }
+    --in_flight_;
+    if (e->answered || e->state != Entry::State::confirming) {  // cancelled or shut down meanwhile
+      e->state = Entry::State::done;
+      telemetry_->record(std::move(*e->telemetry));
+      notify_idle();
+      co_return;
+    }
+    const steady::time_point now = steady::now();
+    if (store_failed_closed) {
+      completed_.fetch_add(1, std::memory_order_relaxed);
+      e->state = Entry::State::done;
+      e->telemetry->status = 503;
+      e->telemetry->error = "shared deployment budget store unavailable";
+      e->telemetry->completed_at = wall_at(now);
+      answer(*e, nullptr,
+             error_response(503, "shared deployment budget store unavailable", "unavailable",
+                            "budget_store_unavailable"));
+      telemetry_->record(std::move(*e->telemetry));
+      notify_idle();
+      co_return;
+    }
+    if (!refused) {
+      start(std::move(e), now);
+      co_return;
+    }
+    budget_refusals_.fetch_add(1, std::memory_order_relaxed);
+    balancer_.hold(refused_deployment,
+                   now + std::max<steady::duration>(*refused, std::chrono::milliseconds(1)));
+    e->llm_grant.reset();
+    e->emb_grant.reset();
+    e->chosen = ChosenDeployments{};
+    e->state = Entry::State::queued;
+    reserved_.fetch_add(1, std::memory_order_relaxed);
+    retry_pending_.push_back(std::move(e));
+    wake();
+  }
+
+  void share_backoff(std::size_t deployment, steady::duration wait) {
+    if (!options_.deployment_budget_store) return;
+    auto work = options_.deployment_budget_store->report_backoff(
+        deployments_[deployment], std::chrono::ceil<std::chrono::milliseconds>(wait));
+    asio::co_spawn(strand_, std::move(work), [](std::exception_ptr ep) {
+      if (ep) logger()->warn("llmq: could not share a deployment backoff");
+    });
   }
 
   void start(EntryPtr e, steady::time_point now) {
@@ -720,7 +816,11 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   void queue_pending_retries() {
     for (EntryPtr& e : retry_pending_) {
       if (e->state != Entry::State::queued || e->answered) continue;  // cancelled meanwhile
-      const auto deadline = *e->first_dispatch + options_.retry_budget;
+      // A retry is bounded by the retry budget; a request the shared budget store sent
+      // back before its first run keeps its queue deadline.
+      const auto deadline = e->first_dispatch
+                                ? *e->first_dispatch + options_.retry_budget
+                                : e->queued_steady + config_.scheduler_limits.request_timeout;
       e->ticket = scheduler_.push_front(e->cls->index, e, deadline);
     }
     retry_pending_.clear();
@@ -751,6 +851,8 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       std::optional<steady::duration> retry;
       if (o.retry_after && o.retry_after->count() >= 0) retry = *o.retry_after;
       balancer_.report_failure(g->deployment, now, retry, status == 429);
+      share_backoff(g->deployment,
+                    retry ? *retry : steady::duration(limits_[g->deployment].error_backoff));
     }
     // The upstream says the budget is spent until a reset: stay away until then.
     using std::chrono::seconds;
@@ -859,6 +961,13 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     stopped_ = true;
     poll_timer_.cancel();
     co_await telemetry_->stop();
+    if (options_.deployment_budget_store) {
+      try {
+        co_await options_.deployment_budget_store->close();
+      } catch (const std::exception& e) {
+        logger()->warn("deployment budget store close failed: {}", e.what());
+      }
+    }
     try {
       co_await options_.user_rate_limit_store->close();
     } catch (const std::exception& e) {
@@ -913,6 +1022,8 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     s.cancelled = cancelled_.load();
     s.telemetry_dropped = telemetry_->dropped();
     s.telemetry_failed = telemetry_->failed();
+    s.budget_refusals = budget_refusals_.load();
+    s.budget_store_errors = budget_store_errors_.load();
     const steady::time_point now = steady::now();
     for (std::size_t i = 0; i < deployments_.size(); ++i) {
       const DeploymentState st = balancer_.state(i, now);
@@ -936,6 +1047,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   LLMConfig config_;
   QueueOptions options_;
   const std::vector<Deployment> deployments_;
+  const std::vector<DeploymentLimits> limits_;
   std::shared_ptr<TelemetryPipeline> telemetry_;
 
   // Any thread:
@@ -949,7 +1061,8 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   std::atomic<bool> shutdown_requested_{false};
   std::atomic<std::uint64_t> next_id_{0};
   std::atomic<std::uint64_t> admitted_{0}, completed_{0}, rejected_user_limit_{0},
-      rejected_queue_full_{0}, rejected_invalid_{0}, timed_out_{0}, cancelled_{0};
+      rejected_queue_full_{0}, rejected_invalid_{0}, timed_out_{0}, cancelled_{0},
+      budget_refusals_{0}, budget_store_errors_{0};
 
   // Strand only:
   WeightedRoundRobinBalancer balancer_;
@@ -1110,5 +1223,12 @@ const std::vector<Deployment>& LLMQueue::deployments() const noexcept {
 std::shared_ptr<TelemetryStore> LLMQueue::telemetry_store() const noexcept {
   return core_->options_.telemetry_store;
 }
+
+boost::asio::awaitable<void> DeploymentBudgetStore::report_backoff(const Deployment&,
+                                                                   std::chrono::milliseconds) {
+  co_return;
+}
+
+boost::asio::awaitable<void> DeploymentBudgetStore::close() { co_return; }
 
 }  // namespace llmq

@@ -3,6 +3,7 @@
 /// Umbrella header: everything an application needs.
 
 #include <llmq/config.hpp>
+#include <llmq/deployment_budget_store.hpp>
 #include <llmq/errors.hpp>
 #include <llmq/executor.hpp>
 #include <llmq/fifo_scheduler.hpp>

@@ -3,6 +3,7 @@
 /// LLMQueue: the facade that admits, queues, balances, executes and records requests.
 
 #include <llmq/config.hpp>
+#include <llmq/deployment_budget_store.hpp>
 #include <llmq/executor.hpp>
 #include <llmq/rate_limit_store.hpp>
 #include <llmq/request.hpp>
@@ -32,6 +33,12 @@ struct QueueOptions {
   std::shared_ptr<UserRateLimitStore> user_rate_limit_store;
   /// Where telemetry goes. Null: an InMemoryTelemetryStore (see LLMQueue::telemetry_store()).
   std::shared_ptr<TelemetryStore> telemetry_store;
+  /// Deployment budgets shared with other processes (e.g. RedisDeploymentBudgetStore).
+  /// Null (default): this queue's own balancer alone decides.
+  std::shared_ptr<DeploymentBudgetStore> deployment_budget_store;
+  /// When the shared budget store fails: true (default) dispatches on the local decision
+  /// alone (logged and counted); false answers the request with a 503 Response.
+  bool budget_store_fail_open = true;
   /// Longest time one executor call may run before it is cancelled and its caller gets
   /// a 504 Response. Zero disables. Default 10 min.
   std::chrono::milliseconds execution_timeout{std::chrono::minutes(10)};
@@ -89,6 +96,8 @@ struct QueueStats {
   std::uint64_t cancelled = 0;            ///< callers that gave up
   std::uint64_t telemetry_dropped = 0;    ///< records not buffered (buffer full)
   std::uint64_t telemetry_failed = 0;     ///< records the store failed to write
+  std::uint64_t budget_refusals = 0;      ///< grants the shared budget store refused
+  std::uint64_t budget_store_errors = 0;  ///< shared budget store failures
   std::vector<DeploymentStats> deployments;
 };
 

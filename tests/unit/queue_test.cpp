@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <map>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -746,6 +747,150 @@ TEST(LLMQueueRuntime, UpstreamRemainingZeroHoldsTheDeploymentUntilReset) {
   });
   EXPECT_EQ(exhausted->tried,
             (std::vector<std::string>{"chat-a", "chat-b", "chat-b", "chat-b", "chat-b", "chat-b"}));
+}
+
+/// A budget shared by several queues: at most `cap` calls per deployment in total.
+class CappedSharedBudget : public llmq::DeploymentBudgetStore {
+ public:
+  explicit CappedSharedBudget(std::int64_t cap, bool fail = false) : cap_(cap), fail_(fail) {}
+  awaitable<llmq::BudgetDecision> try_charge(const llmq::Deployment& d,
+                                             const llmq::DeploymentLimits&,
+                                             llmq::DeploymentNeed need) override {
+    // Answer asynchronously, as a network store would.
+    asio::steady_timer t(co_await asio::this_coro::executor, 1ms);
+    co_await t.async_wait(asio::use_awaitable);
+    if (fail_) throw std::runtime_error("store down");
+    std::lock_guard lock(mutex_);
+    llmq::BudgetDecision decision;
+    if (used_[d.unique_model_id] + need.calls > cap_) {
+      decision.allowed = false;
+      decision.retry_after = 10min;
+    } else {
+      used_[d.unique_model_id] += need.calls;
+    }
+    co_return decision;
+  }
+  awaitable<void> report_backoff(const llmq::Deployment& d, std::chrono::milliseconds) override {
+    std::lock_guard lock(mutex_);
+    ++backoffs_[d.unique_model_id];
+    co_return;
+  }
+  std::map<std::string, std::int64_t> used() {
+    std::lock_guard lock(mutex_);
+    return used_;
+  }
+  std::map<std::string, int> backoffs() {
+    std::lock_guard lock(mutex_);
+    return backoffs_;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::int64_t cap_;
+  bool fail_;
+  std::map<std::string, std::int64_t> used_;
+  std::map<std::string, int> backoffs_;
+};
+
+TEST(LLMQueueRuntime, TwoQueuesSharingABudgetStayWithinIt) {
+  auto shared = std::make_shared<CappedSharedBudget>(5);
+  asio::io_context io;
+  auto echo = std::make_shared<EchoExecutor>();
+  llmq::QueueOptions o;
+  o.deployment_budget_store = shared;
+  auto config = make_config({model("chat-a", llmq::ModelType::chat)});
+  config.scheduler_limits.request_timeout = 200ms;
+  llmq::LLMQueue q1(io.get_executor(), config, {{"chat_completion", echo}}, o);
+  llmq::LLMQueue q2(io.get_executor(), config, {{"chat_completion", echo}}, o);
+  int ok = 0, timed_out = 0;
+  run_test(io, [&]() -> awaitable<void> {
+    co_await q1.initiate();
+    co_await q2.initiate();
+    auto ex = co_await asio::this_coro::executor;
+    int done = 0;
+    for (int i = 0; i < 8; ++i)
+      asio::co_spawn(
+          ex,
+          [&, i]() -> awaitable<void> {
+            try {
+              auto r =
+                  co_await (i % 2 ? q1 : q2).execute_request("chat_completion", chat_body(), "u");
+              ok += r.status == 200;
+            } catch (const llmq::QueueTimeoutError&) {
+              ++timed_out;
+            }
+            ++done;
+          },
+          asio::detached);
+    asio::steady_timer t(ex);
+    while (done < 8) {
+      t.expires_after(5ms);
+      co_await t.async_wait(asio::use_awaitable);
+    }
+    auto s1 = co_await q1.stats();
+    auto s2 = co_await q2.stats();
+    EXPECT_GT(s1.budget_refusals + s2.budget_refusals, 0u);
+    co_await q1.graceful_shutdown();
+    co_await q2.graceful_shutdown();
+  });
+  // Each queue alone would have run all 8 at once; together they stay at the shared 5.
+  EXPECT_EQ(ok, 5);
+  EXPECT_EQ(timed_out, 3);
+  EXPECT_EQ(echo->calls.load(), 5);
+  EXPECT_EQ(shared->used()["chat-a"], 5);
+}
+
+TEST(LLMQueueRuntime, SharedBudgetRefusalMovesWorkToAnotherDeployment) {
+  auto shared = std::make_shared<CappedSharedBudget>(2);
+  llmq::QueueOptions o;
+  o.deployment_budget_store = shared;
+  auto throttled = std::make_shared<ThrottledExecutor>("none");
+  Harness h(default_config(), {{"chat_completion", throttled}}, o);
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    for (int i = 0; i < 4; ++i) {
+      auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+      EXPECT_EQ(r.status, 200);
+    }
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(throttled->per_deployment["chat-a"], 2);
+  EXPECT_EQ(throttled->per_deployment["chat-b"], 2);
+}
+
+TEST(LLMQueueRuntime, SharedBudgetStoreFailurePolicy) {
+  for (bool fail_open : {true, false}) {
+    llmq::QueueOptions o;
+    o.deployment_budget_store = std::make_shared<CappedSharedBudget>(100, /*fail=*/true);
+    o.budget_store_fail_open = fail_open;
+    Harness h(default_config(), {{"chat_completion", std::make_shared<EchoExecutor>()}}, o);
+    llmq::Response r;
+    std::uint64_t errors = 0;
+    run_test(h.io, [&]() -> awaitable<void> {
+      co_await h.queue->initiate();
+      r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+      errors = (co_await h.queue->stats()).budget_store_errors;
+      co_await h.queue->graceful_shutdown();
+    });
+    EXPECT_EQ(r.status, fail_open ? 200 : 503) << "fail_open=" << fail_open;
+    EXPECT_EQ(errors, 1u);
+  }
+}
+
+TEST(LLMQueueRuntime, FailuresAreSharedAsBackoff) {
+  auto shared = std::make_shared<CappedSharedBudget>(100);
+  llmq::QueueOptions o;
+  o.deployment_budget_store = shared;
+  Harness h(default_config(), {{"chat_completion", std::make_shared<ThrottledExecutor>("chat-a")}},
+            o);
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    for (int i = 0; i < 3; ++i)
+      co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(shared->backoffs()["chat-a"], 1);
+  EXPECT_EQ(shared->backoffs().count("chat-b"), 0u);
 }
 
 TEST(LLMQueueRuntime, RagRequestGetsBothDeployments) {
