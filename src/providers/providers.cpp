@@ -1,0 +1,444 @@
+// The ready-made executors: one upstream call per process_request, outcome and usage
+// recorded in the telemetry, upstream answers passed through.
+
+#include <llmq/detail/http_url.hpp>
+#include <llmq/errors.hpp>
+#include <llmq/log.hpp>
+#include <llmq/providers.hpp>
+#include <llmq/queue.hpp>
+#include <llmq/rate_limit_headers.hpp>
+#include <llmq/sse.hpp>
+
+#include <boost/system/system_error.hpp>
+
+#include <algorithm>
+#include <cctype>
+
+namespace llmq {
+namespace {
+
+using nlohmann::json;
+using Steady = std::chrono::steady_clock;
+using SysClock = std::chrono::system_clock;
+
+std::string_view operation_path(UpstreamOperation op) {
+  return op == UpstreamOperation::chat_completions ? "chat/completions" : "embeddings";
+}
+
+std::string_view operation_name(UpstreamOperation op) {
+  return op == UpstreamOperation::chat_completions ? "chat completion" : "embeddings";
+}
+
+bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+std::string_view strip_trailing_slashes(std::string_view s) {
+  while (!s.empty() && s.back() == '/') s.remove_suffix(1);
+  return s;
+}
+
+std::string percent_encode(std::string_view s) {
+  static constexpr char kHex[] = "0123456789ABCDEF";
+  std::string out;
+  for (char c : s) {
+    const auto u = static_cast<unsigned char>(c);
+    if (std::isalnum(u) || c == '-' || c == '.' || c == '_' || c == '~') {
+      out += c;
+    } else {
+      out += '%';
+      out += kHex[u >> 4];
+      out += kHex[u & 0x0f];
+    }
+  }
+  return out;
+}
+
+/// Replaces every occurrence of a secret by "***".
+std::string redact(std::string text, std::string_view secret) {
+  if (secret.size() < 4) return text;  // too short to matter, and would mangle text
+  for (std::size_t pos = text.find(secret); pos != std::string::npos;
+       pos = text.find(secret, pos + 3)) {
+    text.replace(pos, secret.size(), "***");
+  }
+  return text;
+}
+
+/// The secrets of one call, to keep out of messages built from upstream content.
+struct Secrets {
+  std::string_view api_key;
+  std::string_view token;
+  [[nodiscard]] std::string clean(std::string text) const {
+    return redact(redact(std::move(text), api_key), token);
+  }
+};
+
+Response error_response(int status, const std::string& message, std::string_view type,
+                        std::string_view code) {
+  return Response{make_error_body(message, type, code), status};
+}
+
+/// Up to `limit` bytes of a body for a message, control characters replaced.
+std::string snippet(std::string_view body, std::size_t limit = 200) {
+  std::string out(body.substr(0, limit));
+  for (char& c : out) {
+    if (static_cast<unsigned char>(c) < 0x20) c = ' ';
+  }
+  if (body.size() > limit) out += "...";
+  return out;
+}
+
+std::string malformed_json_message(std::string_view body) {
+  try {
+    const json ignored = json::parse(body);
+  } catch (const json::exception& e) {
+    return "upstream returned malformed JSON: " + std::string(e.what());
+  }
+  return "upstream returned malformed JSON";
+}
+
+std::int64_t usage_count(const json& usage, const char* key) {
+  const auto it = usage.find(key);
+  if (it == usage.end() || !it->is_number_integer()) return 0;
+  const auto v = it->get<std::int64_t>();
+  return v > 0 ? v : 0;
+}
+
+/// Adds the `usage` of a successful body to the telemetry.
+void record_usage(UpstreamOperation op, const json& body, TelemetryData& t) {
+  if (!body.is_object()) return;
+  const auto usage = body.find("usage");
+  if (usage == body.end() || !usage->is_object()) return;
+  if (op == UpstreamOperation::chat_completions) {
+    t.prompt_tokens += usage_count(*usage, "prompt_tokens");
+    t.completion_tokens += usage_count(*usage, "completion_tokens");
+  } else {
+    const std::int64_t prompt = usage_count(*usage, "prompt_tokens");
+    t.embedding_tokens += prompt > 0 ? prompt : usage_count(*usage, "total_tokens");
+  }
+}
+
+UpstreamOutcome& outcome_of(UpstreamOperation op, TelemetryData& t) {
+  return op == UpstreamOperation::chat_completions ? t.llm_outcome : t.embedding_outcome;
+}
+
+bool is_success(int status) { return status >= 200 && status < 300; }
+
+bool is_streaming(const json& body) {
+  const auto it = body.find("stream");
+  return it != body.end() && it->is_boolean() && it->get<bool>();
+}
+
+/// The Response (and outcome, usage) of a complete upstream answer.
+Response response_from_http(const HttpResponse& resp, UpstreamOperation op, TelemetryData& t,
+                            UpstreamOutcome& outcome, const Secrets& secrets) {
+  json parsed = json::parse(resp.body, nullptr, false);
+  outcome = outcome_from_response(resp, parsed, SysClock::now());
+  if (parsed.is_discarded()) {
+    if (is_success(resp.status)) {
+      outcome.status = 502;  // a deployment answering garbage is failing
+      return error_response(502, secrets.clean(malformed_json_message(resp.body)), "upstream_error",
+                            "bad_upstream_response");
+    }
+    return error_response(resp.status,
+                          secrets.clean("upstream returned HTTP " + std::to_string(resp.status) +
+                                        " with a non-JSON body: " + snippet(resp.body)),
+                          "upstream_error", "bad_upstream_response");
+  }
+  if (is_success(resp.status)) record_usage(op, parsed, t);
+  return Response{std::move(parsed), resp.status};
+}
+
+/// Collects a streamed chat answer: SSE events into a ChatStreamAssembler, or the raw
+/// body when the upstream answered without an event stream (an error, or no streaming).
+class StreamCollector {
+ public:
+  explicit StreamCollector(const Secrets& secrets) : secrets_(secrets) {}
+
+  void on_head(const HttpResponse& head) {
+    head_ = head;
+    const std::string type = head.header("content-type").value_or("");
+    sse_ = is_success(head.status) && type.find("text/event-stream") != std::string::npos;
+  }
+
+  void on_chunk(std::string_view chunk) {
+    if (!sse_) {
+      raw_.append(chunk);
+      return;
+    }
+    for (const SseEvent& event : parser_.feed(chunk)) handle(event);
+  }
+
+  Response finish(TelemetryData& t, UpstreamOutcome& outcome) {
+    if (!sse_) {
+      HttpResponse full = head_;
+      full.body = std::move(raw_);
+      return response_from_http(full, UpstreamOperation::chat_completions, t, outcome, secrets_);
+    }
+    for (const SseEvent& event : parser_.finish()) handle(event);
+    outcome = outcome_from_response(head_, json(), SysClock::now());
+    if (error_) {
+      outcome.status = 502;
+      return std::move(*error_);
+    }
+    if (!done_ && !assembler_.complete()) {
+      outcome.status = 502;
+      return error_response(502, "upstream stream ended before [DONE] (the answer is incomplete)",
+                            "upstream_error", "bad_upstream_response");
+    }
+    json body = assembler_.result();
+    record_usage(UpstreamOperation::chat_completions, body, t);
+    return Response{std::move(body), head_.status};
+  }
+
+ private:
+  void handle(const SseEvent& event) {
+    if (done_ || error_) return;
+    if (event.is_done()) {
+      done_ = true;
+      return;
+    }
+    if (event.data.empty()) return;
+    json chunk = json::parse(event.data, nullptr, false);
+    if (chunk.is_discarded()) {
+      error_ = error_response(
+          502, secrets_.clean(malformed_json_message(event.data) + " (in the event stream)"),
+          "upstream_error", "bad_upstream_response");
+      return;
+    }
+    if (chunk.is_object() && chunk.contains("error") && !chunk.contains("choices")) {
+      error_ = Response{std::move(chunk), 502};  // an error event inside the stream
+      return;
+    }
+    assembler_.add(chunk);
+  }
+
+  Secrets secrets_;
+  HttpResponse head_;
+  bool sse_ = false;
+  std::string raw_;
+  SseParser parser_;
+  ChatStreamAssembler assembler_;
+  bool done_ = false;
+  std::optional<Response> error_;
+};
+
+Response transport_error_response(const Deployment& d, const HttpError& e) {
+  return error_response(
+      e.http_status(),
+      "upstream request to deployment '" + d.unique_model_id + "' failed: " + e.what(),
+      "upstream_error", to_string(e.errc()));
+}
+
+Response invalid_body_response(UpstreamOperation op) {
+  return error_response(
+      400, "the " + std::string(operation_name(op)) + " request body must be a JSON object",
+      "invalid_request_error", "invalid_body");
+}
+
+Response missing_deployment_response(UpstreamOperation op, const std::string& req_type) {
+  const bool chat = op == UpstreamOperation::chat_completions;
+  return error_response(400,
+                        "request type '" + req_type + "' needs " +
+                            (chat ? std::string("an LLM deployment (require_llm_model)")
+                                  : std::string("an embeddings deployment "
+                                                "(require_embedding_model)")),
+                        "invalid_request_error", "missing_deployment");
+}
+
+Response wrong_provider_response(const Deployment& d, Provider wanted) {
+  const std::string kind =
+      wanted == Provider::azure ? std::string("Azure") : std::string("OpenAI-compatible");
+  return error_response(500,
+                        "deployment '" + d.unique_model_id + "' is not an " + kind +
+                            " deployment; this executor serves only those",
+                        "configuration_error", "wrong_provider");
+}
+
+void log_call(const Deployment& d, UpstreamOperation op, const std::string& url, int status,
+              Steady::time_point started) {
+  const auto ms =
+      std::chrono::duration_cast<std::chrono::milliseconds>(Steady::now() - started).count();
+  logger()->debug("upstream {} {} ({}) -> {} in {} ms", d.unique_model_id, operation_name(op), url,
+                  status, ms);
+}
+
+void log_failure(const Deployment& d, UpstreamOperation op, const HttpError& e) {
+  logger()->warn("upstream {} {} failed: {}", d.unique_model_id, operation_name(op), e.what());
+}
+
+boost::asio::awaitable<Response> call_upstream(HttpClient& client, const Deployment& d,
+                                               UpstreamOperation op, json body, TelemetryData& t,
+                                               ProviderOptions options) {
+  UpstreamOutcome& outcome = outcome_of(op, t);
+  if (!body.is_object()) co_return invalid_body_response(op);
+  std::optional<std::string> token;
+  if (d.provider == Provider::azure && options.azure_token_provider) {
+    std::string fresh = co_await options.azure_token_provider();
+    token = std::move(fresh);
+  }
+  const Secrets secrets{d.api_key, token ? std::string_view(*token) : std::string_view()};
+  const bool streaming = op == UpstreamOperation::chat_completions && is_streaming(body);
+  HttpRequest request = build_upstream_request(d, op, body, options, token);
+  const std::string log_url = detail::url_for_log(request.url);
+  const Steady::time_point started = Steady::now();
+
+  std::optional<Response> result;
+  std::optional<HttpError> failure;
+  try {
+    if (streaming) {
+      StreamCollector collector(secrets);
+      std::function<void(const HttpResponse&)> on_head = [&collector](const HttpResponse& head) {
+        collector.on_head(head);
+      };
+      std::function<void(std::string_view)> on_chunk = [&collector](std::string_view chunk) {
+        collector.on_chunk(chunk);
+      };
+      co_await client.request_streaming(std::move(request), std::move(on_head),
+                                        std::move(on_chunk));
+      result = collector.finish(t, outcome);
+    } else {
+      HttpResponse response = co_await client.request(std::move(request));
+      result = response_from_http(response, op, t, outcome, secrets);
+    }
+  } catch (const HttpError& e) {
+    failure = e;
+  }
+  if (failure) {
+    outcome = outcome_from_error(*failure);
+    log_failure(d, op, *failure);
+    co_return transport_error_response(d, *failure);
+  }
+  log_call(d, op, log_url, result->status, started);
+  co_return std::move(*result);
+}
+
+std::map<std::string, std::shared_ptr<RequestExecutor>> make_default_executors(
+    const std::shared_ptr<HttpClient>& client, const ProviderOptions& options) {
+  if (!client) throw ConfigError("the default executors need an HttpClient (got null)");
+  std::map<std::string, std::shared_ptr<RequestExecutor>> executors;
+  executors["chat_completion"] = std::make_shared<ChatCompletionExecutor>(client, options);
+  executors["embeddings"] = std::make_shared<EmbeddingsExecutor>(client, options);
+  return executors;
+}
+
+}  // namespace
+
+std::string upstream_url(const Deployment& d, UpstreamOperation op,
+                         const ProviderOptions& options) {
+  std::string_view base = strip_trailing_slashes(d.endpoint);
+  std::string url;
+  if (d.provider == Provider::azure) {
+    if (ends_with(base, "/openai/v1")) base.remove_suffix(10);
+    base = strip_trailing_slashes(base);
+    if (ends_with(base, "/openai")) base.remove_suffix(7);
+    base = strip_trailing_slashes(base);
+    url = std::string(base);
+    if (options.azure_url_style == AzureUrlStyle::v1) {
+      url += "/openai/v1/";
+      url += operation_path(op);
+      return url;
+    }
+    const std::string& version =
+        d.api_version.empty() ? options.default_api_version : d.api_version;
+    url += "/openai/deployments/";
+    url += percent_encode(d.deployment_name_in_azure);
+    url += '/';
+    url += operation_path(op);
+    url += "?api-version=";
+    url += percent_encode(version);
+    return url;
+  }
+  url = std::string(base);
+  url += ends_with(base, "/v1") ? "/" : "/v1/";
+  url += operation_path(op);
+  return url;
+}
+
+json upstream_body(const Deployment& d, UpstreamOperation op, json body,
+                   const ProviderOptions& options) {
+  if (!body.is_object()) return body;
+  if (d.provider == Provider::openai_compatible) {
+    body["model"] =
+        d.model_name_in_azure.empty() ? d.deployment_name_in_azure : d.model_name_in_azure;
+  } else if (options.azure_url_style == AzureUrlStyle::v1) {
+    body["model"] = d.deployment_name_in_azure;
+  }
+  if (op == UpstreamOperation::chat_completions && is_streaming(body) &&
+      options.request_stream_usage && !body.contains("stream_options")) {
+    json stream_options = json::object();
+    stream_options["include_usage"] = true;
+    body["stream_options"] = std::move(stream_options);
+  }
+  return body;
+}
+
+HttpRequest build_upstream_request(const Deployment& d, UpstreamOperation op, const json& body,
+                                   const ProviderOptions& options,
+                                   const std::optional<std::string>& azure_token) {
+  HttpRequest r;
+  r.method = "POST";
+  r.url = upstream_url(d, op, options);
+  const bool streaming = op == UpstreamOperation::chat_completions && is_streaming(body);
+  r.body = upstream_body(d, op, body, options).dump(-1, ' ', false, json::error_handler_t::replace);
+  r.headers.emplace_back("content-type", "application/json");
+  r.headers.emplace_back("accept", streaming ? "text/event-stream" : "application/json");
+  if (d.provider == Provider::azure) {
+    if (azure_token) {
+      r.headers.emplace_back("authorization", "Bearer " + *azure_token);
+    } else if (!d.api_key.empty()) {
+      r.headers.emplace_back("api-key", d.api_key);
+    }
+  } else if (!d.api_key.empty()) {
+    r.headers.emplace_back("authorization", "Bearer " + d.api_key);
+  }
+  if (!options.user_agent.empty()) r.headers.emplace_back("user-agent", options.user_agent);
+  for (const auto& header : options.extra_headers) r.headers.push_back(header);
+  return r;
+}
+
+boost::asio::awaitable<Response> call_chat(HttpClient& client, const Deployment& deployment,
+                                           json body, TelemetryData& telemetry,
+                                           ProviderOptions options) {
+  Response r = co_await call_upstream(client, deployment, UpstreamOperation::chat_completions,
+                                      std::move(body), telemetry, std::move(options));
+  co_return r;
+}
+
+boost::asio::awaitable<Response> call_embeddings(HttpClient& client, const Deployment& deployment,
+                                                 json body, TelemetryData& telemetry,
+                                                 ProviderOptions options) {
+  Response r = co_await call_upstream(client, deployment, UpstreamOperation::embeddings,
+                                      std::move(body), telemetry, std::move(options));
+  co_return r;
+}
+
+UpstreamExecutor::UpstreamExecutor(std::shared_ptr<HttpClient> client, UpstreamOperation op,
+                                   std::optional<Provider> only, ProviderOptions options)
+    : client_(std::move(client)), op_(op), only_(only), options_(std::move(options)) {
+  if (!client_) throw ConfigError("an upstream executor needs an HttpClient (got null)");
+}
+
+boost::asio::awaitable<Response> UpstreamExecutor::process_request(const Request& req,
+                                                                   const ChosenDeployments& chosen,
+                                                                   TelemetryData& telemetry) {
+  const Deployment* d = op_ == UpstreamOperation::chat_completions ? chosen.llm : chosen.embedding;
+  if (d == nullptr) co_return missing_deployment_response(op_, req.req_type);
+  if (only_ && d->provider != *only_) co_return wrong_provider_response(*d, *only_);
+  Response r = co_await call_upstream(*client_, *d, op_, req.body, telemetry, options_);
+  co_return r;
+}
+
+std::map<std::string, std::shared_ptr<RequestExecutor>> default_executors(
+    std::shared_ptr<HttpClient> client, ProviderOptions options) {
+  return make_default_executors(client, options);
+}
+
+void register_default_executors(LLMQueue& queue, std::shared_ptr<HttpClient> client,
+                                ProviderOptions options) {
+  for (auto& [name, executor] : make_default_executors(client, options)) {
+    queue.register_request_executor(name, std::move(executor));
+  }
+}
+
+}  // namespace llmq
