@@ -21,10 +21,13 @@ WeightedRoundRobinBalancer::WeightedRoundRobinBalancer(std::vector<DeploymentLim
       throw std::invalid_argument("deployment limits and weight must be positive");
     State s;
     s.limits = l;
-    s.windows.push_back(Window{seconds(60), l.req_per_min});
+    const auto margin = std::chrono::duration_cast<clock::duration>(l.window_margin);
+    s.windows.push_back(Window{seconds(60) + margin, l.req_per_min});
     if (l.pace_short_windows) {
-      s.windows.push_back(Window{seconds(10), std::max<std::int64_t>(1, l.req_per_min / 6)});
-      s.windows.push_back(Window{seconds(1), std::max<std::int64_t>(1, l.req_per_min / 60)});
+      s.windows.push_back(
+          Window{seconds(10) + margin, std::max<std::int64_t>(1, l.req_per_min / 6)});
+      s.windows.push_back(
+          Window{seconds(1) + margin, std::max<std::int64_t>(1, l.req_per_min / 60)});
     }
     states_.push_back(std::move(s));
   }
@@ -115,6 +118,19 @@ void WeightedRoundRobinBalancer::reconcile(const DeploymentGrant& g, std::int64_
   c.tokens = actual_tokens;
   for (Window& w : s.windows)
     if (g.seq >= w.cursor) w.tokens += delta;
+}
+
+void WeightedRoundRobinBalancer::refund(const DeploymentGrant& g) {
+  State& s = states_.at(g.deployment);
+  if (g.seq < s.base_seq || g.seq >= s.base_seq + s.log.size()) return;
+  Charge& c = s.log[g.seq - s.base_seq];
+  for (Window& w : s.windows) {
+    if (g.seq < w.cursor) continue;
+    w.calls -= c.calls;
+    w.tokens -= c.tokens;
+  }
+  c.calls = 0;
+  c.tokens = 0;
 }
 
 void WeightedRoundRobinBalancer::report_failure(std::size_t deployment, time_point now,

@@ -283,8 +283,8 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     out.reserve(ds.size());
     for (const Deployment& d : ds)
       out.push_back(DeploymentLimits{d.req_per_min, d.tokens_per_min, d.error_backoff,
-                                     d.weight > 0 ? d.weight : d.req_per_min,
-                                     o.pace_short_windows});
+                                     d.weight > 0 ? d.weight : d.req_per_min, o.pace_short_windows,
+                                     o.pacing_margin});
     return out;
   }
 
@@ -661,6 +661,9 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       co_return;
     }
     budget_refusals_.fetch_add(1, std::memory_order_relaxed);
+    // What the shared budget refused must not use up this queue's own windows.
+    if (e->llm_grant) balancer_.refund(*e->llm_grant);
+    if (e->emb_grant) balancer_.refund(*e->emb_grant);
     balancer_.hold(refused_deployment,
                    now + std::max<steady::duration>(*refused, std::chrono::milliseconds(1)));
     e->llm_grant.reset();
@@ -739,9 +742,8 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     const int fallback = (single && !ours) ? (threw ? 500 : r.status) : 0;
     apply_outcome(e->llm_grant, t.llm_outcome, fallback, now);
     apply_outcome(e->emb_grant, t.embedding_outcome, fallback, now);
-    if (e->llm_grant) balancer_.reconcile(*e->llm_grant, t.prompt_tokens + t.completion_tokens);
-    if (e->emb_grant)
-      balancer_.reconcile(*e->emb_grant, t.embedding_tokens > 0 ? t.embedding_tokens : 0);
+    reconcile(e->llm_grant, t.prompt_tokens + t.completion_tokens);
+    reconcile(e->emb_grant, t.embedding_tokens);
     AttemptRecord attempt;
     attempt.llm_deployment = e->chosen.llm ? e->chosen.llm->unique_model_id : std::string();
     attempt.embedding_deployment =
@@ -769,6 +771,14 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     telemetry_->record(std::move(t));
     if (!scheduler_.empty()) wake();
     notify_idle();
+  }
+
+  /// Replaces a grant's estimate by the usage reported. Azure keeps charging its own
+  /// estimate for the minute, so by default a lower usage does not give tokens back.
+  void reconcile(const std::optional<DeploymentGrant>& g, std::int64_t actual) {
+    if (!g || actual <= 0) return;
+    balancer_.reconcile(*g,
+                        options_.reconcile_tokens_down ? actual : std::max(actual, g->need.tokens));
   }
 
   static bool retryable_status(int status) {

@@ -74,9 +74,10 @@ GatewayConfig parse_section(const YAML::Node& g) {
     }
     if (key == "listen_address")
       c.listen_address = text(v, path);
-    else if (key == "port")
-      c.port = static_cast<unsigned short>(positive(v, path, 65535));
-    else if (key == "user_header") {
+    else if (key == "port") {
+      // 0 asks the system for a free port (printed at start-up, or see --port-file).
+      c.port = text(v, path) == "0" ? 0 : static_cast<unsigned short>(positive(v, path, 65535));
+    } else if (key == "user_header") {
       c.user_header = text(v, path);
       if (c.user_header.empty()) fail(path, "must not be empty", v);
     } else if (key == "max_body_bytes")

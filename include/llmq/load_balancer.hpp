@@ -22,6 +22,10 @@ struct DeploymentLimits {
   /// Also cap requests per 1 s (req_per_min/60) and per 10 s (req_per_min/6), each at
   /// least 1, as Azure enforces RPM over those short windows.
   bool pace_short_windows = true;
+  /// Each charge stays in its windows this much longer than the window's length, so that
+  /// network jitter between dispatch here and arrival upstream cannot squeeze one more
+  /// request into the upstream's window. Zero keeps windows exact.
+  std::chrono::nanoseconds window_margin{0};
 };
 
 /// What one request costs a deployment.
@@ -80,6 +84,10 @@ class WeightedRoundRobinBalancer {
   /// Replaces a grant's estimated tokens by the tokens actually used (if the grant is
   /// still inside the 60 s window). Ignored when `actual_tokens` <= 0.
   void reconcile(const DeploymentGrant& g, std::int64_t actual_tokens);
+
+  /// Takes a grant back (its calls and tokens leave every window), e.g. when a shared
+  /// budget refused what this balancer granted. The round-robin position is kept.
+  void refund(const DeploymentGrant& g);
 
   /// The deployment failed (5xx, 429, connection error): skip it until
   /// `now + retry_after` when given (an upstream Retry-After), else `now + error_backoff`.

@@ -65,6 +65,13 @@ struct QueueOptions {
   bool record_payload = false;
   /// Cap requests per 1 s and 10 s as Azure does (see DeploymentLimits). Default on.
   bool pace_short_windows = true;
+  /// Charges stay in a deployment's windows this much longer than the window, absorbing
+  /// jitter between dispatch here and arrival upstream. Default 50 ms.
+  std::chrono::milliseconds pacing_margin{50};
+  /// Token accounting after a call: the usage the executor reports replaces the estimate
+  /// when higher. When lower, the estimate stays charged (Azure charges its estimate on
+  /// arrival and keeps it for the minute) unless this is true. Default false.
+  bool reconcile_tokens_down = false;
   /// Completion budget assumed for a chat body without max_tokens. Default: Azure's 4096.
   std::int64_t default_max_tokens = 4096;
 };

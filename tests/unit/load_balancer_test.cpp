@@ -169,6 +169,30 @@ TEST(WeightedRoundRobinBalancer, HoldPausesWithoutCountingFailure) {
   EXPECT_EQ(b.next_eligible(std::vector<std::size_t>{1}, {1, 1}, t0), t0 + seconds(2));
 }
 
+TEST(WeightedRoundRobinBalancer, WindowMarginKeepsChargesLonger) {
+  DeploymentLimits l{60, 1'000'000, seconds(60), 1, true, milliseconds(50)};  // 1 per 1 s
+  WeightedRoundRobinBalancer b({l});
+  const std::vector<std::size_t> c{0};
+  ASSERT_TRUE(b.acquire(c, {1, 1}, t0));
+  EXPECT_FALSE(b.acquire(c, {1, 1}, t0 + seconds(1)));  // exact window would admit here
+  EXPECT_EQ(b.next_eligible(c, {1, 1}, t0 + seconds(1)), t0 + milliseconds(1050));
+  EXPECT_TRUE(b.acquire(c, {1, 1}, t0 + milliseconds(1050)));
+}
+
+TEST(WeightedRoundRobinBalancer, RefundGivesAGrantBack) {
+  DeploymentLimits l{2, 1000, seconds(60), 1, false};
+  WeightedRoundRobinBalancer b({l});
+  const std::vector<std::size_t> c{0};
+  auto g1 = b.acquire(c, {1, 400}, t0);
+  auto g2 = b.acquire(c, {1, 400}, t0);
+  ASSERT_TRUE(g1 && g2);
+  EXPECT_FALSE(b.acquire(c, {1, 100}, t0));
+  b.refund(*g2);
+  EXPECT_EQ(b.state(0, t0).requests_in_window, 1);
+  EXPECT_EQ(b.state(0, t0).tokens_in_window, 400);
+  EXPECT_TRUE(b.acquire(c, {1, 100}, t0));
+}
+
 TEST(WeightedRoundRobinBalancer, PickDoesNotChargeUntilCommit) {
   DeploymentLimits l{1, 1000, seconds(60), 1, false};
   WeightedRoundRobinBalancer b({l});
