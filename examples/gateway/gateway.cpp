@@ -216,8 +216,10 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
     HttpAnswer a = reject(503, e.what(), "unavailable", "shutting_down", "shutting_down");
     a.headers.emplace_back("retry-after", "1");
     co_return a;
-  } catch (const Error& e) {
-    co_return reject(e.http_status(), e.what(), "server_error", "llmq_error", "error");
+  } catch (const Error& e) {  // e.g. the shared limit store is unavailable (503)
+    HttpAnswer a = reject(e.http_status(), e.what(), "server_error", "llmq_error", "error");
+    if (e.http_status() == 503) a.headers.emplace_back("retry-after", "1");
+    co_return a;
   } catch (const std::exception& e) {
     logger()->error("gateway: unexpected error: {}", e.what());
     co_return reject(500, "internal error", "server_error", "internal_error", "error");

@@ -59,11 +59,21 @@ GatewayConfig parse_section(const YAML::Node& g) {
   GatewayConfig c;
   if (!g || g.IsNull()) return c;
   if (!g.IsMap()) fail("gateway", "must be a mapping", g);
-  static const std::set<std::string> known = {"listen_address",       "port",
-                                              "user_header",          "client_keys",
-                                              "max_body_bytes",       "max_header_bytes",
-                                              "read_timeout_seconds", "idle_timeout_seconds",
-                                              "max_connections",      "telemetry_jsonl"};
+  static const std::set<std::string> known = {"listen_address",
+                                              "port",
+                                              "user_header",
+                                              "client_keys",
+                                              "max_body_bytes",
+                                              "max_header_bytes",
+                                              "read_timeout_seconds",
+                                              "idle_timeout_seconds",
+                                              "max_connections",
+                                              "telemetry_jsonl",
+                                              "telemetry_postgres",
+                                              "redis_url",
+                                              "redis_key_prefix",
+                                              "redis_failure_policy",
+                                              "share_deployment_budgets"};
   for (const auto& kv : g) {
     const std::string key = kv.first.as<std::string>();
     const std::string path = "gateway." + key;
@@ -92,7 +102,21 @@ GatewayConfig parse_section(const YAML::Node& g) {
       c.max_connections = static_cast<std::size_t>(positive(v, path, 1'000'000));
     else if (key == "telemetry_jsonl")
       c.telemetry_jsonl = text(v, path);
-    else if (key == "client_keys") {
+    else if (key == "telemetry_postgres")
+      c.telemetry_postgres = text(v, path);
+    else if (key == "redis_url")
+      c.redis_url = text(v, path);
+    else if (key == "redis_key_prefix")
+      c.redis_key_prefix = text(v, path);
+    else if (key == "redis_failure_policy") {
+      const std::string p = text(v, path);
+      if (p != "fail_open" && p != "fail_closed") fail(path, "must be fail_open or fail_closed", v);
+      c.redis_fail_open = p == "fail_open";
+    } else if (key == "share_deployment_budgets") {
+      const std::string b = text(v, path);
+      if (b != "true" && b != "false") fail(path, "must be true or false", v);
+      c.share_deployment_budgets = b == "true";
+    } else if (key == "client_keys") {
       if (!v.IsSequence()) fail(path, "must be a list", v);
       for (std::size_t i = 0; i < v.size(); ++i) {
         const std::string item = path + "[" + std::to_string(i) + "]";

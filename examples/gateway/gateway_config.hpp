@@ -34,8 +34,17 @@ struct GatewayConfig {
   /// Keep-alive connections idle longer than this are closed.
   std::chrono::milliseconds idle_timeout{std::chrono::seconds(60)};
   std::size_t max_connections = 1024;
-  /// Where telemetry goes: empty for in-memory only, else a JSON-lines file path.
+  /// Telemetry also goes to this JSON-lines file (empty: not).
   std::string telemetry_jsonl;
+  /// Telemetry goes to this PostgreSQL connection string instead (empty: not).
+  std::string telemetry_postgres;
+  /// Shared state for several gateway replicas: user limits (and, with
+  /// share_deployment_budgets, deployment budgets) in this Redis. Empty: in memory.
+  std::string redis_url;
+  std::string redis_key_prefix = "llmq:";
+  /// When Redis is unreachable: admit on local limits (true) or refuse with 503 (false).
+  bool redis_fail_open = true;
+  bool share_deployment_budgets = true;
 };
 
 /// The whole file: the library's config plus the gateway section.

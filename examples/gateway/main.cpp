@@ -9,8 +9,12 @@
 
 #include <llmq/errors.hpp>
 #include <llmq/http_client.hpp>
+#include <llmq/jsonl_telemetry_store.hpp>
 #include <llmq/log.hpp>
+#include <llmq/postgres_telemetry_store.hpp>
 #include <llmq/providers.hpp>
+#include <llmq/redis_deployment_budget_store.hpp>
+#include <llmq/redis_rate_limit_store.hpp>
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -53,13 +57,45 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
+/// The queue's stores as the gateway section asks: telemetry (always through Metrics),
+/// and user limits and deployment budgets in Redis when several replicas share them.
+QueueOptions make_queue_options(asio::any_io_executor ex, const GatewayConfig& g,
+                                std::shared_ptr<Metrics> metrics) {
+  QueueOptions options;
+  std::shared_ptr<TelemetryStore> sink = std::make_shared<InMemoryTelemetryStore>(10'000);
+  if (!g.telemetry_postgres.empty()) {
+    PostgresTelemetryOptions pg;
+    pg.conninfo = g.telemetry_postgres;
+    sink = std::make_shared<PostgresTelemetryStore>(ex, pg);
+  } else if (!g.telemetry_jsonl.empty()) {
+    JsonlTelemetryOptions jl;
+    jl.path = g.telemetry_jsonl;
+    sink = std::make_shared<JsonlTelemetryStore>(ex, jl);
+  }
+  options.telemetry_store = std::make_shared<MetricsTelemetryStore>(std::move(metrics), sink);
+  options.telemetry_flush_interval = std::chrono::milliseconds(200);
+  if (!g.redis_url.empty()) {
+    RedisRateLimitStoreOptions ul;
+    ul.url = g.redis_url;
+    ul.key_prefix = g.redis_key_prefix + "ul:";
+    ul.failure_policy =
+        g.redis_fail_open ? RateLimitFailurePolicy::fail_open : RateLimitFailurePolicy::fail_closed;
+    options.user_rate_limit_store = std::make_shared<RedisUserRateLimitStore>(ex, ul);
+    if (g.share_deployment_budgets) {
+      RedisDeploymentBudgetOptions db;
+      db.url = g.redis_url;
+      db.key_prefix = g.redis_key_prefix + "db:";
+      options.deployment_budget_store = std::make_shared<RedisDeploymentBudgetStore>(ex, db);
+      options.budget_store_fail_open = g.redis_fail_open;
+    }
+  }
+  return options;
+}
+
 asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args args,
                             int& exit_code) {
   auto metrics = std::make_shared<Metrics>();
-  QueueOptions options;
-  options.telemetry_store = std::make_shared<MetricsTelemetryStore>(
-      metrics, std::make_shared<InMemoryTelemetryStore>(10'000));
-  options.telemetry_flush_interval = std::chrono::milliseconds(200);
+  QueueOptions options = make_queue_options(io.get_executor(), settings.gateway, metrics);
   LLMQueue queue(io.get_executor(), settings.llm, {}, options);
   auto client = std::make_shared<HttpClient>(io.get_executor());
   register_default_executors(queue, client);
