@@ -3,13 +3,13 @@
 /// script over a sorted set, plus a shared backoff key.
 
 #include <llmq/detail/redis_protocol.hpp>
+#include <llmq/detail/redis_script.hpp>
 #include <llmq/redis_deployment_budget_store.hpp>
 
 #include <boost/asio/error.hpp>
 #include <boost/system/system_error.hpp>
 
 #include <algorithm>
-#include <random>
 #include <stdexcept>
 
 namespace llmq {
@@ -91,78 +91,32 @@ redis.call('SET', KEYS[1], '1', 'PX', ARGV[1])
 return 1
 )lua";
 
-std::string random_member_prefix() {
-  std::random_device rd;
-  std::mt19937_64 gen((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out;
-  std::uint64_t v = gen();
-  for (int i = 0; i < 16; ++i) {
-    out.push_back(digits[v & 0xFU]);
-    v >>= 4;
-  }
-  return out;
-}
-
-RedisConfig redis_config(const RedisDeploymentBudgetOptions& o) {
-  RedisConfig base;
-  base.connect_timeout = o.connect_timeout;
-  base.command_timeout = o.command_timeout;
-  base.reconnect_backoff_initial = o.reconnect_backoff_initial;
-  base.reconnect_backoff_max = o.reconnect_backoff_max;
-  return parse_redis_url(o.url, base);
-}
-
-/// The script's arguments after the two keys, computed once per call.
-struct ChargeArgs {
-  std::string tpm, per_60s, per_10s, per_1s, calls, tokens, id;
-};
-
-ChargeArgs make_charge_args(const DeploymentLimits& limits, DeploymentNeed need, std::string id) {
+/// ARGV of the charge script (see charge_lua), computed once per call.
+std::vector<std::string> charge_args(const DeploymentLimits& limits, DeploymentNeed need,
+                                     std::string id) {
   if (limits.req_per_min <= 0 || limits.tokens_per_min <= 0)
     throw std::invalid_argument("deployment budget: req_per_min and tokens_per_min must be > 0");
   const std::int64_t rpm = limits.req_per_min;
-  ChargeArgs a;
-  a.tpm = std::to_string(limits.tokens_per_min);
-  a.per_60s = std::to_string(rpm);
-  a.per_10s = limits.pace_short_windows ? std::to_string(std::max<std::int64_t>(1, rpm / 6)) : "0";
-  a.per_1s = limits.pace_short_windows ? std::to_string(std::max<std::int64_t>(1, rpm / 60)) : "0";
-  a.calls = std::to_string(std::max<std::int64_t>(0, need.calls));
-  a.tokens = std::to_string(std::max<std::int64_t>(0, need.tokens));
-  a.id = std::move(id);
-  return a;
-}
-
-std::vector<std::string> charge_command(const char* verb, const std::string& script_or_sha,
-                                        const std::string& key, const std::string& backoff_key,
-                                        const ChargeArgs& a) {
   std::vector<std::string> args;
-  args.reserve(12);
-  args.emplace_back(verb);
-  args.push_back(script_or_sha);
-  args.emplace_back("2");
-  args.push_back(key);
-  args.push_back(backoff_key);
-  args.push_back(a.tpm);
-  args.push_back(a.per_60s);
-  args.push_back(a.per_10s);
-  args.push_back(a.per_1s);
-  args.push_back(a.calls);
-  args.push_back(a.tokens);
-  args.push_back(a.id);
+  args.reserve(7);
+  args.push_back(std::to_string(limits.tokens_per_min));
+  args.push_back(std::to_string(rpm));
+  args.push_back(limits.pace_short_windows ? std::to_string(std::max<std::int64_t>(1, rpm / 6))
+                                           : "0");
+  args.push_back(limits.pace_short_windows ? std::to_string(std::max<std::int64_t>(1, rpm / 60))
+                                           : "0");
+  args.push_back(std::to_string(std::max<std::int64_t>(0, need.calls)));
+  args.push_back(std::to_string(std::max<std::int64_t>(0, need.tokens)));
+  args.push_back(std::move(id));
   return args;
 }
 
-std::vector<std::string> backoff_command(const char* verb, const std::string& script_or_sha,
-                                         const std::string& key, std::chrono::milliseconds ms) {
-  std::vector<std::string> args;
-  args.reserve(5);
-  args.emplace_back(verb);
-  args.push_back(script_or_sha);
-  args.emplace_back("1");
-  args.push_back(key);
-  args.push_back(std::to_string(ms.count()));
-  return args;
+std::vector<std::string> charge_keys(const std::string& key, const std::string& backoff_key) {
+  std::vector<std::string> keys;
+  keys.reserve(2);
+  keys.push_back(key);
+  keys.push_back(backoff_key);
+  return keys;
 }
 
 bool is_abort(const boost::system::system_error& e) {
@@ -193,22 +147,15 @@ const std::string& RedisDeploymentBudgetStore::backoff_script_sha1() {
 
 RedisDeploymentBudgetStore::RedisDeploymentBudgetStore(asio::any_io_executor ex,
                                                        RedisDeploymentBudgetOptions options)
-    : options_(std::move(options)), member_prefix_(random_member_prefix()) {
-  if (options_.key_prefix.find_first_of("{}") != std::string::npos)
-    throw ConfigError("redis deployment budget store: key_prefix must not contain '{' or '}'");
-  client_ = std::make_unique<RedisClient>(std::move(ex), redis_config(options_));
+    : options_(std::move(options)), member_prefix_(detail::random_member_prefix()) {
+  detail::check_key_prefix(options_.key_prefix, "redis deployment budget store");
+  client_ = std::make_unique<RedisClient>(std::move(ex), detail::redis_config_from(options_));
 }
 
 RedisDeploymentBudgetStore::~RedisDeploymentBudgetStore() = default;
 
 std::string RedisDeploymentBudgetStore::key_for(std::string_view unique_model_id) const {
-  std::string key;
-  key.reserve(options_.key_prefix.size() + unique_model_id.size() + 2);
-  key += options_.key_prefix;
-  key += '{';
-  key += unique_model_id;
-  key += '}';
-  return key;
+  return detail::hash_tagged_key(options_.key_prefix, unique_model_id);
 }
 
 std::string RedisDeploymentBudgetStore::backoff_key_for(std::string_view unique_model_id) const {
@@ -228,17 +175,13 @@ asio::awaitable<BudgetDecision> RedisDeploymentBudgetStore::try_charge(
   // Everything the call needs is copied before the first suspension.
   const std::string key = key_for(deployment.unique_model_id);
   const std::string backoff_key = backoff_key_for(deployment.unique_model_id);
-  const ChargeArgs args =
-      make_charge_args(limits, need, member_prefix_ + "-" + std::to_string(++sequence_));
+  std::vector<std::string> args =
+      charge_args(limits, need, member_prefix_ + "-" + std::to_string(++sequence_));
 
   RedisReply reply;
   try {
-    reply = co_await client_->exec_for_key(
-        key, charge_command("EVALSHA", charge_script_sha1(), key, backoff_key, args));
-    if (reply.is_error("NOSCRIPT")) {
-      reply = co_await client_->exec_for_key(
-          key, charge_command("EVAL", charge_script(), key, backoff_key, args));
-    }
+    reply = co_await detail::eval_script(*client_, key, charge_script(), charge_script_sha1(),
+                                         charge_keys(key, backoff_key), std::move(args));
   } catch (const boost::system::system_error& e) {
     if (!is_abort(e)) errors_.fetch_add(1, std::memory_order_relaxed);
     throw;
@@ -269,12 +212,9 @@ asio::awaitable<void> RedisDeploymentBudgetStore::report_backoff(
 
   RedisReply reply;
   try {
-    reply = co_await client_->exec_for_key(
-        key, backoff_command("EVALSHA", backoff_script_sha1(), key, ms));
-    if (reply.is_error("NOSCRIPT")) {
-      reply =
-          co_await client_->exec_for_key(key, backoff_command("EVAL", backoff_script(), key, ms));
-    }
+    reply = co_await detail::eval_script(*client_, key, backoff_script(), backoff_script_sha1(),
+                                         std::vector<std::string>(1, key),
+                                         std::vector<std::string>(1, std::to_string(ms.count())));
   } catch (const boost::system::system_error& e) {
     if (!is_abort(e)) errors_.fetch_add(1, std::memory_order_relaxed);
     throw;

@@ -2,6 +2,7 @@
 /// RedisUserRateLimitStore: the sliding-window script and the failure policy.
 
 #include <llmq/detail/redis_protocol.hpp>
+#include <llmq/detail/redis_script.hpp>
 #include <llmq/log.hpp>
 #include <llmq/redis_rate_limit_store.hpp>
 
@@ -9,7 +10,6 @@
 #include <boost/system/system_error.hpp>
 
 #include <optional>
-#include <random>
 
 namespace llmq {
 
@@ -43,37 +43,10 @@ if retry < 0 then retry = 0 end
 return {0, 0, retry}
 )lua";
 
-std::string random_member_prefix() {
-  std::random_device rd;
-  std::mt19937_64 gen((static_cast<std::uint64_t>(rd()) << 32) ^ rd());
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out;
-  std::uint64_t v = gen();
-  for (int i = 0; i < 16; ++i) {
-    out.push_back(digits[v & 0xFU]);
-    v >>= 4;
-  }
-  return out;
-}
-
-RedisConfig redis_config(const RedisRateLimitStoreOptions& o) {
-  RedisConfig base;
-  base.connect_timeout = o.connect_timeout;
-  base.command_timeout = o.command_timeout;
-  base.reconnect_backoff_initial = o.reconnect_backoff_initial;
-  base.reconnect_backoff_max = o.reconnect_backoff_max;
-  return parse_redis_url(o.url, base);
-}
-
-std::vector<std::string> script_args(const char* verb, const std::string& script_or_sha,
-                                     const std::string& key, const UserLimits& limits,
-                                     std::string member) {
+/// ARGV of the script: max requests, window in microseconds, the member suffix.
+std::vector<std::string> script_args(const UserLimits& limits, std::string member) {
   std::vector<std::string> args;
-  args.reserve(7);
-  args.emplace_back(verb);
-  args.push_back(script_or_sha);
-  args.emplace_back("1");
-  args.push_back(key);
+  args.reserve(3);
   args.push_back(std::to_string(limits.max_num_requests_in_time_window));
   args.push_back(std::to_string(
       std::chrono::duration_cast<std::chrono::microseconds>(limits.time_window).count()));
@@ -108,22 +81,15 @@ const std::string& RedisUserRateLimitStore::script_sha1() {
 
 RedisUserRateLimitStore::RedisUserRateLimitStore(asio::any_io_executor ex,
                                                  RedisRateLimitStoreOptions options)
-    : options_(std::move(options)), member_prefix_(random_member_prefix()) {
-  if (options_.key_prefix.find_first_of("{}") != std::string::npos)
-    throw ConfigError("redis rate limit store: key_prefix must not contain '{' or '}'");
-  client_ = std::make_unique<RedisClient>(std::move(ex), redis_config(options_));
+    : options_(std::move(options)), member_prefix_(detail::random_member_prefix()) {
+  detail::check_key_prefix(options_.key_prefix, "redis rate limit store");
+  client_ = std::make_unique<RedisClient>(std::move(ex), detail::redis_config_from(options_));
 }
 
 RedisUserRateLimitStore::~RedisUserRateLimitStore() = default;
 
 std::string RedisUserRateLimitStore::key_for(std::string_view user_id) const {
-  std::string key;
-  key.reserve(options_.key_prefix.size() + user_id.size() + 2);
-  key += options_.key_prefix;
-  key += '{';
-  key += user_id;
-  key += '}';
-  return key;
+  return detail::hash_tagged_key(options_.key_prefix, user_id);
 }
 
 RedisRateLimitStoreCounters RedisUserRateLimitStore::counters() const noexcept {
@@ -160,11 +126,9 @@ asio::awaitable<RateLimitDecision> RedisUserRateLimitStore::acquire(std::string_
   std::optional<RedisReply> reply;
   std::string failure;
   try {
-    reply = co_await client_->exec_for_key(key,
-                                           script_args("EVALSHA", script_sha1(), key, lim, member));
-    if (reply->is_error("NOSCRIPT")) {
-      reply = co_await client_->exec_for_key(key, script_args("EVAL", script(), key, lim, member));
-    }
+    reply =
+        co_await detail::eval_script(*client_, key, script(), script_sha1(),
+                                     std::vector<std::string>(1, key), script_args(lim, member));
   } catch (const boost::system::system_error& e) {
     if (e.code() == asio::error::operation_aborted) throw;
     failure = e.what();
