@@ -9,7 +9,7 @@ packages=(
   nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libhiredis-dev redis-server libpq-dev postgresql libsqlite3-dev
-  nodejs wrk
+  nodejs wrk curl
 )
 
 missing=()
