@@ -47,31 +47,13 @@ AzureModelConfig chat_deployment(std::string id) {
 
 /// Two chat deployments, `user_limit` requests per user per 60 s, a roomy queue.
 LLMConfig queue_config(std::int64_t user_limit) {
-  AzureOpenAIConfig group;
-  group.api_key = "sk-QUEUE-STORE-TEST";
-  group.api_version = "2024-10-21";
-  group.azure_endpoint = "http://127.0.0.1:1/";
-  group.azure_oai_models.push_back(chat_deployment("chat-a"));
-  group.azure_oai_models.push_back(chat_deployment("chat-b"));
-  LLMConfig c;
-  c.azure_open_ai.push_back(std::move(group));
-  c.user_limits.max_num_requests_in_time_window = user_limit;
-  c.user_limits.time_window = 60s;
-  c.scheduler_limits.max_queue_size = 100'000;
-  c.scheduler_limits.request_timeout = 30s;
-  return c;
+  std::vector<AzureModelConfig> models;
+  models.push_back(chat_deployment("chat-a"));
+  models.push_back(chat_deployment("chat-b"));
+  return test::azure_config("sk-QUEUE-STORE-TEST", std::move(models), user_limit, 100'000);
 }
 
-json chat_body() {
-  json msg = json::object();
-  msg["role"] = "user";
-  msg["content"] = "Hello from the store tests";
-  json body = json::object();
-  body["messages"] = json::array();
-  body["messages"].push_back(std::move(msg));
-  body["max_tokens"] = 16;
-  return body;
-}
+json chat_body() { return test::chat_body("Hello from the store tests", 16); }
 
 /// Answers 200 at once with the request's id and user.
 class EchoIdExecutor : public RequestExecutor {
@@ -147,23 +129,19 @@ asio::awaitable<Outcome> fire_one(LLMQueue& queue, std::string req_type, std::st
 /// (and the stores it owns) are destroyed.
 class QueueProcess {
  public:
-  QueueProcess() : thread_([this] { io_.run(); }) {}
+  QueueProcess() = default;
   ~QueueProcess() {
-    work_.reset();
-    const auto deadline = steady::now() + 3s;
-    while (!io_.stopped() && steady::now() < deadline) std::this_thread::sleep_for(5ms);
     io_.stop();
-    thread_.join();
     queue_.reset();
   }
   QueueProcess(const QueueProcess&) = delete;
   QueueProcess& operator=(const QueueProcess&) = delete;
 
-  asio::any_io_executor executor() { return io_.get_executor(); }
+  asio::any_io_executor executor() { return io_.executor(); }
 
   void start(LLMConfig config, std::map<std::string, std::shared_ptr<RequestExecutor>> executors,
              QueueOptions options) {
-    queue_ = std::make_unique<LLMQueue>(io_.get_executor(), std::move(config), std::move(executors),
+    queue_ = std::make_unique<LLMQueue>(io_.executor(), std::move(config), std::move(executors),
                                         std::move(options));
     run(queue_->initiate());
   }
@@ -172,16 +150,13 @@ class QueueProcess {
 
   template <class T>
   std::future<T> spawn(asio::awaitable<T> a) {
-    return asio::co_spawn(io_, std::move(a), asio::use_future);
+    return io_.spawn(std::move(a));
   }
 
   /// Runs `a` on the queue's thread and waits at most `limit` for it.
   template <class T>
   T run(asio::awaitable<T> a, std::chrono::milliseconds limit = 30s) {
-    std::future<T> f = spawn(std::move(a));
-    if (f.wait_for(limit) != std::future_status::ready)
-      throw std::runtime_error("coroutine did not finish within the time limit");
-    return f.get();
+    return io_.run(std::move(a), limit);
   }
 
   std::future<Outcome> fire(std::string req_type, std::string user) {
@@ -198,10 +173,8 @@ class QueueProcess {
   }
 
  private:
-  asio::io_context io_;
-  asio::executor_work_guard<asio::io_context::executor_type> work_{io_.get_executor()};
+  test::IoThread io_;
   std::unique_ptr<LLMQueue> queue_;
-  std::thread thread_;  // last: starts after everything else exists
 };
 
 /// Waits for every future (all within `limit` overall).
@@ -236,56 +209,12 @@ QueueOptions fast_flush_options() {
 
 // --- Redis helpers -------------------------------------------------------------------
 
-RedisConfig redis_config(std::uint16_t port) {
-  RedisConfig c;
-  c.host = "127.0.0.1";
-  c.port = port;
-  c.connect_timeout = 1s;
-  c.command_timeout = 2s;
-  return c;
-}
-
-std::vector<std::string> redis_args(std::string a, std::string b) {
-  std::vector<std::string> v;
-  v.push_back(std::move(a));
-  v.push_back(std::move(b));
-  return v;
-}
-
-std::vector<std::string> scan_args(const std::string& cursor, const std::string& pattern) {
-  std::vector<std::string> v;
-  v.emplace_back("SCAN");
-  v.push_back(cursor);
-  v.emplace_back("MATCH");
-  v.push_back(pattern);
-  v.emplace_back("COUNT");
-  v.emplace_back("1000");
-  return v;
-}
-
-asio::awaitable<RedisReply> redis_exec(RedisConfig cfg, std::vector<std::string> args) {
-  RedisConnection c(co_await asio::this_coro::executor, cfg);
-  RedisReply r = co_await c.exec(std::move(args));
-  co_await c.close();
-  co_return r;
-}
-
-asio::awaitable<void> redis_delete_matching(RedisConfig cfg, std::string pattern) {
-  RedisConnection c(co_await asio::this_coro::executor, cfg);
-  std::string cursor = "0";
-  do {
-    RedisReply r = co_await c.exec(scan_args(cursor, pattern));
-    if (r.type != RedisReply::Type::array || r.elements.size() != 2) break;
-    cursor = r.elements[0].str;
-    for (const RedisReply& key : r.elements[1].elements)
-      (void)co_await c.exec(redis_args("DEL", key.str));
-  } while (cursor != "0");
-  co_await c.close();
-}
+using test::redis_config;
+using test::redis_exec;
 
 /// ZCARD of `key` (entries in a user's window).
 std::int64_t zcard(asio::thread_pool& pool, std::uint16_t port, const std::string& key) {
-  const RedisReply r = test::run(pool, redis_exec(redis_config(port), redis_args("ZCARD", key)));
+  const RedisReply r = test::run(pool, redis_exec(redis_config(port), test::cmd("ZCARD", key)));
   return r.integer;
 }
 
@@ -299,29 +228,9 @@ RedisRateLimitStoreOptions shared_store_options(std::uint16_t port, const std::s
   return o;
 }
 
-class QueueStoreRedis : public ::testing::Test {
+class QueueStoreRedis : public test::RedisServerFixture {
  protected:
-  void SetUp() override {
-    port_ = test::redis_port();
-    if (!test::tcp_reachable(port_)) {
-      LLMQ_SKIP_OR_FAIL("no redis-server on 127.0.0.1:"
-                        << port_
-                        << " (run scripts/services.sh start, or set LLMQ_TEST_REDIS_PORT)");
-    }
-    prefix_ = "llmqtest:queue:" + test::random_hex(10) + ":";
-  }
-  void TearDown() override {
-    if (prefix_.empty()) return;
-    try {
-      test::run(pool_, redis_delete_matching(redis_config(port_), prefix_ + "*"), 10s);
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << "cleanup failed: " << e.what();
-    }
-  }
-
-  asio::thread_pool pool_{1};
-  std::uint16_t port_ = 0;
-  std::string prefix_;
+  QueueStoreRedis() : RedisServerFixture("queue:", ":", 1) {}
 };
 
 // --- a. two queues, one Redis ----------------------------------------------------------
@@ -604,98 +513,9 @@ void check_script_rows(const std::vector<std::vector<std::string>>& rows,
 
 // --- PostgreSQL ----------------------------------------------------------------------
 
-/// A blocking libpq connection for checking rows (only on the test thread).
-class PgReader {
- public:
-  explicit PgReader(const std::string& conninfo) : conn_(PQconnectdb(conninfo.c_str())) {
-    if (PQstatus(conn_) != CONNECTION_OK) {
-      const std::string why = PQerrorMessage(conn_);
-      PQfinish(conn_);
-      throw std::runtime_error("PgReader: " + why);
-    }
-    PQsetNoticeProcessor(
-        conn_, [](void*, const char*) {}, nullptr);
-  }
-  ~PgReader() { PQfinish(conn_); }
-  PgReader(const PgReader&) = delete;
-  PgReader& operator=(const PgReader&) = delete;
-
-  std::vector<std::vector<std::string>> query(const std::string& sql) {
-    PGresult* r = PQexec(conn_, sql.c_str());
-    const ExecStatusType st = PQresultStatus(r);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-      const std::string why = PQresultErrorMessage(r);
-      PQclear(r);
-      throw std::runtime_error("PgReader: " + why);
-    }
-    std::vector<std::vector<std::string>> rows;
-    for (int i = 0; i < PQntuples(r); ++i) {
-      std::vector<std::string> row;
-      for (int c = 0; c < PQnfields(r); ++c)
-        row.emplace_back(PQgetisnull(r, i, c) ? "NULL" : PQgetvalue(r, i, c));
-      rows.push_back(std::move(row));
-    }
-    PQclear(r);
-    return rows;
-  }
-
-  /// Rows in `table`; 0 while it does not exist yet (the queue connects the store, and
-  /// so creates the table, in the background).
-  std::int64_t count(const std::string& table) {
-    if (query("SELECT to_regclass('" + table + "') IS NULL").at(0).at(0) == "t") return 0;
-    return std::stoll(query("SELECT count(*) FROM " + table).at(0).at(0));
-  }
-
- private:
-  PGconn* conn_;
-};
-
-/// The value of `key` in a libpq connection string, or "".
-std::string pg_option(const std::string& conninfo, const char* key) {
-  char* err = nullptr;
-  PQconninfoOption* options = PQconninfoParse(conninfo.c_str(), &err);
-  if (options == nullptr) {
-    if (err != nullptr) PQfreemem(err);
-    return "";
-  }
-  std::string value;
-  for (PQconninfoOption* o = options; o->keyword != nullptr; ++o)
-    if (std::string_view(o->keyword) == key && o->val != nullptr) value = o->val;
-  PQconninfoFree(options);
-  return value;
-}
-
-class QueueStorePostgres : public ::testing::Test {
+class QueueStorePostgres : public test::PostgresFixture {
  protected:
-  void SetUp() override {
-    conninfo_ = test::pg_conninfo();
-    if (PQping(conninfo_.c_str()) != PQPING_OK) {
-      LLMQ_SKIP_OR_FAIL("no PostgreSQL at '"
-                        << conninfo_
-                        << "' (run scripts/services.sh start, or set LLMQ_TEST_PG_CONNINFO)");
-    }
-    table_ = "llmq_queue_test_" + test::random_hex(12);
-  }
-  void TearDown() override {
-    if (table_.empty()) return;
-    try {
-      PgReader(conninfo_).query("DROP TABLE IF EXISTS " + table_);
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << "cleanup failed: " << e.what();
-    }
-  }
-
-  PostgresTelemetryOptions store_options() const {
-    PostgresTelemetryOptions o;
-    o.conninfo = conninfo_;
-    o.table = table_;
-    o.connect_timeout = 2s;
-    o.statement_timeout = 5s;
-    return o;
-  }
-
-  std::string conninfo_;
-  std::string table_;
+  QueueStorePostgres() : PostgresFixture("llmq_queue_test_") {}
 };
 
 TEST_F(QueueStorePostgres, OneRowPerRequestWithTheCallersStatusRejectionsIncluded) {
@@ -713,13 +533,13 @@ TEST_F(QueueStorePostgres, OneRowPerRequestWithTheCallersStatusRejectionsInclude
   EXPECT_EQ(store->rows_written(), steps.size());
   EXPECT_FALSE(store->is_connected()) << "graceful_shutdown closes the store";
 
-  PgReader pg(conninfo_);
+  test::PgConnection pg(conninfo_);
   check_script_rows(pg.query(rows_sql(table_)), steps, outcomes);
 }
 
 TEST_F(QueueStorePostgres, PostgresStoppedMidRunRequestsKeepFlowing) {
-  const std::string host = pg_option(conninfo_, "host");
-  const std::string port = pg_option(conninfo_, "port");
+  const std::string host = test::pg_conninfo_value(conninfo_, "host");
+  const std::string port = test::pg_conninfo_value(conninfo_, "port");
   if ((host != "127.0.0.1" && host != "localhost") || port.empty())
     GTEST_SKIP() << "the proxy test needs host=127.0.0.1 and a port in LLMQ_TEST_PG_CONNINFO";
   test::TcpProxy proxy(static_cast<std::uint16_t>(std::stoi(port)));
@@ -739,7 +559,7 @@ TEST_F(QueueStorePostgres, PostgresStoppedMidRunRequestsKeepFlowing) {
   std::size_t sent = 0;
   for (const Outcome& r : burst(p, 20, "erin")) EXPECT_EQ(r.status, 200) << describe(r);
   sent += 20;
-  PgReader pg(conninfo_);
+  test::PgConnection pg(conninfo_);
   const auto deadline = steady::now() + 5s;
   while (pg.count(table_) < 20 && steady::now() < deadline) std::this_thread::sleep_for(20ms);
   ASSERT_EQ(pg.count(table_), 20) << "telemetry must reach PostgreSQL before the cut";

@@ -32,20 +32,7 @@ using steady = std::chrono::steady_clock;
 using Store = RedisDeploymentBudgetStore;
 using nlohmann::json;
 
-/// A command from its arguments (keeps braced string lists out of coroutine bodies).
-template <class... A>
-std::vector<std::string> cmd(A&&... a) {
-  return std::vector<std::string>{std::string(std::forward<A>(a))...};
-}
-
-RedisConfig config_for(std::uint16_t port) {
-  RedisConfig c;
-  c.host = "127.0.0.1";
-  c.port = port;
-  c.connect_timeout = 1s;
-  c.command_timeout = 2s;
-  return c;
-}
+using test::cmd;
 
 RedisDeploymentBudgetOptions budget_options(std::uint16_t port, const std::string& prefix) {
   RedisDeploymentBudgetOptions o;
@@ -101,45 +88,11 @@ asio::awaitable<RedisReply> exec_key(RedisConfig cfg, std::string key,
   co_return r;
 }
 
-/// One command on one node (no redirects).
-asio::awaitable<RedisReply> exec_on(RedisConfig cfg, std::vector<std::string> args) {
-  RedisConnection c(co_await asio::this_coro::executor, cfg);
-  RedisReply r = co_await c.exec(std::move(args));
-  co_await c.close();
-  co_return r;
-}
-
-asio::awaitable<void> delete_matching(RedisConfig cfg, std::string pattern) {
-  RedisConnection c(co_await asio::this_coro::executor, cfg);
-  std::string cursor = "0";
-  do {
-    RedisReply r = co_await c.exec(cmd("SCAN", cursor, "MATCH", pattern, "COUNT", "1000"));
-    if (r.type != RedisReply::Type::array || r.elements.size() != 2) break;
-    cursor = r.elements[0].str;
-    for (const RedisReply& k : r.elements[1].elements) (void)co_await c.exec(cmd("DEL", k.str));
-  } while (cursor != "0");
-  co_await c.close();
-}
-
-asio::awaitable<void> delete_keys(RedisConfig cfg, std::vector<std::string> keys) {
-  RedisClient client(co_await asio::this_coro::executor, cfg);
-  for (const std::string& k : keys) (void)co_await client.exec_for_key(k, cmd("DEL", k));
-  co_await client.close();
-}
-
 // --- the script, standalone server ------------------------------------------------------
 
-class RedisBudgetTest : public ::testing::Test {
+class RedisBudgetTest : public test::RedisServerFixture {
  protected:
-  void SetUp() override {
-    port_ = test::redis_port();
-    if (!test::tcp_reachable(port_)) {
-      LLMQ_SKIP_OR_FAIL("no redis-server on 127.0.0.1:"
-                        << port_
-                        << " (run scripts/services.sh start, or set LLMQ_TEST_REDIS_PORT)");
-    }
-    prefix_ = "llmqtest:" + test::random_hex(10) + ":db:";
-  }
+  RedisBudgetTest() : RedisServerFixture("", ":db:", 2) {}
   void TearDown() override {
     for (const auto& s : stores_) {
       try {
@@ -148,12 +101,7 @@ class RedisBudgetTest : public ::testing::Test {
         ADD_FAILURE() << "close failed: " << e.what();
       }
     }
-    if (prefix_.empty()) return;
-    try {
-      test::run(pool_, delete_matching(config_for(port_), prefix_ + "*"), 10s);
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << "cleanup failed: " << e.what();
-    }
+    RedisServerFixture::TearDown();
   }
 
   std::shared_ptr<Store> make_store() {
@@ -168,12 +116,9 @@ class RedisBudgetTest : public ::testing::Test {
   }
 
   RedisReply exec(const std::string& key, std::vector<std::string> args) {
-    return test::run(pool_, exec_key(config_for(port_), key, std::move(args)), 10s);
+    return test::run(pool_, exec_key(test::redis_config(port_), key, std::move(args)), 10s);
   }
 
-  asio::thread_pool pool_{2};
-  std::uint16_t port_ = 0;
-  std::string prefix_;
   std::vector<std::shared_ptr<Store>> stores_;
 };
 
@@ -345,13 +290,16 @@ TEST_F(RedisBudgetTest, NoscriptFallsBackToEval) {
   auto s = make_store();
   const Deployment d = deployment("chat-flush");
   ASSERT_TRUE(charge_now(s, d, limits(600, 1000), need(1, 1)).allowed);
-  (void)test::run(pool_, exec_on(config_for(port_), cmd("SCRIPT", "FLUSH")), 10s);
+  (void)test::run(pool_, test::redis_exec(test::redis_config(port_), cmd("SCRIPT", "FLUSH")), 10s);
   EXPECT_TRUE(charge_now(s, d, limits(600, 1000), need(1, 1)).allowed);
-  const RedisReply exists = test::run(
-      pool_, exec_on(config_for(port_), cmd("SCRIPT", "EXISTS", Store::charge_script_sha1())), 10s);
+  const RedisReply exists =
+      test::run(pool_,
+                test::redis_exec(test::redis_config(port_),
+                                 cmd("SCRIPT", "EXISTS", Store::charge_script_sha1())),
+                10s);
   ASSERT_EQ(exists.elements.size(), 1U);
   EXPECT_EQ(exists.elements[0].integer, 1) << "EVAL loaded the script again";
-  test::run(pool_, exec_on(config_for(port_), cmd("SCRIPT", "FLUSH")), 10s);
+  test::run(pool_, test::redis_exec(test::redis_config(port_), cmd("SCRIPT", "FLUSH")), 10s);
   test::run(pool_, backoff(s, d, 1000ms), 10s);
   EXPECT_FALSE(charge_now(s, d, limits(600, 1000), need(1, 1)).allowed);
   EXPECT_EQ(s->counters().errors, 0U);
@@ -409,30 +357,12 @@ LLMConfig one_deployment_config(std::int64_t rpm) {
   m.model_type = ModelType::chat;
   m.req_per_min = rpm;
   m.tokens_per_min = 100'000'000;
-  AzureOpenAIConfig group;
-  group.api_key = "sk-BUDGET-TEST";
-  group.api_version = "2024-10-21";
-  group.azure_endpoint = "http://127.0.0.1:1/";
-  group.azure_oai_models.push_back(std::move(m));
-  LLMConfig c;
-  c.azure_open_ai.push_back(std::move(group));
-  c.user_limits.max_num_requests_in_time_window = 1'000'000;
-  c.user_limits.time_window = 60s;
-  c.scheduler_limits.max_queue_size = 10'000;
-  c.scheduler_limits.request_timeout = 30s;
-  return c;
+  std::vector<AzureModelConfig> models;
+  models.push_back(std::move(m));
+  return test::azure_config("sk-BUDGET-TEST", std::move(models), 1'000'000, 10'000);
 }
 
-json small_chat_body() {
-  json msg = json::object();
-  msg["role"] = "user";
-  msg["content"] = "pace me";
-  json body = json::object();
-  body["messages"] = json::array();
-  body["messages"].push_back(std::move(msg));
-  body["max_tokens"] = 8;
-  return body;
-}
+json small_chat_body() { return test::chat_body("pace me", 8); }
 
 /// The status a request ended with, or -1 with the exception's message.
 asio::awaitable<std::pair<int, std::string>> fire(LLMQueue& queue, std::string user) {
@@ -450,22 +380,17 @@ class BudgetProcess {
  public:
   BudgetProcess(std::uint16_t port, const std::string& prefix, LLMConfig config,
                 std::shared_ptr<DispatchLog> log) {
-    store_ = std::make_shared<Store>(io_.get_executor(), budget_options(port, prefix));
+    store_ = std::make_shared<Store>(io_.executor(), budget_options(port, prefix));
     QueueOptions options;
     options.deployment_budget_store = store_;
     options.budget_store_fail_open = false;  // a store failure shows as a 503
     std::map<std::string, std::shared_ptr<RequestExecutor>> executors;
     executors.emplace("chat", std::make_shared<RecordingExecutor>(std::move(log)));
-    queue_ = std::make_unique<LLMQueue>(io_.get_executor(), std::move(config), std::move(executors),
+    queue_ = std::make_unique<LLMQueue>(io_.executor(), std::move(config), std::move(executors),
                                         options);
-    thread_ = std::thread([this] { io_.run(); });
   }
   ~BudgetProcess() {
-    work_.reset();
-    const auto deadline = steady::now() + 3s;
-    while (!io_.stopped() && steady::now() < deadline) std::this_thread::sleep_for(5ms);
     io_.stop();
-    thread_.join();
     queue_.reset();
     store_.reset();
   }
@@ -474,25 +399,20 @@ class BudgetProcess {
 
   template <class T>
   std::future<T> spawn(asio::awaitable<T> a) {
-    return asio::co_spawn(io_, std::move(a), asio::use_future);
+    return io_.spawn(std::move(a));
   }
   template <class T>
   T run(asio::awaitable<T> a, std::chrono::milliseconds limit = 10s) {
-    std::future<T> f = spawn(std::move(a));
-    if (f.wait_for(limit) != std::future_status::ready)
-      throw std::runtime_error("coroutine did not finish within the time limit");
-    return f.get();
+    return io_.run(std::move(a), limit);
   }
 
   LLMQueue& queue() { return *queue_; }
   Store& store() { return *store_; }
 
  private:
-  asio::io_context io_;
-  asio::executor_work_guard<asio::io_context::executor_type> work_ = asio::make_work_guard(io_);
+  test::IoThread io_;
   std::shared_ptr<Store> store_;
   std::unique_ptr<LLMQueue> queue_;
-  std::thread thread_;
 };
 
 /// Most dispatches found in any window [t, t + length) over the sorted times.
@@ -581,30 +501,9 @@ TEST_F(RedisBudgetTest, TwoQueuesShareOneDeploymentsPacing) {
 
 // --- cluster ---------------------------------------------------------------------------
 
-asio::awaitable<bool> cluster_ok(RedisConfig cfg) {
-  try {
-    const RedisReply info = co_await exec_on(cfg, cmd("CLUSTER", "INFO"));
-    co_return info.str.find("cluster_state:ok") != std::string::npos;
-  } catch (const std::exception&) {
-    co_return false;
-  }
-}
-
-class RedisBudgetClusterTest : public ::testing::Test {
+class RedisBudgetClusterTest : public test::RedisClusterFixture {
  protected:
-  void SetUp() override {
-    port_ = test::redis_cluster_port();
-    if (!test::tcp_reachable(port_) || !test::run(pool_, cluster_ok(config_for(port_)), 10s)) {
-      LLMQ_SKIP_OR_FAIL("no healthy redis cluster at 127.0.0.1:"
-                        << port_
-                        << " (run scripts/services.sh start, or set LLMQ_TEST_REDIS_CLUSTER_PORT)");
-    }
-    prefix_ = "llmqtest:" + test::random_hex(10) + ":db:";
-  }
-
-  asio::thread_pool pool_{2};
-  std::uint16_t port_ = 0;
-  std::string prefix_;
+  RedisBudgetClusterTest() : RedisClusterFixture(":db:") {}
 };
 
 /// Port of the master owning each slot, from CLUSTER SLOTS.
@@ -623,7 +522,7 @@ std::map<std::uint16_t, std::uint16_t> slot_owners(const RedisReply& slots,
 
 TEST_F(RedisBudgetClusterTest, DeploymentsOnEveryNodeChargeCorrectly) {
   const RedisReply slots =
-      test::run(pool_, exec_on(config_for(port_), cmd("CLUSTER", "SLOTS")), 10s);
+      test::run(pool_, test::redis_exec(test::redis_config(port_), cmd("CLUSTER", "SLOTS")), 10s);
   auto a = std::make_shared<Store>(pool_.get_executor(), budget_options(port_, prefix_));
   auto b = std::make_shared<Store>(pool_.get_executor(), budget_options(port_, prefix_));
 
@@ -687,7 +586,8 @@ TEST_F(RedisBudgetClusterTest, DeploymentsOnEveryNodeChargeCorrectly) {
     const std::string key = a->key_for(id);
     keys.push_back(key);
     keys.push_back(a->backoff_key_for(id));
-    const RedisReply card = test::run(pool_, exec_on(config_for(node), cmd("ZCARD", key)), 10s);
+    const RedisReply card =
+        test::run(pool_, test::redis_exec(test::redis_config(node), cmd("ZCARD", key)), 10s);
     EXPECT_EQ(card.type, RedisReply::Type::integer) << id << ": " << card.str;
     EXPECT_EQ(card.integer, 2) << id << " on port " << node;
   }
@@ -697,7 +597,7 @@ TEST_F(RedisBudgetClusterTest, DeploymentsOnEveryNodeChargeCorrectly) {
 
   test::run(pool_, close_store(a), 10s);
   test::run(pool_, close_store(b), 10s);
-  test::run(pool_, delete_keys(config_for(port_), keys), 30s);
+  test::run(pool_, test::redis_delete_keys(test::redis_config(port_), keys), 30s);
 }
 
 }  // namespace

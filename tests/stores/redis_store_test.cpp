@@ -26,20 +26,7 @@ namespace asio = boost::asio;
 using namespace std::chrono_literals;
 using steady = std::chrono::steady_clock;
 
-/// A command from its arguments (keeps braced string lists out of coroutine bodies).
-template <class... A>
-std::vector<std::string> cmd(A&&... a) {
-  return std::vector<std::string>{std::string(std::forward<A>(a))...};
-}
-
-RedisConfig config_for(std::uint16_t port) {
-  RedisConfig c;
-  c.host = "127.0.0.1";
-  c.port = port;
-  c.connect_timeout = 1s;
-  c.command_timeout = 2s;
-  return c;
-}
+using test::cmd;
 
 std::string url_for(std::uint16_t port) { return "redis://127.0.0.1:" + std::to_string(port); }
 
@@ -66,48 +53,9 @@ asio::awaitable<RateLimitDecision> acquire_one(std::shared_ptr<RedisUserRateLimi
   co_return d;
 }
 
-asio::awaitable<RedisReply> exec_on(RedisConfig cfg, std::vector<std::string> args) {
-  RedisConnection c(co_await asio::this_coro::executor, cfg);
-  RedisReply r = co_await c.exec(std::move(args));
-  co_await c.close();
-  co_return r;
-}
-
-asio::awaitable<void> delete_keys(RedisConfig cfg, std::string pattern) {
-  RedisConnection c(co_await asio::this_coro::executor, cfg);
-  std::string cursor = "0";
-  do {
-    RedisReply r = co_await c.exec(cmd("SCAN", cursor, "MATCH", pattern, "COUNT", "1000"));
-    if (r.type != RedisReply::Type::array || r.elements.size() != 2) break;
-    cursor = r.elements[0].str;
-    for (const RedisReply& k : r.elements[1].elements) co_await c.exec(cmd("DEL", k.str));
-  } while (cursor != "0");
-  co_await c.close();
-}
-
-class RedisTest : public ::testing::Test {
+class RedisTest : public test::RedisServerFixture {
  protected:
-  void SetUp() override {
-    port_ = test::redis_port();
-    if (!test::tcp_reachable(port_)) {
-      LLMQ_SKIP_OR_FAIL("no redis-server on 127.0.0.1:"
-                        << port_
-                        << " (run scripts/services.sh start, or set LLMQ_TEST_REDIS_PORT)");
-    }
-    prefix_ = "llmqtest:" + test::random_hex(10) + ":";
-  }
-  void TearDown() override {
-    if (prefix_.empty()) return;
-    try {
-      test::run(pool_, delete_keys(config_for(port_), prefix_ + "*"), 10s);
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << "cleanup failed: " << e.what();
-    }
-  }
-
-  asio::thread_pool pool_{2};
-  std::uint16_t port_ = 0;
-  std::string prefix_;
+  RedisTest() : RedisServerFixture("", ":", 2) {}
 };
 
 // --- RedisConnection -------------------------------------------------------------------
@@ -128,7 +76,7 @@ asio::awaitable<std::int64_t> client_id(std::shared_ptr<RedisConnection> c) {
 }
 
 TEST_F(RedisTest, ConcurrentExecsArePipelinedAndAnsweredInOrder) {
-  auto conn = std::make_shared<RedisConnection>(pool_.get_executor(), config_for(port_));
+  auto conn = std::make_shared<RedisConnection>(pool_.get_executor(), test::redis_config(port_));
   const std::string key = prefix_ + "counter";
   constexpr int n = 500;
   std::vector<std::future<std::pair<std::string, std::int64_t>>> results;
@@ -178,7 +126,7 @@ asio::awaitable<void> cancelled_exec_keeps_pipeline(RedisConfig cfg, std::string
 }
 
 TEST_F(RedisTest, CancelledExecDoesNotDesynchroniseThePipeline) {
-  test::run(pool_, cancelled_exec_keeps_pipeline(config_for(port_), prefix_ + "list"));
+  test::run(pool_, cancelled_exec_keeps_pipeline(test::redis_config(port_), prefix_ + "list"));
 }
 
 asio::awaitable<void> command_timeout_then_recovery(RedisConfig cfg, std::string key) {
@@ -209,12 +157,12 @@ asio::awaitable<void> command_timeout_then_recovery(RedisConfig cfg, std::string
 }
 
 TEST_F(RedisTest, CommandTimeoutResetsTheConnectionWhichThenRecovers) {
-  test::run(pool_, command_timeout_then_recovery(config_for(port_), prefix_ + "empty"));
+  test::run(pool_, command_timeout_then_recovery(test::redis_config(port_), prefix_ + "empty"));
 }
 
 asio::awaitable<void> auth_and_select(std::uint16_t port) {
   auto ex = co_await asio::this_coro::executor;
-  RedisConfig base = config_for(port);
+  RedisConfig base = test::redis_config(port);
   const std::string p = std::to_string(port);
 
   RedisConnection admin(ex, parse_redis_url("redis://:s3cret@127.0.0.1:" + p + "/5", base));
@@ -348,7 +296,7 @@ asio::awaitable<void> exact_retry_after(std::shared_ptr<RedisUserRateLimitStore>
 TEST_F(RedisTest, RetryAfterIsExact) {
   auto store = std::make_shared<RedisUserRateLimitStore>(
       pool_.get_executor(), store_options(port_, prefix_, RateLimitFailurePolicy::fail_closed));
-  test::run(pool_, exact_retry_after(store, config_for(port_)));
+  test::run(pool_, exact_retry_after(store, test::redis_config(port_)));
   EXPECT_EQ(store->counters().errors, 0U);
 }
 
@@ -374,7 +322,7 @@ asio::awaitable<void> keys_have_ttl(std::shared_ptr<RedisUserRateLimitStore> sto
 TEST_F(RedisTest, KeysArePrefixedHashTaggedAndExpire) {
   auto store = std::make_shared<RedisUserRateLimitStore>(
       pool_.get_executor(), store_options(port_, prefix_, RateLimitFailurePolicy::fail_closed));
-  test::run(pool_, keys_have_ttl(store, config_for(port_), prefix_));
+  test::run(pool_, keys_have_ttl(store, test::redis_config(port_), prefix_));
 }
 
 std::vector<std::string> odd_user_ids() {
@@ -412,7 +360,7 @@ asio::awaitable<void> odd_ids_are_limited(std::shared_ptr<RedisUserRateLimitStor
 TEST_F(RedisTest, ArbitraryUserIdBytesAreSafe) {
   auto store = std::make_shared<RedisUserRateLimitStore>(
       pool_.get_executor(), store_options(port_, prefix_, RateLimitFailurePolicy::fail_closed));
-  test::run(pool_, odd_ids_are_limited(store, config_for(port_)));
+  test::run(pool_, odd_ids_are_limited(store, test::redis_config(port_)));
   EXPECT_EQ(store->counters().errors, 0U);
 }
 
@@ -437,7 +385,7 @@ asio::awaitable<void> noscript_fallback(std::shared_ptr<RedisUserRateLimitStore>
 TEST_F(RedisTest, ScriptShaMatchesRedisAndNoscriptFallsBackToEval) {
   auto store = std::make_shared<RedisUserRateLimitStore>(
       pool_.get_executor(), store_options(port_, prefix_, RateLimitFailurePolicy::fail_closed));
-  test::run(pool_, noscript_fallback(store, config_for(port_)));
+  test::run(pool_, noscript_fallback(store, test::redis_config(port_)));
   EXPECT_EQ(store->counters().errors, 0U);
   EXPECT_EQ(store->counters().redis_decisions, 1U);
 }
@@ -546,7 +494,8 @@ TEST(RedisOutage, FailOpenDecidesLocallyFailClosedThrows503NothingHangsAndServic
   server.start();  // same port, empty
   EXPECT_TRUE(test::run(pool, until_recovered(open, closed, 5s), 15s))
       << "both stores must reach Redis again after it restarts";
-  EXPECT_EQ(test::run(pool, exec_on(config_for(server.port()), cmd("EXISTS", open->key_for("x"))))
+  EXPECT_EQ(test::run(pool, test::redis_exec(test::redis_config(server.port()),
+                                             cmd("EXISTS", open->key_for("x"))))
                 .integer,
             1);
   test::run(pool, open->close());
@@ -592,37 +541,10 @@ TEST(RedisOutage, UnreachableServerFailsFastWhileBackingOff) {
 
 // --- cluster ---------------------------------------------------------------------------
 
-asio::awaitable<bool> cluster_ok(RedisConfig cfg) {
-  try {
-    const RedisReply info = co_await exec_on(cfg, cmd("CLUSTER", "INFO"));
-    co_return info.str.find("cluster_state:ok") != std::string::npos;
-  } catch (const std::exception&) {
-    co_return false;
-  }
-}
-
-class RedisClusterTest : public ::testing::Test {
+class RedisClusterTest : public test::RedisClusterFixture {
  protected:
-  void SetUp() override {
-    port_ = test::redis_cluster_port();
-    if (!test::tcp_reachable(port_) || !test::run(pool_, cluster_ok(config_for(port_)), 10s)) {
-      LLMQ_SKIP_OR_FAIL("no healthy redis cluster at 127.0.0.1:"
-                        << port_
-                        << " (run scripts/services.sh start, or set LLMQ_TEST_REDIS_CLUSTER_PORT)");
-    }
-    prefix_ = "llmqtest:" + test::random_hex(10) + ":";
-  }
-
-  asio::thread_pool pool_{2};
-  std::uint16_t port_ = 0;
-  std::string prefix_;
+  RedisClusterTest() : RedisClusterFixture(":") {}
 };
-
-asio::awaitable<void> delete_user_keys(RedisConfig cfg, std::vector<std::string> keys) {
-  RedisClient client(co_await asio::this_coro::executor, cfg);
-  for (const std::string& k : keys) (void)co_await client.exec_for_key(k, cmd("DEL", k));
-  co_await client.close();
-}
 
 asio::awaitable<std::vector<std::int64_t>> zcards_and_ttls(RedisConfig cfg,
                                                            std::vector<std::string> keys) {
@@ -673,14 +595,14 @@ TEST_F(RedisClusterTest, UsersAcrossSlotsAreLimitedExactlyThroughRedirects) {
   EXPECT_EQ(b->client().node_count(), 3U);
 
   const std::vector<std::int64_t> facts =
-      test::run(pool_, zcards_and_ttls(config_for(port_), keys), 30s);
+      test::run(pool_, zcards_and_ttls(test::redis_config(port_), keys), 30s);
   for (std::size_t i = 0; i < keys.size(); ++i) {
     EXPECT_EQ(facts[2 * i], 4) << keys[i];
     EXPECT_GT(facts[2 * i + 1], 0) << keys[i];
   }
   test::run(pool_, a->close());
   test::run(pool_, b->close());
-  test::run(pool_, delete_user_keys(config_for(port_), keys), 30s);
+  test::run(pool_, test::redis_delete_keys(test::redis_config(port_), keys), 30s);
 }
 
 struct SlotOwner {
@@ -691,7 +613,7 @@ struct SlotOwner {
 /// Node (port and id) owning `slot`, and another node, from CLUSTER SLOTS.
 asio::awaitable<std::pair<SlotOwner, SlotOwner>> owner_and_other(RedisConfig cfg,
                                                                  std::uint16_t slot) {
-  const RedisReply slots = co_await exec_on(cfg, cmd("CLUSTER", "SLOTS"));
+  const RedisReply slots = co_await test::redis_exec(cfg, cmd("CLUSTER", "SLOTS"));
   SlotOwner owner;
   SlotOwner other;
   for (const RedisReply& range : slots.elements) {
@@ -714,8 +636,8 @@ asio::awaitable<void> ask_during_migration(std::shared_ptr<RedisUserRateLimitSto
   const auto [owner, other] = co_await owner_and_other(seed, slot);
   EXPECT_FALSE(owner.id.empty());
   EXPECT_FALSE(other.id.empty());
-  RedisConnection source(ex, config_for(owner.port));
-  RedisConnection target(ex, config_for(other.port));
+  RedisConnection source(ex, test::redis_config(owner.port));
+  RedisConnection target(ex, test::redis_config(other.port));
   const std::string s = std::to_string(slot);
   const std::string key = store->key_for(user);
   EXPECT_EQ((co_await target.exec(cmd("CLUSTER", "SETSLOT", s, "IMPORTING", owner.id))).str, "OK");
@@ -757,7 +679,7 @@ TEST_F(RedisClusterTest, FollowsAskDuringSlotMigration) {
     if (detail::redis_key_slot(store->key_for(user)) % 97 == 13) break;
   }
   const std::uint16_t slot = detail::redis_key_slot(store->key_for(user));
-  test::run(pool_, ask_during_migration(store, config_for(port_), user, slot), 30s);
+  test::run(pool_, ask_during_migration(store, test::redis_config(port_), user, slot), 30s);
   EXPECT_EQ(store->counters().errors, 0U);
   test::run(pool_, store->close());
 }

@@ -7,6 +7,7 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write.hpp>
 
@@ -26,6 +27,7 @@ namespace llmq::test {
 
 namespace asio = boost::asio;
 using tcp = asio::ip::tcp;
+using namespace std::chrono_literals;
 
 std::string env_or(const char* name, const std::string& fallback) {
   const char* v = std::getenv(name);
@@ -271,6 +273,196 @@ void TcpProxy::start() {
 
 void TcpProxy::stop() {
   state_->on_thread([s = state_] { s->do_stop(); });
+}
+
+// --- Redis -----------------------------------------------------------------------------
+
+RedisConfig redis_config(std::uint16_t port) {
+  RedisConfig c;
+  c.host = "127.0.0.1";
+  c.port = port;
+  c.connect_timeout = 1s;
+  c.command_timeout = 2s;
+  return c;
+}
+
+asio::awaitable<RedisReply> redis_exec(RedisConfig cfg, std::vector<std::string> args) {
+  RedisConnection c(co_await asio::this_coro::executor, cfg);
+  RedisReply r = co_await c.exec(std::move(args));
+  co_await c.close();
+  co_return r;
+}
+
+asio::awaitable<void> redis_delete_matching(RedisConfig cfg, std::string pattern) {
+  RedisConnection c(co_await asio::this_coro::executor, cfg);
+  std::string cursor = "0";
+  do {
+    RedisReply r = co_await c.exec(cmd("SCAN", cursor, "MATCH", pattern, "COUNT", "1000"));
+    if (r.type != RedisReply::Type::array || r.elements.size() != 2) break;
+    cursor = r.elements[0].str;
+    for (const RedisReply& k : r.elements[1].elements) (void)co_await c.exec(cmd("DEL", k.str));
+  } while (cursor != "0");
+  co_await c.close();
+}
+
+asio::awaitable<void> redis_delete_keys(RedisConfig cfg, std::vector<std::string> keys) {
+  RedisClient client(co_await asio::this_coro::executor, cfg);
+  for (const std::string& k : keys) (void)co_await client.exec_for_key(k, cmd("DEL", k));
+  co_await client.close();
+}
+
+asio::awaitable<bool> redis_cluster_ok(RedisConfig cfg) {
+  try {
+    const RedisReply info = co_await redis_exec(cfg, cmd("CLUSTER", "INFO"));
+    co_return info.str.find("cluster_state:ok") != std::string::npos;
+  } catch (const std::exception&) {
+    co_return false;
+  }
+}
+
+RedisServerFixture::RedisServerFixture(std::string prefix_head, std::string prefix_tail,
+                                       std::size_t threads)
+    : pool_(threads), head_(std::move(prefix_head)), tail_(std::move(prefix_tail)) {}
+
+void RedisServerFixture::SetUp() {
+  port_ = redis_port();
+  if (!tcp_reachable(port_)) {
+    LLMQ_SKIP_OR_FAIL("no redis-server on 127.0.0.1:"
+                      << port_ << " (run scripts/services.sh start, or set LLMQ_TEST_REDIS_PORT)");
+  }
+  prefix_ = "llmqtest:" + head_ + random_hex(10) + tail_;
+}
+
+void RedisServerFixture::TearDown() {
+  if (prefix_.empty()) return;
+  try {
+    run(pool_, redis_delete_matching(redis_config(port_), prefix_ + "*"), 10s);
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "cleanup failed: " << e.what();
+  }
+}
+
+RedisClusterFixture::RedisClusterFixture(std::string prefix_tail) : tail_(std::move(prefix_tail)) {}
+
+void RedisClusterFixture::SetUp() {
+  port_ = redis_cluster_port();
+  if (!tcp_reachable(port_) || !run(pool_, redis_cluster_ok(redis_config(port_)), 10s)) {
+    LLMQ_SKIP_OR_FAIL("no healthy redis cluster at 127.0.0.1:"
+                      << port_
+                      << " (run scripts/services.sh start, or set LLMQ_TEST_REDIS_CLUSTER_PORT)");
+  }
+  prefix_ = "llmqtest:" + random_hex(10) + tail_;
+}
+
+// --- PostgreSQL ------------------------------------------------------------------------
+
+PgConnection::PgConnection(const std::string& conninfo) : conn_(PQconnectdb(conninfo.c_str())) {
+  if (PQstatus(conn_) != CONNECTION_OK) {
+    const std::string why = PQerrorMessage(conn_);
+    PQfinish(conn_);
+    throw std::runtime_error("PgConnection: " + why);
+  }
+  PQsetNoticeProcessor(
+      conn_, [](void*, const char*) {}, nullptr);
+}
+
+PgConnection::~PgConnection() { PQfinish(conn_); }
+
+std::vector<std::vector<std::string>> PgConnection::query(const std::string& sql) {
+  PGresult* r = PQexec(conn_, sql.c_str());
+  const ExecStatusType st = PQresultStatus(r);
+  if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
+    const std::string why = PQresultErrorMessage(r);
+    PQclear(r);
+    throw std::runtime_error("PgConnection: " + why);
+  }
+  std::vector<std::vector<std::string>> rows;
+  for (int i = 0; i < PQntuples(r); ++i) {
+    std::vector<std::string> row;
+    for (int c = 0; c < PQnfields(r); ++c)
+      row.emplace_back(PQgetisnull(r, i, c) ? "NULL" : PQgetvalue(r, i, c));
+    rows.push_back(std::move(row));
+  }
+  PQclear(r);
+  return rows;
+}
+
+std::int64_t PgConnection::count(const std::string& table) {
+  if (query("SELECT to_regclass('" + table + "') IS NULL").at(0).at(0) == "t") return 0;
+  return std::stoll(query("SELECT count(*) FROM " + table).at(0).at(0));
+}
+
+std::string pg_conninfo_value(const std::string& conninfo, std::string_view key) {
+  char* err = nullptr;
+  PQconninfoOption* options = PQconninfoParse(conninfo.c_str(), &err);
+  if (options == nullptr) {
+    if (err != nullptr) PQfreemem(err);
+    return "";
+  }
+  std::string value;
+  for (PQconninfoOption* o = options; o->keyword != nullptr; ++o)
+    if (std::string_view(o->keyword) == key && o->val != nullptr) value = o->val;
+  PQconninfoFree(options);
+  return value;
+}
+
+PostgresFixture::PostgresFixture(std::string table_head) : head_(std::move(table_head)) {}
+
+void PostgresFixture::SetUp() {
+  conninfo_ = pg_conninfo();
+  if (PQping(conninfo_.c_str()) != PQPING_OK) {
+    LLMQ_SKIP_OR_FAIL("no PostgreSQL at '"
+                      << conninfo_
+                      << "' (run scripts/services.sh start, or set LLMQ_TEST_PG_CONNINFO)");
+  }
+  table_ = head_ + random_hex(12);
+}
+
+void PostgresFixture::TearDown() {
+  if (table_.empty()) return;
+  try {
+    PgConnection(conninfo_).query("DROP TABLE IF EXISTS " + table_);
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "cleanup failed: " << e.what();
+  }
+}
+
+PostgresTelemetryOptions PostgresFixture::store_options() const {
+  PostgresTelemetryOptions o;
+  o.conninfo = conninfo_;
+  o.table = table_;
+  o.connect_timeout = 2s;
+  o.statement_timeout = 5s;
+  return o;
+}
+
+// --- the queue -------------------------------------------------------------------------
+
+LLMConfig azure_config(std::string api_key, std::vector<AzureModelConfig> models,
+                       std::int64_t user_limit, std::size_t max_queue_size) {
+  AzureOpenAIConfig group;
+  group.api_key = std::move(api_key);
+  group.api_version = "2024-10-21";
+  group.azure_endpoint = "http://127.0.0.1:1/";
+  for (auto& m : models) group.azure_oai_models.push_back(std::move(m));
+  LLMConfig c;
+  c.azure_open_ai.push_back(std::move(group));
+  c.user_limits.max_num_requests_in_time_window = user_limit;
+  c.user_limits.time_window = 60s;
+  c.scheduler_limits.max_queue_size = max_queue_size;
+  c.scheduler_limits.request_timeout = 30s;
+  return c;
+}
+
+nlohmann::json chat_body(const std::string& content, int max_tokens) {
+  nlohmann::json msg = nlohmann::json::object();
+  msg["role"] = "user";
+  msg["content"] = content;
+  nlohmann::json body = nlohmann::json::object();
+  body["messages"] = nlohmann::json::array();
+  body["messages"].push_back(std::move(msg));
+  body["max_tokens"] = max_tokens;
+  return body;
 }
 
 }  // namespace llmq::test

@@ -3,11 +3,19 @@
 /// Helpers of llmq_store_tests: running coroutines with a bound, environment, free
 /// loopback ports, private redis-server processes and a TCP proxy that can be cut.
 
+#include <llmq/config.hpp>
+#include <llmq/postgres_telemetry_store.hpp>
+#include <llmq/redis.hpp>
+
+#include <gtest/gtest.h>
+#include <libpq-fe.h>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/thread_pool.hpp>
 #include <boost/asio/use_future.hpp>
+#include <nlohmann/json.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -17,6 +25,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -42,6 +51,48 @@ inline void run(boost::asio::thread_pool& pool, boost::asio::awaitable<void> a,
     throw std::runtime_error("test coroutine did not finish within the time limit");
   f.get();
 }
+
+/// An io_context run by its own thread (one "process" of a test). stop() (also the
+/// destructor) lets pending work finish for at most 3 s, then stops and joins the thread.
+class IoThread {
+ public:
+  IoThread() : thread_([this] { io_.run(); }) {}
+  ~IoThread() { stop(); }
+  IoThread(const IoThread&) = delete;
+  IoThread& operator=(const IoThread&) = delete;
+
+  boost::asio::io_context::executor_type executor() { return io_.get_executor(); }
+
+  template <class T>
+  std::future<T> spawn(boost::asio::awaitable<T> a) {
+    return boost::asio::co_spawn(io_, std::move(a), boost::asio::use_future);
+  }
+
+  /// Runs `a` on the thread and waits at most `limit` for it.
+  template <class T>
+  T run(boost::asio::awaitable<T> a, std::chrono::milliseconds limit) {
+    std::future<T> f = spawn(std::move(a));
+    if (f.wait_for(limit) != std::future_status::ready)
+      throw std::runtime_error("coroutine did not finish within the time limit");
+    return f.get();
+  }
+
+  void stop() {
+    if (!thread_.joinable()) return;
+    work_.reset();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(3);
+    while (!io_.stopped() && std::chrono::steady_clock::now() < deadline)
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    io_.stop();
+    thread_.join();
+  }
+
+ private:
+  boost::asio::io_context io_;
+  boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_{
+      io_.get_executor()};
+  std::thread thread_;  // last: starts after everything else exists
+};
 
 /// True when LLMQ_TEST_REQUIRE_SERVICES=1: a missing server fails the test instead of
 /// skipping it (for CI, where scripts/services.sh start must have run).
@@ -137,5 +188,111 @@ class TcpProxy {
   std::uint16_t port_;
   std::thread thread_;
 };
+
+// --- Redis -----------------------------------------------------------------------------
+
+/// A command from its arguments (keeps braced string lists out of coroutine bodies).
+template <class... A>
+std::vector<std::string> cmd(A&&... a) {
+  return std::vector<std::string>{std::string(std::forward<A>(a))...};
+}
+
+/// 127.0.0.1:port, connect timeout 1 s, command timeout 2 s.
+RedisConfig redis_config(std::uint16_t port);
+
+/// One command on one node (no redirects).
+boost::asio::awaitable<RedisReply> redis_exec(RedisConfig cfg, std::vector<std::string> args);
+
+/// DEL of every key matching `pattern` on one node (SCAN).
+boost::asio::awaitable<void> redis_delete_matching(RedisConfig cfg, std::string pattern);
+
+/// DEL of each key through a RedisClient (follows cluster redirects).
+boost::asio::awaitable<void> redis_delete_keys(RedisConfig cfg, std::vector<std::string> keys);
+
+/// True if CLUSTER INFO on that node says cluster_state:ok (false on any error).
+boost::asio::awaitable<bool> redis_cluster_ok(RedisConfig cfg);
+
+/// Fixture on the shared standalone redis-server (skips or fails when it is down): a
+/// fresh key prefix "llmqtest:" + head + random hex + tail, whose keys TearDown() deletes.
+class RedisServerFixture : public ::testing::Test {
+ protected:
+  RedisServerFixture(std::string prefix_head, std::string prefix_tail, std::size_t threads);
+  void SetUp() override;
+  void TearDown() override;
+
+  boost::asio::thread_pool pool_;
+  std::uint16_t port_ = 0;
+  std::string prefix_;
+
+ private:
+  std::string head_;
+  std::string tail_;
+};
+
+/// Fixture on the shared 3-node cluster (skips or fails unless it is healthy): a fresh
+/// key prefix "llmqtest:" + random hex + tail.
+class RedisClusterFixture : public ::testing::Test {
+ protected:
+  explicit RedisClusterFixture(std::string prefix_tail);
+  void SetUp() override;
+
+  boost::asio::thread_pool pool_{2};
+  std::uint16_t port_ = 0;
+  std::string prefix_;
+
+ private:
+  std::string tail_;
+};
+
+// --- PostgreSQL ------------------------------------------------------------------------
+
+/// A blocking libpq connection for the test's own checks (only on the test thread).
+class PgConnection {
+ public:
+  explicit PgConnection(const std::string& conninfo);
+  ~PgConnection();
+  PgConnection(const PgConnection&) = delete;
+  PgConnection& operator=(const PgConnection&) = delete;
+
+  /// All rows as text ("NULL" for NULL). Throws on an error.
+  std::vector<std::vector<std::string>> query(const std::string& sql);
+
+  /// Rows in `table`; 0 while it does not exist yet.
+  std::int64_t count(const std::string& table);
+
+ private:
+  PGconn* conn_;
+};
+
+/// The value of `key` in a libpq connection string, or "".
+std::string pg_conninfo_value(const std::string& conninfo, std::string_view key);
+
+/// Fixture on the test PostgreSQL (skips or fails when it is down): a fresh table name
+/// `table_head` + random hex, dropped by TearDown().
+class PostgresFixture : public ::testing::Test {
+ protected:
+  explicit PostgresFixture(std::string table_head);
+  void SetUp() override;
+  void TearDown() override;
+
+  /// Options of a store on conninfo_ / table_ (connect 2 s, statement 5 s).
+  [[nodiscard]] PostgresTelemetryOptions store_options() const;
+
+  std::string conninfo_;
+  std::string table_;
+
+ private:
+  std::string head_;
+};
+
+// --- the queue -------------------------------------------------------------------------
+
+/// One Azure group (endpoint nowhere, api version 2024-10-21) with `models`, a 60 s user
+/// window of `user_limit` requests, a queue of `max_queue_size` and 30 s request timeout.
+LLMConfig azure_config(std::string api_key, std::vector<AzureModelConfig> models,
+                       std::int64_t user_limit, std::size_t max_queue_size);
+
+/// A chat request body: one user message `content`, `max_tokens`.
+nlohmann::json chat_body(const std::string& content, int max_tokens);
 
 }  // namespace llmq::test

@@ -262,94 +262,15 @@ TEST(SqliteTelemetryStore, BadTableNameIsAConfigError) {
 
 // --- PostgreSQL ------------------------------------------------------------------------
 
-/// A blocking libpq connection for the test's own checks (never inside the stores).
-class PgCheck {
- public:
-  explicit PgCheck(const std::string& conninfo) : conn_(PQconnectdb(conninfo.c_str())) {
-    if (PQstatus(conn_) != CONNECTION_OK)
-      throw std::runtime_error(std::string("PgCheck: ") + PQerrorMessage(conn_));
-    PQsetNoticeProcessor(
-        conn_, [](void*, const char*) {}, nullptr);
-  }
-  ~PgCheck() { PQfinish(conn_); }
-  PgCheck(const PgCheck&) = delete;
-  PgCheck& operator=(const PgCheck&) = delete;
-
-  std::vector<std::vector<std::string>> query(const std::string& sql) {
-    PGresult* r = PQexec(conn_, sql.c_str());
-    const auto st = PQresultStatus(r);
-    if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK) {
-      std::string msg = PQresultErrorMessage(r);
-      PQclear(r);
-      throw std::runtime_error("PgCheck: " + msg);
-    }
-    std::vector<std::vector<std::string>> rows;
-    for (int i = 0; i < PQntuples(r); ++i) {
-      std::vector<std::string> row;
-      for (int c = 0; c < PQnfields(r); ++c)
-        row.emplace_back(PQgetisnull(r, i, c) ? "NULL" : PQgetvalue(r, i, c));
-      rows.push_back(std::move(row));
-    }
-    PQclear(r);
-    return rows;
-  }
-
- private:
-  PGconn* conn_;
-};
-
-/// The value of `key` in a conninfo string, or "".
-std::string conninfo_value(const std::string& conninfo, const std::string& key) {
-  char* err = nullptr;
-  PQconninfoOption* opts = PQconninfoParse(conninfo.c_str(), &err);
-  if (opts == nullptr) {
-    PQfreemem(err);
-    return "";
-  }
-  std::string out;
-  for (PQconninfoOption* o = opts; o->keyword != nullptr; ++o) {
-    if (key == o->keyword && o->val != nullptr) out = o->val;
-  }
-  PQconninfoFree(opts);
-  return out;
-}
-
-class PostgresTest : public ::testing::Test {
+class PostgresTest : public test::PostgresFixture {
  protected:
-  void SetUp() override {
-    conninfo_ = test::pg_conninfo();
-    if (PQping(conninfo_.c_str()) != PQPING_OK) {
-      LLMQ_SKIP_OR_FAIL("no PostgreSQL at '"
-                        << conninfo_
-                        << "' (run scripts/services.sh start, or set LLMQ_TEST_PG_CONNINFO)");
-    }
-    table_ = "llmq_test_" + test::random_hex(12);
-  }
-  void TearDown() override {
-    if (table_.empty()) return;
-    try {
-      PgCheck(conninfo_).query("DROP TABLE IF EXISTS " + table_);
-    } catch (const std::exception& e) {
-      ADD_FAILURE() << e.what();
-    }
-  }
-
-  PostgresTelemetryOptions options() const {
-    PostgresTelemetryOptions o;
-    o.conninfo = conninfo_;
-    o.table = table_;
-    o.connect_timeout = 2s;
-    o.statement_timeout = 5s;
-    return o;
-  }
+  PostgresTest() : PostgresFixture("llmq_test_") {}
 
   asio::thread_pool pool_{2};
-  std::string conninfo_;
-  std::string table_;
 };
 
 TEST_F(PostgresTest, CreatesTypedTableAndInsertsBatches) {
-  PostgresTelemetryStore store(pool_.get_executor(), options());
+  PostgresTelemetryStore store(pool_.get_executor(), store_options());
   test::run(pool_, store.connect());
   EXPECT_TRUE(store.is_connected());
   test::run(pool_, store.insert_batch(records(0, 2500)));  // 3 INSERTs, one transaction
@@ -359,7 +280,7 @@ TEST_F(PostgresTest, CreatesTypedTableAndInsertsBatches) {
   test::run(pool_, store.close());
   EXPECT_FALSE(store.is_connected());
 
-  PgCheck pg(conninfo_);
+  test::PgConnection pg(conninfo_);
   std::map<std::string, std::string> types;
   for (const auto& row : pg.query("SELECT column_name, data_type FROM information_schema.columns "
                                   "WHERE table_name = '" +
@@ -418,12 +339,12 @@ TEST_F(PostgresTest, CreatesTypedTableAndInsertsBatches) {
 }
 
 TEST_F(PostgresTest, ReconnectsAfterTheServerGoesAwayAndNothingHangs) {
-  const std::string host = conninfo_value(conninfo_, "host");
-  const std::string port = conninfo_value(conninfo_, "port");
+  const std::string host = test::pg_conninfo_value(conninfo_, "host");
+  const std::string port = test::pg_conninfo_value(conninfo_, "port");
   if ((host != "127.0.0.1" && host != "localhost") || port.empty())
     GTEST_SKIP() << "the proxy test needs host=127.0.0.1 and a port in LLMQ_TEST_PG_CONNINFO";
   test::TcpProxy proxy(static_cast<std::uint16_t>(std::stoi(port)));
-  PostgresTelemetryOptions o = options();
+  PostgresTelemetryOptions o = store_options();
   o.conninfo = conninfo_ + " host=127.0.0.1 port=" + std::to_string(proxy.port());
   o.connect_timeout = 1s;
   o.statement_timeout = 1s;
@@ -458,12 +379,13 @@ TEST_F(PostgresTest, ReconnectsAfterTheServerGoesAwayAndNothingHangs) {
   EXPECT_TRUE(store.is_connected());
   EXPECT_EQ(store.rows_written(), 20U);
   test::run(pool_, store.close());
-  EXPECT_EQ(PgCheck(conninfo_).query("SELECT count(*) FROM " + table_).at(0).at(0), "20");
+  EXPECT_EQ(test::PgConnection(conninfo_).query("SELECT count(*) FROM " + table_).at(0).at(0),
+            "20");
 }
 
 TEST_F(PostgresTest, ServerThatNeverAnswersTimesOut) {
   test::TcpProxy black_hole(std::nullopt);
-  PostgresTelemetryOptions o = options();
+  PostgresTelemetryOptions o = store_options();
   o.conninfo = "host=127.0.0.1 port=" + std::to_string(black_hole.port()) +
                " user=postgres dbname=postgres sslmode=disable gssencmode=disable";
   o.connect_timeout = 500ms;
