@@ -753,7 +753,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     t.attempt_log.push_back(std::move(attempt));
     t.attempts = static_cast<int>(t.attempt_log.size());
     if (!e->answered && !threw && should_retry(*e, r, now)) {
-      requeue(e, std::move(r), now);
+      requeue(e, std::move(r));
       return;
     }
     completed_.fetch_add(1, std::memory_order_relaxed);
@@ -805,7 +805,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
 
   /// Puts a failed attempt back at the front of the queue. The failed deployment is in
   /// backoff now, so the balancer picks another eligible one, or waits for the backoff.
-  void requeue(const EntryPtr& e, Response r, steady::time_point now) {
+  void requeue(const EntryPtr& e, Response r) {
     logger()->debug("request {} attempt {} got {}; retrying", e->request.id, e->telemetry->attempts,
                     r.status);
     e->last_response = std::move(r);
@@ -820,7 +820,6 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     // dispatch loop; the scheduler is not re-entered: the poller queues it next.
     retry_pending_.push_back(e);
     wake();
-    (void)now;
   }
 
   void queue_pending_retries() {

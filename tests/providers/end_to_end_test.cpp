@@ -13,13 +13,13 @@
 #include <llmq/providers.hpp>
 
 #include <gtest/gtest.h>
-#include <spdlog/sinks/base_sink.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
+#include "../support/log_capture.hpp"
 
 #include <algorithm>
 #include <chrono>
@@ -399,42 +399,7 @@ std::vector<Call> chat_calls(std::size_t n, const std::string& prefix) {
   return calls;
 }
 
-/// Captures every formatted line of llmq::logger() at trace level while alive.
-class LogCapture {
- public:
-  LogCapture() : previous_(llmq::logger()), sink_(std::make_shared<Sink>()) {
-    auto logger = std::make_shared<spdlog::logger>("llmq", sink_);
-    logger->set_level(spdlog::level::trace);
-    llmq::set_logger(std::move(logger));
-  }
-  ~LogCapture() { llmq::set_logger(previous_); }
-  LogCapture(const LogCapture&) = delete;
-  LogCapture& operator=(const LogCapture&) = delete;
-
-  [[nodiscard]] std::vector<std::string> lines() const {
-    std::lock_guard lock(sink_->lines_mutex);
-    return sink_->lines;
-  }
-
- private:
-  class Sink : public spdlog::sinks::base_sink<std::mutex> {
-   public:
-    mutable std::mutex lines_mutex;
-    std::vector<std::string> lines;
-
-   protected:
-    void sink_it_(const spdlog::details::log_msg& msg) override {
-      spdlog::memory_buf_t formatted;
-      formatter_->format(msg, formatted);
-      std::lock_guard lock(lines_mutex);
-      lines.emplace_back(formatted.data(), formatted.size());
-    }
-    void flush_() override {}
-  };
-
-  std::shared_ptr<spdlog::logger> previous_;
-  std::shared_ptr<Sink> sink_;
-};
+using llmq::testing::LogCapture;
 
 // =============================================================================================
 // 1. The whole path
@@ -741,6 +706,30 @@ void check_fallback(FaultConfig fault, int first_status) {
   EXPECT_EQ(retried, 1) << "chat-a (in backoff after its failure) must be tried exactly once";
 }
 
+/// Two chat deployments (chat-a -> gpt-a, chat-b -> gpt-b) with generous limits and the
+/// given error backoff.
+llmq::LLMConfig two_failing_chat_deployments(const std::string& url,
+                                             std::chrono::milliseconds backoff) {
+  return llmq_config({azure_group(
+      url,
+      {azure_model("chat-a", "gpt-a", llmq::ModelType::chat, 1'000'000, 1'000'000'000, backoff),
+       azure_model("chat-b", "gpt-b", llmq::ModelType::chat, 1'000'000, 1'000'000'000, backoff)})});
+}
+
+/// Starts the stack's queue, times one chat request, shuts the queue down.
+std::pair<llmq::Response, std::chrono::milliseconds> run_one_timed(Stack& s) {
+  llmq::Response r;
+  std::chrono::milliseconds took{};
+  run(s.io, [&]() -> awaitable<void> {
+    co_await s.queue->initiate();
+    const auto start = Steady::now();
+    r = co_await s.queue->execute_request("chat_completion", chat_body(), "u");
+    took = std::chrono::duration_cast<std::chrono::milliseconds>(Steady::now() - start);
+    co_await s.queue->graceful_shutdown();
+  });
+  return {r, took};
+}
+
 TEST(EndToEndRetries, ServerErrorOnOneDeploymentFallsBackToThePeer) {
   FaultConfig f = error_fault(500);
   check_fallback(f, 500);
@@ -758,21 +747,8 @@ TEST(EndToEndRetries, AllDeploymentsFailingGivesTheUpstreamErrorAfterMaxAttempts
   llmq::QueueOptions options;
   options.max_attempts = 3;
   options.retry_budget = 10s;
-  Stack s(llmq_config(
-              {azure_group(mock->base_url(), {azure_model("chat-a", "gpt-a", llmq::ModelType::chat,
-                                                          1'000'000, 1'000'000'000, 50ms),
-                                              azure_model("chat-b", "gpt-b", llmq::ModelType::chat,
-                                                          1'000'000, 1'000'000'000, 50ms)})}),
-          options);
-  llmq::Response r;
-  std::chrono::milliseconds took{};
-  run(s.io, [&]() -> awaitable<void> {
-    co_await s.queue->initiate();
-    const auto start = Steady::now();
-    r = co_await s.queue->execute_request("chat_completion", chat_body(), "u");
-    took = std::chrono::duration_cast<std::chrono::milliseconds>(Steady::now() - start);
-    co_await s.queue->graceful_shutdown();
-  });
+  Stack s(two_failing_chat_deployments(mock->base_url(), 50ms), options);
+  const auto [r, took] = run_one_timed(s);
   // The upstream's own JSON error body and status.
   EXPECT_EQ(r.status, 503);
   EXPECT_EQ(error_code(r), "ServiceUnavailable") << r.body.dump();
@@ -798,21 +774,8 @@ TEST(EndToEndRetries, RetryBudgetBoundsAttemptsWhenAllDeploymentsFail) {
   llmq::QueueOptions options;
   options.max_attempts = 50;
   options.retry_budget = 400ms;
-  Stack s(llmq_config(
-              {azure_group(mock->base_url(), {azure_model("chat-a", "gpt-a", llmq::ModelType::chat,
-                                                          1'000'000, 1'000'000'000, 150ms),
-                                              azure_model("chat-b", "gpt-b", llmq::ModelType::chat,
-                                                          1'000'000, 1'000'000'000, 150ms)})}),
-          options);
-  llmq::Response r;
-  std::chrono::milliseconds took{};
-  run(s.io, [&]() -> awaitable<void> {
-    co_await s.queue->initiate();
-    const auto start = Steady::now();
-    r = co_await s.queue->execute_request("chat_completion", chat_body(), "u");
-    took = std::chrono::duration_cast<std::chrono::milliseconds>(Steady::now() - start);
-    co_await s.queue->graceful_shutdown();
-  });
+  Stack s(two_failing_chat_deployments(mock->base_url(), 150ms), options);
+  const auto [r, took] = run_one_timed(s);
   EXPECT_EQ(r.status, 500);
   EXPECT_EQ(error_code(r), "InternalServerError") << r.body.dump();
   const auto sent = mock->counters("gpt-a").requests + mock->counters("gpt-b").requests;

@@ -8,7 +8,6 @@
 #include <llmq/providers.hpp>
 
 #include <gtest/gtest.h>
-#include <spdlog/sinks/base_sink.h>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -17,6 +16,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/system/system_error.hpp>
 #include <nlohmann/json.hpp>
+#include "../support/log_capture.hpp"
 
 #include <chrono>
 #include <memory>
@@ -29,6 +29,7 @@ namespace {
 
 namespace asio = boost::asio;
 using asio::awaitable;
+using llmq::testing::LogCapture;
 using llmq::testing::LoopbackServer;
 using llmq::testing::ReceivedRequest;
 using llmq::testing::Reply;
@@ -38,53 +39,6 @@ using namespace std::chrono_literals;
 
 const std::string kAzureKey = "sk-AZURE-SECRET-0123456789";
 const std::string kOpenAIKey = "sk-OPENAI-SECRET-9876543210";
-
-/// Captures every formatted line of llmq::logger() (all levels) while alive.
-class LogCapture {
- public:
-  LogCapture() : previous_(llmq::logger()), sink_(std::make_shared<Sink>()) {
-    auto logger = std::make_shared<spdlog::logger>("llmq", sink_);
-    logger->set_level(spdlog::level::trace);
-    llmq::set_logger(std::move(logger));
-  }
-  ~LogCapture() { llmq::set_logger(previous_); }
-  LogCapture(const LogCapture&) = delete;
-  LogCapture& operator=(const LogCapture&) = delete;
-
-  [[nodiscard]] std::vector<std::string> lines() const {
-    std::lock_guard lock(sink_->lines_mutex);
-    return sink_->lines;
-  }
-  /// Fails the test if a secret shows up in any line; returns the number of lines.
-  std::size_t expect_no_secret(const std::vector<std::string>& secrets) const {
-    const auto all = lines();
-    for (const auto& line : all) {
-      for (const auto& secret : secrets) {
-        EXPECT_EQ(line.find(secret), std::string::npos) << "secret in log line: " << line;
-      }
-    }
-    return all.size();
-  }
-
- private:
-  class Sink : public spdlog::sinks::base_sink<std::mutex> {
-   public:
-    mutable std::mutex lines_mutex;
-    std::vector<std::string> lines;
-
-   protected:
-    void sink_it_(const spdlog::details::log_msg& msg) override {
-      spdlog::memory_buf_t formatted;
-      formatter_->format(msg, formatted);
-      std::lock_guard lock(lines_mutex);
-      lines.emplace_back(formatted.data(), formatted.size());
-    }
-    void flush_() override {}
-  };
-
-  std::shared_ptr<spdlog::logger> previous_;
-  std::shared_ptr<Sink> sink_;
-};
 
 llmq::Deployment azure(const LoopbackServer& server, llmq::ModelType type = llmq::ModelType::chat) {
   llmq::Deployment d;

@@ -174,6 +174,16 @@ llmq::ModelPreferences pinned_name(std::string model_name) {
   return p;
 }
 
+/// Polls `done()` every millisecond until it holds; run_test bounds the total time.
+template <class Pred>
+awaitable<void> wait_until(Pred done) {
+  asio::steady_timer t(co_await asio::this_coro::executor);
+  while (!done()) {
+    t.expires_after(1ms);
+    co_await t.async_wait(asio::use_awaitable);
+  }
+}
+
 template <class E, class F>
 awaitable<std::optional<E>> catch_error(F f) {
   try {
@@ -185,6 +195,18 @@ awaitable<std::optional<E>> catch_error(F f) {
 }
 
 struct Harness {
+  /// Starts the queue, runs one request, shuts the queue down; returns the answer.
+  llmq::Response run_one(std::string req_type, json body, std::string user,
+                         llmq::ModelPreferences prefs = {}) {
+    llmq::Response r;
+    run_test(io, [&]() -> awaitable<void> {
+      co_await queue->initiate();
+      r = co_await queue->execute_request(req_type, body, user, prefs);
+      co_await queue->graceful_shutdown();
+    });
+    return r;
+  }
+
   asio::io_context io;
   std::shared_ptr<llmq::InMemoryTelemetryStore> telemetry =
       std::make_shared<llmq::InMemoryTelemetryStore>();
@@ -206,12 +228,7 @@ struct Harness {
 TEST(LLMQueueRuntime, ExecutesAndReturnsExecutorResponse) {
   auto echo = std::make_shared<EchoExecutor>();
   Harness h(default_config(), {{"chat_completion", echo}});
-  llmq::Response got;
-  run_test(h.io, [&]() -> awaitable<void> {
-    co_await h.queue->initiate();
-    got = co_await h.queue->execute_request("chat_completion", chat_body(), "user123");
-    co_await h.queue->graceful_shutdown();
-  });
+  llmq::Response got = h.run_one("chat_completion", chat_body(), "user123");
   auto [body, status] = got;
   EXPECT_EQ(status, 200);
   EXPECT_EQ(body["user"], "user123");
@@ -257,10 +274,7 @@ TEST(LLMQueueRuntime, ExactlyOneAnswerForEachOfTenThousandConcurrentRequests) {
           },
           [&](std::exception_ptr) { ++finished; });
     }
-    while (finished < n) {
-      asio::steady_timer t(ex, 5ms);
-      co_await t.async_wait(asio::use_awaitable);
-    }
+    co_await wait_until([&] { return finished >= n; });
     auto s = co_await h.queue->stats();
     EXPECT_EQ(s.admitted, static_cast<std::uint64_t>(n));
     EXPECT_EQ(s.completed, static_cast<std::uint64_t>(n));
@@ -394,10 +408,7 @@ TEST(LLMQueueRuntime, QueueFullIsRefused) {
           },
           asio::detached);
     }
-    while (done < 4) {
-      asio::steady_timer t(ex, 5ms);
-      co_await t.async_wait(asio::use_awaitable);
-    }
+    co_await wait_until([&] { return done >= 4; });
     co_await h.queue->graceful_shutdown();
   });
   // Admission runs before the first dispatch, so the queue holds two and refuses two.
@@ -465,10 +476,7 @@ TEST(LLMQueueRuntime, BusyPinnedModelDoesNotBlockOthers) {
           ++done;
         },
         asio::detached);
-    while (done < 2) {
-      asio::steady_timer t(ex, 5ms);
-      co_await t.async_wait(asio::use_awaitable);
-    }
+    co_await wait_until([&] { return done >= 2; });
     co_await h.queue->graceful_shutdown();
   });
   EXPECT_EQ(order, (std::vector<std::string>{"free", "pinned-timeout"}));
@@ -501,10 +509,7 @@ TEST(LLMQueueRuntime, CancellingAQueuedRequestRemovesIt) {
     auto before = co_await h.queue->stats();
     EXPECT_EQ(before.queue_depth, 1u);
     cancel.emit(asio::cancellation_type::terminal);
-    while (!done) {
-      t.expires_after(1ms);
-      co_await t.async_wait(asio::use_awaitable);
-    }
+    co_await wait_until([&] { return done; });
     auto after = co_await h.queue->stats();
     EXPECT_EQ(after.queue_depth, 0u);
     EXPECT_EQ(after.cancelled, 1u);
@@ -536,16 +541,9 @@ TEST(LLMQueueRuntime, CancellingARunningRequestCancelsItsExecutor) {
           }
           done = true;
         }));
-    asio::steady_timer t(ex, 1ms);
-    while (sleeper->started.load() == 0) {
-      t.expires_after(1ms);
-      co_await t.async_wait(asio::use_awaitable);
-    }
+    co_await wait_until([&] { return sleeper->started.load() > 0; });
     cancel.emit(asio::cancellation_type::terminal);
-    while (!done || sleeper->cancelled.load() == 0) {
-      t.expires_after(1ms);
-      co_await t.async_wait(asio::use_awaitable);
-    }
+    co_await wait_until([&] { return done && sleeper->cancelled.load() > 0; });
     co_await h.queue->graceful_shutdown();
   });
   EXPECT_TRUE(aborted);
@@ -561,12 +559,7 @@ TEST(LLMQueueRuntime, ExecutionTimeoutGives504AndCancelsExecutor) {
   llmq::QueueOptions o;
   o.execution_timeout = 50ms;
   Harness h(default_config(), {{"chat_completion", sleeper}}, o);
-  llmq::Response r;
-  run_test(h.io, [&]() -> awaitable<void> {
-    co_await h.queue->initiate();
-    r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
-    co_await h.queue->graceful_shutdown();
-  });
+  llmq::Response r = h.run_one("chat_completion", chat_body(), "u");
   EXPECT_EQ(r.status, 504);
   EXPECT_EQ(sleeper->cancelled.load(), 1);
   auto records = h.telemetry->records();
@@ -631,13 +624,7 @@ class FlakyExecutor : public llmq::RequestExecutor {
 TEST(LLMQueueRuntime, TransientFailureIsRetriedOnAnotherDeployment) {
   auto flaky = std::make_shared<FlakyExecutor>(std::set<std::string>{"chat-a"}, 503);
   Harness h(default_config(), {{"chat_completion", flaky}});
-  llmq::Response r;
-  run_test(h.io, [&]() -> awaitable<void> {
-    co_await h.queue->initiate();
-    r = co_await h.queue->execute_request("chat_completion", chat_body(), "u",
-                                          pinned_name("gpt-4o"));
-    co_await h.queue->graceful_shutdown();
-  });
+  llmq::Response r = h.run_one("chat_completion", chat_body(), "u", pinned_name("gpt-4o"));
   EXPECT_EQ(r.status, 200);
   EXPECT_EQ(r.body["llm"], "chat-b");
   EXPECT_EQ(flaky->tried, (std::vector<std::string>{"chat-a", "chat-b"}));
@@ -656,12 +643,7 @@ TEST(LLMQueueRuntime, AllAttemptsFailingReturnsTheUpstreamError) {
   llmq::QueueOptions o;
   o.retry_budget = 100ms;  // both deployments back off for 5 min: the retry waits, then gives up
   Harness h(default_config(), {{"chat_completion", flaky}}, o);
-  llmq::Response r;
-  run_test(h.io, [&]() -> awaitable<void> {
-    co_await h.queue->initiate();
-    r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
-    co_await h.queue->graceful_shutdown();
-  });
+  llmq::Response r = h.run_one("chat_completion", chat_body(), "u");
   EXPECT_EQ(r.status, 500);
   EXPECT_EQ(r.body["error"]["message"], "upstream says no");
   EXPECT_EQ(flaky->tried.size(), 2u);  // one attempt each, then no eligible deployment
@@ -678,12 +660,7 @@ TEST(LLMQueueRuntime, AttemptsAreBounded) {
   llmq::QueueOptions o;
   o.max_attempts = 3;
   Harness h(std::move(config), {{"chat_completion", flaky}}, o);
-  llmq::Response r;
-  run_test(h.io, [&]() -> awaitable<void> {
-    co_await h.queue->initiate();
-    r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
-    co_await h.queue->graceful_shutdown();
-  });
+  llmq::Response r = h.run_one("chat_completion", chat_body(), "u");
   EXPECT_EQ(r.status, 429);
   EXPECT_EQ(flaky->tried.size(), 3u);
 }
@@ -692,12 +669,7 @@ TEST(LLMQueueRuntime, NonRetryableFailureIsNotRetried) {
   auto flaky =
       std::make_shared<FlakyExecutor>(std::set<std::string>{"chat-a", "chat-b"}, 429, true);
   Harness h(default_config(), {{"chat_completion", flaky}});
-  llmq::Response r;
-  run_test(h.io, [&]() -> awaitable<void> {
-    co_await h.queue->initiate();
-    r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
-    co_await h.queue->graceful_shutdown();
-  });
+  llmq::Response r = h.run_one("chat_completion", chat_body(), "u");
   EXPECT_EQ(r.status, 429);
   EXPECT_EQ(flaky->tried.size(), 1u);
 }
@@ -822,11 +794,7 @@ TEST(LLMQueueRuntime, TwoQueuesSharingABudgetStayWithinIt) {
             ++done;
           },
           asio::detached);
-    asio::steady_timer t(ex);
-    while (done < 8) {
-      t.expires_after(5ms);
-      co_await t.async_wait(asio::use_awaitable);
-    }
+    co_await wait_until([&] { return done >= 8; });
     auto s1 = co_await q1.stats();
     auto s2 = co_await q2.stats();
     EXPECT_GT(s1.budget_refusals + s2.budget_refusals, 0u);
@@ -1028,10 +996,7 @@ TEST(LLMQueueRuntime, ShutdownDeadlineFailsWhatIsLeft) {
     asio::steady_timer t(ex, 20ms);
     co_await t.async_wait(asio::use_awaitable);
     co_await h.queue->graceful_shutdown();
-    while (done < 3) {
-      t.expires_after(1ms);
-      co_await t.async_wait(asio::use_awaitable);
-    }
+    co_await wait_until([&] { return done >= 3; });
   });
   EXPECT_EQ(closed, 3);
   EXPECT_EQ(sleeper->cancelled.load(), 1);
