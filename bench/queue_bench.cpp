@@ -3,10 +3,15 @@
 // balancer, a no-op or fixed-latency executor and telemetry, on one thread.
 //
 //   llmq_bench_queue [--requests N] [--concurrency C] [--users U] [--deployments D]
-//                    [--latency-ms L]
+//                    [--latency-ms L] [--parked P]
 //
 // Prints throughput, the queue's overhead per request (caller-observed latency minus the
-// executor's own time) at p50/p99/p99.9, and peak RSS.
+// executor's own time) at p50/p99/p99.9, CPU time per request, and peak RSS.
+//
+// --parked P first fills the queue with P requests pinned to one extra deployment whose
+// budget is spent (1 request per minute), so they stay queued for the whole run, then
+// measures the C closed-loop callers as above: the cost of a request with P others
+// waiting in the queue.
 
 #include <llmq/llmq.hpp>
 
@@ -38,6 +43,7 @@ struct Args {
   long deployments = 16;
   long latency_ms = 0;
   long measure_users = 0;  // instead of the queue run: bytes per active user in the limiter
+  long parked = 0;         // requests kept queued (blocked) during the measurement
 };
 
 Args parse(int argc, char** argv) {
@@ -57,6 +63,8 @@ Args parse(int argc, char** argv) {
       a.latency_ms = v;
     else if (k == "--measure-users")
       a.measure_users = v;
+    else if (k == "--parked")
+      a.parked = v;
     else {
       std::fprintf(stderr, "unknown option %s\n", k.c_str());
       std::exit(2);
@@ -105,9 +113,20 @@ llmq::LLMConfig make_config(const Args& a) {
     m.tokens_per_min = 1'000'000'000'000;
     g.azure_oai_models.push_back(std::move(m));
   }
+  if (a.parked > 0) {  // one request per minute: the parked requests wait behind it
+    llmq::AzureModelConfig m;
+    m.unique_model_id = "parked";
+    m.model_name_in_azure = "parked-model";
+    m.deployment_name_in_azure = "parked";
+    m.model_type = llmq::ModelType::embeddings;  // outside the measured requests' choice
+    m.req_per_min = 1;
+    m.tokens_per_min = 1'000'000'000'000;
+    m.weight = 1;
+    g.azure_oai_models.push_back(std::move(m));
+  }
   c.azure_open_ai.push_back(std::move(g));
   c.user_limits.max_num_requests_in_time_window = 1'000'000'000;
-  c.scheduler_limits.max_queue_size = static_cast<std::size_t>(a.concurrency) + 1;
+  c.scheduler_limits.max_queue_size = static_cast<std::size_t>(a.concurrency + a.parked) + 1;
   c.scheduler_limits.request_timeout = std::chrono::minutes(10);
   return c;
 }
@@ -145,12 +164,23 @@ long peak_rss_kib() {
   return ru.ru_maxrss;
 }
 
+/// User + system CPU time of this process, in seconds.
+double cpu_seconds() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  auto secs = [](const timeval& t) {
+    return static_cast<double>(t.tv_sec) + static_cast<double>(t.tv_usec) / 1e6;
+  };
+  return secs(ru.ru_utime) + secs(ru.ru_stime);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   const Args a = parse(argc, argv);
   if (a.measure_users > 0) return measure_users(a.measure_users);
-  llmq::logger()->set_level(spdlog::level::warn);
+  // With parked requests, the shutdown at the end refuses them (and warns): expected.
+  llmq::logger()->set_level(a.parked > 0 ? spdlog::level::err : spdlog::level::warn);
   asio::io_context io(1);
   std::shared_ptr<llmq::RequestExecutor> exec;
   if (a.latency_ms > 0)
@@ -160,6 +190,7 @@ int main(int argc, char** argv) {
   llmq::QueueOptions o;
   o.telemetry_store = std::make_shared<llmq::InMemoryTelemetryStore>(10'000);
   o.telemetry_buffer_capacity = 1'000'000;
+  o.shutdown_timeout = std::chrono::milliseconds(100);  // parked requests are then refused
   llmq::LLMQueue queue(io.get_executor(), make_config(a), {{"chat_completion", exec}}, o);
 
   const nlohmann::json request = body();
@@ -167,6 +198,7 @@ int main(int argc, char** argv) {
   overhead_ns.reserve(static_cast<std::size_t>(a.requests));
   long issued = 0, answered = 0, failed = 0;
   Clock::time_point start, end;
+  double cpu_start = 0, cpu_end = 0;
   const auto executor_time = std::chrono::milliseconds(a.latency_ms);
 
   auto caller = [&](long id) -> asio::awaitable<void> {
@@ -188,10 +220,33 @@ int main(int argc, char** argv) {
               .count());
     }
   };
+  auto parked_caller = [&](long id) -> asio::awaitable<void> {
+    llmq::ModelPreferences pin;
+    pin.require_llm_model = false;
+    pin.require_embedding_model = true;
+    pin.specific_embedding_model = "parked";
+    try {
+      co_await queue.execute_request("chat_completion", request,
+                                     "parked-" + std::to_string(id % a.users), pin);
+    } catch (const std::exception&) {  // refused by the shutdown at the end
+    }
+  };
   asio::co_spawn(
       io,
       [&]() -> asio::awaitable<void> {
         co_await queue.initiate();
+        asio::steady_timer wait(io);
+        if (a.parked > 0) {
+          for (long i = 0; i < a.parked + 1; ++i)  // the first one spends the budget
+            asio::co_spawn(io, parked_caller(i), asio::detached);
+          for (;;) {
+            wait.expires_after(std::chrono::milliseconds(1));
+            co_await wait.async_wait(asio::use_awaitable);
+            const llmq::QueueStats st = co_await queue.stats();
+            if (st.queue_depth >= static_cast<std::size_t>(a.parked)) break;
+          }
+        }
+        cpu_start = cpu_seconds();
         start = Clock::now();
         long done = 0;
         for (long i = 0; i < a.concurrency; ++i)
@@ -202,6 +257,11 @@ int main(int argc, char** argv) {
           co_await t.async_wait(asio::use_awaitable);
         }
         end = Clock::now();
+        cpu_end = cpu_seconds();
+        const llmq::QueueStats st = co_await queue.stats();
+        if (st.queue_depth < static_cast<std::size_t>(a.parked))
+          std::fprintf(stderr, "parked requests left the queue early (%zu queued)\n",
+                       st.queue_depth);
         co_await queue.graceful_shutdown();
       },
       asio::detached);
@@ -214,11 +274,14 @@ int main(int argc, char** argv) {
     const auto i = static_cast<std::size_t>(p * static_cast<double>(overhead_ns.size() - 1));
     return static_cast<double>(overhead_ns[i]) / 1000.0;
   };
-  std::printf("requests %ld concurrency %ld users %ld deployments %ld executor_latency_ms %ld\n",
-              a.requests, a.concurrency, a.users, a.deployments, a.latency_ms);
+  std::printf(
+      "requests %ld concurrency %ld users %ld deployments %ld executor_latency_ms %ld parked %ld\n",
+      a.requests, a.concurrency, a.users, a.deployments, a.latency_ms, a.parked);
   std::printf("answered %ld/%ld failed %ld\n", answered, a.requests, failed);
   std::printf("throughput %.0f requests/s\n", static_cast<double>(answered) / secs);
   std::printf("queue overhead us: p50 %.1f p99 %.1f p99.9 %.1f\n", pct(0.5), pct(0.99), pct(0.999));
+  std::printf("cpu per request ns %.0f\n",
+              (cpu_end - cpu_start) * 1e9 / static_cast<double>(std::max(answered, 1L)));
   std::printf("peak rss %ld KiB\n", peak_rss_kib());
   return answered == a.requests ? 0 : 1;
 }

@@ -8,6 +8,9 @@
 #include <llmq/queue.hpp>
 #include <llmq/token_estimator.hpp>
 
+#include "block_pool.hpp"
+#include "light_strand.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
@@ -23,7 +26,6 @@
 #include <boost/system/system_error.hpp>
 
 #include <atomic>
-#include <charconv>
 #include <deque>
 #include <mutex>
 #include <random>
@@ -56,12 +58,23 @@ Response error_response(int status, std::string_view message, std::string_view t
   return Response{make_error_body(message, type, code), status};
 }
 
+/// Appends `v` in base 36 (digits, then lower-case letters).
+void append_base36(std::string& out, std::uint64_t v) {
+  char buf[16];
+  char* p = buf + sizeof buf;
+  do {
+    *--p = "0123456789abcdefghijklmnopqrstuvwxyz"[v % 36];
+    v /= 36;
+  } while (v != 0);
+  out.append(p, static_cast<std::size_t>(buf + sizeof buf - p));
+}
+
+/// Six random base-36 characters that tell this queue's request ids from another's.
 std::string random_prefix() {
   std::random_device rd;
-  std::uint64_t v = (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
-  char buf[17];
-  auto r = std::to_chars(buf, buf + sizeof buf, v & 0xffffffffffULL, 16);
-  return std::string(buf, r.ptr);
+  std::string s;
+  append_base36(s, 36ULL * 36 * 36 * 36 * 36 + (rd() % (35ULL * 36 * 36 * 36 * 36 * 36)));
+  return s;
 }
 
 }  // namespace
@@ -76,28 +89,43 @@ struct ResourceClass {
 };
 
 /// Delivers the one answer of a request to its caller, on the caller's executor (the only
-/// place where the caller's cancellation slot may be cleared). Type-erased, move-only.
+/// place where the caller's cancellation slot may be cleared). Type-erased; a handler of
+/// up to kInline bytes (an awaitable's is one pointer) is stored in place, not allocated.
 class Delivery {
  public:
   Delivery() = default;
+  Delivery(const Delivery&) = delete;
+  Delivery& operator=(const Delivery&) = delete;
+  ~Delivery() { reset(); }
+
+  /// Stores the handler (replacing, undelivered, any previous one).
   template <class H>
-  explicit Delivery(H&& handler)
-      : impl_(std::make_unique<Impl<std::decay_t<H>>>(std::forward<H>(handler))) {}
+  void emplace(H&& handler) {
+    reset();
+    using Impl = Holder<std::decay_t<H>>;
+    if constexpr (sizeof(Impl) <= kInline && alignof(Impl) <= alignof(std::max_align_t))
+      impl_ = ::new (static_cast<void*>(inline_)) Impl(std::forward<H>(handler));
+    else
+      impl_ = new Impl(std::forward<H>(handler));
+  }
 
   explicit operator bool() const noexcept { return impl_ != nullptr; }
+  /// Posts the answer; the handler is taken out first, so this happens at most once.
   void operator()(std::exception_ptr ep, Response r) {
-    auto impl = std::move(impl_);
+    Base* impl = std::exchange(impl_, nullptr);
     impl->deliver(ep, std::move(r));
+    destroy(impl);
   }
 
  private:
+  static constexpr std::size_t kInline = 48;
   struct Base {
     virtual ~Base() = default;
     virtual void deliver(std::exception_ptr ep, Response r) = 0;
   };
   template <class H>
-  struct Impl final : Base {
-    explicit Impl(H&& h) : handler(std::move(h)) {}
+  struct Holder final : Base {
+    explicit Holder(H&& h) : handler(std::move(h)) {}
     void deliver(std::exception_ptr ep, Response r) override {
       auto ex = asio::get_associated_executor(handler);
       asio::post(ex, [h = std::move(handler), ep, r = std::move(r)]() mutable {
@@ -107,14 +135,24 @@ class Delivery {
     }
     H handler;
   };
-  std::unique_ptr<Base> impl_;
+  void destroy(Base* impl) noexcept {
+    if (static_cast<void*>(impl) == static_cast<void*>(inline_))
+      impl->~Base();
+    else
+      delete impl;
+  }
+  void reset() noexcept {
+    if (impl_) destroy(std::exchange(impl_, nullptr));
+  }
+  alignas(std::max_align_t) unsigned char inline_[kInline];
+  Base* impl_ = nullptr;
 };
 
 struct Entry {
   Request request;
-  // Separate allocation: keeps Entry and the caller's frame small enough for the
-  // allocator's per-thread caches.
-  std::unique_ptr<TelemetryData> telemetry;
+  // Separate block: recorded (moved into the telemetry buffer) when the request is done,
+  // while the entry itself may live on a little longer.
+  std::unique_ptr<TelemetryData, PoolDelete<TelemetryData>> telemetry;
   const ResourceClass* cls = nullptr;
   std::shared_ptr<RequestExecutor> executor;
   DeploymentNeed llm_need;
@@ -142,12 +180,13 @@ struct Entry {
   bool in_run_list = false;
 };
 using EntryPtr = std::shared_ptr<Entry>;
+using TelemetryPtr = std::unique_ptr<TelemetryData, PoolDelete<TelemetryData>>;
 
 /// Bounded telemetry buffer flushed by a coroutine on the queue's strand.
 class TelemetryPipeline : public std::enable_shared_from_this<TelemetryPipeline> {
  public:
-  TelemetryPipeline(asio::strand<asio::any_io_executor> strand,
-                    std::shared_ptr<TelemetryStore> store, const QueueOptions& o)
+  TelemetryPipeline(asio::any_io_executor strand, std::shared_ptr<TelemetryStore> store,
+                    const QueueOptions& o)
       : strand_(strand),
         timer_(strand),
         store_(std::move(store)),
@@ -156,7 +195,8 @@ class TelemetryPipeline : public std::enable_shared_from_this<TelemetryPipeline>
         interval_(o.telemetry_flush_interval) {}
 
   /// Any thread. Never blocks on I/O; drops (and counts) when the buffer is full.
-  void record(TelemetryData&& t) {
+  /// The record's allocation is kept (not copied) until its batch is written.
+  void record(TelemetryPtr t) {
     bool wake = false;
     {
       std::lock_guard lock(mutex_);
@@ -217,20 +257,24 @@ class TelemetryPipeline : public std::enable_shared_from_this<TelemetryPipeline>
   std::uint64_t failed() const { return failed_; }
 
  private:
+  /// Writes what is buffered, batch_size_ records per insert_batch call, through one
+  /// reused batch buffer (no large allocation per flush).
   asio::awaitable<void> flush() {
     for (;;) {
-      std::vector<TelemetryData> batch;
+      batch_.clear();
       {
         std::lock_guard lock(mutex_);
         if (buffer_.empty()) co_return;
         const std::size_t n = std::min(batch_size_, buffer_.size());
-        batch.assign(std::make_move_iterator(buffer_.begin()),
-                     std::make_move_iterator(buffer_.begin() + static_cast<std::ptrdiff_t>(n)));
-        buffer_.erase(buffer_.begin(), buffer_.begin() + static_cast<std::ptrdiff_t>(n));
+        batch_.reserve(batch_size_);
+        for (std::size_t i = 0; i < n; ++i) {
+          batch_.push_back(std::move(*buffer_.front()));
+          buffer_.pop_front();
+        }
       }
-      const std::size_t n = batch.size();
+      const std::size_t n = batch_.size();
       try {
-        co_await store_->insert_batch(std::move(batch));
+        co_await store_->insert_batch(std::span<TelemetryData>(batch_));
       } catch (const std::exception& e) {
         failed_ += n;
         logger()->warn("telemetry store failed to write {} records: {}", n, e.what());
@@ -238,7 +282,7 @@ class TelemetryPipeline : public std::enable_shared_from_this<TelemetryPipeline>
     }
   }
 
-  asio::strand<asio::any_io_executor> strand_;
+  asio::any_io_executor strand_;  // the queue's strand
   asio::steady_timer timer_;
   asio::steady_timer done_timer_{strand_};
   std::shared_ptr<TelemetryStore> store_;
@@ -246,20 +290,21 @@ class TelemetryPipeline : public std::enable_shared_from_this<TelemetryPipeline>
   std::size_t batch_size_;
   std::chrono::milliseconds interval_;
   mutable std::mutex mutex_;
-  std::deque<TelemetryData> buffer_;
+  std::deque<TelemetryPtr> buffer_;
   std::uint64_t dropped_ = 0;
   bool wake_posted_ = false;
-  std::uint64_t failed_ = 0;     // strand only
-  bool stop_requested_ = false;  // strand only
-  bool started_ = false;         // strand only
-  bool done_ = false;            // strand only
+  std::vector<TelemetryData> batch_;  // strand only
+  std::uint64_t failed_ = 0;          // strand only
+  bool stop_requested_ = false;       // strand only
+  bool started_ = false;              // strand only
+  bool done_ = false;                 // strand only
 };
 
 class QueueCore : public std::enable_shared_from_this<QueueCore> {
  public:
   QueueCore(asio::any_io_executor ex, LLMConfig config,
             std::map<std::string, std::shared_ptr<RequestExecutor>> executors, QueueOptions options)
-      : strand_(asio::make_strand(ex)),
+      : strand_(make_light_strand(ex)),
         config_(std::move(config)),
         options_(std::move(options)),
         deployments_((config_.validate(), config_.deployments())),
@@ -268,7 +313,9 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
         scheduler_(config_.scheduler_limits.max_queue_size),
         poll_timer_(strand_),
         idle_timer_(strand_),
-        id_prefix_(random_prefix()) {
+        id_prefix_(random_prefix()),
+        entry_pool_(std::make_shared<BlockPool>(sizeof(Entry) + 64, pool_blocks(config_))),
+        telemetry_pool_(std::make_shared<BlockPool>(sizeof(TelemetryData), pool_blocks(config_))) {
     for (auto& [name, exec] : executors) register_executor(name, std::move(exec));
     if (!options_.user_rate_limit_store)
       options_.user_rate_limit_store = std::make_shared<InMemoryUserRateLimitStore>();
@@ -276,6 +323,24 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       options_.telemetry_store = std::make_shared<InMemoryTelemetryStore>();
     telemetry_ = std::make_shared<TelemetryPipeline>(strand_, options_.telemetry_store, options_);
   }
+
+  /// Freed entries and records kept for reuse: about a full queue's worth, within bounds.
+  static std::size_t pool_blocks(const LLMConfig& c) {
+    return std::clamp<std::size_t>(c.scheduler_limits.max_queue_size, 256, 16384);
+  }
+
+  /// A new request's telemetry record, its id assigned.
+  TelemetryPtr new_telemetry(const std::string& req_type, const std::string& user_id,
+                             WallTime received) {
+    TelemetryPtr t = make_pooled<TelemetryData>(telemetry_pool_);
+    t->request_id = next_request_id();
+    t->req_type = req_type;
+    t->user_id = user_id;
+    t->received_at = received;
+    return t;
+  }
+
+  EntryPtr new_entry() { return std::allocate_shared<Entry>(PoolAllocator<Entry>(entry_pool_)); }
 
   static std::vector<DeploymentLimits> make_limits(const std::vector<Deployment>& ds,
                                                    const QueueOptions& o) {
@@ -312,6 +377,14 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       return std::string("num_llm_calls_per_req must be at least 1");
     if (p.require_embedding_model && p.num_emb_calls_per_req < 1)
       return std::string("num_emb_calls_per_req must be at least 1");
+    // Without pins or model names the class depends on the two flags alone: no key, no lock.
+    const bool plain = !p.specific_llm_model && !p.specific_embedding_model && !p.llm_model_name &&
+                       !p.embedding_model_name;
+    std::atomic<const ResourceClass*>& plain_slot =
+        plain_classes_[(p.require_llm_model ? 1U : 0U) | (p.require_embedding_model ? 2U : 0U)];
+    if (plain) {
+      if (const ResourceClass* c = plain_slot.load(std::memory_order_acquire)) return c;
+    }
     std::string key;
     key.reserve(64);
     auto add_key = [&key](bool need, const std::optional<std::string>& id,
@@ -345,6 +418,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     classes_.push_back(std::move(rc));
     const ResourceClass* out = &classes_.back();
     class_index_.emplace(std::move(key), out);
+    if (plain) plain_slot.store(out, std::memory_order_release);
     return out;
   }
 
@@ -381,24 +455,24 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   }
   void release_slot() { reserved_.fetch_sub(1, std::memory_order_relaxed); }
 
+  /// "<prefix>-<counter>" (both base 36): at most 15 characters for the first 2.8e12
+  /// requests, so the id stays inside std::string's inline buffer.
   std::string next_request_id() {
     const std::uint64_t n = next_id_.fetch_add(1, std::memory_order_relaxed);
-    char buf[24];
-    auto r = std::to_chars(buf, buf + sizeof buf, n);
     std::string id;
-    id.reserve(id_prefix_.size() + 1 + static_cast<std::size_t>(r.ptr - buf));
+    id.reserve(15);
     id += id_prefix_;
     id += '-';
-    id.append(buf, r.ptr);
+    append_base36(id, n);
     return id;
   }
 
-  void record_rejection(TelemetryData&& t, int status, std::string_view error,
+  void record_rejection(TelemetryPtr t, int status, std::string_view error,
                         std::atomic<std::uint64_t>& counter) {
     counter.fetch_add(1, std::memory_order_relaxed);
-    t.status = status;
-    t.error = error;
-    t.completed_at = wall_now();
+    t->status = status;
+    t->error = error;
+    t->completed_at = wall_now();
     telemetry_->record(std::move(t));
   }
 
@@ -423,7 +497,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
         [self = shared_from_this()](auto handler, EntryPtr entry) {
           auto slot = asio::get_associated_cancellation_slot(handler);
           if (slot.is_connected()) slot.template emplace<CancelHandler>(CancelHandler{self, entry});
-          entry->deliver = Delivery(std::move(handler));
+          entry->deliver.emplace(std::move(handler));
           asio::post(self->strand_, [self, entry = std::move(entry)]() mutable {
             self->on_submit(std::move(entry));
           });
@@ -473,7 +547,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     e.state = Entry::State::done;
     answer_error(e, std::move(error));
     e.telemetry->completed_at = wall_now();
-    telemetry_->record(std::move(*e.telemetry));
+    telemetry_->record(std::move(e.telemetry));
     notify_idle();
   }
 
@@ -493,7 +567,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       e->telemetry->completed_at = wall_now();
       e->telemetry->queue_wait = duration_cast<microseconds>(steady::now() - e->queued_steady);
       answer(*e, aborted, Response{});
-      telemetry_->record(std::move(*e->telemetry));
+      telemetry_->record(std::move(e->telemetry));
       notify_idle();
     } else if (e->state == Entry::State::confirming) {
       e->telemetry->status = 499;
@@ -515,6 +589,9 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     }
   }
 
+  /// Requests dispatched per poller turn at most.
+  static constexpr std::size_t kDispatchSlice = 64;
+
   asio::awaitable<void> poller() {
     auto self = shared_from_this();
     while (!stopped_) {
@@ -523,8 +600,15 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       queue_pending_retries();
       scheduler_.expire(now, [&](EntryPtr&& e) { on_queue_timeout(e, now); });
       expire_running(now);
-      scheduler_.dispatch([&](std::uint32_t, EntryPtr& e) { return try_dispatch(e, now); });
+      const std::size_t dispatched = scheduler_.dispatch(
+          [&](std::uint32_t, EntryPtr& e) { return try_dispatch(e, now); }, kDispatchSlice);
       if (!retry_pending_.empty()) continue;
+      if (dispatched == kDispatchSlice) {
+        // More may be ready: let the work just started (and everything else on this
+        // thread) run first, then go on. Keeps each turn short under a deep queue.
+        co_await asio::post(strand_, asio::use_awaitable);
+        continue;
+      }
       poll_timer_.expires_at(next_wake(now));
       poller_waiting_ = true;
       co_await poll_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
@@ -567,7 +651,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     if (e.telemetry->error.empty()) e.telemetry->error = error_message(r.body);
     e.telemetry->completed_at = wall_now();
     answer(e, nullptr, std::move(r));
-    telemetry_->record(std::move(*e.telemetry));
+    telemetry_->record(std::move(e.telemetry));
     notify_idle();
   }
 
@@ -638,7 +722,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     --in_flight_;
     if (e->answered || e->state != Entry::State::confirming) {  // cancelled or shut down meanwhile
       e->state = Entry::State::done;
-      telemetry_->record(std::move(*e->telemetry));
+      telemetry_->record(std::move(e->telemetry));
       notify_idle();
       co_return;
     }
@@ -652,7 +736,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       answer(*e, nullptr,
              error_response(503, "shared deployment budget store unavailable", "unavailable",
                             "budget_store_unavailable"));
-      telemetry_->record(std::move(*e->telemetry));
+      telemetry_->record(std::move(e->telemetry));
       notify_idle();
       co_return;
     }
@@ -768,7 +852,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       answer(*e, nullptr, std::move(r));
     }
     e->state = Entry::State::done;
-    telemetry_->record(std::move(t));
+    telemetry_->record(std::move(e->telemetry));
     if (!scheduler_.empty()) wake();
     notify_idle();
   }
@@ -1052,7 +1136,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     return s;
   }
 
-  asio::strand<asio::any_io_executor> strand_;
+  asio::any_io_executor strand_;  // a strand (make_light_strand)
   LLMConfig config_;
   QueueOptions options_;
   const std::vector<Deployment> deployments_;
@@ -1065,6 +1149,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   std::mutex classes_mutex_;
   std::deque<ResourceClass> classes_;
   std::unordered_map<std::string, const ResourceClass*> class_index_;
+  std::atomic<const ResourceClass*> plain_classes_[4] = {};  // by need_llm | need_emb << 1
   std::atomic<std::size_t> reserved_{0};
   std::atomic<bool> accepting_{false};
   std::atomic<bool> shutdown_requested_{false};
@@ -1092,6 +1177,8 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   Entry* run_tail_ = nullptr;
 
   const std::string id_prefix_;
+  const std::shared_ptr<BlockPool> entry_pool_;
+  const std::shared_ptr<BlockPool> telemetry_pool_;
 };
 
 }  // namespace detail
@@ -1116,16 +1203,6 @@ std::string closed_reason(bool shutting_down) {
   return shutting_down ? std::string("queue is shutting down; request refused")
                        : std::string("queue is not running: call initiate() first");
 }
-
-TelemetryData make_telemetry(std::string id, const std::string& req_type,
-                             const std::string& user_id, WallTime received) {
-  TelemetryData t;
-  t.request_id = std::move(id);
-  t.req_type = req_type;
-  t.user_id = user_id;
-  t.received_at = received;
-  return t;
-}
 }  // namespace
 
 asio::awaitable<Response> LLMQueue::execute_request(std::string req_type,
@@ -1134,35 +1211,33 @@ asio::awaitable<Response> LLMQueue::execute_request(std::string req_type,
                                                     ModelPreferences model_pref) {
   auto core = core_;
   const WallTime received = detail::wall_now();
-  auto t = std::make_unique<TelemetryData>(
-      make_telemetry(core->next_request_id(), req_type, user_id, received));
+  detail::TelemetryPtr t = core->new_telemetry(req_type, user_id, received);
   if (!core->accepting_.load(std::memory_order_relaxed)) {
     QueueClosedError err(closed_reason(core->shutdown_requested_.load()));
-    core->record_rejection(std::move(*t), err.http_status(), err.what(), core->rejected_invalid_);
+    core->record_rejection(std::move(t), err.http_status(), err.what(), core->rejected_invalid_);
     throw err;
   }
   if (user_id.empty()) {
     UserIdHeaderMissingError err;
-    core->record_rejection(std::move(*t), err.http_status(), err.what(), core->rejected_invalid_);
+    core->record_rejection(std::move(t), err.http_status(), err.what(), core->rejected_invalid_);
     throw err;
   }
   auto executor = core->find_executor(req_type);
   if (!executor) {
     std::string msg = "unknown request type '" + req_type + "'";
-    core->record_rejection(std::move(*t), 404, msg, core->rejected_invalid_);
+    core->record_rejection(std::move(t), 404, msg, core->rejected_invalid_);
     co_return detail::error_response(404, msg, "invalid_request_error", "unknown_request_type");
   }
   auto resolved = core->resolve(model_pref);
   if (auto* why = std::get_if<std::string>(&resolved)) {
-    core->record_rejection(std::move(*t), 400, *why, core->rejected_invalid_);
+    core->record_rejection(std::move(t), 400, *why, core->rejected_invalid_);
     co_return detail::error_response(400, *why, "invalid_request_error",
                                      "unsatisfiable_model_preferences");
   }
   const detail::ResourceClass* cls = std::get<const detail::ResourceClass*>(resolved);
   if (!core->reserve_slot()) {
     SchedulerQueueFullError err(core->config_.scheduler_limits.max_queue_size);
-    core->record_rejection(std::move(*t), err.http_status(), err.what(),
-                           core->rejected_queue_full_);
+    core->record_rejection(std::move(t), err.http_status(), err.what(), core->rejected_queue_full_);
     throw err;
   }
   RateLimitDecision decision;
@@ -1176,11 +1251,10 @@ asio::awaitable<Response> LLMQueue::execute_request(std::string req_type,
   if (!decision.allowed) {
     core->release_slot();
     UserRateLimitExceededError err(user_id, decision.retry_after);
-    core->record_rejection(std::move(*t), err.http_status(), err.what(),
-                           core->rejected_user_limit_);
+    core->record_rejection(std::move(t), err.http_status(), err.what(), core->rejected_user_limit_);
     throw err;
   }
-  auto e = std::make_shared<detail::Entry>();
+  detail::EntryPtr e = core->new_entry();
   e->cls = cls;
   e->executor = std::move(executor);
   if (cls->need_llm) {

@@ -67,8 +67,7 @@ boost::asio::awaitable<void> InMemoryTelemetryStore::connect() {
   co_return;
 }
 
-boost::asio::awaitable<void> InMemoryTelemetryStore::insert_batch(
-    std::vector<TelemetryData> batch) {
+boost::asio::awaitable<void> InMemoryTelemetryStore::insert_batch(std::span<TelemetryData> batch) {
   std::lock_guard lock(mutex_);
   for (TelemetryData& t : batch) {
     ++total_;

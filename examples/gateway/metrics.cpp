@@ -199,9 +199,9 @@ MetricsTelemetryStore::MetricsTelemetryStore(std::shared_ptr<Metrics> metrics,
 
 boost::asio::awaitable<void> MetricsTelemetryStore::connect() { co_await inner_->connect(); }
 
-boost::asio::awaitable<void> MetricsTelemetryStore::insert_batch(std::vector<TelemetryData> batch) {
+boost::asio::awaitable<void> MetricsTelemetryStore::insert_batch(std::span<TelemetryData> batch) {
   for (const TelemetryData& t : batch) metrics_->observe(t);
-  co_await inner_->insert_batch(std::move(batch));
+  co_await inner_->insert_batch(batch);
 }
 
 boost::asio::awaitable<void> MetricsTelemetryStore::close() { co_await inner_->close(); }

@@ -59,7 +59,7 @@ class MetricsTelemetryStore : public TelemetryStore {
  public:
   MetricsTelemetryStore(std::shared_ptr<Metrics> metrics, std::shared_ptr<TelemetryStore> inner);
   boost::asio::awaitable<void> connect() override;
-  boost::asio::awaitable<void> insert_batch(std::vector<TelemetryData> batch) override;
+  boost::asio::awaitable<void> insert_batch(std::span<TelemetryData> batch) override;
   boost::asio::awaitable<void> close() override;
 
  private:

@@ -13,6 +13,7 @@
 #include <chrono>
 #include <cstdint>
 #include <deque>
+#include <limits>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -105,12 +106,12 @@ class FifoScheduler {
   /// Offers heads to `try_grant(resource_class, Item&) -> bool` in arrival order across
   /// classes. When it returns true the item is removed (the callee moved what it needs
   /// out of it); when false the class is blocked for the rest of this call.
-  /// Returns the number of items dispatched.
+  /// Stops after `limit` items. Returns the number of items dispatched.
   template <class F>
-  std::size_t dispatch(F&& try_grant) {
+  std::size_t dispatch(F&& try_grant, std::size_t limit = std::numeric_limits<std::size_t>::max()) {
     blocked_.assign(classes_.size(), false);
     std::size_t n = 0;
-    for (;;) {
+    while (n < limit) {
       Class* best = nullptr;
       std::uint32_t best_index = 0;
       for (std::uint32_t i = 0; i < classes_.size(); ++i) {
@@ -133,6 +134,7 @@ class FifoScheduler {
         blocked_[best_index] = true;
       }
     }
+    return n;
   }
 
   /// Calls `f(resource_class, const Item&)` for the head of every non-empty class.

@@ -42,7 +42,7 @@ class JsonlTelemetryStore : public TelemetryStore {
   /// Opens (creates) the file.
   boost::asio::awaitable<void> connect() override;
   /// Appends the batch (opening the file first if needed).
-  boost::asio::awaitable<void> insert_batch(std::vector<TelemetryData> batch) override;
+  boost::asio::awaitable<void> insert_batch(std::span<TelemetryData> batch) override;
   /// Closes the file (a later call reopens it).
   boost::asio::awaitable<void> close() override;
 

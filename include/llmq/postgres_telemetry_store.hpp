@@ -67,7 +67,7 @@ class PostgresTelemetryStore : public TelemetryStore {
   /// Connects, sets statement_timeout and creates the table if missing.
   boost::asio::awaitable<void> connect() override;
   /// Inserts the batch (reconnecting once first if disconnected).
-  boost::asio::awaitable<void> insert_batch(std::vector<TelemetryData> batch) override;
+  boost::asio::awaitable<void> insert_batch(std::span<TelemetryData> batch) override;
   /// Closes the connection (a later connect() or insert_batch() reopens it).
   boost::asio::awaitable<void> close() override;
 

@@ -54,7 +54,7 @@ class SqliteTelemetryStore : public TelemetryStore {
   /// Opens the database, switches it to WAL and creates the table if missing.
   boost::asio::awaitable<void> connect() override;
   /// Inserts the batch in one transaction (opening the database first if needed).
-  boost::asio::awaitable<void> insert_batch(std::vector<TelemetryData> batch) override;
+  boost::asio::awaitable<void> insert_batch(std::span<TelemetryData> batch) override;
   /// Closes the database (a later connect() or insert_batch() reopens it).
   boost::asio::awaitable<void> close() override;
 

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -87,8 +88,10 @@ class TelemetryStore {
   virtual ~TelemetryStore() = default;
   /// Called once by LLMQueue::initiate().
   virtual boost::asio::awaitable<void> connect() = 0;
-  /// Writes a batch of records.
-  virtual boost::asio::awaitable<void> insert_batch(std::vector<TelemetryData> batch) = 0;
+  /// Writes a batch of records. The records stay valid until the returned awaitable
+  /// completes (the flusher reuses their buffer afterwards, so a store that needs them
+  /// longer copies or moves them out); the store may move from them.
+  virtual boost::asio::awaitable<void> insert_batch(std::span<TelemetryData> batch) = 0;
   /// Called once by LLMQueue::graceful_shutdown() after the last flush.
   virtual boost::asio::awaitable<void> close() = 0;
 };
@@ -99,7 +102,7 @@ class InMemoryTelemetryStore : public TelemetryStore {
   explicit InMemoryTelemetryStore(std::size_t capacity = 100'000) : capacity_(capacity) {}
 
   boost::asio::awaitable<void> connect() override;
-  boost::asio::awaitable<void> insert_batch(std::vector<TelemetryData> batch) override;
+  boost::asio::awaitable<void> insert_batch(std::span<TelemetryData> batch) override;
   boost::asio::awaitable<void> close() override;
 
   /// A copy of the stored records, oldest first.

@@ -41,7 +41,7 @@ struct JsonlTelemetryStore::Impl {
     if (fd < 0) fail("open", errno);
   }
 
-  void write(const std::vector<TelemetryData>& batch) {
+  void write(std::span<const TelemetryData> batch) {
     open_file();
     std::string buf;
     for (const TelemetryData& t : batch) {
@@ -86,10 +86,10 @@ asio::awaitable<void> JsonlTelemetryStore::connect() {
   co_await rows::run_blocking(impl->pool.get_executor(), [impl] { impl->open_file(); });
 }
 
-asio::awaitable<void> JsonlTelemetryStore::insert_batch(std::vector<TelemetryData> batch) {
+asio::awaitable<void> JsonlTelemetryStore::insert_batch(std::span<TelemetryData> batch) {
   Impl* impl = impl_.get();
-  const std::vector<TelemetryData>* data = &batch;  // the frame outlives the call
-  co_await rows::run_blocking(impl->pool.get_executor(), [impl, data] { impl->write(*data); });
+  // The records outlive this call (see TelemetryStore::insert_batch).
+  co_await rows::run_blocking(impl->pool.get_executor(), [impl, batch] { impl->write(batch); });
 }
 
 asio::awaitable<void> JsonlTelemetryStore::close() {

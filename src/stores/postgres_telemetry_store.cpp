@@ -170,7 +170,7 @@ class PostgresTelemetryStore::Session : public std::enable_shared_from_this<Sess
   }
 
   static asio::awaitable<void> insert_op(std::shared_ptr<Session> self,
-                                         std::vector<TelemetryData> batch) {
+                                         std::span<const TelemetryData> batch) {
     std::exception_ptr failure;
     try {
       if (!self->healthy()) co_await self->open();  // one reconnect attempt
@@ -385,7 +385,7 @@ class PostgresTelemetryStore::Session : public std::enable_shared_from_this<Sess
     if (!error.empty()) throw Error(std::string(error_prefix) + error, 503);
   }
 
-  asio::awaitable<void> insert_rows(const std::vector<TelemetryData>& batch) {
+  asio::awaitable<void> insert_rows(std::span<const TelemetryData> batch) {
     if (batch.empty()) co_return;
     const std::size_t per = options_.rows_per_statement;
     const bool several = batch.size() > per;
@@ -433,10 +433,9 @@ asio::awaitable<void> PostgresTelemetryStore::connect() {
   co_await asio::co_spawn(s->strand(), Session::connect_op(s), asio::use_awaitable);
 }
 
-asio::awaitable<void> PostgresTelemetryStore::insert_batch(std::vector<TelemetryData> batch) {
+asio::awaitable<void> PostgresTelemetryStore::insert_batch(std::span<TelemetryData> batch) {
   std::shared_ptr<Session> s = session_;
-  co_await asio::co_spawn(s->strand(), Session::insert_op(s, std::move(batch)),
-                          asio::use_awaitable);
+  co_await asio::co_spawn(s->strand(), Session::insert_op(s, batch), asio::use_awaitable);
 }
 
 asio::awaitable<void> PostgresTelemetryStore::close() {

@@ -166,7 +166,7 @@ struct SqliteTelemetryStore::Impl {
     bind_text(20, rows::json_text(rows::attempt_log_json(t.attempt_log)));
   }
 
-  void write(const std::vector<TelemetryData>& batch) {
+  void write(std::span<const TelemetryData> batch) {
     open();
     if (batch.empty()) return;
     exec("BEGIN IMMEDIATE");
@@ -216,10 +216,10 @@ asio::awaitable<void> SqliteTelemetryStore::connect() {
   co_await rows::run_blocking(impl->pool.get_executor(), [impl] { impl->open(); });
 }
 
-asio::awaitable<void> SqliteTelemetryStore::insert_batch(std::vector<TelemetryData> batch) {
+asio::awaitable<void> SqliteTelemetryStore::insert_batch(std::span<TelemetryData> batch) {
   Impl* impl = impl_.get();
-  const std::vector<TelemetryData>* data = &batch;  // the frame outlives the call
-  co_await rows::run_blocking(impl->pool.get_executor(), [impl, data] { impl->write(*data); });
+  // The records outlive this call (see TelemetryStore::insert_batch).
+  co_await rows::run_blocking(impl->pool.get_executor(), [impl, batch] { impl->write(batch); });
 }
 
 asio::awaitable<void> SqliteTelemetryStore::close() {

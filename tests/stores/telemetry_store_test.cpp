@@ -90,6 +90,10 @@ std::vector<TelemetryData> records(int from, int to) {
   return v;
 }
 
+/// insert_batch takes a span: a temporary batch lives to the end of the full expression
+/// that runs the call, e.g. `test::run(pool, store.insert_batch(lvalue(records(0, 3))))`.
+std::vector<TelemetryData>& lvalue(std::vector<TelemetryData>&& v) { return v; }
+
 // --- JSON lines ------------------------------------------------------------------------
 
 std::vector<std::string> read_lines(const std::filesystem::path& p) {
@@ -108,10 +112,10 @@ TEST(JsonlTelemetryStore, AppendsOneParsableObjectPerRecord) {
   o.fsync = true;
   JsonlTelemetryStore store(pool.get_executor(), o);
   test::run(pool, store.connect());
-  test::run(pool, store.insert_batch(records(0, 3)));
-  test::run(pool, store.insert_batch(records(3, 10)));
+  test::run(pool, store.insert_batch(lvalue(records(0, 3))));
+  test::run(pool, store.insert_batch(lvalue(records(3, 10))));
   test::run(pool, store.close());
-  test::run(pool, store.insert_batch(records(10, 11)));  // reopens after close
+  test::run(pool, store.insert_batch(lvalue(records(10, 11))));  // reopens after close
   test::run(pool, store.close());
   EXPECT_EQ(store.rows_written(), 11U);
 
@@ -144,7 +148,7 @@ TEST(JsonlTelemetryStore, UnwritablePathThrows503) {
   o.path = "/nonexistent-dir/telemetry.jsonl";
   JsonlTelemetryStore store(pool.get_executor(), o);
   try {
-    test::run(pool, store.insert_batch(records(0, 1)));
+    test::run(pool, store.insert_batch(lvalue(records(0, 1))));
     FAIL() << "no error";
   } catch (const Error& e) {
     EXPECT_EQ(e.http_status(), 503);
@@ -197,10 +201,10 @@ TEST(SqliteTelemetryStore, WritesRowsInWalMode) {
   o.path = path;
   SqliteTelemetryStore store(pool.get_executor(), o);
   test::run(pool, store.connect());
-  test::run(pool, store.insert_batch(records(0, 100)));
+  test::run(pool, store.insert_batch(lvalue(records(0, 100))));
   test::run(pool, store.insert_batch({}));
   test::run(pool, store.close());
-  test::run(pool, store.insert_batch(records(100, 110)));  // reopens after close
+  test::run(pool, store.insert_batch(lvalue(records(100, 110))));  // reopens after close
   test::run(pool, store.close());
   EXPECT_EQ(store.rows_written(), 110U);
 
@@ -232,7 +236,8 @@ TEST(SqliteTelemetryStore, WritesRowsInWalMode) {
 }
 
 asio::awaitable<bool> insert_and_check_thread(SqliteTelemetryStore& store, std::thread::id caller) {
-  co_await store.insert_batch(records(0, 5));
+  std::vector<TelemetryData> batch = records(0, 5);
+  co_await store.insert_batch(batch);
   co_return std::this_thread::get_id() == caller;
 }
 
@@ -273,8 +278,8 @@ TEST_F(PostgresTest, CreatesTypedTableAndInsertsBatches) {
   PostgresTelemetryStore store(pool_.get_executor(), store_options());
   test::run(pool_, store.connect());
   EXPECT_TRUE(store.is_connected());
-  test::run(pool_, store.insert_batch(records(0, 2500)));  // 3 INSERTs, one transaction
-  test::run(pool_, store.insert_batch(records(2500, 2503)));
+  test::run(pool_, store.insert_batch(lvalue(records(0, 2500))));  // 3 INSERTs, one transaction
+  test::run(pool_, store.insert_batch(lvalue(records(2500, 2503))));
   test::run(pool_, store.insert_batch({}));
   EXPECT_EQ(store.rows_written(), 2503U);
   test::run(pool_, store.close());
@@ -350,13 +355,13 @@ TEST_F(PostgresTest, ReconnectsAfterTheServerGoesAwayAndNothingHangs) {
   o.statement_timeout = 1s;
   PostgresTelemetryStore store(pool_.get_executor(), o);
   test::run(pool_, store.connect());
-  test::run(pool_, store.insert_batch(records(0, 5)));
+  test::run(pool_, store.insert_batch(lvalue(records(0, 5))));
 
   // A restart while idle: the next batch notices the closed connection and reconnects.
   proxy.stop();
   proxy.start();
   std::this_thread::sleep_for(50ms);
-  test::run(pool_, store.insert_batch(records(5, 10)));
+  test::run(pool_, store.insert_batch(lvalue(records(5, 10))));
   EXPECT_TRUE(store.is_connected());
 
   proxy.stop();  // the server "goes away": connection cut, port refuses
@@ -364,7 +369,7 @@ TEST_F(PostgresTest, ReconnectsAfterTheServerGoesAwayAndNothingHangs) {
     const auto t0 = steady::now();
     bool threw = false;
     try {
-      test::run(pool_, store.insert_batch(records(100, 110)), 10s);
+      test::run(pool_, store.insert_batch(lvalue(records(100, 110))), 10s);
     } catch (const Error& e) {
       threw = true;
       EXPECT_EQ(e.http_status(), 503);
@@ -375,7 +380,7 @@ TEST_F(PostgresTest, ReconnectsAfterTheServerGoesAwayAndNothingHangs) {
   }
 
   proxy.start();  // back
-  test::run(pool_, store.insert_batch(records(10, 20)));
+  test::run(pool_, store.insert_batch(lvalue(records(10, 20))));
   EXPECT_TRUE(store.is_connected());
   EXPECT_EQ(store.rows_written(), 20U);
   test::run(pool_, store.close());
@@ -413,7 +418,7 @@ TEST(PostgresTelemetryStore, DeadPortFailsFastAndResolvesHostNamesAsynchronously
   const auto t0 = steady::now();
   bool threw = false;
   try {
-    test::run(pool, store.insert_batch(records(0, 1)), 10s);
+    test::run(pool, store.insert_batch(lvalue(records(0, 1))), 10s);
   } catch (const Error& e) {
     threw = true;
     EXPECT_EQ(e.http_status(), 503);

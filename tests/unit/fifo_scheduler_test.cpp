@@ -33,6 +33,25 @@ TEST(FifoScheduler, DispatchesInArrivalOrderAcrossClasses) {
   EXPECT_TRUE(s.empty());
 }
 
+TEST(FifoScheduler, DispatchStopsAtTheLimitAndResumesInOrder) {
+  FifoScheduler<int> s(10);
+  for (int i = 1; i <= 5; ++i)
+    ASSERT_TRUE(s.push(static_cast<std::uint32_t>(i % 2), i, t0 + seconds(10)));
+  std::vector<int> out;
+  auto take = [&](std::uint32_t, int& item) {
+    out.push_back(item);
+    return true;
+  };
+  EXPECT_EQ(s.dispatch(take, 2), 2u);
+  EXPECT_EQ(out, (std::vector<int>{1, 2}));
+  EXPECT_EQ(s.size(), 3u);
+  EXPECT_EQ(s.dispatch(take, 2), 2u);
+  EXPECT_EQ(s.dispatch(take, 2), 1u);
+  EXPECT_EQ(out, (std::vector<int>{1, 2, 3, 4, 5}));
+  EXPECT_TRUE(s.empty());
+  EXPECT_EQ(s.dispatch(take, 2), 0u);
+}
+
 TEST(FifoScheduler, BlockedClassDoesNotBlockOthers) {
   FifoScheduler<int> s(10);
   s.push(0, 1, t0 + seconds(10));  // pinned to a busy model
