@@ -23,7 +23,7 @@ class BlockPool {
     free_.reserve(max_free_);
   }
   ~BlockPool() {
-    for (void* p : free_) ::operator delete(p, block_size_);
+    for (void* p : free_) ::operator delete(p);
   }
   BlockPool(const BlockPool&) = delete;
   BlockPool& operator=(const BlockPool&) = delete;
@@ -44,7 +44,7 @@ class BlockPool {
 
   void deallocate(void* p, std::size_t bytes) noexcept {
     if (bytes > block_size_) {
-      ::operator delete(p, bytes);
+      ::operator delete(p);
       return;
     }
     {
@@ -54,7 +54,7 @@ class BlockPool {
         return;
       }
     }
-    ::operator delete(p, block_size_);
+    ::operator delete(p);
   }
 
   [[nodiscard]] std::size_t block_size() const noexcept { return block_size_; }
