@@ -5,7 +5,7 @@ set -euo pipefail
 
 packages=(
   build-essential cmake ninja-build ccache pkg-config clang-format
-  libboost1.81-dev libboost-url1.81-dev libssl-dev
+  libboost1.81-dev libboost-url1.81-dev libssl-dev openssl
   nlohmann-json3-dev libyaml-cpp-dev libspdlog-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libhiredis-dev redis-server libpq-dev postgresql libsqlite3-dev

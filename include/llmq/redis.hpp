@@ -3,9 +3,10 @@
 /// A small asynchronous Redis client on Boost.Asio: RESP framing by hiredis's formatter
 /// and reply reader, I/O by Asio (hiredis's blocking connection API is not used).
 ///
-/// - RedisConnection: one TCP connection to one node; concurrent exec() calls are
-///   pipelined (a write queue and a FIFO of pending replies), reconnects lazily with
-///   exponential backoff, AUTH and SELECT on connect, connect and command timeouts.
+/// - RedisConnection: one TCP connection to one node, optionally TLS (`rediss://`, see
+///   RedisTlsOptions); concurrent exec() calls are pipelined (a write queue and a FIFO of
+///   pending replies), reconnects lazily with exponential backoff, AUTH and SELECT on
+///   connect, connect and command timeouts.
 /// - RedisClient: routes commands over one connection per node and follows Redis Cluster
 ///   redirects (`-MOVED`, `-ASK`), caching the slot -> node map. Against a standalone
 ///   server it behaves like one RedisConnection.
@@ -57,7 +58,8 @@ enum class RedisErrc {
   /// The connection is down and the reconnect backoff has not elapsed yet; the command
   /// was not sent. Retry later (see RedisConfig::reconnect_backoff_initial).
   not_connected = 1,
-  /// Resolving, connecting, AUTH and SELECT took longer than RedisConfig::connect_timeout.
+  /// Resolving, connecting, the TLS handshake, AUTH and SELECT took longer than
+  /// RedisConfig::connect_timeout.
   connect_timeout,
   /// No reply within RedisConfig::command_timeout. The connection is reset (a server
   /// that stopped answering cannot be trusted to keep the pipeline in order).
@@ -73,6 +75,11 @@ enum class RedisErrc {
   closed,
   /// A cluster kept redirecting a command (more than RedisConfig::max_redirects hops).
   too_many_redirects,
+  /// The TLS handshake of a `rediss://` connection failed, or the server refused the
+  /// connection during it (e.g. the server's certificate did not verify, its name did not
+  /// match, or the server wants a client certificate). The exception's message names the
+  /// reason. Treated like a failed connect: the reconnect backoff applies.
+  tls_handshake_failed,
 };
 
 /// The category of RedisErrc, named "llmq.redis".
@@ -80,6 +87,28 @@ enum class RedisErrc {
 
 /// Makes RedisErrc usable as a boost::system::error_code.
 [[nodiscard]] boost::system::error_code make_error_code(RedisErrc e) noexcept;
+
+/// TLS settings of a `rediss://` connection (RedisConfig::use_tls). Files are PEM and are
+/// read when the RedisConnection is constructed (a missing or bad file throws ConfigError
+/// there, not at connect time).
+struct RedisTlsOptions {
+  /// Verify the server: its certificate chain against the trusted CAs, and its name
+  /// (server_name, else RedisConfig::host; a DNS name or an IP address, matched against
+  /// the certificate's subjectAltName). Default true. `false` accepts any certificate
+  /// from anyone, which defeats TLS against an active attacker: for tests only.
+  bool verify = true;
+  /// Trusted CA certificates (one or more PEM certificates in one file). Empty: the
+  /// system trust store (OpenSSL's default paths, on Debian /etc/ssl/certs).
+  std::string ca_file;
+  /// Client certificate (chain) for servers that require one (Redis `tls-auth-clients
+  /// yes`, mutual TLS). Empty: none is sent.
+  std::string cert_file;
+  /// The private key of cert_file (unencrypted PEM). Empty: read from cert_file.
+  std::string key_file;
+  /// The name sent as SNI and checked against the server's certificate. Empty: the host
+  /// connected to (for a cluster, each node's host as the cluster announces it).
+  std::string server_name;
+};
 
 /// Where and how to connect. Build it by hand or with parse_redis_url().
 struct RedisConfig {
@@ -94,7 +123,8 @@ struct RedisConfig {
   /// Logical database selected after connecting (`SELECT db`); 0 sends nothing. Must be
   /// 0 against a cluster. Default 0.
   int database = 0;
-  /// Bound on resolve + TCP connect + AUTH + SELECT. Zero disables. Default 1 s.
+  /// Bound on resolve + TCP connect + TLS handshake + AUTH + SELECT. Zero disables.
+  /// Default 1 s.
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(1)};
   /// Bound on the wait for one exec() (from the call to its reply). On expiry the call
   /// fails with RedisErrc::command_timeout and the connection is reset. Zero disables.
@@ -108,13 +138,27 @@ struct RedisConfig {
   std::chrono::milliseconds reconnect_backoff_max{std::chrono::seconds(2)};
   /// Redirects (`MOVED`/`ASK`) one RedisClient command may follow. Default 5.
   int max_redirects = 5;
+  /// Speak TLS (OpenSSL) on the TCP connection: set by parse_redis_url() for `rediss://`,
+  /// cleared for `redis://`. Every node of a cluster is then reached over TLS too (the
+  /// servers need `tls-cluster yes` so that they announce their TLS ports). Default false.
+  bool use_tls = false;
+  /// Certificates and verification when use_tls is set (ignored otherwise).
+  RedisTlsOptions tls;
 };
 
-/// Parses `redis://[[user]:password@]host[:port][/db]` into `base` (whose timeouts and
-/// backoff are kept). User and password may be percent-encoded; an IPv6 host is written
-/// in brackets (`redis://[::1]:6379`). Defaults: port 6379, db 0.
+/// Parses `redis://[[user]:password@]host[:port][/db]` or, for TLS,
+/// `rediss://[[user]:password@]host[:port][/db][?name=value&...]` into `base` (whose
+/// timeouts, backoff and TLS options are kept). User and password may be percent-encoded;
+/// an IPv6 host is written in brackets (`redis://[::1]:6379`). Defaults: port 6379, db 0.
+/// The scheme sets RedisConfig::use_tls.
 ///
-/// Throws ConfigError for a malformed URL, and for `rediss://` (TLS is not supported yet).
+/// Query parameters of `rediss://` set the fields of RedisTlsOptions: `ca_file`,
+/// `cert_file`, `key_file`, `server_name` (percent-encoded values), and `verify`
+/// (`true`/`false`, also `1`/`0`, `yes`/`no`). Example:
+/// `rediss://:pw@redis.internal:6380/0?ca_file=/etc/llmq/redis-ca.pem`.
+///
+/// Throws ConfigError for a malformed URL, an unknown or repeated query parameter, or a
+/// query parameter on a `redis://` URL.
 [[nodiscard]] RedisConfig parse_redis_url(std::string_view url, RedisConfig base = {});
 
 namespace detail {
@@ -133,6 +177,8 @@ struct RedisClientState;
 /// destructor closes the connection asynchronously.
 class RedisConnection {
  public:
+  /// Does not connect. With config.use_tls, reads the TLS files (RedisTlsOptions) and
+  /// throws ConfigError, naming the file, when one cannot be loaded.
   RedisConnection(boost::asio::any_io_executor ex, RedisConfig config);
   ~RedisConnection();
   RedisConnection(const RedisConnection&) = delete;
@@ -182,6 +228,7 @@ class RedisConnection {
 /// Thread safety: every member may be called concurrently from any thread.
 class RedisClient {
  public:
+  /// Does not connect. Throws ConfigError like RedisConnection's constructor.
   RedisClient(boost::asio::any_io_executor ex, RedisConfig config);
   ~RedisClient();
   RedisClient(const RedisClient&) = delete;

@@ -21,15 +21,16 @@ namespace llmq {
 
 /// Tunables of RedisDeploymentBudgetStore, each with its default.
 struct RedisDeploymentBudgetOptions {
-  /// `redis://[[user]:password@]host[:port][/db]` (see parse_redis_url). For a cluster,
-  /// any one node; the others are found through redirects. Default redis://127.0.0.1:6379/0.
+  /// `redis://[[user]:password@]host[:port][/db]`, or `rediss://...` for TLS (see
+  /// parse_redis_url). For a cluster, any one node; the others are found through
+  /// redirects. Default redis://127.0.0.1:6379/0.
   std::string url = "redis://127.0.0.1:6379/0";
   /// Prepended to every key: a deployment's charges are the sorted set
   /// `<key_prefix>{<unique_model_id>}`, its shared backoff `<key_prefix>{<id>}:backoff`.
   /// Must not contain `{` or `}` (the braces around the id are the cluster hash tag).
   /// Default "llmq:db:".
   std::string key_prefix = "llmq:db:";
-  /// Bound on connecting (TCP + AUTH + SELECT). Default 1 s.
+  /// Bound on connecting (TCP + TLS handshake + AUTH + SELECT). Default 1 s.
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(1)};
   /// Bound on one round trip (a try_charge makes one, two on a NOSCRIPT fallback).
   /// Default 500 ms.
@@ -39,6 +40,10 @@ struct RedisDeploymentBudgetOptions {
   std::chrono::milliseconds reconnect_backoff_initial{100};
   /// Largest reconnect backoff. Default 2 s.
   std::chrono::milliseconds reconnect_backoff_max{std::chrono::seconds(2)};
+  /// CA file, client certificate, verification of a `rediss://` url (see
+  /// RedisTlsOptions); query parameters of the url override these fields. Ignored for
+  /// `redis://`.
+  RedisTlsOptions tls;
 };
 
 /// Counters of a RedisDeploymentBudgetStore (monotonic since construction).
@@ -83,7 +88,8 @@ class DeploymentBudgetStoreError : public Error {
 /// script may still run on the server and record the charge.
 class RedisDeploymentBudgetStore : public DeploymentBudgetStore {
  public:
-  /// Throws ConfigError for a bad URL or key prefix. Connects lazily (first call).
+  /// Throws ConfigError for a bad URL or key prefix, or a TLS file that cannot be loaded.
+  /// Connects lazily (first call).
   RedisDeploymentBudgetStore(boost::asio::any_io_executor ex,
                              RedisDeploymentBudgetOptions options = {});
   ~RedisDeploymentBudgetStore() override;

@@ -45,14 +45,15 @@ class RateLimitStoreUnavailableError : public Error {
 
 /// Tunables of RedisUserRateLimitStore, each with its default.
 struct RedisRateLimitStoreOptions {
-  /// `redis://[[user]:password@]host[:port][/db]` (see parse_redis_url). For a cluster,
-  /// any one node; the others are found through redirects. Default redis://127.0.0.1:6379/0.
+  /// `redis://[[user]:password@]host[:port][/db]`, or `rediss://...` for TLS (see
+  /// parse_redis_url). For a cluster, any one node; the others are found through
+  /// redirects. Default redis://127.0.0.1:6379/0.
   std::string url = "redis://127.0.0.1:6379/0";
   /// Prepended to every key: a user's window is the sorted set `<key_prefix>{<user_id>}`.
   /// Must not contain `{` or `}` (the braces around the user id are the cluster hash
   /// tag). Default "llmq:ul:".
   std::string key_prefix = "llmq:ul:";
-  /// Bound on connecting (TCP + AUTH + SELECT). Default 1 s.
+  /// Bound on connecting (TCP + TLS handshake + AUTH + SELECT). Default 1 s.
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(1)};
   /// Bound on one decision's round trip. Default 500 ms.
   std::chrono::milliseconds command_timeout{500};
@@ -61,6 +62,10 @@ struct RedisRateLimitStoreOptions {
   std::chrono::milliseconds reconnect_backoff_initial{100};
   /// Largest reconnect backoff. Default 2 s.
   std::chrono::milliseconds reconnect_backoff_max{std::chrono::seconds(2)};
+  /// CA file, client certificate, verification of a `rediss://` url (see
+  /// RedisTlsOptions); query parameters of the url override these fields. Ignored for
+  /// `redis://`.
+  RedisTlsOptions tls;
   /// See RateLimitFailurePolicy. Default fail_open.
   RateLimitFailurePolicy failure_policy = RateLimitFailurePolicy::fail_open;
   /// RateLimitStoreUnavailableError::retry_after() under fail_closed. Default 1 s.
@@ -88,7 +93,8 @@ struct RedisRateLimitStoreCounters {
 /// may still run on the server and record the request.
 class RedisUserRateLimitStore : public UserRateLimitStore {
  public:
-  /// Throws ConfigError for a bad URL or key prefix. Connects lazily (first acquire).
+  /// Throws ConfigError for a bad URL or key prefix, or a TLS file that cannot be loaded.
+  /// Connects lazily (first acquire).
   RedisUserRateLimitStore(boost::asio::any_io_executor ex, RedisRateLimitStoreOptions options = {});
   ~RedisUserRateLimitStore() override;
 

@@ -33,6 +33,9 @@ struct RedisClientState {
     RedisClientNode seed;
     seed.host = config.host;
     seed.port = config.port;
+    // Created now (it does not connect yet) so that a bad TLS file is a ConfigError of
+    // the constructor rather than of the first command.
+    seed.connection = std::make_shared<RedisConnection>(ex, config);
     nodes.push_back(std::move(seed));
   }
 

@@ -1,6 +1,7 @@
 /// @file redis_connection.cpp
-/// RedisConnection: one pipelined connection on an Asio strand; the URL parser and the
-/// error category.
+/// RedisConnection: one pipelined connection (TCP, or TLS over TCP) on an Asio strand; the
+/// URL parser and the error category. OpenSSL stays in this file: the public header only
+/// knows RedisTlsOptions.
 
 #include <llmq/detail/redis_protocol.hpp>
 #include <llmq/errors.hpp>
@@ -12,8 +13,12 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/ip/address.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/ssl/error.hpp>
+#include <boost/asio/ssl/stream.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/strand.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -21,11 +26,17 @@
 #include <boost/asio/write.hpp>
 #include <boost/system/system_error.hpp>
 
+#include <openssl/ssl.h>
+#include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
+
 #include <algorithm>
 #include <array>
 #include <atomic>
 #include <charconv>
 #include <deque>
+#include <optional>
+#include <tuple>
 
 namespace llmq {
 
@@ -60,6 +71,8 @@ class RedisCategory final : public boost::system::error_category {
         return "redis connection closed";
       case RedisErrc::too_many_redirects:
         return "too many redis cluster redirects";
+      case RedisErrc::tls_handshake_failed:
+        return "redis TLS handshake failed";
     }
     return "unknown redis error";
   }
@@ -114,17 +127,78 @@ bool parse_decimal(std::string_view s, Int& out) {
   return ec == std::errc() && ptr == end;
 }
 
+bool parse_bool(std::string_view s, bool& out) {
+  if (s == "true" || s == "1" || s == "yes") {
+    out = true;
+    return true;
+  }
+  if (s == "false" || s == "0" || s == "no") {
+    out = false;
+    return true;
+  }
+  return false;
+}
+
+/// `name=value&...` of a rediss:// url into `tls`. Each name at most once.
+void apply_tls_parameters(std::string_view query, RedisTlsOptions& tls) {
+  std::vector<std::string> seen;
+  while (!query.empty()) {
+    const std::size_t amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+    if (pair.empty()) continue;
+    const std::size_t eq = pair.find('=');
+    const std::string name = percent_decode(pair.substr(0, eq));
+    if (eq == std::string_view::npos)
+      throw ConfigError("redis url: query parameter '" + name + "' has no value");
+    std::string value = percent_decode(pair.substr(eq + 1));
+    if (std::find(seen.begin(), seen.end(), name) != seen.end())
+      throw ConfigError("redis url: query parameter '" + name + "' given twice");
+    seen.push_back(name);
+    if (name == "ca_file") {
+      tls.ca_file = std::move(value);
+    } else if (name == "cert_file") {
+      tls.cert_file = std::move(value);
+    } else if (name == "key_file") {
+      tls.key_file = std::move(value);
+    } else if (name == "server_name") {
+      tls.server_name = std::move(value);
+    } else if (name == "verify") {
+      if (!parse_bool(value, tls.verify))
+        throw ConfigError("redis url: verify must be true or false (got '" + value + "')");
+    } else {
+      throw ConfigError("redis url: unknown query parameter '" + name +
+                        "' (known: ca_file, cert_file, key_file, server_name, verify)");
+    }
+  }
+}
+
 }  // namespace
 
 RedisConfig parse_redis_url(std::string_view url, RedisConfig base) {
   constexpr std::string_view plain = "redis://";
   constexpr std::string_view tls = "rediss://";
-  if (url.substr(0, tls.size()) == tls)
-    throw ConfigError("redis url: rediss:// (TLS) is not supported yet; use redis://");
-  if (url.substr(0, plain.size()) != plain)
-    throw ConfigError("redis url: must start with redis:// (got '" + std::string(url) + "')");
-  std::string_view rest = url.substr(plain.size());
-  const std::size_t slash = rest.find('/');
+  bool use_tls = false;
+  std::string_view rest;
+  if (url.substr(0, tls.size()) == tls) {
+    use_tls = true;
+    rest = url.substr(tls.size());
+  } else if (url.substr(0, plain.size()) == plain) {
+    rest = url.substr(plain.size());
+  } else {
+    // The url is not echoed: it may hold a password.
+    throw ConfigError("redis url: must start with redis:// or rediss://");
+  }
+  // The user info ends at the last '@' before the first '/' (a password may contain '?');
+  // then the authority ends at '/' (the database) or '?' (the TLS parameters).
+  const std::size_t first_slash = rest.find('/');
+  const std::size_t userinfo_at = rest.substr(0, first_slash).rfind('@');
+  const std::size_t host_start = userinfo_at == std::string_view::npos ? 0 : userinfo_at + 1;
+  const std::size_t question = rest.find('?', host_start);
+  const std::string_view query =
+      question == std::string_view::npos ? std::string_view() : rest.substr(question + 1);
+  rest = rest.substr(0, question);
+  const std::size_t slash = rest.find('/', host_start);
   std::string_view authority = rest.substr(0, slash);
   std::string_view path =
       slash == std::string_view::npos ? std::string_view() : rest.substr(slash + 1);
@@ -134,6 +208,7 @@ RedisConfig parse_redis_url(std::string_view url, RedisConfig base) {
   cfg.password.clear();
   cfg.port = 6379;
   cfg.database = 0;
+  cfg.use_tls = use_tls;
 
   const std::size_t at = authority.rfind('@');
   if (at != std::string_view::npos) {
@@ -174,12 +249,163 @@ RedisConfig parse_redis_url(std::string_view url, RedisConfig base) {
       throw ConfigError("redis url: the path must be a database number (got '" + std::string(path) +
                         "')");
   }
+  if (!query.empty()) {
+    if (!use_tls) throw ConfigError("redis url: query parameters (TLS options) need rediss://");
+    apply_tls_parameters(query, cfg.tls);
+  }
   return cfg;
 }
+
+// --- TLS -------------------------------------------------------------------------------
+
+namespace {
+
+/// The client context of a rediss:// connection: TLS 1.2 or later, the trusted CAs, the
+/// client certificate. Throws ConfigError naming what could not be loaded.
+std::shared_ptr<asio::ssl::context> make_tls_context(const RedisTlsOptions& tls) {
+  namespace ssl = asio::ssl;
+  auto ctx = std::make_shared<ssl::context>(ssl::context::tls_client);
+  boost::system::error_code ec;
+  ctx->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 |
+                       ssl::context::no_sslv3 | ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1,
+                   ec);
+  if (ec) throw ConfigError("redis TLS: cannot restrict the protocol versions: " + ec.message());
+  // An encrypted key must fail to load rather than prompt on the terminal.
+  ctx->set_password_callback(
+      [](std::size_t, ssl::context::password_purpose) { return std::string(); }, ec);
+  if (tls.ca_file.empty()) {
+    ctx->set_default_verify_paths(ec);
+    if (ec) throw ConfigError("redis TLS: cannot use the system trust store: " + ec.message());
+  } else {
+    ctx->load_verify_file(tls.ca_file, ec);
+    if (ec) {
+      throw ConfigError("redis TLS: cannot load ca_file '" + tls.ca_file + "': " + ec.message());
+    }
+  }
+  if (!tls.cert_file.empty()) {
+    ctx->use_certificate_chain_file(tls.cert_file, ec);
+    if (ec) {
+      throw ConfigError("redis TLS: cannot load cert_file '" + tls.cert_file +
+                        "': " + ec.message());
+    }
+    const std::string& key = tls.key_file.empty() ? tls.cert_file : tls.key_file;
+    ctx->use_private_key_file(key, ssl::context::pem, ec);
+    if (ec || SSL_CTX_check_private_key(ctx->native_handle()) != 1) {
+      throw ConfigError("redis TLS: cannot load the private key from '" + key +
+                        "' (an unencrypted PEM key matching cert_file)" +
+                        (ec ? ": " + ec.message() : std::string()));
+    }
+  } else if (!tls.key_file.empty()) {
+    throw ConfigError("redis TLS: key_file is set but cert_file is not");
+  }
+  ctx->set_verify_mode(tls.verify ? ssl::verify_peer : ssl::verify_none, ec);
+  if (ec) throw ConfigError("redis TLS: cannot set the verify mode: " + ec.message());
+  return ctx;
+}
+
+/// Why a TLS connection failed between the handshake and the first reply. With TLS 1.3 a
+/// server checks the client's certificate only after the client's handshake is done, and
+/// refuses with an alert (or just closes, or resets, the connection).
+std::string tls_refusal(const boost::system::error_code& ec) {
+  if (ec.category() == asio::error::get_ssl_category()) {
+    return "the server refused the connection: " + ec.message();
+  }
+  return "the server closed the connection before the first reply (does it require a client "
+         "certificate?): " +
+         ec.message();
+}
+
+/// Why a handshake failed: Asio's message plus, when `verified` and the certificate did
+/// not verify, OpenSSL's reason (untrusted issuer, expired, host name mismatch, ...).
+std::string tls_failure(const boost::system::error_code& ec, SSL* ssl, bool verified) {
+  std::string why = ec.message();
+  const long verify = verified ? SSL_get_verify_result(ssl) : X509_V_OK;
+  if (verify != X509_V_OK) {
+    why += " (";
+    why += X509_verify_cert_error_string(verify);
+    why += ")";
+  }
+  return why;
+}
+
+}  // namespace
 
 // --- the connection state machine, on its strand ---------------------------------------
 
 namespace detail {
+
+/// The byte stream of one connection attempt: TCP, or TLS over TCP. Every coroutine of the
+/// attempt holds it, so a stream whose operations are still completing (aborted by
+/// close()) stays alive while the next attempt uses a new one.
+class RedisLink {
+ public:
+  using result = std::tuple<boost::system::error_code, std::size_t>;
+
+  /// TLS when `tls` is given (the SSL object is created here, from that context).
+  RedisLink(const asio::strand<asio::any_io_executor>& strand, asio::ssl::context* tls) {
+    if (tls != nullptr) {
+      tls_.emplace(strand, *tls);
+    } else {
+      plain_.emplace(strand);
+    }
+  }
+
+  [[nodiscard]] bool is_tls() const noexcept { return tls_.has_value(); }
+  asio::ip::tcp::socket& tcp() { return tls_ ? tls_->next_layer() : *plain_; }
+
+  asio::awaitable<result> read_some(asio::mutable_buffer buffer) {
+    if (tls_) co_return co_await tls_->async_read_some(buffer, asio::as_tuple(asio::use_awaitable));
+    co_return co_await plain_->async_read_some(buffer, asio::as_tuple(asio::use_awaitable));
+  }
+
+  asio::awaitable<result> write(asio::const_buffer buffer) {
+    if (tls_)
+      co_return co_await asio::async_write(*tls_, buffer, asio::as_tuple(asio::use_awaitable));
+    co_return co_await asio::async_write(*plain_, buffer, asio::as_tuple(asio::use_awaitable));
+  }
+
+  /// The client side of the TLS handshake with the server called `name` (SNI for a DNS
+  /// name; with `verify`, the name the certificate must hold). Returns "" on success, else
+  /// why it failed.
+  asio::awaitable<std::string> handshake(std::string name, bool verify) {
+    std::string why = prepare(name, verify);
+    if (!why.empty()) co_return why;
+    auto [ec] = co_await tls_->async_handshake(asio::ssl::stream_base::client,
+                                               asio::as_tuple(asio::use_awaitable));
+    if (ec) co_return tls_failure(ec, tls_->native_handle(), verify);
+    co_return why;
+  }
+
+  void close() {
+    boost::system::error_code ignored;
+    tcp().shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
+    tcp().close(ignored);
+  }
+
+ private:
+  /// SNI and the host name (or IP address) check, before the handshake.
+  std::string prepare(const std::string& name, bool verify) {
+    SSL* ssl = tls_->native_handle();
+    boost::system::error_code aec;
+    (void)asio::ip::make_address(name, aec);
+    const bool is_ip = !aec;
+    // SSL_set_tlsext_host_name without its C cast. SNI carries DNS names only.
+    if (!is_ip && SSL_ctrl(ssl, SSL_CTRL_SET_TLSEXT_HOSTNAME, TLSEXT_NAMETYPE_host_name,
+                           const_cast<char*>(name.c_str())) != 1) {
+      return "invalid server name '" + name + "'";
+    }
+    if (!verify) return {};
+    X509_VERIFY_PARAM* param = SSL_get0_param(ssl);
+    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    const int ok = is_ip ? X509_VERIFY_PARAM_set1_ip_asc(param, name.c_str())
+                         : X509_VERIFY_PARAM_set1_host(param, name.c_str(), name.size());
+    if (ok != 1) return "cannot check the certificate against the name '" + name + "'";
+    return {};
+  }
+
+  std::optional<asio::ip::tcp::socket> plain_;
+  std::optional<asio::ssl::stream<asio::ip::tcp::socket>> tls_;
+};
 
 /// One exec()/exec_pipeline() call: its bytes, the replies it expects, and the timer its
 /// caller waits on (cancelled when the replies are in; its expiry is the command timeout).
@@ -199,10 +425,11 @@ class RedisConnectionState : public std::enable_shared_from_this<RedisConnection
  public:
   using strand_type = asio::strand<asio::any_io_executor>;
 
+  /// Throws ConfigError when the TLS files of a rediss:// config cannot be loaded.
   RedisConnectionState(const asio::any_io_executor& ex, RedisConfig config)
       : strand_(asio::make_strand(ex)),
         config_(std::move(config)),
-        socket_(strand_),
+        tls_context_(config_.use_tls ? make_tls_context(config_.tls) : nullptr),
         resolver_(strand_),
         write_signal_(strand_),
         connect_deadline_(strand_) {}
@@ -287,7 +514,13 @@ class RedisConnectionState : public std::enable_shared_from_this<RedisConnection
   enum class Phase { idle, connecting, connected, closed };
 
   [[nodiscard]] std::string where() const {
-    return "redis " + config_.host + ":" + std::to_string(config_.port);
+    return (config_.use_tls ? "rediss " : "redis ") + config_.host + ":" +
+           std::to_string(config_.port);
+  }
+
+  /// The name the server's certificate must hold (and SNI).
+  [[nodiscard]] std::string tls_name() const {
+    return config_.tls.server_name.empty() ? config_.host : config_.tls.server_name;
   }
 
   [[nodiscard]] std::string down_message(steady::time_point now) const {
@@ -299,10 +532,16 @@ class RedisConnectionState : public std::enable_shared_from_this<RedisConnection
   void start_connect() {
     phase_ = Phase::connecting;
     const std::uint64_t gen = ++generation_;
-    asio::co_spawn(strand_, connect_and_run(shared_from_this(), gen), asio::detached);
+    link_ = std::make_shared<RedisLink>(strand_, tls_context_.get());
+    asio::co_spawn(strand_, connect_and_run(shared_from_this(), gen, link_), asio::detached);
   }
 
-  static std::string handshake_wire(const RedisConfig& cfg, std::size_t& count) {
+  /// AUTH and SELECT as configured (`checked` of them: their replies must not be errors),
+  /// then, over TLS, a PING: with TLS 1.3 a server that refuses the client (no or a bad
+  /// client certificate) says so only after the handshake, so a round trip is part of
+  /// connecting. `count` is the number of commands.
+  static std::string handshake_wire(const RedisConfig& cfg, std::size_t& count,
+                                    std::size_t& checked) {
     std::string wire;
     count = 0;
     if (!cfg.password.empty()) {
@@ -320,11 +559,27 @@ class RedisConnectionState : public std::enable_shared_from_this<RedisConnection
       wire += format_redis_command(select);
       ++count;
     }
+    checked = count;
+    if (cfg.use_tls) {
+      std::vector<std::string> ping;
+      ping.emplace_back("PING");
+      wire += format_redis_command(ping);
+      ++count;
+    }
     return wire;
   }
 
+  /// Ends connect attempt `gen` after a failed TLS handshake (or a refusal right after it).
+  void fail_tls(std::uint64_t gen, const std::string& why) {
+    if (connect_timed_out_) {
+      fail_connection(gen, RedisErrc::connect_timeout, "connect timed out (TLS handshake)");
+    } else {
+      fail_connection(gen, RedisErrc::tls_handshake_failed, "TLS: " + why);
+    }
+  }
+
   static asio::awaitable<void> connect_and_run(std::shared_ptr<RedisConnectionState> self,
-                                               std::uint64_t gen) {
+                                               std::uint64_t gen, std::shared_ptr<RedisLink> link) {
     self->connect_timed_out_ = false;
     if (self->config_.connect_timeout.count() > 0) {
       self->connect_deadline_.expires_after(self->config_.connect_timeout);
@@ -334,10 +589,13 @@ class RedisConnectionState : public std::enable_shared_from_this<RedisConnection
         self->shut_socket();
       });
     }
+    bool tls_up = false;  // the TLS handshake succeeded; the first reply is still due
     auto failed = [&](const boost::system::error_code& ec, std::string_view what) {
       if (self->generation_ != gen) return;
       if (self->connect_timed_out_) {
         self->fail_connection(gen, RedisErrc::connect_timeout, "connect timed out");
+      } else if (tls_up) {
+        self->fail_tls(gen, tls_refusal(ec));
       } else {
         self->fail_connection(gen, RedisErrc::connection_lost,
                               std::string(what) + ": " + ec.message());
@@ -353,20 +611,30 @@ class RedisConnectionState : public std::enable_shared_from_this<RedisConnection
       co_return;
     }
     auto [cec, endpoint] =
-        co_await asio::async_connect(self->socket_, endpoints, asio::as_tuple(asio::use_awaitable));
+        co_await asio::async_connect(link->tcp(), endpoints, asio::as_tuple(asio::use_awaitable));
     if (self->generation_ != gen) co_return;
     if (cec || self->connect_timed_out_) {
       failed(cec, "connect");
       co_return;
     }
     boost::system::error_code ignored;
-    self->socket_.set_option(asio::ip::tcp::no_delay(true), ignored);
+    link->tcp().set_option(asio::ip::tcp::no_delay(true), ignored);
+
+    if (link->is_tls()) {
+      const std::string why = co_await link->handshake(self->tls_name(), self->config_.tls.verify);
+      if (self->generation_ != gen) co_return;
+      if (!why.empty() || self->connect_timed_out_) {
+        self->fail_tls(gen, why);
+        co_return;
+      }
+      tls_up = true;
+    }
 
     std::size_t expected = 0;
-    const std::string hello = handshake_wire(self->config_, expected);
+    std::size_t checked = 0;
+    const std::string hello = handshake_wire(self->config_, expected, checked);
     if (expected > 0) {
-      auto [wec, written] = co_await asio::async_write(self->socket_, asio::buffer(hello),
-                                                       asio::as_tuple(asio::use_awaitable));
+      auto [wec, written] = co_await link->write(asio::buffer(hello));
       if (self->generation_ != gen) co_return;
       if (wec) {
         failed(wec, "write");
@@ -390,8 +658,7 @@ class RedisConnectionState : public std::enable_shared_from_this<RedisConnection
           co_return;
         }
         if (replies.size() >= expected) break;
-        auto [ec, n] = co_await self->socket_.async_read_some(asio::buffer(buf),
-                                                              asio::as_tuple(asio::use_awaitable));
+        auto [ec, n] = co_await link->read_some(asio::buffer(buf));
         if (self->generation_ != gen) co_return;
         if (ec) {
           failed(ec, "read");
@@ -407,7 +674,8 @@ class RedisConnectionState : public std::enable_shared_from_this<RedisConnection
           co_return;
         }
       }
-      for (const RedisReply& r : replies) {
+      for (std::size_t i = 0; i < checked; ++i) {
+        const RedisReply& r = replies[i];
         if (r.is_error()) {
           // The server's message (e.g. WRONGPASS) never contains the password.
           self->fail_connection(gen, RedisErrc::handshake_failed, "AUTH/SELECT: " + r.str);
@@ -430,16 +698,15 @@ class RedisConnectionState : public std::enable_shared_from_this<RedisConnection
       logger()->info("{}: connected again", self->where());
       self->down_logged_ = false;
     }
-    asio::co_spawn(self->strand_, reader_loop(self, gen), asio::detached);
-    asio::co_spawn(self->strand_, writer_loop(self, gen), asio::detached);
+    asio::co_spawn(self->strand_, reader_loop(self, gen, link), asio::detached);
+    asio::co_spawn(self->strand_, writer_loop(self, gen, link), asio::detached);
   }
 
   static asio::awaitable<void> reader_loop(std::shared_ptr<RedisConnectionState> self,
-                                           std::uint64_t gen) {
+                                           std::uint64_t gen, std::shared_ptr<RedisLink> link) {
     std::array<char, 16384> buf{};
     for (;;) {
-      auto [ec, n] = co_await self->socket_.async_read_some(asio::buffer(buf),
-                                                            asio::as_tuple(asio::use_awaitable));
+      auto [ec, n] = co_await link->read_some(asio::buffer(buf));
       if (self->generation_ != gen) co_return;
       if (ec) {
         self->fail_connection(gen, RedisErrc::connection_lost, "read: " + ec.message());
@@ -465,7 +732,7 @@ class RedisConnectionState : public std::enable_shared_from_this<RedisConnection
   }
 
   static asio::awaitable<void> writer_loop(std::shared_ptr<RedisConnectionState> self,
-                                           std::uint64_t gen) {
+                                           std::uint64_t gen, std::shared_ptr<RedisLink> link) {
     std::string batch;
     for (;;) {
       if (self->generation_ != gen) co_return;
@@ -486,8 +753,7 @@ class RedisConnectionState : public std::enable_shared_from_this<RedisConnection
         co_await self->write_signal_.async_wait(asio::as_tuple(asio::use_awaitable));
         continue;
       }
-      auto [ec, n] = co_await asio::async_write(self->socket_, asio::buffer(batch),
-                                                asio::as_tuple(asio::use_awaitable));
+      auto [ec, n] = co_await link->write(asio::buffer(batch));
       if (self->generation_ != gen) co_return;
       if (ec) {
         self->fail_connection(gen, RedisErrc::connection_lost, "write: " + ec.message());
@@ -526,9 +792,7 @@ class RedisConnectionState : public std::enable_shared_from_this<RedisConnection
   }
 
   void shut_socket() {
-    boost::system::error_code ignored;
-    socket_.shutdown(asio::ip::tcp::socket::shutdown_both, ignored);
-    socket_.close(ignored);
+    if (link_) link_->close();
     resolver_.cancel();
     write_signal_.cancel();
     connect_deadline_.cancel();
@@ -567,7 +831,8 @@ class RedisConnectionState : public std::enable_shared_from_this<RedisConnection
 
   strand_type strand_;
   RedisConfig config_;
-  asio::ip::tcp::socket socket_;
+  std::shared_ptr<asio::ssl::context> tls_context_;  // rediss:// only
+  std::shared_ptr<RedisLink> link_;                  // the current attempt's stream
   asio::ip::tcp::resolver resolver_;
   asio::steady_timer write_signal_;
   asio::steady_timer connect_deadline_;

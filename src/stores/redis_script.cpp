@@ -57,8 +57,9 @@ void check_key_prefix(std::string_view prefix, std::string_view who) {
 RedisConfig redis_config_from(std::string_view url, std::chrono::milliseconds connect_timeout,
                               std::chrono::milliseconds command_timeout,
                               std::chrono::milliseconds backoff_initial,
-                              std::chrono::milliseconds backoff_max) {
+                              std::chrono::milliseconds backoff_max, const RedisTlsOptions& tls) {
   RedisConfig base;
+  base.tls = tls;
   base.connect_timeout = connect_timeout;
   base.command_timeout = command_timeout;
   base.reconnect_backoff_initial = backoff_initial;

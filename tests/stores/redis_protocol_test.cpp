@@ -253,12 +253,77 @@ TEST(RedisUrl, Parses) {
   EXPECT_EQ(c.username, "");
 }
 
-TEST(RedisUrl, RejectsBadUrlsAndTls) {
+TEST(RedisUrl, ParsesRedissAndItsTlsParameters) {
+  RedisConfig base;
+  base.command_timeout = std::chrono::milliseconds(123);
+  base.tls.ca_file = "/base/ca.pem";
+  base.tls.cert_file = "/base/client.pem";
+  RedisConfig c = parse_redis_url("rediss://alice:pw@redis.internal:6380/2", base);
+  EXPECT_TRUE(c.use_tls);
+  EXPECT_EQ(c.host, "redis.internal");
+  EXPECT_EQ(c.port, 6380);
+  EXPECT_EQ(c.username, "alice");
+  EXPECT_EQ(c.password, "pw");
+  EXPECT_EQ(c.database, 2);
+  EXPECT_EQ(c.command_timeout, std::chrono::milliseconds(123));
+  EXPECT_EQ(c.tls.ca_file, "/base/ca.pem");  // kept from base
+  EXPECT_EQ(c.tls.cert_file, "/base/client.pem");
+  EXPECT_TRUE(c.tls.verify);
+  EXPECT_TRUE(c.tls.server_name.empty());
+
+  // Parameters override base; values are percent-decoded; a path may contain '/'.
+  c = parse_redis_url(
+      "rediss://:p%3Fw@[::1]:7000/1?ca_file=/etc/ssl/my%20ca.pem&cert_file=/c.pem&key_file=/k.pem"
+      "&server_name=redis.internal&verify=false",
+      base);
+  EXPECT_TRUE(c.use_tls);
+  EXPECT_EQ(c.host, "::1");
+  EXPECT_EQ(c.port, 7000);
+  EXPECT_EQ(c.password, "p?w");
+  EXPECT_EQ(c.database, 1);
+  EXPECT_EQ(c.tls.ca_file, "/etc/ssl/my ca.pem");
+  EXPECT_EQ(c.tls.cert_file, "/c.pem");
+  EXPECT_EQ(c.tls.key_file, "/k.pem");
+  EXPECT_EQ(c.tls.server_name, "redis.internal");
+  EXPECT_FALSE(c.tls.verify);
+
+  // No path, then parameters; a raw '?' in the password stays in the password.
+  c = parse_redis_url("rediss://:a?b@host?verify=1");
+  EXPECT_EQ(c.host, "host");
+  EXPECT_EQ(c.port, 6379);
+  EXPECT_EQ(c.password, "a?b");
+  EXPECT_TRUE(c.tls.verify);
+  c = parse_redis_url("rediss://host/?verify=no");
+  EXPECT_EQ(c.database, 0);
+  EXPECT_FALSE(c.tls.verify);
+
+  // redis:// turns TLS off even when base had it on.
+  base.use_tls = true;
+  c = parse_redis_url("redis://host", base);
+  EXPECT_FALSE(c.use_tls);
+}
+
+TEST(RedisUrl, RejectsBadUrlsAndTlsParameters) {
+  EXPECT_THROW((void)parse_redis_url("rediss://host?verify=maybe"), ConfigError);
+  EXPECT_THROW((void)parse_redis_url("rediss://host?ca_file"), ConfigError);
+  EXPECT_THROW((void)parse_redis_url("rediss://host?ca_file=a&ca_file=b"), ConfigError);
   try {
-    (void)parse_redis_url("rediss://host:6380");
-    FAIL() << "rediss:// accepted";
+    (void)parse_redis_url("rediss://host?cafile=/x");
+    FAIL() << "unknown parameter accepted";
   } catch (const ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("TLS"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("cafile"), std::string::npos) << e.what();
+  }
+  try {
+    (void)parse_redis_url("redis://host?ca_file=/x");
+    FAIL() << "a TLS parameter on redis:// accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("rediss://"), std::string::npos) << e.what();
+  }
+  try {
+    (void)parse_redis_url("http://:hunter2@host");
+    FAIL() << "http:// accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_EQ(std::string(e.what()).find("hunter2"), std::string::npos) << e.what();
   }
   EXPECT_THROW((void)parse_redis_url("http://host"), ConfigError);
   EXPECT_THROW((void)parse_redis_url("redis://"), ConfigError);
@@ -272,6 +337,37 @@ TEST(RedisErrc, HasItsOwnCategory) {
   boost::system::error_code ec = RedisErrc::command_timeout;
   EXPECT_EQ(ec.category().name(), std::string("llmq.redis"));
   EXPECT_EQ(ec.message(), "redis command timed out");
+}
+
+TEST(RedisTlsFiles, UnreadableFilesAreConfigErrorsOfTheConstructors) {
+  boost::asio::io_context io;
+  RedisConfig c;
+  c.use_tls = true;
+  c.tls.ca_file = "/nonexistent/llmq-ca.pem";
+  try {
+    RedisConnection conn(io.get_executor(), c);
+    FAIL() << "a missing ca_file accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/llmq-ca.pem"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(RedisClient(io.get_executor(), c), ConfigError);
+  c.tls.ca_file.clear();
+  c.tls.cert_file = "/nonexistent/llmq-client.pem";
+  EXPECT_THROW(RedisClient(io.get_executor(), c), ConfigError);
+  c.tls.cert_file.clear();
+  c.tls.key_file = "/nonexistent/llmq-client.key";  // a key without a certificate
+  EXPECT_THROW(RedisClient(io.get_executor(), c), ConfigError);
+
+  RedisRateLimitStoreOptions o;
+  o.url = "rediss://127.0.0.1:6379?ca_file=/nonexistent/llmq-ca.pem";
+  EXPECT_THROW(RedisUserRateLimitStore(io.get_executor(), o), ConfigError);
+  o.url = "rediss://127.0.0.1:6379";
+  o.tls.ca_file = "/nonexistent/llmq-ca.pem";
+  EXPECT_THROW(RedisUserRateLimitStore(io.get_executor(), o), ConfigError);
+  // Not used by redis://.
+  o.url = "redis://127.0.0.1:6379";
+  EXPECT_NO_THROW(RedisUserRateLimitStore(io.get_executor(), o));
 }
 
 TEST(RedisRateLimitStoreOptions, RejectsBracesInPrefix) {

@@ -1,6 +1,7 @@
 // RedisConnection, RedisClient and RedisUserRateLimitStore against real redis-servers on
-// loopback: the shared one (scripts/services.sh), private ones started by the tests, and
-// the 3-node cluster. Each test skips with a message when its server is not there.
+// loopback: the shared ones (scripts/services.sh; plain and TLS-only), private ones started
+// by the tests (some over TLS), and the 3-node cluster. Each test skips with a message when
+// its server (or, for TLS, the test certificates) is not there.
 
 #include "store_test_support.hpp"
 
@@ -11,6 +12,8 @@
 
 #include <gtest/gtest.h>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/system/system_error.hpp>
@@ -75,15 +78,15 @@ asio::awaitable<std::int64_t> client_id(std::shared_ptr<RedisConnection> c) {
   co_return r.integer;
 }
 
-TEST_F(RedisTest, ConcurrentExecsArePipelinedAndAnsweredInOrder) {
-  auto conn = std::make_shared<RedisConnection>(pool_.get_executor(), test::redis_config(port_));
-  const std::string key = prefix_ + "counter";
+/// 500 concurrent ECHO+INCR pairs on one connection: each caller gets its own replies.
+void expect_pipelined_in_order(asio::thread_pool& pool, RedisConfig cfg, const std::string& key) {
+  auto conn = std::make_shared<RedisConnection>(pool.get_executor(), std::move(cfg));
   constexpr int n = 500;
   std::vector<std::future<std::pair<std::string, std::int64_t>>> results;
   std::vector<std::future<std::int64_t>> ids;
   for (int i = 0; i < n; ++i) {
-    results.push_back(asio::co_spawn(pool_, echo_then_incr(conn, i, key), asio::use_future));
-    if (i % 50 == 0) ids.push_back(asio::co_spawn(pool_, client_id(conn), asio::use_future));
+    results.push_back(asio::co_spawn(pool, echo_then_incr(conn, i, key), asio::use_future));
+    if (i % 50 == 0) ids.push_back(asio::co_spawn(pool, client_id(conn), asio::use_future));
   }
   std::set<std::int64_t> counts;
   for (int i = 0; i < n; ++i) {
@@ -101,8 +104,12 @@ TEST_F(RedisTest, ConcurrentExecsArePipelinedAndAnsweredInOrder) {
   for (auto& f : ids) distinct.insert(f.get());
   EXPECT_EQ(distinct.size(), 1U);
   EXPECT_TRUE(conn->is_connected());
-  test::run(pool_, conn->close());
+  test::run(pool, conn->close());
   EXPECT_FALSE(conn->is_connected());
+}
+
+TEST_F(RedisTest, ConcurrentExecsArePipelinedAndAnsweredInOrder) {
+  expect_pipelined_in_order(pool_, config(), prefix_ + "counter");
 }
 
 asio::awaitable<void> cancelled_exec_keeps_pipeline(RedisConfig cfg, std::string key) {
@@ -160,23 +167,26 @@ TEST_F(RedisTest, CommandTimeoutResetsTheConnectionWhichThenRecovers) {
   test::run(pool_, command_timeout_then_recovery(test::redis_config(port_), prefix_ + "empty"));
 }
 
-asio::awaitable<void> auth_and_select(std::uint16_t port) {
+/// Against a server with `--requirepass s3cret`: password AUTH + SELECT, an ACL user, a
+/// wrong password (handshake_failed, not leaked), no AUTH (NOAUTH replies). `scheme` is
+/// "redis" or "rediss"; `base` holds the port (and the TLS options).
+asio::awaitable<void> auth_and_select(RedisConfig base, std::string scheme) {
   auto ex = co_await asio::this_coro::executor;
-  RedisConfig base = test::redis_config(port);
-  const std::string p = std::to_string(port);
+  const std::string p = std::to_string(base.port);
+  const std::string url = scheme + "://";
 
-  RedisConnection admin(ex, parse_redis_url("redis://:s3cret@127.0.0.1:" + p + "/5", base));
+  RedisConnection admin(ex, parse_redis_url(url + ":s3cret@127.0.0.1:" + p + "/5", base));
   const RedisReply info = co_await admin.exec(cmd("CLIENT", "INFO"));
   EXPECT_NE(info.str.find(" db=5 "), std::string::npos) << info.str;
   const RedisReply acl =
       co_await admin.exec(cmd("ACL", "SETUSER", "alice", "on", ">pw2", "~*", "&*", "+@all"));
   EXPECT_EQ(acl.str, "OK");
 
-  RedisConnection alice(ex, parse_redis_url("redis://alice:pw2@127.0.0.1:" + p, base));
+  RedisConnection alice(ex, parse_redis_url(url + "alice:pw2@127.0.0.1:" + p, base));
   const RedisReply who = co_await alice.exec(cmd("ACL", "WHOAMI"));
   EXPECT_EQ(who.str, "alice");
 
-  RedisConnection wrong(ex, parse_redis_url("redis://:wrong-password@127.0.0.1:" + p, base));
+  RedisConnection wrong(ex, parse_redis_url(url + ":wrong-password@127.0.0.1:" + p, base));
   std::string failure;
   try {
     (void)co_await wrong.exec(cmd("PING"));
@@ -202,16 +212,18 @@ TEST(RedisPrivateServer, AuthWithPasswordOrAclUserAndSelect) {
   test::RedisProcess server(test::free_port(), cmd("--requirepass", "s3cret"));
   server.start();
   asio::thread_pool pool(2);
-  test::run(pool, auth_and_select(server.port()));
+  test::run(pool, auth_and_select(test::redis_config(server.port()), "redis"));
 }
 
 // --- RedisUserRateLimitStore -----------------------------------------------------------
 
-TEST_F(RedisTest, TwoStoresSharingRedisAdmitExactlyMaxPerUserUnderConcurrentLoad) {
-  auto a = std::make_shared<RedisUserRateLimitStore>(
-      pool_.get_executor(), store_options(port_, prefix_, RateLimitFailurePolicy::fail_closed));
-  auto b = std::make_shared<RedisUserRateLimitStore>(
-      pool_.get_executor(), store_options(port_, prefix_, RateLimitFailurePolicy::fail_closed));
+/// Two stores (two "processes") deciding concurrently for 5 users, 120 attempts each:
+/// exactly 20 per user are admitted, every decision by Redis.
+void expect_two_stores_admit_exactly_max(asio::thread_pool& pool,
+                                         const RedisRateLimitStoreOptions& options_a,
+                                         const RedisRateLimitStoreOptions& options_b) {
+  auto a = std::make_shared<RedisUserRateLimitStore>(pool.get_executor(), options_a);
+  auto b = std::make_shared<RedisUserRateLimitStore>(pool.get_executor(), options_b);
   const UserLimits lim = limits(20, 30s);
   constexpr int users = 5;
   constexpr int attempts_per_store = 60;
@@ -219,8 +231,8 @@ TEST_F(RedisTest, TwoStoresSharingRedisAdmitExactlyMaxPerUserUnderConcurrentLoad
   for (int i = 0; i < attempts_per_store; ++i) {
     for (int u = 0; u < users; ++u) {
       const std::string user = "user-" + std::to_string(u);
-      futures.emplace_back(u, asio::co_spawn(pool_, acquire_one(a, user, lim), asio::use_future));
-      futures.emplace_back(u, asio::co_spawn(pool_, acquire_one(b, user, lim), asio::use_future));
+      futures.emplace_back(u, asio::co_spawn(pool, acquire_one(a, user, lim), asio::use_future));
+      futures.emplace_back(u, asio::co_spawn(pool, acquire_one(b, user, lim), asio::use_future));
     }
   }
   std::map<int, int> admitted;
@@ -242,8 +254,14 @@ TEST_F(RedisTest, TwoStoresSharingRedisAdmitExactlyMaxPerUserUnderConcurrentLoad
   EXPECT_EQ(ca.redis_decisions + cb.redis_decisions,
             static_cast<std::uint64_t>(2 * users * attempts_per_store));
   EXPECT_EQ(ca.errors + cb.errors, 0U);
-  test::run(pool_, a->close());
-  test::run(pool_, b->close());
+  test::run(pool, a->close());
+  test::run(pool, b->close());
+}
+
+TEST_F(RedisTest, TwoStoresSharingRedisAdmitExactlyMaxPerUserUnderConcurrentLoad) {
+  const RedisRateLimitStoreOptions o =
+      store_options(port_, prefix_, RateLimitFailurePolicy::fail_closed);
+  expect_two_stores_admit_exactly_max(pool_, o, o);
 }
 
 /// The Redis server's clock in microseconds (what the script uses).
@@ -463,15 +481,17 @@ asio::awaitable<bool> until_recovered(std::shared_ptr<RedisUserRateLimitStore> o
   co_return open_ok&& closed_ok;
 }
 
-TEST(RedisOutage, FailOpenDecidesLocallyFailClosedThrows503NothingHangsAndServiceResumes) {
-  if (!test::RedisProcess::available()) LLMQ_SKIP_OR_FAIL("redis-server is not installed");
-  test::RedisProcess server(test::free_port());
-  server.start();
+/// A fail_open and a fail_closed store on `server` (started): both decide through Redis;
+/// after a crash, decisions are bounded and follow the policy; after a restart on the same
+/// port both reach Redis again. `options` is outage_options() for that server (policy
+/// replaced); `raw` reaches it directly.
+void expect_outage_policies_and_recovery(test::RedisProcess& server,
+                                         RedisRateLimitStoreOptions options, RedisConfig raw) {
   asio::thread_pool pool(2);
-  auto open = std::make_shared<RedisUserRateLimitStore>(
-      pool.get_executor(), outage_options(server.port(), RateLimitFailurePolicy::fail_open));
-  auto closed = std::make_shared<RedisUserRateLimitStore>(
-      pool.get_executor(), outage_options(server.port(), RateLimitFailurePolicy::fail_closed));
+  options.failure_policy = RateLimitFailurePolicy::fail_open;
+  auto open = std::make_shared<RedisUserRateLimitStore>(pool.get_executor(), options);
+  options.failure_policy = RateLimitFailurePolicy::fail_closed;
+  auto closed = std::make_shared<RedisUserRateLimitStore>(pool.get_executor(), options);
   const UserLimits lim = limits(3, 60s);
 
   EXPECT_TRUE(test::run(pool, acquire_one(open, "u", lim)).allowed);
@@ -494,12 +514,18 @@ TEST(RedisOutage, FailOpenDecidesLocallyFailClosedThrows503NothingHangsAndServic
   server.start();  // same port, empty
   EXPECT_TRUE(test::run(pool, until_recovered(open, closed, 5s), 15s))
       << "both stores must reach Redis again after it restarts";
-  EXPECT_EQ(test::run(pool, test::redis_exec(test::redis_config(server.port()),
-                                             cmd("EXISTS", open->key_for("x"))))
-                .integer,
-            1);
+  EXPECT_EQ(test::run(pool, test::redis_exec(raw, cmd("EXISTS", open->key_for("x")))).integer, 1);
   test::run(pool, open->close());
   test::run(pool, closed->close());
+}
+
+TEST(RedisOutage, FailOpenDecidesLocallyFailClosedThrows503NothingHangsAndServiceResumes) {
+  if (!test::RedisProcess::available()) LLMQ_SKIP_OR_FAIL("redis-server is not installed");
+  test::RedisProcess server(test::free_port());
+  server.start();
+  expect_outage_policies_and_recovery(
+      server, outage_options(server.port(), RateLimitFailurePolicy::fail_open),
+      test::redis_config(server.port()));
 }
 
 asio::awaitable<steady::duration> timed_acquire(std::shared_ptr<RedisUserRateLimitStore> store) {
@@ -682,6 +708,339 @@ TEST_F(RedisClusterTest, FollowsAskDuringSlotMigration) {
   test::run(pool_, ask_during_migration(store, test::redis_config(port_), user, slot), 30s);
   EXPECT_EQ(store->counters().errors, 0U);
   test::run(pool_, store->close());
+}
+
+// --- TLS (rediss://) ---------------------------------------------------------------------
+// The shared TLS-only server of scripts/services.sh (port 6392, no client certificate
+// required) and private ones started with the same test CA.
+
+class RedisTlsTest : public test::RedisServerFixture {
+ protected:
+  RedisTlsTest() : RedisServerFixture("tls", ":", 2, true) {}
+};
+
+/// rediss://127.0.0.1:port, trusting the test CA through the url's ca_file parameter.
+std::string tls_url_for(std::uint16_t port) {
+  return "rediss://127.0.0.1:" + std::to_string(port) + "?ca_file=" + test::tls_file("ca.crt");
+}
+
+/// What one call did: the reply's text, or the error it threw; and how long it took.
+struct CallOutcome {
+  std::string reply;
+  boost::system::error_code code;
+  std::string what;
+  steady::duration took{0};
+};
+
+/// `n` PINGs, one after the other, on one fresh connection.
+asio::awaitable<std::vector<CallOutcome>> pings(RedisConfig cfg, int n) {
+  RedisConnection c(co_await asio::this_coro::executor, std::move(cfg));
+  std::vector<CallOutcome> out;
+  for (int i = 0; i < n; ++i) {
+    CallOutcome o;
+    const auto t0 = steady::now();
+    try {
+      o.reply = (co_await c.exec(cmd("PING"))).str;
+    } catch (const boost::system::system_error& e) {
+      o.code = e.code();
+      o.what = e.what();
+    }
+    o.took = steady::now() - t0;
+    out.push_back(std::move(o));
+  }
+  co_await c.close();
+  co_return out;
+}
+
+CallOutcome ping_once(asio::thread_pool& pool, RedisConfig cfg) {
+  return test::run(pool, pings(std::move(cfg), 1), 10s).at(0);
+}
+
+bool contains(const std::string& text, std::string_view part) {
+  return text.find(part) != std::string::npos;
+}
+
+TEST_F(RedisTlsTest, ConcurrentExecsArePipelinedAndAnsweredInOrder) {
+  expect_pipelined_in_order(pool_, config(), prefix_ + "counter");
+}
+
+TEST_F(RedisTlsTest, TwoStoresAdmitExactlyMaxPerUserUnderConcurrentLoad) {
+  // One store trusts the CA through the url, the other through its options.
+  RedisRateLimitStoreOptions a = store_options(port_, prefix_, RateLimitFailurePolicy::fail_closed);
+  a.url = tls_url_for(port_);
+  RedisRateLimitStoreOptions b = a;
+  b.url = "rediss://127.0.0.1:" + std::to_string(port_);
+  b.tls.ca_file = test::tls_file("ca.crt");
+  expect_two_stores_admit_exactly_max(pool_, a, b);
+}
+
+TEST_F(RedisTlsTest, RetryAfterIsExact) {
+  RedisRateLimitStoreOptions o = store_options(port_, prefix_, RateLimitFailurePolicy::fail_closed);
+  o.url = tls_url_for(port_);
+  auto store = std::make_shared<RedisUserRateLimitStore>(pool_.get_executor(), o);
+  test::run(pool_, exact_retry_after(store, config()));
+  EXPECT_EQ(store->counters().errors, 0U);
+  EXPECT_EQ(store->counters().redis_decisions, 4U);
+}
+
+TEST_F(RedisTlsTest, UntrustedCertificateFailsClearlyAndBacksOffUnlessVerificationIsOff) {
+  RedisConfig cfg = config();
+  cfg.tls.ca_file.clear();  // the system trust store, which does not hold the test CA
+  cfg.reconnect_backoff_initial = 10s;
+  cfg.reconnect_backoff_max = 10s;
+  const std::vector<CallOutcome> calls = test::run(pool_, pings(cfg, 2), 10s);
+  EXPECT_EQ(calls[0].code, make_error_code(RedisErrc::tls_handshake_failed)) << calls[0].what;
+  EXPECT_TRUE(contains(calls[0].what, "TLS")) << calls[0].what;
+  EXPECT_TRUE(contains(calls[0].what, "certificate verify failed")) << calls[0].what;
+  EXPECT_LT(calls[0].took, 1s);
+  // The failed handshake counts as a failed connect: no new attempt during the backoff,
+  // and the reason is still in the message.
+  EXPECT_EQ(calls[1].code, make_error_code(RedisErrc::not_connected)) << calls[1].what;
+  EXPECT_TRUE(contains(calls[1].what, "certificate verify failed")) << calls[1].what;
+  EXPECT_LT(calls[1].took, 50ms);
+
+  cfg.tls.verify = false;  // the testing opt-out: any certificate is accepted
+  const CallOutcome unverified = ping_once(pool_, cfg);
+  EXPECT_EQ(unverified.reply, "PONG") << unverified.what;
+}
+
+TEST_F(RedisTlsTest, ServerNameIsVerifiedAgainstTheCertificate) {
+  RedisConfig by_name = config();
+  by_name.host = "localhost";  // in the certificate as DNS:localhost
+  const CallOutcome named = ping_once(pool_, by_name);
+  EXPECT_EQ(named.reply, "PONG") << named.what;
+
+  RedisConfig sni = config();
+  sni.tls.server_name = "localhost";
+  const CallOutcome with_sni = ping_once(pool_, sni);
+  EXPECT_EQ(with_sni.reply, "PONG") << with_sni.what;
+
+  RedisConfig wrong = config();
+  wrong.tls.server_name = "wrong-host.invalid";  // not in the certificate
+  const CallOutcome mismatch = ping_once(pool_, wrong);
+  EXPECT_EQ(mismatch.code, make_error_code(RedisErrc::tls_handshake_failed)) << mismatch.what;
+  EXPECT_TRUE(contains(mismatch.what, "hostname mismatch")) << mismatch.what;
+  EXPECT_LT(mismatch.took, 1s);
+
+  wrong.tls.verify = false;
+  EXPECT_EQ(ping_once(pool_, wrong).reply, "PONG");
+}
+
+TEST_F(RedisTlsTest, StoresFailOpenOrClosedWhenTheCertificateDoesNotVerify) {
+  RedisRateLimitStoreOptions o = outage_options(port_, RateLimitFailurePolicy::fail_open);
+  o.url = "rediss://127.0.0.1:" + std::to_string(port_);  // system trust store: untrusted
+  o.key_prefix = prefix_;
+  auto open = std::make_shared<RedisUserRateLimitStore>(pool_.get_executor(), o);
+  o.failure_policy = RateLimitFailurePolicy::fail_closed;
+  auto closed = std::make_shared<RedisUserRateLimitStore>(pool_.get_executor(), o);
+  const auto t0 = steady::now();
+  const OutageResult r = test::run(pool_, during_outage(open, closed), 15s);
+  EXPECT_LT(steady::now() - t0, 8s);
+  EXPECT_LT(r.slowest, 1500ms);
+  EXPECT_EQ(r.open_admitted, 3) << "fail_open limits locally";
+  EXPECT_EQ(r.closed_unavailable, 10);
+  EXPECT_EQ(open->counters().fail_open_decisions, 10U);
+  EXPECT_EQ(open->counters().redis_decisions, 0U);
+  std::string why;
+  try {
+    (void)test::run(pool_, acquire_one(closed, "w", limits(3, 60s)));
+  } catch (const RateLimitStoreUnavailableError& e) {
+    why = e.what();
+  }
+  EXPECT_TRUE(contains(why, "certificate verify failed")) << why;
+  test::run(pool_, open->close());
+  test::run(pool_, closed->close());
+}
+
+TEST_F(RedisTlsTest, PlainRedisUrlAgainstTheTlsServerFailsBounded) {
+  RedisConfig plain = test::redis_config(port_);
+  plain.command_timeout = 500ms;
+  const CallOutcome o = ping_once(pool_, plain);
+  EXPECT_TRUE(o.reply.empty());
+  EXPECT_TRUE(o.code == make_error_code(RedisErrc::connection_lost) ||
+              o.code == make_error_code(RedisErrc::command_timeout))
+      << o.what;
+  EXPECT_LT(o.took, 1500ms);
+}
+
+TEST_F(RedisTest, RedissAgainstAPlainServerFailsWithinTheConnectTimeout) {
+  RedisConfig tls = config();
+  tls.use_tls = true;
+  tls.tls.verify = false;  // not even a certificate arrives
+  tls.connect_timeout = 500ms;
+  const CallOutcome o = ping_once(pool_, tls);
+  EXPECT_TRUE(o.reply.empty());
+  EXPECT_TRUE(o.code == make_error_code(RedisErrc::tls_handshake_failed) ||
+              o.code == make_error_code(RedisErrc::connect_timeout))
+      << o.what;
+  EXPECT_LT(o.took, 1500ms);
+}
+
+/// Skips (or fails) a test that starts its own TLS redis-server when it cannot.
+#define LLMQ_REQUIRE_PRIVATE_TLS_SERVER()                                                     \
+  do {                                                                                        \
+    if (!test::RedisProcess::available()) LLMQ_SKIP_OR_FAIL("redis-server is not installed"); \
+    if (!test::tls_files_present()) LLMQ_SKIP_OR_FAIL(test::tls_missing_message());           \
+  } while (false)
+
+TEST(RedisTlsPrivateServer, CertificateWithoutTheIpAddressIsRejected) {
+  LLMQ_REQUIRE_PRIVATE_TLS_SERVER();
+  const std::uint16_t port = test::free_port();
+  test::RedisProcess server(port, test::redis_tls_server_args(port, "wrong-host"));
+  server.start();
+  asio::thread_pool pool(2);
+  const CallOutcome by_ip = ping_once(pool, test::redis_tls_config(port));
+  EXPECT_EQ(by_ip.code, make_error_code(RedisErrc::tls_handshake_failed)) << by_ip.what;
+  EXPECT_TRUE(contains(by_ip.what, "IP address mismatch")) << by_ip.what;
+  // The chain is fine: the name in the certificate is accepted.
+  RedisConfig named = test::redis_tls_config(port);
+  named.tls.server_name = "wrong-host.invalid";
+  const CallOutcome ok = ping_once(pool, named);
+  EXPECT_EQ(ok.reply, "PONG") << ok.what;
+}
+
+TEST(RedisTlsPrivateServer, MutualTlsWithAuthAndSelect) {
+  LLMQ_REQUIRE_PRIVATE_TLS_SERVER();
+  const std::uint16_t port = test::free_port();
+  std::vector<std::string> args = test::redis_tls_server_args(port, "server", true);
+  args.emplace_back("--requirepass");
+  args.emplace_back("s3cret");
+  test::RedisProcess server(port, args);
+  server.start();
+  asio::thread_pool pool(2);
+
+  // Without a client certificate the server refuses (with TLS 1.3 only after the
+  // handshake; connecting includes a round trip, so it is still a handshake failure).
+  RedisConfig anonymous = parse_redis_url("rediss://:s3cret@127.0.0.1:" + std::to_string(port),
+                                          test::redis_tls_config(port));
+  anonymous.reconnect_backoff_initial = 10s;
+  const std::vector<CallOutcome> refused = test::run(pool, pings(anonymous, 2), 10s);
+  EXPECT_EQ(refused[0].code, make_error_code(RedisErrc::tls_handshake_failed)) << refused[0].what;
+  EXPECT_TRUE(contains(refused[0].what, "TLS")) << refused[0].what;
+  EXPECT_LT(refused[0].took, 1s);
+  EXPECT_EQ(refused[1].code, make_error_code(RedisErrc::not_connected)) << "backoff applies";
+  for (const CallOutcome& o : refused)
+    EXPECT_FALSE(contains(o.what, "s3cret")) << "password leaked: " << o.what;
+
+  // With it: AUTH (password and ACL user), SELECT, wrong password, NOAUTH, over TLS.
+  RedisConfig with_cert = test::redis_tls_config(port);
+  with_cert.tls.cert_file = test::tls_file("client.crt");
+  with_cert.tls.key_file = test::tls_file("client.key");
+  test::run(pool, auth_and_select(with_cert, "rediss"));
+
+  // A key that does not belong to the certificate is refused when loading.
+  RedisConfig mismatched = with_cert;
+  mismatched.tls.key_file = test::tls_file("server.key");
+  EXPECT_THROW(RedisConnection(pool.get_executor(), mismatched), ConfigError);
+}
+
+TEST(RedisTlsPrivateServer, StoresFollowTheirPolicyDuringAnOutageAndResumeAfterARestart) {
+  LLMQ_REQUIRE_PRIVATE_TLS_SERVER();
+  const std::uint16_t port = test::free_port();
+  test::RedisProcess server(port, test::redis_tls_server_args(port));
+  server.start();
+  RedisRateLimitStoreOptions o = outage_options(port, RateLimitFailurePolicy::fail_open);
+  o.url = tls_url_for(port);
+  expect_outage_policies_and_recovery(server, o, test::redis_tls_config(port));
+}
+
+// A two-node Redis Cluster whose nodes speak TLS only (clients and cluster bus): redirects
+// lead to the other node over TLS too.
+
+/// True if nothing listens on 127.0.0.1:port (a bind succeeds).
+bool port_free(std::uint16_t port) {
+  asio::io_context io;
+  asio::ip::tcp::acceptor acceptor(io);
+  boost::system::error_code ec;
+  const asio::ip::tcp::endpoint ep(asio::ip::make_address("127.0.0.1"), port);
+  acceptor.open(ep.protocol(), ec);
+  if (!ec) acceptor.bind(ep, ec);
+  return !ec;
+}
+
+/// A free port whose cluster bus port (+10000) is free too.
+std::uint16_t cluster_node_port() {
+  for (int i = 0; i < 200; ++i) {
+    const std::uint16_t p = test::free_port();
+    if (p <= 55535 && port_free(static_cast<std::uint16_t>(p + 10000))) return p;
+  }
+  throw std::runtime_error("no port pair (p, p + 10000) free on 127.0.0.1");
+}
+
+std::vector<std::string> tls_cluster_node_args(std::uint16_t port) {
+  std::vector<std::string> args = test::redis_tls_server_args(port);
+  for (const char* a :
+       {"--cluster-enabled", "yes", "--tls-cluster", "yes", "--cluster-node-timeout", "2000"})
+    args.emplace_back(a);
+  return args;
+}
+
+/// Slots 0-8191 on `a`, the rest on `b`; `a` meets `b`. True once both say the cluster
+/// is ok (within 20 s).
+asio::awaitable<bool> form_two_node_cluster(RedisConfig a, RedisConfig b) {
+  auto ex = co_await asio::this_coro::executor;
+  const RedisReply ra = co_await test::redis_exec(a, cmd("CLUSTER", "ADDSLOTSRANGE", "0", "8191"));
+  const RedisReply rb =
+      co_await test::redis_exec(b, cmd("CLUSTER", "ADDSLOTSRANGE", "8192", "16383"));
+  const RedisReply meet =
+      co_await test::redis_exec(a, cmd("CLUSTER", "MEET", "127.0.0.1", std::to_string(b.port)));
+  EXPECT_EQ(ra.str, "OK");
+  EXPECT_EQ(rb.str, "OK");
+  EXPECT_EQ(meet.str, "OK");
+  const auto deadline = steady::now() + 20s;
+  while (steady::now() < deadline) {
+    const bool ok_a = co_await test::redis_cluster_ok(a);
+    const bool ok_b = co_await test::redis_cluster_ok(b);
+    if (ok_a && ok_b) co_return true;
+    asio::steady_timer pause(ex, 100ms);
+    co_await pause.async_wait(asio::use_awaitable);
+  }
+  co_return false;
+}
+
+TEST(RedisTlsCluster, RedirectsAreFollowedOverTls) {
+  LLMQ_REQUIRE_PRIVATE_TLS_SERVER();
+  const std::uint16_t pa = cluster_node_port();
+  test::RedisProcess a(pa, tls_cluster_node_args(pa));
+  a.start();
+  const std::uint16_t pb = cluster_node_port();
+  test::RedisProcess b(pb, tls_cluster_node_args(pb));
+  b.start();
+  asio::thread_pool pool(2);
+  ASSERT_TRUE(test::run(
+      pool, form_two_node_cluster(test::redis_tls_config(pa), test::redis_tls_config(pb)), 30s))
+      << "the two TLS nodes did not form a cluster";
+
+  RedisRateLimitStoreOptions o =
+      store_options(pa, "llmqtest:tlscluster:", RateLimitFailurePolicy::fail_closed);
+  o.url = tls_url_for(pa);
+  auto store = std::make_shared<RedisUserRateLimitStore>(pool.get_executor(), o);
+  const UserLimits lim = limits(3, 30s);
+  constexpr int users = 40;
+  std::vector<std::pair<int, std::future<RateLimitDecision>>> futures;
+  for (int u = 0; u < users; ++u) {
+    for (int i = 0; i < 4; ++i) {
+      futures.emplace_back(
+          u, asio::co_spawn(pool, acquire_one(store, "user-" + std::to_string(u), lim),
+                            asio::use_future));
+    }
+  }
+  std::map<int, int> admitted;
+  int failures = 0;
+  for (auto& [u, f] : futures) {
+    ASSERT_EQ(f.wait_for(30s), std::future_status::ready);
+    try {
+      if (f.get().allowed) ++admitted[u];
+    } catch (const std::exception& e) {
+      if (++failures < 5) ADD_FAILURE() << e.what();
+    }
+  }
+  EXPECT_EQ(failures, 0);
+  for (int u = 0; u < users; ++u) EXPECT_EQ(admitted[u], 3) << "user " << u;
+  EXPECT_GT(store->client().redirects(), 0U) << "half of the slots live on the other node";
+  EXPECT_EQ(store->client().node_count(), 2U);
+  EXPECT_EQ(store->counters().errors, 0U);
+  test::run(pool, store->close());
 }
 
 }  // namespace

@@ -44,6 +44,10 @@ std::uint16_t redis_cluster_port() {
   return static_cast<std::uint16_t>(std::stoi(env_or("LLMQ_TEST_REDIS_CLUSTER_PORT", "7101")));
 }
 
+std::uint16_t redis_tls_port() {
+  return static_cast<std::uint16_t>(std::stoi(env_or("LLMQ_TEST_REDIS_TLS_PORT", "6392")));
+}
+
 std::string pg_conninfo() {
   return env_or("LLMQ_TEST_PG_CONNINFO", "host=127.0.0.1 port=5433 user=postgres dbname=postgres");
 }
@@ -320,23 +324,69 @@ asio::awaitable<bool> redis_cluster_ok(RedisConfig cfg) {
   }
 }
 
+// --- TLS -------------------------------------------------------------------------------
+
+std::filesystem::path tls_dir() {
+  const std::string services = env_or("LLMQ_SERVICES_DIR", "/tmp/llmq-services");
+  return env_or("LLMQ_TEST_TLS_DIR", services + "/tls");
+}
+
+std::string tls_file(const std::string& name) { return (tls_dir() / name).string(); }
+
+bool tls_files_present() { return std::filesystem::exists(tls_dir() / "complete"); }
+
+std::string tls_missing_message() {
+  return "no test certificates in " + tls_dir().string() +
+         " (run scripts/services.sh start, or set LLMQ_TEST_TLS_DIR)";
+}
+
+RedisConfig redis_tls_config(std::uint16_t port) {
+  RedisConfig c = redis_config(port);
+  c.use_tls = true;
+  c.tls.ca_file = tls_file("ca.crt");
+  return c;
+}
+
+std::vector<std::string> redis_tls_server_args(std::uint16_t port, const std::string& cert,
+                                               bool auth_clients) {
+  // Later arguments win: "--port 0" turns off the plain port RedisProcess asks for.
+  return std::vector<std::string>{"--port",
+                                  "0",
+                                  "--tls-port",
+                                  std::to_string(port),
+                                  "--tls-cert-file",
+                                  tls_file(cert + ".crt"),
+                                  "--tls-key-file",
+                                  tls_file(cert + ".key"),
+                                  "--tls-ca-cert-file",
+                                  tls_file("ca.crt"),
+                                  "--tls-auth-clients",
+                                  auth_clients ? "yes" : "no"};
+}
+
 RedisServerFixture::RedisServerFixture(std::string prefix_head, std::string prefix_tail,
-                                       std::size_t threads)
-    : pool_(threads), head_(std::move(prefix_head)), tail_(std::move(prefix_tail)) {}
+                                       std::size_t threads, bool tls)
+    : pool_(threads), head_(std::move(prefix_head)), tail_(std::move(prefix_tail)), tls_(tls) {}
 
 void RedisServerFixture::SetUp() {
-  port_ = redis_port();
+  port_ = tls_ ? redis_tls_port() : redis_port();
   if (!tcp_reachable(port_)) {
-    LLMQ_SKIP_OR_FAIL("no redis-server on 127.0.0.1:"
-                      << port_ << " (run scripts/services.sh start, or set LLMQ_TEST_REDIS_PORT)");
+    LLMQ_SKIP_OR_FAIL("no " << (tls_ ? "TLS " : "") << "redis-server on 127.0.0.1:" << port_
+                            << " (run scripts/services.sh start, or set "
+                            << (tls_ ? "LLMQ_TEST_REDIS_TLS_PORT" : "LLMQ_TEST_REDIS_PORT") << ")");
   }
+  if (tls_ && !tls_files_present()) LLMQ_SKIP_OR_FAIL(tls_missing_message());
   prefix_ = "llmqtest:" + head_ + random_hex(10) + tail_;
+}
+
+RedisConfig RedisServerFixture::config() const {
+  return tls_ ? redis_tls_config(port_) : redis_config(port_);
 }
 
 void RedisServerFixture::TearDown() {
   if (prefix_.empty()) return;
   try {
-    run(pool_, redis_delete_matching(redis_config(port_), prefix_ + "*"), 10s);
+    run(pool_, redis_delete_matching(config(), prefix_ + "*"), 10s);
   } catch (const std::exception& e) {
     ADD_FAILURE() << "cleanup failed: " << e.what();
   }

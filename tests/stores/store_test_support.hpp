@@ -116,6 +116,8 @@ std::string env_or(const char* name, const std::string& fallback);
 std::uint16_t redis_port();
 /// First port of the 3-node cluster (LLMQ_TEST_REDIS_CLUSTER_PORT, default 7101).
 std::uint16_t redis_cluster_port();
+/// Port of the shared TLS-only redis-server (LLMQ_TEST_REDIS_TLS_PORT, default 6392).
+std::uint16_t redis_tls_port();
 /// libpq connection string of the test PostgreSQL (LLMQ_TEST_PG_CONNINFO, default
 /// "host=127.0.0.1 port=5433 user=postgres dbname=postgres").
 std::string pg_conninfo();
@@ -200,6 +202,29 @@ std::vector<std::string> cmd(A&&... a) {
 /// 127.0.0.1:port, connect timeout 1 s, command timeout 2 s.
 RedisConfig redis_config(std::uint16_t port);
 
+// --- TLS -------------------------------------------------------------------------------
+
+/// The test CA and certificates made by scripts/services.sh: LLMQ_TEST_TLS_DIR, else
+/// $LLMQ_SERVICES_DIR/tls, else /tmp/llmq-services/tls. ca.crt/key; server.crt/key
+/// (DNS:localhost, IP:127.0.0.1); client.crt/key; wrong-host.crt/key
+/// (DNS:wrong-host.invalid only).
+std::filesystem::path tls_dir();
+/// tls_dir() / name, as a string.
+std::string tls_file(const std::string& name);
+/// True when tls_dir() holds the complete set.
+bool tls_files_present();
+/// Why a TLS test cannot run (for LLMQ_SKIP_OR_FAIL).
+std::string tls_missing_message();
+
+/// redis_config(port) over TLS, trusting the test CA, verifying the server.
+RedisConfig redis_tls_config(std::uint16_t port);
+
+/// Arguments that make a RedisProcess on `port` TLS-only, presenting `<cert>.crt` of the
+/// test CA, and requiring a client certificate when `auth_clients`.
+std::vector<std::string> redis_tls_server_args(std::uint16_t port,
+                                               const std::string& cert = "server",
+                                               bool auth_clients = false);
+
 /// One command on one node (no redirects).
 boost::asio::awaitable<RedisReply> redis_exec(RedisConfig cfg, std::vector<std::string> args);
 
@@ -212,13 +237,18 @@ boost::asio::awaitable<void> redis_delete_keys(RedisConfig cfg, std::vector<std:
 /// True if CLUSTER INFO on that node says cluster_state:ok (false on any error).
 boost::asio::awaitable<bool> redis_cluster_ok(RedisConfig cfg);
 
-/// Fixture on the shared standalone redis-server (skips or fails when it is down): a
-/// fresh key prefix "llmqtest:" + head + random hex + tail, whose keys TearDown() deletes.
+/// Fixture on the shared standalone redis-server, or with `tls` the shared TLS-only one
+/// (skips or fails when it, or for TLS the test certificates, are missing): a fresh key
+/// prefix "llmqtest:" + head + random hex + tail, whose keys TearDown() deletes.
 class RedisServerFixture : public ::testing::Test {
  protected:
-  RedisServerFixture(std::string prefix_head, std::string prefix_tail, std::size_t threads);
+  RedisServerFixture(std::string prefix_head, std::string prefix_tail, std::size_t threads,
+                     bool tls = false);
   void SetUp() override;
   void TearDown() override;
+
+  /// redis_config(port_), or redis_tls_config(port_) for the TLS server.
+  [[nodiscard]] RedisConfig config() const;
 
   boost::asio::thread_pool pool_;
   std::uint16_t port_ = 0;
@@ -227,6 +257,7 @@ class RedisServerFixture : public ::testing::Test {
  private:
   std::string head_;
   std::string tail_;
+  bool tls_;
 };
 
 /// Fixture on the shared 3-node cluster (skips or fails unless it is healthy): a fresh

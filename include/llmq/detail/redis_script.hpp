@@ -26,20 +26,21 @@ namespace llmq::detail {
 /// holds a brace (it would break the hash tag of hash_tagged_key()).
 void check_key_prefix(std::string_view prefix, std::string_view who);
 
-/// parse_redis_url(url) over a RedisConfig holding the given timeouts and backoff.
-/// Throws ConfigError for a malformed URL.
+/// parse_redis_url(url) over a RedisConfig holding the given timeouts, backoff and TLS
+/// options. Throws ConfigError for a malformed URL.
 [[nodiscard]] RedisConfig redis_config_from(std::string_view url,
                                             std::chrono::milliseconds connect_timeout,
                                             std::chrono::milliseconds command_timeout,
                                             std::chrono::milliseconds backoff_initial,
-                                            std::chrono::milliseconds backoff_max);
+                                            std::chrono::milliseconds backoff_max,
+                                            const RedisTlsOptions& tls);
 
 /// The same from a store's options (any struct with url, connect_timeout,
-/// command_timeout, reconnect_backoff_initial and reconnect_backoff_max).
+/// command_timeout, reconnect_backoff_initial, reconnect_backoff_max and tls).
 template <class Options>
 [[nodiscard]] RedisConfig redis_config_from(const Options& o) {
   return redis_config_from(o.url, o.connect_timeout, o.command_timeout, o.reconnect_backoff_initial,
-                           o.reconnect_backoff_max);
+                           o.reconnect_backoff_max, o.tls);
 }
 
 /// `EVALSHA sha1 <keys.size()> keys... args...` sent for `key`; when the reply is a
