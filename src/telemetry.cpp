@@ -3,6 +3,16 @@
 
 namespace llmq {
 
+bool is_raw_body(const nlohmann::json& body) noexcept { return body.is_binary(); }
+
+std::string response_body_text(const nlohmann::json& body) {
+  if (body.is_binary()) {
+    const nlohmann::json::binary_t& bytes = body.get_binary();
+    return std::string(bytes.begin(), bytes.end());
+  }
+  return body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 nlohmann::json make_error_body(std::string_view message, std::string_view type,
                                std::string_view code) {
   nlohmann::json inner = nlohmann::json::object();

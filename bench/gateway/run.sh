@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Gateway throughput and added latency versus the mock server directly, with wrk, in
 # one run. Usage: bench/gateway/run.sh [seconds] (builds the release targets first).
+# LLMQ_BUILD_DIR picks the build directory (default build/release, release preset).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-10}
-cmake --preset release >/dev/null
-cmake --build --preset release -j "$(nproc)" --target llmq-mock-azure llmq-gateway >/dev/null
-bin=build/release
+bin=${LLMQ_BUILD_DIR:-build/release}
+cmake --preset release -B "$bin" >/dev/null
+cmake --build "$bin" -j "$(nproc)" --target llmq-mock-azure llmq-gateway >/dev/null
 work=$(mktemp -d)
 pids=()
 cleanup() {

@@ -196,7 +196,9 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
   const std::string req_type = chat ? "chat_completion" : "embeddings";
   try {
     Response r = co_await queue_.execute_request(req_type, std::move(body), std::move(user), prefs);
-    HttpAnswer a = json_answer(r.status, r.body);
+    HttpAnswer a;
+    a.status = r.status;
+    a.body = response_body_text(r.body);  // raw upstream bytes are sent as they came
     if (r.status == 429 || r.status == 503) a.headers.emplace_back("retry-after", "1");
     co_return count(std::move(a));
   } catch (const UserIdHeaderMissingError& e) {

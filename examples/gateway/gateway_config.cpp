@@ -68,6 +68,7 @@ GatewayConfig parse_section(const YAML::Node& g) {
                                               "read_timeout_seconds",
                                               "idle_timeout_seconds",
                                               "max_connections",
+                                              "upstream_max_connections",
                                               "telemetry_jsonl",
                                               "telemetry_postgres",
                                               "redis_url",
@@ -100,6 +101,8 @@ GatewayConfig parse_section(const YAML::Node& g) {
       c.idle_timeout = seconds(v, path);
     else if (key == "max_connections")
       c.max_connections = static_cast<std::size_t>(positive(v, path, 1'000'000));
+    else if (key == "upstream_max_connections")
+      c.upstream_max_connections = static_cast<std::size_t>(positive(v, path, 100'000));
     else if (key == "telemetry_jsonl")
       c.telemetry_jsonl = text(v, path);
     else if (key == "telemetry_postgres")

@@ -34,6 +34,9 @@ struct GatewayConfig {
   /// Keep-alive connections idle longer than this are closed.
   std::chrono::milliseconds idle_timeout{std::chrono::seconds(60)};
   std::size_t max_connections = 1024;
+  /// Upstream connections kept per host (Azure resource or OpenAI-compatible server);
+  /// requests beyond wait for a free one.
+  std::size_t upstream_max_connections = 256;
   /// Telemetry also goes to this JSON-lines file (empty: not).
   std::string telemetry_jsonl;
   /// Telemetry goes to this PostgreSQL connection string instead (empty: not).

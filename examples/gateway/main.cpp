@@ -97,8 +97,13 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
   auto metrics = std::make_shared<Metrics>();
   QueueOptions options = make_queue_options(io.get_executor(), settings.gateway, metrics);
   LLMQueue queue(io.get_executor(), settings.llm, {}, options);
-  auto client = std::make_shared<HttpClient>(io.get_executor());
-  register_default_executors(queue, client);
+  HttpClientOptions client_options;
+  client_options.max_connections_per_host = settings.gateway.upstream_max_connections;
+  auto client = std::make_shared<HttpClient>(io.get_executor(), client_options);
+  // The gateway forwards upstream answers as they are: no JSON tree for a 2xx body.
+  ProviderOptions provider_options;
+  provider_options.raw_success_body = true;
+  register_default_executors(queue, client, std::move(provider_options));
   co_await queue.initiate();
 
   if (args.port) settings.gateway.port = *args.port;

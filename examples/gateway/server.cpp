@@ -9,11 +9,15 @@
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http.hpp>
 
+#include <array>
 #include <list>
+#include <string>
+#include <string_view>
 
 namespace llmq::gateway {
 namespace asio = boost::asio;
@@ -38,16 +42,48 @@ struct GatewayServer::Impl : std::enable_shared_from_this<Impl> {
     return error_answer(status, message, "invalid_request_error", code);
   }
 
-  static http::response<http::string_body> to_response(HttpAnswer a, unsigned version,
-                                                       bool keep_alive) {
-    http::response<http::string_body> res{static_cast<http::status>(a.status), version};
-    res.set(http::field::server, "llmq-gateway");
-    res.set(http::field::content_type, a.content_type);
-    for (auto& [k, v] : a.headers) res.set(k, v);
-    res.body() = std::move(a.body);
-    res.keep_alive(keep_alive);
-    res.prepare_payload();
-    return res;
+  /// The status line and header fields of an answer (all of them the gateway's own), as
+  /// Beast would frame them: Content-Length, and Connection where the version's default
+  /// differs. Statuses that carry no body (1xx, 204, 304) get neither length nor body.
+  static std::string response_head(const HttpAnswer& a, unsigned version, bool keep_alive) {
+    std::string head;
+    head.reserve(160);
+    head += version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
+    head += std::to_string(a.status);
+    head += ' ';
+    head += http::obsolete_reason(static_cast<http::status>(a.status));
+    head += "\r\nServer: llmq-gateway\r\nContent-Type: ";
+    head += a.content_type;
+    head += "\r\n";
+    for (const auto& [k, v] : a.headers) {
+      head += k;
+      head += ": ";
+      head += v;
+      head += "\r\n";
+    }
+    if (version == 10 && keep_alive) head += "Connection: keep-alive\r\n";
+    if (version != 10 && !keep_alive) head += "Connection: close\r\n";
+    if (has_body(a.status)) {
+      head += "Content-Length: ";
+      head += std::to_string(a.body.size());
+      head += "\r\n";
+    }
+    head += "\r\n";
+    return head;
+  }
+
+  static bool has_body(int status) { return status >= 200 && status != 204 && status != 304; }
+
+  /// Writes one answer (head and body in one gather write) within read_timeout.
+  asio::awaitable<beast::error_code> write_answer(beast::tcp_stream& stream, const HttpAnswer& a,
+                                                  unsigned version, bool keep_alive) {
+    const std::string head = response_head(a, version, keep_alive);
+    const std::array<asio::const_buffer, 2> wire{
+        asio::buffer(head), has_body(a.status) ? asio::buffer(a.body) : asio::const_buffer()};
+    stream.expires_after(config.read_timeout);
+    auto [ec, n] = co_await asio::async_write(stream, wire, asio::as_tuple(asio::use_awaitable));
+    (void)n;
+    co_return ec;
   }
 
   static HttpExchange to_exchange(http::request<http::string_body>& req) {
@@ -56,7 +92,8 @@ struct GatewayServer::Impl : std::enable_shared_from_this<Impl> {
     x.target = std::string(req.target());
     for (const auto& f : req) {
       std::string name(f.name_string());
-      for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      for (char& c : name)
+        if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');  // ASCII token
       x.headers.emplace_back(std::move(name), std::string(f.value()));
     }
     x.body = std::move(req.body());
@@ -65,8 +102,13 @@ struct GatewayServer::Impl : std::enable_shared_from_this<Impl> {
 
   asio::awaitable<void> session(tcp::socket socket) {
     auto self = shared_from_this();
+    beast::error_code ignored;
+    socket.set_option(tcp::no_delay(true), ignored);
     beast::tcp_stream stream(std::move(socket));
     beast::flat_buffer buffer;
+    // Room for a typical request, so that one read takes it whole (reads ask for the
+    // buffer's free space, at least 512 bytes).
+    buffer.reserve(8 * 1024);
     for (;;) {
       // Wait for the next request's first byte up to idle_timeout (stop() closes idle
       // connections), then the whole request within read_timeout.
@@ -100,22 +142,17 @@ struct GatewayServer::Impl : std::enable_shared_from_this<Impl> {
         else
           early = plain_error(400, "malformed HTTP request", "bad_http");
         // Answer, then close: the stream's framing can no longer be trusted.
-        stream.expires_after(config.read_timeout);
-        auto res = to_response(std::move(*early), 11, false);
-        co_await http::async_write(stream, res, asio::as_tuple(asio::use_awaitable));
+        co_await write_answer(stream, *early, 11, false);
         break;
       }
       auto req = parser.release();
       const bool keep_alive = req.keep_alive() && !stopping;
       const unsigned version = req.version();
       HttpAnswer answer = co_await gateway.handle(to_exchange(req));
-      auto res = to_response(std::move(answer), version, keep_alive && !stopping);
-      stream.expires_after(config.read_timeout);
-      auto [wec, wn] = co_await http::async_write(stream, res, asio::as_tuple(asio::use_awaitable));
-      (void)wn;
-      if (wec || !res.keep_alive()) break;
+      const bool keep = keep_alive && !stopping;
+      const beast::error_code wec = co_await write_answer(stream, answer, version, keep);
+      if (wec || !keep) break;
     }
-    beast::error_code ignored;
     stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
     stream.socket().close(ignored);
   }

@@ -101,7 +101,17 @@ struct ProviderOptions {
   std::string user_agent = "llmq/0.1";
   /// More headers on every upstream call (values never logged).
   std::vector<std::pair<std::string, std::string>> extra_headers;
+  /// Hand a successful (2xx) non-streamed JSON object answer back unparsed: the Response
+  /// body is then a JSON binary value (is_raw_body) holding the upstream's bytes as
+  /// received. The bytes are still checked to be one well-formed JSON object (else the
+  /// usual 502) and their `usage` still goes into the telemetry; only building the JSON
+  /// tree (and serialising it again) is saved. For callers that forward the body as it
+  /// is, such as llmq-gateway: read it with response_body_text(). Other answers (errors,
+  /// assembled streams) stay parsed JSON. Default off.
+  bool raw_success_body = false;
 };
+
+// is_raw_body() and response_body_text() are in <llmq/request.hpp>.
 
 /// The URL of a call to `deployment`: Azure per `options.azure_url_style`, OpenAI-compatible
 /// `{base_url}/v1/{operation}` (no second `/v1` when base_url ends with it). Trailing

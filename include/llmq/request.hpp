@@ -57,6 +57,14 @@ struct ChosenDeployments {
   const Deployment* embedding = nullptr;
 };
 
+/// True when a Response body holds an upstream answer's bytes as received (a JSON binary
+/// value; see ProviderOptions::raw_success_body in <llmq/providers.hpp>).
+[[nodiscard]] bool is_raw_body(const nlohmann::json& body) noexcept;
+
+/// The text of a Response body: the upstream's bytes for a raw body, else the JSON
+/// serialised (compact; invalid UTF-8 replaced).
+[[nodiscard]] std::string response_body_text(const nlohmann::json& body);
+
 /// Builds the JSON error body llmq uses for its own answers:
 /// `{"error":{"message":..., "type":..., "code":...}}`.
 [[nodiscard]] nlohmann::json make_error_body(std::string_view message, std::string_view type,

@@ -14,6 +14,7 @@
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/dispatch.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl/context.hpp>
@@ -23,6 +24,7 @@
 #include <boost/asio/strand.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/buffer_body.hpp>
@@ -30,7 +32,6 @@
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
-#include <boost/beast/http/write.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
 #include <boost/system/system_error.hpp>
 
@@ -40,9 +41,11 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <deque>
 #include <map>
+#include <unordered_map>
 #include <unordered_set>
 
 namespace llmq {
@@ -63,9 +66,12 @@ constexpr std::uint32_t kHeaderLimit = 64 * 1024;
 /// Body bytes handed to a callback at most at once.
 constexpr std::size_t kChunkSize = 16 * 1024;
 
+/// ASCII lower case (header names are ASCII tokens; no locale lookup per byte).
+char ascii_lower(char c) { return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c; }
+
 std::string lower_copy(std::string_view s) {
   std::string out(s);
-  for (char& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (char& c : out) c = ascii_lower(c);
   return out;
 }
 
@@ -88,14 +94,31 @@ bool is_field_value(std::string_view s) {
   return true;
 }
 
+bool iequals(std::string_view a, std::string_view b) {
+  if (a.size() != b.size()) return false;
+  for (std::size_t i = 0; i < a.size(); ++i) {
+    if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
+  }
+  return true;
+}
+
 /// Headers the client manages itself; a caller's copy is dropped.
-bool is_managed_header(std::string_view lowered) {
-  return lowered == "host" || lowered == "content-length" || lowered == "transfer-encoding" ||
-         lowered == "connection";
+bool is_managed_header(std::string_view name) {
+  return iequals(name, "host") || iequals(name, "content-length") ||
+         iequals(name, "transfer-encoding") || iequals(name, "connection");
 }
 
 std::chrono::milliseconds ms_since(Clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
+}
+
+/// The client's strand as an any_io_executor that copies without allocating: a strand over
+/// an io_context's own executor fits any_io_executor's inline buffer, a strand over an
+/// any_io_executor does not (and the strand is copied at every co_await, timer and op).
+asio::any_io_executor make_client_strand(const asio::any_io_executor& ex) {
+  if (const auto* io = ex.target<asio::io_context::executor_type>())
+    return asio::any_io_executor(asio::make_strand(*io));
+  return asio::any_io_executor(asio::make_strand(ex));
 }
 
 [[noreturn]] void throw_aborted() {
@@ -182,10 +205,29 @@ struct HostPool {
   std::deque<std::shared_ptr<PoolWaiter>> waiters;
 };
 
-/// What the caller wants done with the response as it arrives.
+/// What the caller wants done with the response as it arrives: collected whole into
+/// `collect`, or handed to the callbacks.
 struct ResponseSink {
+  HttpResponse* collect = nullptr;
   std::function<void(const HttpResponse&)> on_head;
   std::function<void(std::string_view)> on_chunk;
+};
+
+/// Distinct URLs whose split is kept (a client talks to a few deployments).
+constexpr std::size_t kUrlCacheSize = 256;
+
+/// A URL split for requests: its parts, pool key and the form used in log lines.
+struct ParsedUrl {
+  UrlParts parts;
+  std::string origin;
+  std::string log_target;
+};
+
+/// A request ready to send: its head (request line and header fields) and body.
+struct WireRequest {
+  std::string method;
+  std::string head;
+  std::string body;
 };
 
 /// How one request/response exchange on a connection ended.
@@ -219,13 +261,13 @@ class HttpClientImpl : public std::enable_shared_from_this<HttpClientImpl> {
  public:
   HttpClientImpl(asio::any_io_executor ex, HttpClientOptions options)
       : executor_(std::move(ex)),
-        strand_(asio::make_strand(executor_)),
+        strand_(make_client_strand(executor_)),
         options_(std::move(options)) {
     if (options_.max_connections_per_host == 0) options_.max_connections_per_host = 1;
   }
 
   [[nodiscard]] const asio::any_io_executor& executor() const noexcept { return executor_; }
-  [[nodiscard]] asio::any_io_executor strand() const { return strand_; }
+  [[nodiscard]] const asio::any_io_executor& strand() const { return strand_; }
   [[nodiscard]] const HttpClientOptions& options() const noexcept { return options_; }
 
   void close() {
@@ -236,11 +278,7 @@ class HttpClientImpl : public std::enable_shared_from_this<HttpClientImpl> {
                                              HttpRequest req) {
     HttpResponse out;
     ResponseSink sink;
-    sink.on_head = [&out](const HttpResponse& head) {
-      out.status = head.status;
-      out.headers = head.headers;
-    };
-    sink.on_chunk = [&out](std::string_view chunk) { out.body.append(chunk); };
+    sink.collect = &out;
     co_await perform(self, std::move(req), sink);
     co_return out;
   }
@@ -317,15 +355,12 @@ class HttpClientImpl : public std::enable_shared_from_this<HttpClientImpl> {
                                            ? start + me.options_.request_timeout
                                            : Clock::time_point::max();
 
-    const std::optional<UrlParts> url = parse_http_url(req.url);
-    if (!url) {
-      throw HttpError(http_errc::bad_url,
-                      "invalid URL: expected http:// or https:// with a host and a valid port");
-    }
-    http::request<http::string_body> msg = build_message(req, *url);
-    const std::string origin = url->origin();
-    const std::string log_target = url_for_log(url->target);
-    const bool head_request = msg.method() == http::verb::head;
+    const std::shared_ptr<const ParsedUrl> parsed = me.parse_url(req.url);
+    const UrlParts* const url = &parsed->parts;
+    const WireRequest msg = build_message(std::move(req), *url);
+    const std::string& origin = parsed->origin;
+    const std::string& log_target = parsed->log_target;
+    const bool head_request = msg.method == "HEAD";
 
     for (int attempt = 0;; ++attempt) {
       if (me.closed_) throw HttpError(http_errc::client_closed, "HTTP client is closed");
@@ -353,7 +388,7 @@ class HttpClientImpl : public std::enable_shared_from_this<HttpClientImpl> {
       const std::uint64_t conn_id = lease.conn->id;
       if (!result.ec) {
         lease.release(result.keep_alive);
-        logger()->debug("HTTP {} {}{} -> {} in {} ms (connection #{}{})", req.method, origin,
+        logger()->debug("HTTP {} {}{} -> {} in {} ms (connection #{}{})", msg.method, origin,
                         log_target, result.status, ms_since(start).count(), conn_id,
                         reused ? ", reused" : "");
         co_return;
@@ -362,23 +397,29 @@ class HttpClientImpl : public std::enable_shared_from_this<HttpClientImpl> {
         logger()->debug(
             "HTTP {} {}{}: reused connection #{} failed before the response ({}); "
             "retrying on a new connection",
-            req.method, origin, log_target, conn_id, result.ec.message());
+            msg.method, origin, log_target, conn_id, result.ec.message());
         continue;  // the lease closes the dead connection
       }
       me.throw_exchange_error(result.ec, origin);
     }
   }
 
-  static http::request<http::string_body> build_message(const HttpRequest& req,
-                                                        const UrlParts& url) {
+  /// The request as it goes on the wire: the head (request line, Host, the caller's
+  /// headers, Content-Length) written out here, then the body; HTTP/1.1 keep-alive. The
+  /// URL parser already refused spaces and control characters in host and target.
+  static WireRequest build_message(HttpRequest req, const UrlParts& url) {
     if (!is_token(req.method)) {
       throw HttpError(http_errc::bad_request, "invalid HTTP method");
     }
-    http::request<http::string_body> msg;
-    msg.method_string(req.method);
-    msg.target(url.target);
-    msg.version(11);
-    msg.set(http::field::host, url.host_header);
+    WireRequest msg;
+    std::string& head = msg.head;
+    head.reserve(256 + req.headers.size() * 48);
+    head += req.method;
+    head += ' ';
+    head += url.target;
+    head += " HTTP/1.1\r\nHost: ";
+    head += url.host_header;
+    head += "\r\n";
     for (const auto& [name, value] : req.headers) {
       if (!is_token(name)) throw HttpError(http_errc::bad_request, "invalid header name");
       if (!is_field_value(value)) {
@@ -386,12 +427,23 @@ class HttpClientImpl : public std::enable_shared_from_this<HttpClientImpl> {
         throw HttpError(http_errc::bad_request,
                         "invalid value of header '" + name + "' (control characters)");
       }
-      if (is_managed_header(lower_copy(name))) continue;
-      msg.insert(name, value);
+      if (is_managed_header(name)) continue;
+      head += name;
+      head += ": ";
+      head += value;
+      head += "\r\n";
     }
-    msg.body() = req.body;
-    msg.prepare_payload();
-    msg.keep_alive(true);
+    // As HTTP/1.1 framing wants it: a length for any body, and for an empty one where the
+    // method normally carries one.
+    if (!req.body.empty() || req.method == "POST" || req.method == "PUT" ||
+        req.method == "OPTIONS") {
+      head += "Content-Length: ";
+      head += std::to_string(req.body.size());
+      head += "\r\n";
+    }
+    head += "\r\n";
+    msg.method = std::move(req.method);
+    msg.body = std::move(req.body);
     return msg;
   }
 
@@ -518,6 +570,9 @@ class HttpClientImpl : public std::enable_shared_from_this<HttpClientImpl> {
 
     auto conn = std::make_unique<Connection>();
     conn->id = next_connection_id_++;
+    // Reads take what the socket holds up to the buffer's free space (at least 512
+    // bytes): room for a typical answer means one read per answer, not one per 512 bytes.
+    conn->buffer.reserve(kChunkSize);
     if (url.tls) {
       conn->tls = std::make_unique<beast::ssl_stream<beast::tcp_stream>>(strand(), tls_context());
     } else {
@@ -605,14 +660,14 @@ class HttpClientImpl : public std::enable_shared_from_this<HttpClientImpl> {
   /// Writes the request and reads the response into `sink`. Errors are returned, except
   /// those thrown by the sink's callbacks.
   template <class Stream>
-  asio::awaitable<ExchangeResult> exchange(Stream& stream, Connection& conn,
-                                           const http::request<http::string_body>& msg,
+  asio::awaitable<ExchangeResult> exchange(Stream& stream, Connection& conn, const WireRequest& msg,
                                            Clock::time_point deadline, bool head_request,
                                            ResponseSink& sink) {
     ExchangeResult result;
     conn.tcp().expires_at(deadline);
+    const std::array<asio::const_buffer, 2> wire{asio::buffer(msg.head), asio::buffer(msg.body)};
     auto [wec, written] =
-        co_await http::async_write(stream, msg, asio::as_tuple(asio::use_awaitable));
+        co_await asio::async_write(stream, wire, asio::as_tuple(asio::use_awaitable));
     (void)written;
     if (wec) {
       result.ec = wec;
@@ -639,7 +694,18 @@ class HttpClientImpl : public std::enable_shared_from_this<HttpClientImpl> {
     for (const auto& field : parser.get()) {
       head.headers.emplace_back(lower_copy(field.name_string()), std::string(field.value()));
     }
-    if (sink.on_head) sink.on_head(head);
+    if (sink.collect != nullptr) {
+      if (const auto length = parser.content_length()) {
+        // The announced length, within reason: a larger body still grows as it arrives.
+        constexpr std::uint64_t kMaxReserve = 1024 * 1024;
+        sink.collect->body.reserve(static_cast<std::size_t>(std::min(
+            {*length, kMaxReserve, static_cast<std::uint64_t>(options_.max_response_bytes)})));
+      }
+      sink.collect->status = head.status;
+      sink.collect->headers = std::move(head.headers);
+    } else if (sink.on_head) {
+      sink.on_head(head);
+    }
 
     while (!parser.is_done()) {
       parser.get().body().data = conn.chunk.data();
@@ -649,7 +715,13 @@ class HttpClientImpl : public std::enable_shared_from_this<HttpClientImpl> {
                                                               asio::as_tuple(asio::use_awaitable));
       (void)body_bytes;
       const std::size_t got = conn.chunk.size() - parser.get().body().size;
-      if (got != 0 && sink.on_chunk) sink.on_chunk(std::string_view(conn.chunk.data(), got));
+      if (got != 0) {
+        if (sink.collect != nullptr) {
+          sink.collect->body.append(conn.chunk.data(), got);
+        } else if (sink.on_chunk) {
+          sink.on_chunk(std::string_view(conn.chunk.data(), got));
+        }
+      }
       if (bec == http::error::need_buffer) continue;
       if (bec) {
         result.ec = bec;
@@ -659,6 +731,23 @@ class HttpClientImpl : public std::enable_shared_from_this<HttpClientImpl> {
     conn.tcp().expires_never();
     result.keep_alive = parser.get().keep_alive() && conn.buffer.size() == 0;
     co_return result;
+  }
+
+  /// A URL split once: calls to the same deployment reuse it.
+  std::shared_ptr<const ParsedUrl> parse_url(const std::string& text) {
+    if (auto it = urls_.find(text); it != urls_.end()) return it->second;
+    std::optional<UrlParts> parts = parse_http_url(text);
+    if (!parts) {
+      throw HttpError(http_errc::bad_url,
+                      "invalid URL: expected http:// or https:// with a host and a valid port");
+    }
+    auto parsed = std::make_shared<ParsedUrl>();
+    parsed->origin = parts->origin();
+    parsed->log_target = url_for_log(parts->target);
+    parsed->parts = std::move(*parts);
+    if (urls_.size() >= kUrlCacheSize) urls_.clear();  // URLs with ever-changing queries
+    urls_.emplace(text, parsed);
+    return parsed;
   }
 
   static bool is_stale_failure(const error_code& ec) {
@@ -698,11 +787,12 @@ class HttpClientImpl : public std::enable_shared_from_this<HttpClientImpl> {
   }
 
   asio::any_io_executor executor_;
-  asio::strand<asio::any_io_executor> strand_;
+  asio::any_io_executor strand_;  // a strand (make_client_strand)
   HttpClientOptions options_;
   std::unique_ptr<ssl::context> ssl_context_;
   std::map<std::string, HostPool> pools_;  // node-based: references stay valid
-  std::unordered_set<Connection*> busy_;   // connecting or exchanging; close() aborts them
+  std::unordered_map<std::string, std::shared_ptr<const ParsedUrl>> urls_;
+  std::unordered_set<Connection*> busy_;  // connecting or exchanging; close() aborts them
   std::uint64_t next_connection_id_ = 1;
   bool closed_ = false;
 };

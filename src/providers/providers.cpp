@@ -12,7 +12,12 @@
 #include <boost/system/system_error.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <string_view>
 
 namespace llmq {
 namespace {
@@ -104,6 +109,320 @@ std::int64_t usage_count(const json& usage, const char* key) {
   return v > 0 ? v : 0;
 }
 
+/// The members of a `usage` object that the telemetry takes (0 when absent or not a
+/// positive integer, as usage_count reads them).
+struct UsageCounts {
+  std::int64_t prompt_tokens = 0;
+  std::int64_t completion_tokens = 0;
+  std::int64_t total_tokens = 0;
+};
+
+/// One validating pass over a JSON text without building a tree: accepts exactly one
+/// JSON object (RFC 8259: strict numbers, escapes and surrogate pairs, UTF-8 checked as
+/// nlohmann::json checks it) and reads the integer members of its top-level `usage`
+/// object, last occurrence winning as in a parse. It gives up (nullopt) on anything else,
+/// and also on what it leaves to the full parser: a byte order mark, escaped member names
+/// where it looks for names, nesting deeper than kMaxDepth. A caller then parses.
+class JsonObjectScanner {
+ public:
+  explicit JsonObjectScanner(std::string_view text)
+      : p_(text.data()), end_(text.data() + text.size()) {}
+
+  std::optional<UsageCounts> usage_of_object() {
+    skip_ws();
+    if (!at('{')) return std::nullopt;
+    UsageCounts usage;
+    if (!top_object(usage)) return std::nullopt;
+    skip_ws();
+    if (p_ != end_) return std::nullopt;
+    return usage;
+  }
+
+ private:
+  static constexpr int kMaxDepth = 64;
+
+  /// Bytes that stand for themselves inside a string: printable ASCII but '"' and '\\'.
+  static constexpr std::array<bool, 256> kPlain = [] {
+    std::array<bool, 256> t{};
+    for (int c = 0x20; c < 0x80; ++c) t[static_cast<std::size_t>(c)] = c != '"' && c != '\\';
+    return t;
+  }();
+
+  [[nodiscard]] bool at(char c) const { return p_ != end_ && *p_ == c; }
+  bool consume(char c) {
+    if (!at(c)) return false;
+    ++p_;
+    return true;
+  }
+  void skip_ws() {
+    const char* p = p_;
+    const char* const end = end_;
+    while (p != end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) ++p;
+    p_ = p;
+  }
+
+  /// Member name or string value; `raw` gets the bytes between the quotes.
+  bool string(std::string_view& raw, bool& escaped) {
+    if (!consume('"')) return false;
+    const char* begin = p_;
+    escaped = false;
+    while (p_ != end_) {
+      // A local cursor: reads through char pointers may alias the member, which would
+      // keep the compiler from holding it in a register.
+      const char* p = p_;
+      const char* const end = end_;
+      while (p != end && kPlain[static_cast<unsigned char>(*p)]) ++p;
+      p_ = p;
+      if (p_ == end_) break;
+      const auto c = static_cast<unsigned char>(*p_);
+      if (c == '"') {
+        raw = std::string_view(begin, static_cast<std::size_t>(p_ - begin));
+        ++p_;
+        return true;
+      }
+      if (c == '\\') {
+        escaped = true;
+        ++p_;
+        if (!escape()) return false;
+      } else if (c < 0x20) {
+        return false;
+      } else if (c < 0x80) {
+        ++p_;
+      } else if (!utf8_sequence()) {
+        return false;
+      }
+    }
+    return false;
+  }
+
+  /// After a backslash.
+  bool escape() {
+    if (p_ == end_) return false;
+    const char c = *p_++;
+    switch (c) {
+      case '"':
+      case '\\':
+      case '/':
+      case 'b':
+      case 'f':
+      case 'n':
+      case 'r':
+      case 't':
+        return true;
+      case 'u': {
+        int unit = hex4();
+        if (unit < 0) return false;
+        if (unit >= 0xDC00 && unit <= 0xDFFF) return false;  // a lone low surrogate
+        if (unit >= 0xD800 && unit <= 0xDBFF) {
+          if (!consume('\\') || !consume('u')) return false;
+          unit = hex4();
+          return unit >= 0xDC00 && unit <= 0xDFFF;
+        }
+        return true;
+      }
+      default:
+        return false;
+    }
+  }
+
+  int hex4() {
+    if (end_ - p_ < 4) return -1;
+    int v = 0;
+    for (int i = 0; i < 4; ++i) {
+      const char c = *p_++;
+      v <<= 4;
+      if (c >= '0' && c <= '9')
+        v |= c - '0';
+      else if (c >= 'a' && c <= 'f')
+        v |= c - 'a' + 10;
+      else if (c >= 'A' && c <= 'F')
+        v |= c - 'A' + 10;
+      else
+        return -1;
+    }
+    return v;
+  }
+
+  /// One multi-byte UTF-8 sequence (RFC 3629: no overlongs, no surrogates, <= U+10FFFF).
+  bool utf8_sequence() {
+    const auto b0 = static_cast<unsigned char>(*p_);
+    int more = 0;
+    unsigned char lo = 0x80;
+    unsigned char hi = 0xBF;
+    if (b0 >= 0xC2 && b0 <= 0xDF) {
+      more = 1;
+    } else if (b0 >= 0xE0 && b0 <= 0xEF) {
+      more = 2;
+      if (b0 == 0xE0) lo = 0xA0;
+      if (b0 == 0xED) hi = 0x9F;
+    } else if (b0 >= 0xF0 && b0 <= 0xF4) {
+      more = 3;
+      if (b0 == 0xF0) lo = 0x90;
+      if (b0 == 0xF4) hi = 0x8F;
+    } else {
+      return false;
+    }
+    if (end_ - p_ <= more) return false;
+    ++p_;
+    for (int i = 0; i < more; ++i) {
+      const auto b = static_cast<unsigned char>(*p_++);
+      if (b < lo || b > hi) return false;
+      lo = 0x80;
+      hi = 0xBF;
+    }
+    return true;
+  }
+
+  /// A number; `positive_integer` gets its value when it is an integer in 1..INT64_MAX.
+  bool number(std::int64_t& positive_integer) {
+    positive_integer = 0;
+    const bool negative = consume('-');
+    if (at('0')) {
+      ++p_;
+    } else if (p_ != end_ && *p_ >= '1' && *p_ <= '9') {
+      std::uint64_t v = 0;
+      bool overflow = false;
+      while (p_ != end_ && *p_ >= '0' && *p_ <= '9') {
+        const auto digit = static_cast<std::uint64_t>(*p_ - '0');
+        if (v > (static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max()) - digit) / 10)
+          overflow = true;
+        v = v * 10 + digit;
+        ++p_;
+      }
+      if (!negative && !overflow) positive_integer = static_cast<std::int64_t>(v);
+    } else {
+      return false;
+    }
+    bool integer = true;
+    if (consume('.')) {
+      integer = false;
+      if (!digits()) return false;
+    }
+    if (at('e') || at('E')) {
+      integer = false;
+      ++p_;
+      if (!consume('+')) consume('-');
+      if (!digits()) return false;
+    }
+    if (!integer) positive_integer = 0;
+    return true;
+  }
+
+  bool digits() {
+    const char* begin = p_;
+    while (p_ != end_ && *p_ >= '0' && *p_ <= '9') ++p_;
+    return p_ != begin;
+  }
+
+  bool literal(std::string_view word) {
+    if (static_cast<std::size_t>(end_ - p_) < word.size() ||
+        std::string_view(p_, word.size()) != word)
+      return false;
+    p_ += word.size();
+    return true;
+  }
+
+  bool skip_value(int depth) {
+    if (p_ == end_) return false;
+    std::string_view raw;
+    bool escaped = false;
+    std::int64_t ignored = 0;
+    switch (*p_) {
+      case '{':
+        return skip_object(depth + 1);
+      case '[':
+        return skip_array(depth + 1);
+      case '"':
+        return string(raw, escaped);
+      case 't':
+        return literal("true");
+      case 'f':
+        return literal("false");
+      case 'n':
+        return literal("null");
+      default:
+        return number(ignored);
+    }
+  }
+
+  bool skip_object(int depth) {
+    if (depth > kMaxDepth) return false;
+    return members([&](std::string_view) { return skip_value(depth); }, true);
+  }
+
+  bool skip_array(int depth) {
+    if (depth > kMaxDepth) return false;
+    ++p_;  // '['
+    skip_ws();
+    if (consume(']')) return true;
+    for (;;) {
+      if (!skip_value(depth)) return false;
+      skip_ws();
+      if (consume(',')) {
+        skip_ws();
+        continue;
+      }
+      return consume(']');
+    }
+  }
+
+  /// The members of an object, each handed to `member(name)` positioned at its value.
+  /// Unless `escaped_names`, a name with escapes fails the pass (it might spell one we
+  /// look for).
+  template <class Member>
+  bool members(Member&& member, bool escaped_names = false) {
+    ++p_;  // '{'
+    skip_ws();
+    if (consume('}')) return true;
+    for (;;) {
+      std::string_view name;
+      bool escaped = false;
+      if (!string(name, escaped)) return false;
+      if (escaped && !escaped_names) return false;
+      skip_ws();
+      if (!consume(':')) return false;
+      skip_ws();
+      if (!member(name)) return false;
+      skip_ws();
+      if (consume(',')) {
+        skip_ws();
+        continue;
+      }
+      return consume('}');
+    }
+  }
+
+  bool top_object(UsageCounts& usage) {
+    return members([&](std::string_view name) {
+      if (name != "usage") return skip_value(1);
+      usage = UsageCounts{};
+      if (!at('{')) return skip_value(1);
+      return members([&](std::string_view key) {
+        std::int64_t* field = key == "prompt_tokens"       ? &usage.prompt_tokens
+                              : key == "completion_tokens" ? &usage.completion_tokens
+                              : key == "total_tokens"      ? &usage.total_tokens
+                                                           : nullptr;
+        if (field == nullptr) return skip_value(2);
+        *field = 0;
+        if (at('-') || (p_ != end_ && *p_ >= '0' && *p_ <= '9')) return number(*field);
+        return skip_value(2);
+      });
+    });
+  }
+
+  const char* p_;
+  const char* end_;
+};
+
+void add_usage(UpstreamOperation op, const UsageCounts& u, TelemetryData& t) {
+  if (op == UpstreamOperation::chat_completions) {
+    t.prompt_tokens += u.prompt_tokens;
+    t.completion_tokens += u.completion_tokens;
+  } else {
+    t.embedding_tokens += u.prompt_tokens > 0 ? u.prompt_tokens : u.total_tokens;
+  }
+}
+
 /// Adds the `usage` of a successful body to the telemetry.
 void record_usage(UpstreamOperation op, const json& body, TelemetryData& t) {
   if (!body.is_object()) return;
@@ -129,9 +448,28 @@ bool is_streaming(const json& body) {
   return it != body.end() && it->is_boolean() && it->get<bool>();
 }
 
-/// The Response (and outcome, usage) of a complete upstream answer.
+/// Whether upstream_body changes `body` (else it is sent as given, without a copy).
+bool rewrites_body(const Deployment& d, UpstreamOperation op, const json& body,
+                   const ProviderOptions& options) {
+  if (!body.is_object()) return false;
+  if (d.provider == Provider::openai_compatible || options.azure_url_style == AzureUrlStyle::v1)
+    return true;
+  return op == UpstreamOperation::chat_completions && is_streaming(body) &&
+         options.request_stream_usage && !body.contains("stream_options");
+}
+
+/// The Response (and outcome, usage) of a complete upstream answer. With `raw`, a 2xx
+/// JSON object comes back as a raw body (ProviderOptions::raw_success_body).
 Response response_from_http(const HttpResponse& resp, UpstreamOperation op, TelemetryData& t,
-                            UpstreamOutcome& outcome, const Secrets& secrets) {
+                            UpstreamOutcome& outcome, const Secrets& secrets, bool raw = false) {
+  if (raw && is_success(resp.status)) {
+    if (const std::optional<UsageCounts> usage = JsonObjectScanner(resp.body).usage_of_object()) {
+      outcome = outcome_from_response(resp, json(), SysClock::now());
+      add_usage(op, *usage, t);
+      json::binary_t::container_type bytes(resp.body.begin(), resp.body.end());
+      return Response{json::binary(std::move(bytes)), resp.status};
+    }
+  }
   json parsed = json::parse(resp.body, nullptr, false);
   outcome = outcome_from_response(resp, parsed, SysClock::now());
   if (parsed.is_discarded()) {
@@ -263,13 +601,20 @@ void log_call(const Deployment& d, UpstreamOperation op, const std::string& url,
                   status, ms);
 }
 
+/// The URL for log_call: only worth a copy per call when the debug level is on.
+std::string url_for_debug_log(const std::string& url) {
+  if (!logger()->should_log(spdlog::level::debug)) return std::string();
+  return detail::url_for_log(url);
+}
+
 void log_failure(const Deployment& d, UpstreamOperation op, const HttpError& e) {
   logger()->warn("upstream {} {} failed: {}", d.unique_model_id, operation_name(op), e.what());
 }
 
+/// `body` and `options` must outlive the awaitable (the callers await it at once).
 boost::asio::awaitable<Response> call_upstream(HttpClient& client, const Deployment& d,
-                                               UpstreamOperation op, json body, TelemetryData& t,
-                                               ProviderOptions options) {
+                                               UpstreamOperation op, const json& body,
+                                               TelemetryData& t, const ProviderOptions& options) {
   UpstreamOutcome& outcome = outcome_of(op, t);
   if (!body.is_object()) co_return invalid_body_response(op);
   std::optional<std::string> token;
@@ -280,7 +625,7 @@ boost::asio::awaitable<Response> call_upstream(HttpClient& client, const Deploym
   const Secrets secrets{d.api_key, token ? std::string_view(*token) : std::string_view()};
   const bool streaming = op == UpstreamOperation::chat_completions && is_streaming(body);
   HttpRequest request = build_upstream_request(d, op, body, options, token);
-  const std::string log_url = detail::url_for_log(request.url);
+  const std::string log_url = url_for_debug_log(request.url);
   const Steady::time_point started = Steady::now();
 
   std::optional<Response> result;
@@ -299,7 +644,7 @@ boost::asio::awaitable<Response> call_upstream(HttpClient& client, const Deploym
       result = collector.finish(t, outcome);
     } else {
       HttpResponse response = co_await client.request(std::move(request));
-      result = response_from_http(response, op, t, outcome, secrets);
+      result = response_from_http(response, op, t, outcome, secrets, options.raw_success_body);
     }
   } catch (const HttpError& e) {
     failure = e;
@@ -380,7 +725,12 @@ HttpRequest build_upstream_request(const Deployment& d, UpstreamOperation op, co
   r.method = "POST";
   r.url = upstream_url(d, op, options);
   const bool streaming = op == UpstreamOperation::chat_completions && is_streaming(body);
-  r.body = upstream_body(d, op, body, options).dump(-1, ' ', false, json::error_handler_t::replace);
+  if (rewrites_body(d, op, body, options)) {
+    r.body =
+        upstream_body(d, op, body, options).dump(-1, ' ', false, json::error_handler_t::replace);
+  } else {
+    r.body = body.dump(-1, ' ', false, json::error_handler_t::replace);
+  }
   r.headers.emplace_back("content-type", "application/json");
   r.headers.emplace_back("accept", streaming ? "text/event-stream" : "application/json");
   if (d.provider == Provider::azure) {
@@ -400,16 +750,16 @@ HttpRequest build_upstream_request(const Deployment& d, UpstreamOperation op, co
 boost::asio::awaitable<Response> call_chat(HttpClient& client, const Deployment& deployment,
                                            json body, TelemetryData& telemetry,
                                            ProviderOptions options) {
-  Response r = co_await call_upstream(client, deployment, UpstreamOperation::chat_completions,
-                                      std::move(body), telemetry, std::move(options));
+  Response r = co_await call_upstream(client, deployment, UpstreamOperation::chat_completions, body,
+                                      telemetry, options);
   co_return r;
 }
 
 boost::asio::awaitable<Response> call_embeddings(HttpClient& client, const Deployment& deployment,
                                                  json body, TelemetryData& telemetry,
                                                  ProviderOptions options) {
-  Response r = co_await call_upstream(client, deployment, UpstreamOperation::embeddings,
-                                      std::move(body), telemetry, std::move(options));
+  Response r = co_await call_upstream(client, deployment, UpstreamOperation::embeddings, body,
+                                      telemetry, options);
   co_return r;
 }
 

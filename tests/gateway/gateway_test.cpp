@@ -50,7 +50,13 @@ class FakeUpstream : public llmq::RequestExecutor {
       co_await timer.async_wait(asio::use_awaitable);
     }
     t.prompt_tokens = 3;
+    // A raw upstream answer, as the executors' raw_success_body hands it over.
+    if (auto raw = req.body.find("raw_reply"); raw != req.body.end() && raw->is_string())
+      co_return llmq::Response{raw_body(raw->get<std::string>()), 200};
     co_return llmq::Response{answer(req, chosen), 200};
+  }
+  static json raw_body(const std::string& text) {
+    return json::binary(json::binary_t::container_type(text.begin(), text.end()));
   }
   static json answer(const llmq::Request& req, const llmq::ChosenDeployments& chosen) {
     json j = json::object();
@@ -272,6 +278,76 @@ TEST_F(GatewayTest, KeepAliveServesManyRequestsOnOneConnection) {
     auto r = send(s, http::verb::post, "/v1/chat/completions", chat("gpt-4o").dump());
     EXPECT_EQ(r.status, 200);
   }
+}
+
+TEST_F(GatewayTest, RawUpstreamAnswersGoOutByteForByte) {
+  start();
+  json body = chat("gpt-4o");
+  const std::string raw = "{ \"z\": 1,\n  \"a\": \"caf\u00e9\" }";  // unsorted, spaced
+  body["raw_reply"] = raw;
+  auto r = post("/v1/chat/completions", body);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body, raw);
+  EXPECT_EQ(r.headers["Content-Length"], std::to_string(raw.size()));
+  EXPECT_EQ(r.headers["Content-Type"], "application/json");
+}
+
+TEST_F(GatewayTest, ConnectionHeadersFollowTheRequestVersion) {
+  start();
+  const std::string body = chat("gpt-4o").dump();
+  auto raw_exchange = [&](const std::string& request) {
+    auto s = connect();
+    asio::write(s, asio::buffer(request));
+    Reply r = read_reply(s);
+    return std::make_pair(r, std::move(s));
+  };
+  auto framed = [&](const std::string& version, const std::string& connection) {
+    std::string req = "POST /v1/chat/completions HTTP/" + version +
+                      "\r\nHost: x\r\nx-user-id: alice\r\nContent-Type: application/json\r\n";
+    if (!connection.empty()) req += "Connection: " + connection + "\r\n";
+    req += "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    return req;
+  };
+  {  // HTTP/1.1 default: kept open, no Connection header
+    auto [r, s] = raw_exchange(framed("1.1", ""));
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.headers.count("Connection"), 0u);
+    EXPECT_EQ(send(s, http::verb::post, "/v1/chat/completions", body).status, 200);
+  }
+  {  // HTTP/1.1 asking to close: answered with Connection: close, then closed
+    auto [r, s] = raw_exchange(framed("1.1", "close"));
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.headers["Connection"], "close");
+    char byte = 0;
+    beast::error_code ec;
+    s.read_some(asio::buffer(&byte, 1), ec);
+    EXPECT_EQ(ec, asio::error::eof);
+  }
+  {  // HTTP/1.0 keep-alive: answered as HTTP/1.0 with Connection: keep-alive
+    auto [r, s] = raw_exchange(framed("1.0", "keep-alive"));
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.headers["Connection"], "keep-alive");
+    EXPECT_EQ(r.j()["deployment"].get<std::string>().rfind("gpt-4o-", 0), 0u);
+  }
+  {  // HTTP/1.0 default: closed after the answer
+    auto [r, s] = raw_exchange(framed("1.0", ""));
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.headers.count("Connection"), 0u);
+    char byte = 0;
+    beast::error_code ec;
+    s.read_some(asio::buffer(&byte, 1), ec);
+    EXPECT_EQ(ec, asio::error::eof);
+  }
+}
+
+TEST(GatewayConfig, UpstreamMaxConnections) {
+  auto settings = llmq::gateway::parse_gateway_settings(
+      std::string(kConfig) + "gateway:\n  upstream_max_connections: 8\n");
+  EXPECT_EQ(settings.gateway.upstream_max_connections, 8u);
+  EXPECT_EQ(llmq::gateway::parse_gateway_settings(kConfig).gateway.upstream_max_connections, 256u);
+  EXPECT_THROW(llmq::gateway::parse_gateway_settings(std::string(kConfig) +
+                                                     "gateway:\n  upstream_max_connections: 0\n"),
+               llmq::ConfigError);
 }
 
 TEST_F(GatewayTest, MalformedAndOversizeRequestsAreRefusedAndClosed) {

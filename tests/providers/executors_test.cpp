@@ -409,6 +409,136 @@ TEST(ExecutorErrors, RequestsTheExecutorCannotServeGetNoUpstreamCall) {
   EXPECT_TRUE(server.requests().empty());
 }
 
+// ---- raw success bodies (ProviderOptions::raw_success_body) ---------------------------
+
+TEST(RawSuccessBody, ChatAnswerComesBackAsReceivedWithUsageRecorded) {
+  asio::io_context io;
+  LoopbackServer server(io, [](const ReceivedRequest&) { return chat_reply(); });
+  const llmq::Deployment d = azure(server);
+  llmq::ProviderOptions options;
+  options.raw_success_body = true;
+  llmq::ChatCompletionExecutor executor(make_client(io), options);
+  const Call call = run_executor(io, executor, chat_body(), &d);
+  EXPECT_EQ(call.response.status, 200);
+  ASSERT_TRUE(llmq::is_raw_body(call.response.body));
+  EXPECT_EQ(llmq::response_body_text(call.response.body), kChatAnswer);  // byte for byte
+  EXPECT_EQ(call.telemetry.prompt_tokens, 12);
+  EXPECT_EQ(call.telemetry.completion_tokens, 3);
+  EXPECT_EQ(call.telemetry.llm_outcome.status, 200);
+  EXPECT_TRUE(call.telemetry.llm_outcome.retryable);
+  // Off (the default), the same answer is parsed, and its text is the compact dump.
+  llmq::ChatCompletionExecutor parsed(make_client(io));
+  const Call p = run_executor(io, parsed, chat_body(), &d);
+  EXPECT_FALSE(llmq::is_raw_body(p.response.body));
+  EXPECT_EQ(llmq::response_body_text(p.response.body), json::parse(kChatAnswer).dump());
+}
+
+TEST(RawSuccessBody, EmbeddingsUsageAndErrorsStayParsed) {
+  asio::io_context io;
+  int status = 200;
+  LoopbackServer server(io, [&status](const ReceivedRequest&) {
+    return status == 200 ? llmq::testing::json_reply(200, kEmbeddingAnswer)
+                         : llmq::testing::json_reply(status, R"({"error":{"code":"429"}})");
+  });
+  const llmq::Deployment e = azure(server, llmq::ModelType::embeddings);
+  llmq::ProviderOptions options;
+  options.raw_success_body = true;
+  llmq::EmbeddingsExecutor executor(make_client(io), options);
+  const Call ok = run_executor(io, executor, json::parse(R"({"input":"x"})"), nullptr, &e);
+  ASSERT_TRUE(llmq::is_raw_body(ok.response.body));
+  EXPECT_EQ(llmq::response_body_text(ok.response.body), kEmbeddingAnswer);
+  EXPECT_EQ(ok.telemetry.embedding_tokens, 4);
+  status = 429;
+  const Call limited = run_executor(io, executor, json::parse(R"({"input":"x"})"), nullptr, &e);
+  EXPECT_EQ(limited.response.status, 429);
+  EXPECT_FALSE(llmq::is_raw_body(limited.response.body));
+  EXPECT_EQ(limited.response.body["error"]["code"], "429");
+}
+
+/// Every body answered with 200 gives the same status, usage and (parsed) content with and
+/// without raw_success_body: the scan that replaces the parse agrees with it.
+TEST(RawSuccessBody, AgreesWithTheParserOnEdgeCases) {
+  const std::vector<std::string> bodies = {
+      R"({"usage":{"prompt_tokens":7,"completion_tokens":2}})",
+      " \t\r\n{ \"usage\" : { \"prompt_tokens\" : 7 , \"completion_tokens\" : 2 } } \n",
+      R"({"usage":{"prompt_tokens":1},"usage":{"prompt_tokens":9,"completion_tokens":4}})",
+      R"({"usage":{"prompt_tokens":9},"usage":null})",
+      R"({"usage":{"prompt_tokens":9,"prompt_tokens":"x","completion_tokens":2.0}})",
+      R"({"usage":{"prompt_tokens":-3,"completion_tokens":1e2,"total_tokens":0}})",
+      R"({"usage":{"prompt_tokens":9223372036854775807,"completion_tokens":9223372036854775808}})",
+      R"({"usage":{"prompt_tokens":99999999999999999999999}})",
+      R"({"us\u0061ge":{"prompt_tokens":5,"completion_tokens":6}})",
+      R"({"usage":{"prompt_tok\u0065ns":5}})",
+      R"({"x":{"usage":{"prompt_tokens":5}},"usage":{"completion_tokens":8}})",
+      R"({"a":[1,-0,0.5,-1.25e-3,2E+8,true,false,null,"\"\\\/\b\f\n\r\t\u00e9\ud83d\ude00"]})",
+      "{\"text\":\"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \x7f\"}",
+      "\xef\xbb\xbf{\"usage\":{\"prompt_tokens\":3}}",  // byte order mark
+      std::string(100, '[') + std::string(100, ']'),
+      "{\"deep\":" + std::string(80, '[') + std::string(80, ']') + "}",
+      R"([{"usage":{"prompt_tokens":5}}])",
+      R"("just a string")",
+      "{}",
+      // Malformed: each must be a 502 either way.
+      "",
+      "{",
+      R"({"a":1,})",
+      R"({"a":01})",
+      R"({"a":1.})",
+      R"({"a":.5})",
+      R"({"a":1e})",
+      R"({"a":+1})",
+      R"({"a":tru})",
+      R"({"a":NaN})",
+      R"({"a":"\x"})",
+      R"({"a":"\u12"})",
+      R"({"a":"\ud800"})",
+      R"({"a":"\udc00"})",
+      R"({"a":"\ud800\u0041"})",
+      "{\"a\":\"tab\there\"}",
+      "{\"a\":\"\xc0\xaf\"}",          // overlong
+      "{\"a\":\"\xed\xa0\x80\"}",      // an encoded surrogate
+      "{\"a\":\"\xf4\x90\x80\x80\"}",  // above U+10FFFF
+      "{\"a\":\"\xe2\x82\"}",          // cut short
+      "{\"a\":\"\x80\"}",
+      R"({"a":1} {"b":2})",
+      R"({"a":1}x)",
+      R"({"a" 1})",
+      R"({a:1})",
+  };
+  asio::io_context io;
+  std::size_t next = 0;
+  LoopbackServer server(
+      io, [&](const ReceivedRequest&) { return llmq::testing::json_reply(200, bodies[next / 2]); });
+  const llmq::Deployment d = azure(server);
+  llmq::ProviderOptions options;
+  options.raw_success_body = true;
+  auto client = make_client(io);
+  llmq::ChatCompletionExecutor raw(client, options);
+  llmq::ChatCompletionExecutor parsed(client);
+  std::size_t raw_bodies = 0;
+  for (const std::string& body : bodies) {
+    SCOPED_TRACE(body);
+    const Call r = run_executor(io, raw, chat_body(), &d);
+    ++next;
+    const Call p = run_executor(io, parsed, chat_body(), &d);
+    ++next;
+    EXPECT_EQ(r.response.status, p.response.status);
+    EXPECT_EQ(r.telemetry.llm_outcome.status, p.telemetry.llm_outcome.status);
+    EXPECT_EQ(r.telemetry.prompt_tokens, p.telemetry.prompt_tokens);
+    EXPECT_EQ(r.telemetry.completion_tokens, p.telemetry.completion_tokens);
+    if (llmq::is_raw_body(r.response.body)) {
+      ++raw_bodies;
+      EXPECT_EQ(llmq::response_body_text(r.response.body), body);
+      EXPECT_EQ(json::parse(body), p.response.body);
+    } else {
+      EXPECT_EQ(r.response.body, p.response.body);
+    }
+  }
+  EXPECT_EQ(next, bodies.size() * 2);
+  // The well-formed objects without escaped names, a byte order mark or deep nesting.
+  EXPECT_EQ(raw_bodies, 12u);
+}
+
 // ---- streaming ----------------------------------------------------------------------------
 
 Reply sse_reply(std::vector<std::string> events) {

@@ -146,6 +146,51 @@ TEST(HttpClient, SendsRequestAndReadsStatusHeadersBody) {
   EXPECT_EQ(got.header("content-type"), "application/json");
 }
 
+TEST(HttpClient, RequestFramingAndManagedHeaders) {
+  asio::io_context io;
+  LoopbackServer server(io, [](const ReceivedRequest&) { return ok(); });
+  llmq::HttpClient client(io.get_executor());
+  llmq::HttpRequest get;
+  get.method = "GET";
+  get.url = server.url("/a");
+  get.headers = {
+      {"X-First", "1"},         {"HOST", "evil.example"},         {"Connection", "close"},
+      {"content-length", "99"}, {"Transfer-Encoding", "chunked"}, {"X-Last", "2"}};
+  llmq::HttpRequest empty_post = post(server.url("/b"), "");
+  for (llmq::HttpRequest* req : {&get, &empty_post}) {
+    const Attempt a = run_bounded(io, attempt(client, *req));
+    ASSERT_TRUE(a.response) << a.error_message;
+    EXPECT_EQ(a.response->status, 200);
+  }
+  ASSERT_EQ(server.requests().size(), 2u);
+  const ReceivedRequest& g = server.requests()[0];
+  EXPECT_EQ(g.method, "GET");
+  EXPECT_EQ(g.header("host"), "127.0.0.1:" + std::to_string(server.port()));
+  EXPECT_EQ(g.header("content-length"), std::nullopt);  // no body, no length
+  EXPECT_EQ(g.header("transfer-encoding"), std::nullopt);
+  EXPECT_EQ(g.header("connection"), std::nullopt);  // HTTP/1.1 keep-alive by default
+  ASSERT_EQ(g.headers.size(), 3u);                  // host, then the caller's in order
+  EXPECT_EQ(g.headers[1].first, "x-first");
+  EXPECT_EQ(g.headers[2].first, "x-last");
+  const ReceivedRequest& p = server.requests()[1];
+  EXPECT_EQ(p.header("content-length"), "0");  // POST always states its length
+  EXPECT_EQ(p.body, "");
+  EXPECT_EQ(p.connection, g.connection);  // the connection was kept
+}
+
+TEST(HttpClient, LargeBodyArrivesWhole) {
+  asio::io_context io;
+  std::string big(200 * 1024, 'x');
+  for (std::size_t i = 0; i < big.size(); i += 97) big[i] = static_cast<char>('a' + i % 26);
+  LoopbackServer server(io, [&big](const ReceivedRequest&) { return ok(big); });
+  llmq::HttpClient client(io.get_executor());
+  for (int i = 0; i < 2; ++i) {
+    const Attempt a = run_bounded(io, attempt(client, post(server.url("/big"))));
+    ASSERT_TRUE(a.response) << a.error_message;
+    EXPECT_EQ(a.response->body, big);
+  }
+}
+
 TEST(HttpClient, ErrorStatusesAreResultsNotExceptions) {
   asio::io_context io;
   LoopbackServer server(

@@ -344,12 +344,13 @@ asio::awaitable<void> run_connection(std::shared_ptr<State> st, std::shared_ptr<
     const MockHttpRequest req = to_mock_request(msg, loopback);
     const ResponsePlan plan = st->service.handle(req, std::chrono::steady_clock::now());
     const bool keep_alive = msg.keep_alive() && !plan.close;
-    spdlog::debug("llmq-mock-azure: #{} {} {} -> {}{}", id, req.method, path_of(req.target),
-                  plan.action == ResponsePlan::Action::reset ? std::string("reset")
-                  : plan.action == ResponsePlan::Action::stall
-                      ? std::string("stall")
-                      : std::to_string(plan.response.status),
-                  plan.deployment.empty() ? std::string() : " [" + plan.deployment + "]");
+    if (spdlog::should_log(spdlog::level::debug))  // the arguments cost even when off
+      spdlog::debug("llmq-mock-azure: #{} {} {} -> {}{}", id, req.method, path_of(req.target),
+                    plan.action == ResponsePlan::Action::reset ? std::string("reset")
+                    : plan.action == ResponsePlan::Action::stall
+                        ? std::string("stall")
+                        : std::to_string(plan.response.status),
+                    plan.deployment.empty() ? std::string() : " [" + plan.deployment + "]");
     if (!co_await carry_out(*conn, plan, keep_alive, http11, timeout)) break;
     if (!keep_alive) break;
   }
