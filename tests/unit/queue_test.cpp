@@ -7,6 +7,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/system/system_error.hpp>
@@ -287,6 +288,67 @@ TEST(LLMQueueRuntime, ExactlyOneAnswerForEachOfTenThousandConcurrentRequests) {
   EXPECT_EQ(std::unique(ids.begin(), ids.end()), ids.end()) << "request ids must be unique";
   EXPECT_EQ(echo->calls.load(), n);
   EXPECT_EQ(h.telemetry->total_inserted(), static_cast<std::uint64_t>(n));
+}
+
+/// Answers its first call with a 429 and a Retry-After of `backoff`, then 200s.
+class ThrottledOnceExecutor : public llmq::RequestExecutor {
+ public:
+  explicit ThrottledOnceExecutor(std::chrono::milliseconds backoff) : backoff_(backoff) {}
+  awaitable<llmq::Response> process_request(const llmq::Request&, const llmq::ChosenDeployments&,
+                                            llmq::TelemetryData& t) override {
+    if (calls++ == 0) {
+      t.llm_outcome.status = 429;
+      t.llm_outcome.retry_after = backoff_;
+      co_return llmq::Response{llmq::make_error_body("throttled", "rate_limit", "429"), 429};
+    }
+    co_return llmq::Response{json::object(), 200};
+  }
+  int calls = 0;  // one thread runs the io_context
+
+ private:
+  std::chrono::milliseconds backoff_;
+};
+
+TEST(LLMQueueRuntime, ADeepQueueIsDispatchedInSlicesLettingOtherWorkRun) {
+  // One deployment, in backoff while 1000 requests queue up behind it. When the backoff
+  // ends they all become dispatchable at once; a probe handler on the same thread must
+  // get turns while they are being started, not only after all of them.
+  auto exec = std::make_shared<ThrottledOnceExecutor>(200ms);
+  Harness h(make_config({model("only", llmq::ModelType::chat)}), {{"chat_completion", exec}});
+  constexpr int n = 1000;
+  int answered = 0;
+  std::vector<int> seen;  // executor calls started, at each probe turn
+  run_test(h.io, [&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    auto ex = co_await asio::this_coro::executor;
+    auto call = [&]() -> awaitable<void> {
+      auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+      answered += r.status == 200;
+    };
+    asio::co_spawn(ex, call(), asio::detached);
+    co_await wait_until([&] { return exec->calls == 1; });  // throttled: backoff began
+    for (int i = 0; i < n; ++i) asio::co_spawn(ex, call(), asio::detached);
+    asio::steady_timer tick(ex);
+    for (;;) {  // the retry and the n new requests all wait for the backoff
+      const llmq::QueueStats st = co_await h.queue->stats();
+      if (st.queue_depth == n + 1) break;
+      EXPECT_EQ(exec->calls, 1) << "dispatched during the backoff";
+      tick.expires_after(1ms);
+      co_await tick.async_wait(asio::use_awaitable);
+    }
+    while (exec->calls < n + 2) {  // the probe: one turn per post
+      seen.push_back(exec->calls);
+      co_await asio::post(ex, asio::use_awaitable);
+    }
+    co_await wait_until([&] { return answered == n + 1; });
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(answered, n + 1);
+  std::set<int> between;
+  for (int c : seen)
+    if (c > 1 && c < n + 2) between.insert(c);
+  EXPECT_GE(between.size(), 5u) << "the dispatch of " << n + 1
+                                << " ready requests was not interleaved with other work";
 }
 
 TEST(LLMQueueRuntime, ExecutorExceptionBecomes500AndQueueKeepsServing) {
