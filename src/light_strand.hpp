@@ -10,6 +10,8 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/strand.hpp>
 
+#include <memory>
+
 namespace llmq::detail {
 
 inline boost::asio::any_io_executor make_light_strand(const boost::asio::any_io_executor& ex) {

@@ -192,7 +192,9 @@ class TelemetryPipeline : public std::enable_shared_from_this<TelemetryPipeline>
         store_(std::move(store)),
         capacity_(o.telemetry_buffer_capacity),
         batch_size_(std::max<std::size_t>(1, o.telemetry_batch_size)),
-        interval_(o.telemetry_flush_interval) {}
+        interval_(o.telemetry_flush_interval) {
+    batch_.reserve(batch_size_);
+  }
 
   /// Any thread. Never blocks on I/O; drops (and counts) when the buffer is full.
   /// The record's allocation is kept (not copied) until its batch is written.
@@ -266,7 +268,6 @@ class TelemetryPipeline : public std::enable_shared_from_this<TelemetryPipeline>
         std::lock_guard lock(mutex_);
         if (buffer_.empty()) co_return;
         const std::size_t n = std::min(batch_size_, buffer_.size());
-        batch_.reserve(batch_size_);
         for (std::size_t i = 0; i < n; ++i) {
           batch_.push_back(std::move(*buffer_.front()));
           buffer_.pop_front();
@@ -459,9 +460,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   /// requests, so the id stays inside std::string's inline buffer.
   std::string next_request_id() {
     const std::uint64_t n = next_id_.fetch_add(1, std::memory_order_relaxed);
-    std::string id;
-    id.reserve(15);
-    id += id_prefix_;
+    std::string id = id_prefix_;
     id += '-';
     append_base36(id, n);
     return id;

@@ -8,27 +8,14 @@ secs=${1:-10}
 bin=${LLMQ_BUILD_DIR:-build/release}
 cmake --preset release -B "$bin" >/dev/null
 cmake --build "$bin" -j "$(nproc)" --target llmq-mock-azure llmq-gateway >/dev/null
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-wait_for_file() { for _ in $(seq 1 100); do [ -s "$1" ] && return 0; sleep 0.1; done; return 1; }
+# shellcheck source=../../scripts/lib/servers.sh
+source scripts/lib/servers.sh
 
-"$bin/tools/mock_azure/llmq-mock-azure" --config bench/gateway/mock.yaml --port 0 \
-  --port-file "$work/mock.port" >"$work/mock.log" 2>&1 &
-pids+=($!)
-wait_for_file "$work/mock.port"
-mock="http://127.0.0.1:$(cat "$work/mock.port")"
-LLMQ_BENCH_MOCK_URL="$mock" LLMQ_BENCH_UPSTREAM_KEY=bench-upstream-key \
-  "$bin/examples/llmq-gateway" --config bench/gateway/gateway.yaml --port 0 \
-  --port-file "$work/gw.port" >"$work/gw.log" 2>&1 &
-pids+=($!)
-wait_for_file "$work/gw.port"
-gw="http://127.0.0.1:$(cat "$work/gw.port")"
+start_server mock "$bin/tools/mock_azure/llmq-mock-azure" --config bench/gateway/mock.yaml
+mock=$server_url
+start_server gw env LLMQ_BENCH_MOCK_URL="$mock" LLMQ_BENCH_UPSTREAM_KEY=bench-upstream-key \
+  "$bin/examples/llmq-gateway" --config bench/gateway/gateway.yaml
+gw=$server_url
 
 run() {  # run <label> <url> <connections>
   local out

@@ -9,12 +9,13 @@
 #include <llmq/http_client.hpp>
 #include <llmq/log.hpp>
 
+#include "../light_strand.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/dispatch.hpp>
-#include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/ssl/context.hpp>
@@ -110,15 +111,6 @@ bool is_managed_header(std::string_view name) {
 
 std::chrono::milliseconds ms_since(Clock::time_point start) {
   return std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - start);
-}
-
-/// The client's strand as an any_io_executor that copies without allocating: a strand over
-/// an io_context's own executor fits any_io_executor's inline buffer, a strand over an
-/// any_io_executor does not (and the strand is copied at every co_await, timer and op).
-asio::any_io_executor make_client_strand(const asio::any_io_executor& ex) {
-  if (const auto* io = ex.target<asio::io_context::executor_type>())
-    return asio::any_io_executor(asio::make_strand(*io));
-  return asio::any_io_executor(asio::make_strand(ex));
 }
 
 [[noreturn]] void throw_aborted() {
@@ -261,7 +253,7 @@ class HttpClientImpl : public std::enable_shared_from_this<HttpClientImpl> {
  public:
   HttpClientImpl(asio::any_io_executor ex, HttpClientOptions options)
       : executor_(std::move(ex)),
-        strand_(make_client_strand(executor_)),
+        strand_(detail::make_light_strand(executor_)),
         options_(std::move(options)) {
     if (options_.max_connections_per_host == 0) options_.max_connections_per_host = 1;
   }
@@ -787,7 +779,7 @@ class HttpClientImpl : public std::enable_shared_from_this<HttpClientImpl> {
   }
 
   asio::any_io_executor executor_;
-  asio::any_io_executor strand_;  // a strand (make_client_strand)
+  asio::any_io_executor strand_;  // a strand (make_light_strand: copies do not allocate)
   HttpClientOptions options_;
   std::unique_ptr<ssl::context> ssl_context_;
   std::map<std::string, HostPool> pools_;  // node-based: references stay valid

@@ -13,28 +13,18 @@ if ! redis-cli -h 127.0.0.1 -p "$redis_port" ping 2>/dev/null | grep -q PONG; th
   [ "${LLMQ_TEST_REQUIRE_SERVICES:-0}" = 1 ] && exit 1
   exit 77
 fi
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-wait_for_file() { for _ in $(seq 1 100); do [ -s "$1" ] && return 0; sleep 0.1; done; cat "$work"/*.log >&2; return 1; }
+# shellcheck source=../../scripts/lib/servers.sh
+source "$here/../../scripts/lib/servers.sh"
 
-"$mock_bin" --config "$here/openai_node/mock.yaml" --port 0 --port-file "$work/mock.port" >"$work/mock.log" 2>&1 &
-pids+=($!)
-wait_for_file "$work/mock.port"
+start_server mock "$mock_bin" --config "$here/openai_node/mock.yaml"
+mock_url=$server_url
 prefix="llmq-test-$$-$(date +%s%N):"
 sed -e "s/max_num_requests_in_time_window: 40/max_num_requests_in_time_window: 10/" \
     -e "/client_keys:/,+1d" "$here/openai_node/gateway.yaml" > "$work/gateway.yaml"
 printf '  redis_url: "redis://127.0.0.1:%s/0"\n  redis_key_prefix: "%s"\n' "$redis_port" "$prefix" >> "$work/gateway.yaml"
 for g in a b; do
-  LLMQ_TEST_MOCK_URL="http://127.0.0.1:$(cat "$work/mock.port")" LLMQ_TEST_UPSTREAM_KEY=node-test-upstream-key \
-    "$gateway_bin" --config "$work/gateway.yaml" --port 0 --port-file "$work/$g.port" >"$work/$g.log" 2>&1 &
-  pids+=($!)
-  wait_for_file "$work/$g.port"
+  start_server "$g" env LLMQ_TEST_MOCK_URL="$mock_url" LLMQ_TEST_UPSTREAM_KEY=node-test-upstream-key \
+    "$gateway_bin" --config "$work/gateway.yaml"
 done
 body='{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}],"max_tokens":5}'
 ok=0; limited=0; other=0

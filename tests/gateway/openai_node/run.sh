@@ -5,34 +5,18 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 mock_bin=$1
 gateway_bin=$2
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$work"
-}
-trap cleanup EXIT
-wait_for_file() {
-  for _ in $(seq 1 100); do [ -s "$1" ] && return 0; sleep 0.1; done
-  echo "run.sh: $2 did not start" >&2; cat "$work"/*.log >&2 || true
-  return 1
-}
+# shellcheck source=../../../scripts/lib/servers.sh
+source "$here/../../../scripts/lib/servers.sh"
 
 if [ ! -d "$here/node_modules/openai" ]; then
   (cd "$here" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
-"$mock_bin" --config "$here/mock.yaml" --port 0 --port-file "$work/mock.port" >"$work/mock.log" 2>&1 &
-pids+=($!)
-wait_for_file "$work/mock.port" llmq-mock-azure
-LLMQ_TEST_MOCK_URL="http://127.0.0.1:$(cat "$work/mock.port")" LLMQ_TEST_UPSTREAM_KEY=node-test-upstream-key \
-  "$gateway_bin" --config "$here/gateway.yaml" --port 0 --port-file "$work/gateway.port" \
-  >"$work/gateway.log" 2>&1 &
-pids+=($!)
-wait_for_file "$work/gateway.port" llmq-gateway
+start_server llmq-mock-azure "$mock_bin" --config "$here/mock.yaml"
+start_server llmq-gateway env LLMQ_TEST_MOCK_URL="$server_url" \
+  LLMQ_TEST_UPSTREAM_KEY=node-test-upstream-key "$gateway_bin" --config "$here/gateway.yaml"
 
-GATEWAY_URL="http://127.0.0.1:$(cat "$work/gateway.port")" node "$here/test.mjs"
+GATEWAY_URL="$server_url" node "$here/test.mjs"
 
 # SIGTERM: the gateway drains, flushes and exits 0.
 gateway_pid=${pids[1]}
