@@ -13,12 +13,12 @@ bin=build/release
 source scripts/lib/servers.sh
 
 start_server llmq-mock-azure "$bin/tools/mock_azure/llmq-mock-azure" \
-  --config examples/demo/mock.yaml
+  --config apps/demo/mock.yaml
 mock_url=$server_url
 start_server llmq-gateway env LLMQ_DEMO_MOCK_URL="$mock_url" \
   LLMQ_DEMO_UPSTREAM_KEY=demo-upstream-key \
-  "$bin/examples/llmq-gateway" --config examples/demo/gateway.yaml
+  "$bin/apps/gateway/llmq-gateway" --config apps/demo/gateway.yaml
 gateway_url=$server_url
 
 echo "mock Azure OpenAI: $mock_url   gateway: $gateway_url"
-"$bin/examples/llmq-demo" --gateway "$gateway_url" --mock "$mock_url" --seconds "${LLMQ_DEMO_SECONDS:-16}"
+"$bin/apps/demo/llmq-demo" --gateway "$gateway_url" --mock "$mock_url" --seconds "${LLMQ_DEMO_SECONDS:-16}"

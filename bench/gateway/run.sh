@@ -14,7 +14,7 @@ source scripts/lib/servers.sh
 start_server mock "$bin/tools/mock_azure/llmq-mock-azure" --config bench/gateway/mock.yaml
 mock=$server_url
 start_server gw env LLMQ_BENCH_MOCK_URL="$mock" LLMQ_BENCH_UPSTREAM_KEY=bench-upstream-key \
-  "$bin/examples/llmq-gateway" --config bench/gateway/gateway.yaml
+  "$bin/apps/gateway/llmq-gateway" --config bench/gateway/gateway.yaml
 gw=$server_url
 
 run() {  # run <label> <url> <connections>

@@ -5,9 +5,9 @@
 // coroutines. The public awaitables co_spawn onto that strand, which also carries the
 // caller's cancellation across (co_spawn forwards the awaiting coroutine's slot).
 
-#include <llmq/detail/http_url.hpp>
 #include <llmq/http_client.hpp>
 #include <llmq/log.hpp>
+#include "http_url.hpp"
 
 #include "../light_strand.hpp"
 

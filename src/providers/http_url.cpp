@@ -1,6 +1,6 @@
 // URL split for HttpClient (no Boost.URL: the client needs scheme, host, port, target).
 
-#include <llmq/detail/http_url.hpp>
+#include "http_url.hpp"
 
 #include <cctype>
 #include <charconv>

@@ -1,13 +1,13 @@
 // The ready-made executors: one upstream call per process_request, outcome and usage
 // recorded in the telemetry, upstream answers passed through.
 
-#include <llmq/detail/http_url.hpp>
 #include <llmq/errors.hpp>
 #include <llmq/log.hpp>
 #include <llmq/providers.hpp>
 #include <llmq/queue.hpp>
 #include <llmq/rate_limit_headers.hpp>
 #include <llmq/sse.hpp>
+#include "http_url.hpp"
 
 #include <boost/system/system_error.hpp>
 

@@ -1,9 +1,9 @@
 /// @file redis_client.cpp
 /// RedisClient: one RedisConnection per node, MOVED/ASK redirects, the slot map.
 
-#include <llmq/detail/redis_protocol.hpp>
 #include <llmq/log.hpp>
 #include <llmq/redis.hpp>
+#include "redis_protocol.hpp"
 
 #include <boost/asio/error.hpp>
 #include <boost/system/system_error.hpp>

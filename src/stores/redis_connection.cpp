@@ -3,10 +3,10 @@
 /// URL parser and the error category. OpenSSL stays in this file: the public header only
 /// knows RedisTlsOptions.
 
-#include <llmq/detail/redis_protocol.hpp>
 #include <llmq/errors.hpp>
 #include <llmq/log.hpp>
 #include <llmq/redis.hpp>
+#include "redis_protocol.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/cancellation_state.hpp>

@@ -2,9 +2,9 @@
 /// RedisDeploymentBudgetStore: the shared sliding windows of a deployment as one Lua
 /// script over a sorted set, plus a shared backoff key.
 
-#include <llmq/detail/redis_protocol.hpp>
-#include <llmq/detail/redis_script.hpp>
 #include <llmq/redis_deployment_budget_store.hpp>
+#include "redis_protocol.hpp"
+#include "redis_script.hpp"
 
 #include <boost/asio/error.hpp>
 #include <boost/system/system_error.hpp>

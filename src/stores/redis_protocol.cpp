@@ -1,7 +1,7 @@
 /// @file redis_protocol.cpp
 /// RESP framing through hiredis, hash slots, redirects, CLUSTER SLOTS, SHA-1.
 
-#include <llmq/detail/redis_protocol.hpp>
+#include "redis_protocol.hpp"
 
 #include <hiredis/hiredis.h>
 

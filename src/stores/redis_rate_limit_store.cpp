@@ -1,10 +1,10 @@
 /// @file redis_rate_limit_store.cpp
 /// RedisUserRateLimitStore: the sliding-window script and the failure policy.
 
-#include <llmq/detail/redis_protocol.hpp>
-#include <llmq/detail/redis_script.hpp>
 #include <llmq/log.hpp>
 #include <llmq/redis_rate_limit_store.hpp>
+#include "redis_protocol.hpp"
+#include "redis_script.hpp"
 
 #include <boost/asio/error.hpp>
 #include <boost/system/system_error.hpp>

@@ -1,7 +1,7 @@
 /// @file redis_script.cpp
 /// Helpers shared by the Redis-backed stores (see detail/redis_script.hpp).
 
-#include <llmq/detail/redis_script.hpp>
+#include "redis_script.hpp"
 #include <llmq/errors.hpp>
 
 #include <cstdint>

@@ -2,7 +2,7 @@
 // bodies per provider, telemetry (usage, outcomes), error pass-through, malformed bodies,
 // transport failures, streaming assembly, cancellation, and no API key in any log line.
 
-#include "../../src/providers/testing/loopback_http_server.hpp"
+#include "loopback_http_server.hpp"
 
 #include <llmq/llmq.hpp>
 #include <llmq/providers.hpp>

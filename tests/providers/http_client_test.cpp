@@ -2,7 +2,7 @@
 // pool bound, reconnects, timeouts, size limits, truncation, cancellation, close, TLS
 // verification. Every test runs on its own io_context with a time bound.
 
-#include "../../src/providers/testing/loopback_http_server.hpp"
+#include "loopback_http_server.hpp"
 
 #include <llmq/http_client.hpp>
 

@@ -2,10 +2,10 @@
 // HTTP dates, outcomes, the SSE parser (split at every byte), the URL split, the upstream
 // request builder and the chat stream assembler. No sockets, no sleeps.
 
-#include <llmq/detail/http_url.hpp>
 #include <llmq/providers.hpp>
 #include <llmq/rate_limit_headers.hpp>
 #include <llmq/sse.hpp>
+#include "http_url.hpp"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>

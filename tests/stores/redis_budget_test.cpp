@@ -7,10 +7,10 @@
 
 #include "store_test_support.hpp"
 
-#include <llmq/detail/redis_protocol.hpp>
 #include <llmq/llmq.hpp>
 #include <llmq/redis.hpp>
 #include <llmq/redis_deployment_budget_store.hpp>
+#include "redis_protocol.hpp"
 
 #include <gtest/gtest.h>
 #include <boost/asio/executor_work_guard.hpp>

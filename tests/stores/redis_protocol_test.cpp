@@ -2,10 +2,10 @@
 
 #include "telemetry_rows.hpp"
 
-#include <llmq/detail/redis_protocol.hpp>
 #include <llmq/errors.hpp>
 #include <llmq/redis.hpp>
 #include <llmq/redis_rate_limit_store.hpp>
+#include "redis_protocol.hpp"
 
 #include <gtest/gtest.h>
 #include <boost/asio/io_context.hpp>

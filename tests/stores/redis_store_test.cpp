@@ -5,10 +5,10 @@
 
 #include "store_test_support.hpp"
 
-#include <llmq/detail/redis_protocol.hpp>
 #include <llmq/log.hpp>
 #include <llmq/redis.hpp>
 #include <llmq/redis_rate_limit_store.hpp>
+#include "redis_protocol.hpp"
 
 #include <gtest/gtest.h>
 #include <boost/asio/experimental/awaitable_operators.hpp>
