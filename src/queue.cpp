@@ -507,6 +507,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   void answer(Entry& e, std::exception_ptr ep, Response r) {
     if (e.answered) return;
     e.answered = true;
+    r.request_id = e.request.id;
     e.deliver(ep, std::move(r));
   }
 
@@ -835,6 +836,12 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     attempt.duration = duration_cast<microseconds>(now - e->dispatched_steady);
     t.attempt_log.push_back(std::move(attempt));
     t.attempts = static_cast<int>(t.attempt_log.size());
+    if (!r.retry_after && (r.status == 429 || r.status == 503)) {
+      if (t.llm_outcome.retry_after)
+        r.retry_after = t.llm_outcome.retry_after;
+      else if (t.embedding_outcome.retry_after)
+        r.retry_after = t.embedding_outcome.retry_after;
+    }
     if (!e->answered && !threw && should_retry(*e, r, now)) {
       requeue(e, std::move(r));
       return;

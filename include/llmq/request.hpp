@@ -7,8 +7,11 @@
 
 #include <nlohmann/json.hpp>
 
+#include <chrono>
+#include <cstddef>
 #include <optional>
 #include <string>
+#include <tuple>
 
 namespace llmq {
 
@@ -43,11 +46,44 @@ struct Request {
   ModelPreferences preferences;
 };
 
-/// What `execute_request` returns: the executor's body and HTTP-like status.
+/// What `execute_request` returns: the executor's body and HTTP-like status, plus what
+/// the queue knows about the answer. Binds as a pair, as the seed's tuple did:
 /// `auto [body, status] = co_await queue.execute_request(...)`.
 struct Response {
+  Response() = default;
+  /// `Response{body, 200}`, as executors write it.
+  explicit Response(nlohmann::json b, int s = 200) : body(std::move(b)), status(s) {}
+
   nlohmann::json body;
   int status = 200;
+  /// When to try again, for a 429 or 503: the upstream's Retry-After (retry-after-ms,
+  /// x-ms-retry-after-ms or retry-after) of the attempt that produced this answer.
+  std::optional<std::chrono::milliseconds> retry_after;
+  /// The request's id (Request::id), set by the queue on every answer it delivers.
+  std::string request_id;
+
+  /// Structured bindings see `body` and `status` only.
+  template <std::size_t I>
+  [[nodiscard]] auto& get() & noexcept {
+    if constexpr (I == 0)
+      return body;
+    else
+      return status;
+  }
+  template <std::size_t I>
+  [[nodiscard]] const auto& get() const& noexcept {
+    if constexpr (I == 0)
+      return body;
+    else
+      return status;
+  }
+  template <std::size_t I>
+  [[nodiscard]] auto&& get() && noexcept {
+    if constexpr (I == 0)
+      return std::move(body);
+    else
+      return std::move(status);
+  }
 };
 
 /// The deployments granted to one request. A pointer is null when the request did not
@@ -71,3 +107,15 @@ struct ChosenDeployments {
                                              std::string_view code);
 
 }  // namespace llmq
+
+/// `auto [body, status] = response;`
+template <>
+struct std::tuple_size<llmq::Response> : std::integral_constant<std::size_t, 2> {};
+template <>
+struct std::tuple_element<0, llmq::Response> {
+  using type = nlohmann::json;
+};
+template <>
+struct std::tuple_element<1, llmq::Response> {
+  using type = int;
+};

@@ -243,6 +243,8 @@ TEST(LLMQueueRuntime, ExecutesAndReturnsExecutorResponse) {
   EXPECT_EQ(t.user_id, "user123");
   EXPECT_EQ(t.req_type, "chat_completion");
   EXPECT_EQ(t.llm_deployment, body["llm"].get<std::string>());
+  EXPECT_EQ(got.request_id, t.request_id);
+  EXPECT_EQ(got.request_id, body["id"]);
   EXPECT_EQ(t.prompt_tokens, 7);
   EXPECT_GT(t.estimated_tokens, 100);
   EXPECT_LE(t.received_at, t.queued_at);
@@ -725,6 +727,18 @@ TEST(LLMQueueRuntime, AttemptsAreBounded) {
   llmq::Response r = h.run_one("chat_completion", chat_body(), "u");
   EXPECT_EQ(r.status, 429);
   EXPECT_EQ(flaky->tried.size(), 3u);
+}
+
+TEST(LLMQueueRuntime, UpstreamRetryAfterReachesTheCaller) {
+  auto throttled = std::make_shared<ThrottledExecutor>("chat-a");
+  llmq::QueueOptions o;
+  o.max_attempts = 1;
+  Harness h(default_config(), {{"chat_completion", throttled}}, o);
+  llmq::Response r = h.run_one("chat_completion", chat_body(), "u", pinned("chat-a"));
+  EXPECT_EQ(r.status, 429);
+  ASSERT_TRUE(r.retry_after.has_value());
+  EXPECT_EQ(*r.retry_after, std::chrono::milliseconds(10min));
+  EXPECT_FALSE(r.request_id.empty());
 }
 
 TEST(LLMQueueRuntime, NonRetryableFailureIsNotRetried) {
