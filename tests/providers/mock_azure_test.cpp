@@ -249,6 +249,63 @@ TEST(MockConfig, FaultsFromJson) {
   EXPECT_EQ(round.force_429, f.force_429);
 }
 
+TEST(MockConfig, StreamRateAndMidStreamFaults) {
+  const MockConfig cfg = llmq::mock::parse_mock_config(R"(
+stream_tokens_per_second: 40
+deployments:
+  - name: a
+    stream_tokens_per_second: 2.5
+    faults:
+      stream_break_rate: 0.1
+      stream_stall_rate: 0.2
+      stream_malformed_rate: 0.3
+      stream_fault_after: 7
+      burst_429_duration_ms: 1500
+      burst_429_period_ms: 10000
+  - name: b
+)");
+  EXPECT_DOUBLE_EQ(cfg.stream_tokens_per_second, 40);
+  EXPECT_DOUBLE_EQ(cfg.deployments[0].stream_tokens_per_second.value_or(0), 2.5);
+  EXPECT_FALSE(cfg.deployments[1].stream_tokens_per_second.has_value());
+  const FaultConfig& f = cfg.deployments[0].faults;
+  EXPECT_DOUBLE_EQ(f.stream_break_rate, 0.1);
+  EXPECT_DOUBLE_EQ(f.stream_stall_rate, 0.2);
+  EXPECT_DOUBLE_EQ(f.stream_malformed_rate, 0.3);
+  EXPECT_EQ(f.stream_fault_after, 7U);
+  EXPECT_EQ(f.burst_429_duration, milliseconds(1500));
+  EXPECT_EQ(f.burst_429_period, milliseconds(10000));
+  EXPECT_EQ(cfg.deployments[1].faults.stream_fault_after, 3U);  // the default
+
+  // The runtime (JSON) form reads and writes the same keys.
+  const FaultConfig round = llmq::mock::parse_fault_config(llmq::mock::to_json(f));
+  EXPECT_DOUBLE_EQ(round.stream_break_rate, 0.1);
+  EXPECT_DOUBLE_EQ(round.stream_stall_rate, 0.2);
+  EXPECT_DOUBLE_EQ(round.stream_malformed_rate, 0.3);
+  EXPECT_EQ(round.stream_fault_after, 7U);
+  EXPECT_EQ(round.burst_429_duration, milliseconds(1500));
+  EXPECT_EQ(round.burst_429_period, milliseconds(10000));
+
+  EXPECT_NE(error_of("stream_tokens_per_second: -1\ndeployments:\n  - name: a\n")
+                .find("stream_tokens_per_second: must be a number of events per second"),
+            std::string::npos);
+  EXPECT_NE(error_of("deployments:\n  - name: a\n    stream_tokens_per_second: fast\n")
+                .find("deployments[0].stream_tokens_per_second: must be a number"),
+            std::string::npos);
+  EXPECT_NE(error_of("deployments:\n  - name: a\n    faults: {stream_break_rate: 0.6, "
+                     "stream_stall_rate: 0.6}\n")
+                .find("the fault rates add up to more than 1"),
+            std::string::npos);
+  EXPECT_NE(error_of("deployments:\n  - name: a\n    faults: {burst_429_duration_ms: 2000, "
+                     "burst_429_period_ms: 1000}\n")
+                .find("deployments[0].faults.burst_429_period_ms: must be at least"),
+            std::string::npos);
+  EXPECT_NE(error_of("deployments:\n  - name: a\n    faults: {stream_fault_after: -1}\n")
+                .find("deployments[0].faults.stream_fault_after: must be an integer"),
+            std::string::npos);
+  EXPECT_THROW((void)llmq::mock::parse_fault_config(json::parse(R"({"burst_429_duration_ms":-5})")),
+               MockConfigError);
+}
+
 // ---------------------------------------------------------------------------------
 // Test configuration shared by the service and server tests
 // ---------------------------------------------------------------------------------
@@ -385,6 +442,182 @@ TEST(MockService, ChatUsageIsBelowTheClientEstimate) {
   const json cut = json::parse(budget.response.body);
   EXPECT_EQ(cut["usage"]["completion_tokens"], 3);
   EXPECT_EQ(cut["choices"][0]["finish_reason"], "length");
+}
+
+/// The content of a streamed chat answer (the deltas of choice 0 joined), and whether
+/// the events end with [DONE]; every event before [DONE] must be valid JSON.
+struct StreamText {
+  std::string text;
+  bool done = false;
+  std::size_t invalid = 0;  // events that are not valid JSON
+};
+
+StreamText stream_text(const std::vector<std::string>& events) {
+  StreamText out;
+  for (const std::string& e : events) {
+    std::string_view v(e);
+    while (!v.empty() && v.back() == '\n') v.remove_suffix(1);
+    if (v == "data: [DONE]") {
+      out.done = true;
+      continue;
+    }
+    const json chunk = json::parse(v.substr(v.rfind("data: ", 0) == 0 ? 6 : 0), nullptr, false);
+    if (chunk.is_discarded()) {
+      ++out.invalid;
+      continue;
+    }
+    if (!chunk.contains("choices") || chunk["choices"].empty()) continue;
+    const json& delta = chunk["choices"][0]["delta"];
+    if (delta.contains("content")) out.text += delta["content"].get<std::string>();
+  }
+  return out;
+}
+
+std::string filler(std::size_t words) {
+  std::string out;
+  for (std::size_t i = 0; i < words; ++i) out += " tok";
+  return out;
+}
+
+TEST(MockService, LongAnswerHasTheAskedForTokens) {
+  MockService service(test_config());
+  json body = chat_body("hi", std::nullopt);
+  body["mock_completion_tokens"] = 50;
+  const auto plain = service.handle(post_request(classic("chat"), body), kT0);
+  ASSERT_EQ(plain.response.status, 200U) << plain.response.body;
+  const json j = json::parse(plain.response.body);
+  EXPECT_EQ(j["usage"]["completion_tokens"], 50);
+  // "Echo: hi" is 8 bytes, 2 tokens; 48 filler words of 4 bytes make up the rest.
+  EXPECT_EQ(j["choices"][0]["message"]["content"], "Echo: hi" + filler(48));
+  EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+
+  body["stream"] = true;
+  const auto streamed = service.handle(post_request(classic("chat"), body), kT0);
+  ASSERT_EQ(streamed.action, llmq::mock::ResponsePlan::Action::stream);
+  ASSERT_TRUE(streamed.events);
+  // prelude, role, "Echo: ", "hi", 48 filler words, finish, [DONE]
+  EXPECT_EQ(streamed.events->size(), 1U + 1U + 2U + 48U + 1U + 1U);
+  const StreamText t = stream_text(streamed.events->all());
+  EXPECT_EQ(t.text, "Echo: hi" + filler(48));
+  EXPECT_TRUE(t.done);
+  EXPECT_EQ(t.invalid, 0U);
+
+  // max_tokens still cuts a long answer, at its budget.
+  body["max_tokens"] = 10;
+  body.erase("stream");
+  const json cut =
+      json::parse(service.handle(post_request(classic("chat"), body), kT0).response.body);
+  EXPECT_EQ(cut["usage"]["completion_tokens"], 10);
+  EXPECT_EQ(cut["choices"][0]["message"]["content"], "Echo: hi" + filler(8));
+  EXPECT_EQ(cut["choices"][0]["finish_reason"], "length");
+
+  for (const json& bad : {json(0), json(100001), json("many"), json(2.5)}) {
+    body["mock_completion_tokens"] = bad;
+    const auto r = service.handle(post_request(classic("chat"), body), kT0);
+    EXPECT_EQ(r.response.status, 400U) << bad;
+    EXPECT_EQ(json::parse(r.response.body)["error"]["param"], "mock_completion_tokens");
+  }
+}
+
+TEST(MockService, StreamTokenRateSetsTheEventGap) {
+  MockConfig cfg = test_config();
+  cfg.stream_tokens_per_second = 50;
+  cfg.deployments[1].stream_tokens_per_second = 4;  // "keyed"
+  cfg.deployments[2].stream_tokens_per_second = 0;  // "emb" (never streams)
+  MockService service(cfg);
+  json body = chat_body("x");
+  body["stream"] = true;
+  EXPECT_EQ(service.handle(post_request(classic("chat"), body), kT0).event_gap,
+            std::chrono::microseconds(20000));
+  MockHttpRequest keyed = post_request(classic("keyed"), body);
+  EXPECT_EQ(service.handle(keyed, kT0).event_gap, std::chrono::microseconds(250000));
+  body.erase("stream");  // plain answers are not paced
+  EXPECT_EQ(service.handle(post_request(classic("chat"), body), kT0).event_gap,
+            std::chrono::microseconds(0));
+}
+
+TEST(MockService, MidStreamFaultsCutAfterTheConfiguredEvents) {
+  using Plan = llmq::mock::ResponsePlan;
+  MockService service(test_config());
+  json body = chat_body("one two three");
+  body["stream"] = true;
+  FaultConfig f;
+  f.stream_break_rate = 1.0;
+  f.stream_fault_after = 4;
+  service.set_faults("faulty", f);
+  const Plan broken = service.handle(post_request(classic("faulty"), body), kT0);
+  EXPECT_EQ(broken.cut, Plan::StreamCut::close);
+  EXPECT_EQ(broken.cut_after, 4U);
+  EXPECT_TRUE(broken.close);
+
+  f = FaultConfig{};
+  f.stream_stall_rate = 1.0;
+  f.stream_fault_after = 1000;  // past the end: clamped before [DONE]
+  service.set_faults("faulty", f);
+  const Plan stalled = service.handle(post_request(classic("faulty"), body), kT0);
+  EXPECT_EQ(stalled.cut, Plan::StreamCut::stall);
+  ASSERT_TRUE(stalled.events);
+  EXPECT_EQ(stalled.cut_after, stalled.events->size() - 1);
+  EXPECT_EQ(stalled.events->at(stalled.cut_after), "data: [DONE]\n\n");  // never sent
+
+  f = FaultConfig{};
+  f.stream_malformed_rate = 1.0;
+  f.stream_fault_after = 2;
+  service.set_faults("faulty", f);
+  const Plan malformed = service.handle(post_request(classic("faulty"), body), kT0);
+  EXPECT_EQ(malformed.cut, Plan::StreamCut::none);
+  const auto events = malformed.events->all();
+  for (std::size_t i = 0; i + 1 < events.size(); ++i) {
+    const bool valid = !json::parse(events[i].substr(6), nullptr, false).is_discarded();
+    EXPECT_EQ(valid, i != 2) << i << ": " << events[i];
+  }
+  EXPECT_EQ(events.back(), "data: [DONE]\n\n");
+
+  // A plain answer is spared the mid-stream faults.
+  body.erase("stream");
+  const Plan plain = service.handle(post_request(classic("faulty"), body), kT0);
+  EXPECT_EQ(plain.response.status, 200U);
+  EXPECT_FALSE(json::parse(plain.response.body, nullptr, false).is_discarded());
+  const auto c = service.counters("faulty");
+  EXPECT_EQ(c.stream_breaks, 1U);
+  EXPECT_EQ(c.stream_stalls, 1U);
+  EXPECT_EQ(c.stream_malformed, 1U);
+  EXPECT_EQ(c.ok, 1U);  // only the plain answer is complete
+}
+
+TEST(MockService, BurstWindowsAnswer429WithTheTimeLeft) {
+  MockConfig cfg = test_config();
+  cfg.deployments[4].faults.burst_429_duration = milliseconds(1000);  // "tpm": 5000 TPM
+  cfg.deployments[4].faults.burst_429_period = milliseconds(5000);
+  MockService service(cfg);
+  auto at = [&](milliseconds offset) {
+    return service.handle(post_request(classic("tpm"), chat_body("x", 10)), kT0 + offset).response;
+  };
+  const auto first = at(milliseconds(0));  // opens the first window
+  EXPECT_EQ(first.status, 429U);
+  EXPECT_EQ(first.header("retry-after-ms"), "1000");
+  EXPECT_EQ(first.header("retry-after"), "1");
+  EXPECT_EQ(at(milliseconds(600)).header("retry-after-ms"), "400");
+  EXPECT_EQ(service.counters("tpm").charged_tokens, 0U);  // refused requests are not charged
+  EXPECT_EQ(at(milliseconds(1000)).status, 200U);
+  EXPECT_EQ(at(milliseconds(4999)).status, 200U);
+  const auto second = at(milliseconds(5250));
+  EXPECT_EQ(second.status, 429U);
+  EXPECT_EQ(second.header("retry-after-ms"), "750");
+  EXPECT_EQ(at(milliseconds(6000)).status, 200U);
+  const auto c = service.counters("tpm");
+  EXPECT_EQ(c.bursts_429, 3U);
+  EXPECT_EQ(c.rate_limited, 3U);
+  EXPECT_EQ(c.ok, 3U);
+
+  // Set again without a period: one window, from the next request on.
+  FaultConfig once;
+  once.burst_429_duration = milliseconds(300);
+  service.set_faults("tpm", once);
+  EXPECT_EQ(at(milliseconds(20000)).status, 429U);
+  EXPECT_EQ(at(milliseconds(20299)).header("retry-after-ms"), "1");
+  EXPECT_EQ(at(milliseconds(20300)).status, 200U);
+  EXPECT_EQ(at(milliseconds(40000)).status, 200U);
 }
 
 // ---------------------------------------------------------------------------------
@@ -558,6 +791,14 @@ class MockServerTest : public ::testing::Test {
   HttpResult get(const std::string& target) {
     TestClient client(port_);
     return client.request("GET", target, "", {});
+  }
+
+  /// A streamed chat answer of deployment "faulty" with these faults.
+  HttpResult faulty_stream(const FaultConfig& f, milliseconds timeout = milliseconds(10000)) {
+    server_->set_faults("faulty", f);
+    json body = chat_body("one two three four");
+    body["stream"] = true;
+    return post(classic("faulty"), body, kKey, timeout);
   }
 
   asio::io_context ioc_;
@@ -955,6 +1196,100 @@ TEST_F(MockServerTest, StreamingAnswersServerSentEvents) {
   const auto plain = post(classic("chat"), body);
   EXPECT_EQ(plain.body.find("\"usage\""), std::string::npos);
   EXPECT_NE(plain.body.find("data: [DONE]\n\n"), std::string::npos);
+}
+
+TEST_F(MockServerTest, StreamsAtTheTokenRateAndManyAtOnce) {
+  MockConfig cfg = test_config();
+  cfg.stream_tokens_per_second = 100;  // an event every 10 ms
+  restart(cfg, 2);
+  json body = chat_body("hi", std::nullopt);
+  body["stream"] = true;
+  body["mock_completion_tokens"] = 30;  // 2 echo pieces + 28 filler words
+  constexpr int kStreams = 16;
+  std::vector<std::string> bodies(kStreams);
+  std::vector<unsigned> statuses(kStreams);
+  const auto start = Clock::now();
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kStreams; ++i) {
+    clients.emplace_back([&, i] {
+      TestClient client(port_);
+      const auto r = client.request("POST", classic("chat"), body.dump(), {{"api-key", kKey}});
+      statuses[i] = r.status;
+      bodies[i] = r.body;
+    });
+  }
+  for (auto& t : clients) t.join();
+  const auto elapsed = Clock::now() - start;
+  for (int i = 0; i < kStreams; ++i) {
+    ASSERT_EQ(statuses[i], 200U);
+    const StreamText t = stream_text(sse_events(bodies[i]));
+    EXPECT_EQ(t.text, "Echo: hi" + filler(28));
+    EXPECT_TRUE(t.done);
+  }
+  // 34 events, 33 gaps of 10 ms: each stream lasts at least 330 ms; all of them were open
+  // at once (one after the other they would take 16 x 330 ms).
+  EXPECT_GE(elapsed, milliseconds(330));
+  EXPECT_LT(elapsed, milliseconds(kStreams * 330));
+  EXPECT_EQ(server_->counters("chat").streams, static_cast<std::uint64_t>(kStreams));
+}
+
+TEST_F(MockServerTest, StreamBreakClosesWithoutDone) {
+  FaultConfig f;
+  f.stream_break_rate = 1.0;
+  f.stream_fault_after = 3;
+  const auto r = faulty_stream(f);
+  EXPECT_EQ(r.status, 200U);
+  EXPECT_EQ(r.ec, http::error::partial_message) << r.ec.message();  // no terminating chunk
+  const auto events = sse_events(r.body);
+  ASSERT_EQ(events.size(), 3U) << r.body;
+  EXPECT_EQ(stream_text(events).text, "Echo: ");  // prelude, role, first word
+  EXPECT_EQ(r.body.find("[DONE]"), std::string::npos);
+  EXPECT_EQ(server_->counters("faulty").stream_breaks, 1U);
+  EXPECT_EQ(server_->counters("faulty").ok, 0U);
+}
+
+TEST_F(MockServerTest, StreamStallSendsSomeEventsThenNothing) {
+  FaultConfig f;
+  f.stream_stall_rate = 1.0;
+  f.stream_fault_after = 2;
+  const auto start = Clock::now();
+  const auto r = faulty_stream(f, milliseconds(400));
+  EXPECT_GE(Clock::now() - start, milliseconds(400));
+  EXPECT_EQ(r.ec, beast::error::timeout) << r.ec.message();
+  EXPECT_EQ(r.status, 200U);
+  EXPECT_EQ(sse_events(r.body).size(), 2U) << r.body;
+  EXPECT_EQ(server_->counters("faulty").stream_stalls, 1U);
+}
+
+TEST_F(MockServerTest, StreamMalformedCutsOneEventAndGoesOn) {
+  TestClient control(port_);
+  const auto put = control.request("PUT", "/mock/deployments/faulty/faults",
+                                   R"({"stream_malformed_rate":1,"stream_fault_after":3})", {});
+  ASSERT_EQ(put.status, 200U) << put.body;
+  EXPECT_EQ(put.json_body()["stream_fault_after"], 3);
+  json body = chat_body("one two three four");
+  body["stream"] = true;
+  const auto r = post(classic("faulty"), body);
+  ASSERT_FALSE(r.ec) << r.ec.message();
+  const StreamText t = stream_text(sse_events(r.body));
+  EXPECT_EQ(t.invalid, 1U) << r.body;
+  EXPECT_TRUE(t.done);
+  EXPECT_EQ(t.text, "Echo: two three four");  // "one " was in the cut event
+  EXPECT_EQ(get("/mock/stats").json_body()["deployments"]["faulty"]["stream_malformed"], 1);
+}
+
+TEST_F(MockServerTest, BurstOf429SetAtRuntime) {
+  TestClient control(port_);
+  const auto put = control.request("PUT", "/mock/deployments/faulty/faults",
+                                   R"({"burst_429_duration_ms":400})", {});
+  ASSERT_EQ(put.status, 200U) << put.body;
+  const auto limited = post(classic("faulty"), chat_body("x"));
+  EXPECT_EQ(limited.status, 429U);
+  EXPECT_EQ(limited.json_body()["error"]["code"], "429");
+  const int left = std::stoi(limited.header("retry-after-ms"));
+  EXPECT_GT(left, 0);
+  EXPECT_LE(left, 400);
+  EXPECT_EQ(get("/mock/stats").json_body()["deployments"]["faulty"]["bursts_429"], 1);
 }
 
 TEST_F(MockServerTest, StatsResetAndRuntimeFaults) {

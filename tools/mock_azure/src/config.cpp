@@ -26,7 +26,8 @@
 namespace llmq::mock {
 
 double FaultConfig::total_rate() const noexcept {
-  double sum = reset_rate + stall_rate + malformed_rate + truncated_rate + slow_body_rate;
+  double sum = reset_rate + stall_rate + malformed_rate + truncated_rate + slow_body_rate +
+               stream_break_rate + stream_stall_rate + stream_malformed_rate;
   for (const auto& [status, rate] : error_rate) sum += rate;
   return sum;
 }
@@ -41,6 +42,10 @@ using nlohmann::json;
 
 /// Longest delay accepted anywhere: ten minutes.
 constexpr double kMaxDelayMs = 600000;
+/// Fastest stream pace accepted (events per second).
+constexpr double kMaxStreamRate = 1e6;
+/// Longest 429 burst window or period: one hour.
+constexpr std::int64_t kMaxBurstMs = 3600000;
 
 /// A problem at a key path; turned into MockConfigError by the public entry points.
 struct KeyError {
@@ -240,7 +245,9 @@ class ObjectReader {
 };
 
 constexpr std::string_view kRate = "must be a probability in [0, 1]";
+constexpr std::int64_t kMaxStreamFaultAfter = 1'000'000;
 constexpr std::string_view kDelay = "must be a number of milliseconds in [0, 600000]";
+constexpr std::string_view kStreamRate = "must be a number of events per second in [0, 1000000]";
 
 LatencyConfig read_latency(const json& j, const std::string& path, const SourceInfo* src) {
   ObjectReader r(j, path, src);
@@ -292,6 +299,15 @@ FaultConfig read_faults(const json& j, const std::string& path, const SourceInfo
   if (auto v = r.boolean("force_429")) f.force_429 = *v;
   if (auto v = r.integer("force_429_retry_after_ms", 1, 3600000))
     f.force_429_retry_after = std::chrono::milliseconds(*v);
+  if (auto v = r.number("stream_break_rate", 0, 1, kRate)) f.stream_break_rate = *v;
+  if (auto v = r.number("stream_stall_rate", 0, 1, kRate)) f.stream_stall_rate = *v;
+  if (auto v = r.number("stream_malformed_rate", 0, 1, kRate)) f.stream_malformed_rate = *v;
+  if (auto v = r.integer("stream_fault_after", 0, kMaxStreamFaultAfter))
+    f.stream_fault_after = static_cast<std::size_t>(*v);
+  if (auto v = r.integer("burst_429_duration_ms", 0, kMaxBurstMs))
+    f.burst_429_duration = std::chrono::milliseconds(*v);
+  if (auto v = r.integer("burst_429_period_ms", 0, kMaxBurstMs))
+    f.burst_429_period = std::chrono::milliseconds(*v);
   r.finish();
   if (f.total_rate() > 1.0 + 1e-9) fail(path, "the fault rates add up to more than 1");
   return f;
@@ -319,6 +335,7 @@ DeploymentConfig read_deployment(const json& j, const std::string& path, const S
   if (const json* l = r.find("latency")) d.latency = read_latency(*l, r.path("latency"), src);
   if (auto v = r.integer("embedding_dimensions", 1, 4096))
     d.embedding_dimensions = static_cast<int>(*v);
+  d.stream_tokens_per_second = r.number("stream_tokens_per_second", 0, kMaxStreamRate, kStreamRate);
   if (const json* f = r.find("faults")) d.faults = read_faults(*f, r.path("faults"), src);
   r.finish();
   return d;
@@ -333,6 +350,8 @@ MockConfig read_config(const json& j, const SourceInfo* src) {
   if (const json* l = r.find("latency")) cfg.latency = read_latency(*l, "latency", src);
   if (auto v = r.integer("embedding_dimensions", 1, 4096))
     cfg.embedding_dimensions = static_cast<int>(*v);
+  if (auto v = r.number("stream_tokens_per_second", 0, kMaxStreamRate, kStreamRate))
+    cfg.stream_tokens_per_second = *v;
   if (auto v = r.integer("max_body_bytes", 1024, std::int64_t{1} << 30))
     cfg.max_body_bytes = static_cast<std::size_t>(*v);
   if (auto v = r.integer("max_header_bytes", 1024, std::int64_t{1} << 20))
@@ -369,14 +388,27 @@ void check_faults(const FaultConfig& f, const std::string& path) {
     if (status < 400 || status > 599) fail(child(path, "error_rate"), "status must be in 400..599");
     if (!(p >= 0 && p <= 1)) fail(child(path, "error_rate"), std::string(kRate));
   }
-  for (double p :
-       {f.reset_rate, f.stall_rate, f.malformed_rate, f.truncated_rate, f.slow_body_rate})
+  for (double p : {f.reset_rate, f.stall_rate, f.malformed_rate, f.truncated_rate, f.slow_body_rate,
+                   f.stream_break_rate, f.stream_stall_rate, f.stream_malformed_rate})
     if (!(p >= 0 && p <= 1)) fail(path, "every rate " + std::string(kRate));
   if (f.total_rate() > 1.0 + 1e-9) fail(path, "the fault rates add up to more than 1");
   if (f.slow_body_ms.count() < 0 || f.slow_body_ms.count() > 600000)
     fail(child(path, "slow_body_ms"), "must be in [0, 600000]");
   if (f.force_429_retry_after.count() < 1)
     fail(child(path, "force_429_retry_after_ms"), "must be positive");
+  if (f.stream_fault_after > static_cast<std::size_t>(kMaxStreamFaultAfter))
+    fail(child(path, "stream_fault_after"),
+         "must be at most " + std::to_string(kMaxStreamFaultAfter));
+  if (f.burst_429_duration.count() < 0 || f.burst_429_duration.count() > kMaxBurstMs)
+    fail(child(path, "burst_429_duration_ms"), "must be in [0, 3600000]");
+  if (f.burst_429_period.count() < 0 || f.burst_429_period.count() > kMaxBurstMs)
+    fail(child(path, "burst_429_period_ms"), "must be in [0, 3600000]");
+  if (f.burst_429_period.count() > 0 && f.burst_429_period < f.burst_429_duration)
+    fail(child(path, "burst_429_period_ms"), "must be at least burst_429_duration_ms (or 0)");
+}
+
+void check_stream_rate(double rate, const std::string& path) {
+  if (!(rate >= 0 && rate <= kMaxStreamRate)) fail(path, std::string(kStreamRate));
 }
 
 bool valid_name(std::string_view name) {
@@ -394,6 +426,7 @@ void check_config(const MockConfig& cfg) {
   if (cfg.max_header_bytes < 1024) fail("max_header_bytes", "must be at least 1024");
   if (cfg.idle_timeout.count() < 1) fail("idle_timeout_ms", "must be positive");
   check_latency(cfg.latency, "latency");
+  check_stream_rate(cfg.stream_tokens_per_second, "stream_tokens_per_second");
   if (cfg.deployments.empty()) fail("deployments", "must list at least one deployment");
   std::set<std::string, std::less<>> names;
   for (std::size_t i = 0; i < cfg.deployments.size(); ++i) {
@@ -407,6 +440,8 @@ void check_config(const MockConfig& cfg) {
     if (d.embedding_dimensions && (*d.embedding_dimensions < 1 || *d.embedding_dimensions > 4096))
       fail(child(path, "embedding_dimensions"), "must be an integer in [1, 4096]");
     if (d.latency) check_latency(*d.latency, child(path, "latency"));
+    if (d.stream_tokens_per_second)
+      check_stream_rate(*d.stream_tokens_per_second, child(path, "stream_tokens_per_second"));
     check_faults(d.faults, child(path, "faults"));
   }
 }
@@ -464,6 +499,12 @@ nlohmann::json to_json(const FaultConfig& f) {
   j["slow_body_ms"] = f.slow_body_ms.count();
   j["force_429"] = f.force_429;
   j["force_429_retry_after_ms"] = f.force_429_retry_after.count();
+  j["stream_break_rate"] = f.stream_break_rate;
+  j["stream_stall_rate"] = f.stream_stall_rate;
+  j["stream_malformed_rate"] = f.stream_malformed_rate;
+  j["stream_fault_after"] = f.stream_fault_after;
+  j["burst_429_duration_ms"] = f.burst_429_duration.count();
+  j["burst_429_period_ms"] = f.burst_429_period.count();
   return j;
 }
 

@@ -195,7 +195,7 @@ namespace {
 using State = detail::MockServerState;
 
 /// Waits on the connection's timer; false when the connection closed meanwhile.
-asio::awaitable<bool> wait_for(Connection& conn, std::chrono::milliseconds d) {
+asio::awaitable<bool> wait_for(Connection& conn, std::chrono::steady_clock::duration d) {
   if (d.count() <= 0) co_return !conn.closed;
   conn.timer.expires_after(d);
   auto [ec] = co_await conn.timer.async_wait(kUseAwaitable);
@@ -225,6 +225,52 @@ asio::awaitable<bool> write_slowly(Connection& conn, const std::string& data,
   co_return true;
 }
 
+/// Sends nothing more; drains whatever arrives until the peer closes or the server stops.
+asio::awaitable<void> stall_until_closed(Connection& conn) {
+  std::array<char, 1024> sink{};
+  conn.stream.expires_never();
+  for (;;) {
+    auto [ec, n] = co_await conn.stream.async_read_some(asio::buffer(sink), kUseAwaitable);
+    if (ec || conn.closed) co_return;
+  }
+}
+
+/// Writes and empties `pending` (nothing to do when it is empty).
+asio::awaitable<bool> flush(Connection& conn, std::string& pending,
+                            std::chrono::milliseconds timeout) {
+  if (pending.empty()) co_return true;
+  const bool written = co_await write_all(conn, pending, timeout);
+  pending.clear();
+  co_return written;
+}
+
+/// Writes a stream's events (the first `count` of them), each as a chunk when `chunked`.
+/// With a gap, one write per event after waiting it; without, the events are written in
+/// batches of about 64 KiB.
+asio::awaitable<bool> write_events(Connection& conn, const StreamEvents& events, std::size_t count,
+                                   bool chunked, std::chrono::steady_clock::duration first_gap,
+                                   std::chrono::steady_clock::duration gap,
+                                   std::chrono::milliseconds timeout) {
+  constexpr std::size_t kBatch = 64 * 1024;
+  std::string pending;
+  for (std::size_t i = 0; i < count; ++i) {
+    const auto pause = i == 0 ? first_gap : gap;
+    if (pause.count() > 0) {
+      const bool flushed = co_await flush(conn, pending, timeout);  // due before the pause
+      if (!flushed) co_return false;
+      const bool waited = co_await wait_for(conn, pause);
+      if (!waited) co_return false;
+    }
+    const std::string event = events.at(i);
+    pending += chunked ? chunk_of(event) : event;
+    if (pending.size() >= kBatch || i + 1 == count) {
+      const bool flushed = co_await flush(conn, pending, timeout);
+      if (!flushed) co_return false;
+    }
+  }
+  co_return true;
+}
+
 /// Lingering close after an error answer: stop sending, then discard what the peer still
 /// sends (e.g. the rest of a too-large body) until it closes or `limit` passes, so the
 /// peer reads the answer instead of a reset.
@@ -248,15 +294,9 @@ asio::awaitable<bool> carry_out(Connection& conn, const ResponsePlan& plan, bool
     case ResponsePlan::Action::reset:
       conn.reset();
       co_return false;
-    case ResponsePlan::Action::stall: {
-      // Answer nothing; drain whatever arrives until the peer closes or we stop.
-      std::array<char, 1024> sink{};
-      conn.stream.expires_never();
-      for (;;) {
-        auto [ec, n] = co_await conn.stream.async_read_some(asio::buffer(sink), kUseAwaitable);
-        if (ec || conn.closed) co_return false;
-      }
-    }
+    case ResponsePlan::Action::stall:
+      co_await stall_until_closed(conn);
+      co_return false;
     case ResponsePlan::Action::respond: {
       const std::string& body = plan.response.body;
       const std::string head =
@@ -279,20 +319,28 @@ asio::awaitable<bool> carry_out(Connection& conn, const ResponsePlan& plan, bool
     case ResponsePlan::Action::stream: {
       // HTTP/1.0 peers get a close-delimited stream.
       const bool chunked = http11;
-      const bool keep = keep_alive && chunked && !plan.truncate;
+      const bool cut = plan.cut != ResponsePlan::StreamCut::none;
+      const bool keep = keep_alive && chunked && !cut;
       if (!co_await write_all(conn, response_head(plan.response, keep, std::nullopt, http11),
                               timeout))
         co_return false;
-      const std::size_t count = plan.truncate ? plan.events.size() / 2 : plan.events.size();
-      const auto gap = plan.events.empty() || plan.slow_body.count() <= 0
-                           ? std::chrono::milliseconds(0)
-                           : plan.slow_body / static_cast<int>(plan.events.size());
-      for (std::size_t i = 0; i < count; ++i) {
-        if (!co_await wait_for(conn, gap)) co_return false;
-        const std::string piece = chunked ? chunk_of(plan.events[i]) : plan.events[i];
-        if (!co_await write_all(conn, piece, timeout)) co_return false;
+      const StreamEvents& events = *plan.events;
+      const std::size_t count = cut ? std::min(plan.cut_after, events.size()) : events.size();
+      // A slow body spreads every event over slow_body; else the token rate paces them.
+      std::chrono::steady_clock::duration first_gap{0};
+      std::chrono::steady_clock::duration gap = plan.event_gap;
+      if (plan.slow_body.count() > 0 && events.size() > 0) {
+        gap = std::chrono::duration_cast<std::chrono::steady_clock::duration>(plan.slow_body) /
+              events.size();
+        first_gap = gap;
       }
-      if (plan.truncate || !chunked) {
+      if (!co_await write_events(conn, events, count, chunked, first_gap, gap, timeout))
+        co_return false;
+      if (plan.cut == ResponsePlan::StreamCut::stall) {
+        co_await stall_until_closed(conn);
+        co_return false;
+      }
+      if (cut || !chunked) {
         conn.close();
         co_return false;
       }

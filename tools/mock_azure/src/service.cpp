@@ -356,11 +356,17 @@ std::optional<std::int64_t> positive_int(const json& body, const char* key) {
   return v;
 }
 
+/// One word of filler: 4 bytes, so each adds exactly one token to ceil(bytes / 4).
+constexpr std::string_view kFillerWord = " tok";
+/// Longest answer a request may ask for with `mock_completion_tokens`.
+constexpr std::int64_t kMaxAnswerTokens = 100'000;
+
 struct ChatAnswer {
   std::string id;
   std::string model;
   std::int64_t created = 0;
-  std::string content;
+  std::string content;     // the echo; the whole content is this plus `filler` filler words
+  std::size_t filler = 0;  // kFillerWord repeated this often after `content`
   std::string finish_reason = "stop";
   std::int64_t choices = 1;
   std::int64_t prompt_tokens = 0;
@@ -383,15 +389,21 @@ ChatAnswer make_chat_answer(const json& body, const std::string& model, std::uin
     }
   }
   a.content = "Echo: " + utf8_prefix(last_user, 40);
-  std::int64_t per_choice = std::max<std::int64_t>(1, ceil_div4(a.content.size()));
+  const std::int64_t echo_tokens = std::max<std::int64_t>(1, ceil_div4(a.content.size()));
+  // A long answer: filler words until the content has the asked-for number of tokens.
+  const std::int64_t wanted =
+      std::max(echo_tokens, positive_int(body, "mock_completion_tokens").value_or(0));
+  std::int64_t per_choice = wanted;
   const auto budget = positive_int(body, "max_completion_tokens")
                           ? positive_int(body, "max_completion_tokens")
                           : positive_int(body, "max_tokens");
   if (budget && *budget < per_choice) {
-    a.content.resize(utf8_cut(a.content, static_cast<std::size_t>(*budget) * 4));
+    if (*budget < echo_tokens)
+      a.content.resize(utf8_cut(a.content, static_cast<std::size_t>(*budget) * 4));
     a.finish_reason = "length";
     per_choice = *budget;
   }
+  a.filler = static_cast<std::size_t>(std::max<std::int64_t>(0, per_choice - echo_tokens));
   a.choices = positive_int(body, "n").value_or(1);
   a.prompt_tokens = chat_prompt_tokens(messages);
   a.completion_tokens = per_choice * a.choices;
@@ -407,6 +419,15 @@ json usage_json(std::int64_t prompt, std::int64_t completion) {
 /// The JSON text of a string (escaped as dump() escapes it).
 std::string quoted(const std::string& s) { return dump(json(s)); }
 
+/// The whole content: the echo and its filler words.
+std::string full_content(const ChatAnswer& a) {
+  std::string out;
+  out.reserve(a.content.size() + a.filler * kFillerWord.size());
+  out += a.content;
+  for (std::size_t i = 0; i < a.filler; ++i) out += kFillerWord;
+  return out;
+}
+
 /// dump(chat_body(a)), written out directly: the same bytes (members in the order
 /// nlohmann::json sorts them) without building a JSON tree per answer, whose constant
 /// parts (content filter results) are most of it. The mock shares the cores with what it
@@ -415,7 +436,7 @@ std::string chat_body_text(const ChatAnswer& a) {
   static const std::string filter = dump(filter_ok());
   static const std::string prompt_filter = dump(prompt_filter_results());
   const std::string finish_reason = "\"finish_reason\":" + quoted(a.finish_reason);
-  const std::string content = quoted(a.content);
+  const std::string content = quoted(full_content(a));
   std::string out;
   out.reserve(512 + static_cast<std::size_t>(a.choices) * (filter.size() + content.size() + 96));
   out += "{\"choices\":[";
@@ -454,7 +475,7 @@ std::string chat_body_text(const ChatAnswer& a) {
   json choices = json::array();
   for (std::int64_t i = 0; i < a.choices; ++i) {
     choices.push_back({{"index", i},
-                       {"message", {{"role", "assistant"}, {"content", a.content}}},
+                       {"message", {{"role", "assistant"}, {"content", full_content(a)}}},
                        {"finish_reason", a.finish_reason},
                        {"logprobs", nullptr},
                        {"content_filter_results", filter_ok()}});
@@ -490,44 +511,94 @@ std::vector<std::string> pieces(const std::string& text) {
   return out;
 }
 
-std::vector<std::string> chat_stream_events(const ChatAnswer& a, bool include_usage) {
-  std::vector<std::string> events;
-  // Azure's first chunk: filter results only, empty choices.
-  events.push_back(sse({{"choices", json::array()},
-                        {"created", 0},
-                        {"id", ""},
-                        {"model", ""},
-                        {"object", ""},
-                        {"prompt_filter_results", prompt_filter_results()}}));
-  for (std::int64_t i = 0; i < a.choices; ++i) {
-    json role_delta = {{"role", "assistant"}, {"content", ""}};
-    events.push_back(sse(chunk(a, json::array({{{"index", i},
+/// The SSE events of a chat answer, as Azure sends them: a first event with the prompt
+/// filter results only (empty choices); per choice a role event, one event per word of
+/// the echo and per filler word, and an event with finish_reason; a usage event when
+/// asked for; `data: [DONE]`. Computed per index: a long answer costs no memory.
+class ChatStream final : public StreamEvents {
+ public:
+  ChatStream(const ChatAnswer& a, bool include_usage)
+      : answer_(a), echo_(pieces(a.content)), include_usage_(include_usage) {
+    // Content events differ only in their text: keep each choice's JSON around it.
+    for (std::int64_t i = 0; i < a.choices; ++i) {
+      json delta = {{"content", "\x01"}};
+      const std::string text =
+          sse(chunk(a, json::array({{{"index", i},
+                                     {"delta", std::move(delta)},
+                                     {"finish_reason", nullptr},
+                                     {"logprobs", nullptr},
+                                     {"content_filter_results", filter_ok()}}})));
+      constexpr std::string_view kMark = "\"\\u0001\"";
+      const auto at = text.find(kMark);
+      assert(at != std::string::npos);
+      around_.emplace_back(text.substr(0, at), text.substr(at + kMark.size()));
+    }
+  }
+
+  [[nodiscard]] std::size_t size() const override {
+    return 1 + choices() * per_choice() + (include_usage_ ? 1 : 0) + 1;
+  }
+
+  [[nodiscard]] std::string at(std::size_t i) const override {
+    std::string e = event(i);
+    if (malformed_ && *malformed_ == i) e = e.substr(0, e.size() / 2) + "\n\n";
+    return e;
+  }
+
+  /// Event `i` is sent cut in half (invalid JSON).
+  void set_malformed(std::size_t i) { malformed_ = i; }
+
+ private:
+  [[nodiscard]] std::size_t choices() const { return static_cast<std::size_t>(answer_.choices); }
+  [[nodiscard]] std::size_t per_choice() const { return 2 + echo_.size() + answer_.filler; }
+
+  [[nodiscard]] std::string event(std::size_t i) const {
+    if (i == 0) {
+      return sse({{"choices", json::array()},
+                  {"created", 0},
+                  {"id", ""},
+                  {"model", ""},
+                  {"object", ""},
+                  {"prompt_filter_results", prompt_filter_results()}});
+    }
+    --i;
+    if (i < choices() * per_choice()) {
+      const std::size_t c = i / per_choice();
+      const std::size_t j = i % per_choice();
+      const auto index = static_cast<std::int64_t>(c);
+      if (j == 0) {
+        json role_delta = {{"role", "assistant"}, {"content", ""}};
+        return sse(chunk(answer_, json::array({{{"index", index},
                                                 {"delta", std::move(role_delta)},
                                                 {"finish_reason", nullptr},
                                                 {"logprobs", nullptr},
-                                                {"content_filter_results", json::object()}}}))));
-    for (const std::string& piece : pieces(a.content)) {
-      json delta = {{"content", piece}};
-      events.push_back(sse(chunk(a, json::array({{{"index", i},
-                                                  {"delta", std::move(delta)},
-                                                  {"finish_reason", nullptr},
-                                                  {"logprobs", nullptr},
-                                                  {"content_filter_results", filter_ok()}}}))));
-    }
-    events.push_back(sse(chunk(a, json::array({{{"index", i},
+                                                {"content_filter_results", json::object()}}})));
+      }
+      if (j + 1 == per_choice()) {
+        return sse(chunk(answer_, json::array({{{"index", index},
                                                 {"delta", json::object()},
-                                                {"finish_reason", a.finish_reason},
+                                                {"finish_reason", answer_.finish_reason},
                                                 {"logprobs", nullptr},
-                                                {"content_filter_results", json::object()}}}))));
+                                                {"content_filter_results", json::object()}}})));
+      }
+      const std::string piece =
+          j <= echo_.size() ? quoted(echo_[j - 1]) : quoted(std::string(kFillerWord));
+      return around_[c].first + piece + around_[c].second;
+    }
+    if (include_usage_ && i == choices() * per_choice()) {
+      json last = chunk(answer_, json::array());
+      last["usage"] = usage_json(answer_.prompt_tokens, answer_.completion_tokens);
+      return sse(last);
+    }
+    return "data: [DONE]\n\n";
   }
-  if (include_usage) {
-    json last = chunk(a, json::array());
-    last["usage"] = usage_json(a.prompt_tokens, a.completion_tokens);
-    events.push_back(sse(last));
-  }
-  events.emplace_back("data: [DONE]\n\n");
-  return events;
-}
+
+  ChatAnswer answer_;
+  std::vector<std::string> echo_;
+  bool include_usage_;
+  std::vector<std::pair<std::string, std::string>> around_;
+  std::optional<std::size_t> malformed_;
+};
 
 /// An embeddings input item: text or token ids.
 struct EmbeddingItem {
@@ -647,6 +718,14 @@ std::optional<std::pair<std::string, std::string>> check_chat_body(const json& b
     if (!n->is_number_integer() || n->get<std::int64_t>() < 1 || n->get<std::int64_t>() > 128)
       return std::pair<std::string, std::string>{"'n' must be an integer in [1, 128]", "n"};
   }
+  if (auto t = body.find("mock_completion_tokens"); t != body.end() && !t->is_null()) {
+    if (!t->is_number_integer() || t->get<std::int64_t>() < 1 ||
+        t->get<std::int64_t>() > kMaxAnswerTokens)
+      return std::pair<std::string, std::string>{
+          "'mock_completion_tokens' must be an integer in [1, " + std::to_string(kMaxAnswerTokens) +
+              "]",
+          "mock_completion_tokens"};
+  }
   if (auto s = body.find("stream"); s != body.end() && !s->is_null() && !s->is_boolean())
     return std::pair<std::string, std::string>{"'stream' must be a boolean", "stream"};
   return std::nullopt;
@@ -654,7 +733,18 @@ std::optional<std::pair<std::string, std::string>> check_chat_body(const json& b
 
 // ---- faults and latency ----------------------------------------------------------
 
-enum class FaultKind { none, reset, stall, malformed, truncated, slow_body, error };
+enum class FaultKind {
+  none,
+  reset,
+  stall,
+  malformed,
+  truncated,
+  slow_body,
+  stream_break,
+  stream_stall,
+  stream_malformed,
+  error
+};
 
 struct FaultPick {
   FaultKind kind = FaultKind::none;
@@ -665,12 +755,15 @@ FaultPick pick_fault(const FaultConfig& f, std::mt19937_64& rng) {
   if (f.total_rate() <= 0) return {};
   const double u = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
   double acc = 0;
-  const std::array<std::pair<double, FaultKind>, 5> kinds{
+  const std::array<std::pair<double, FaultKind>, 8> kinds{
       {{f.reset_rate, FaultKind::reset},
        {f.stall_rate, FaultKind::stall},
        {f.malformed_rate, FaultKind::malformed},
        {f.truncated_rate, FaultKind::truncated},
-       {f.slow_body_rate, FaultKind::slow_body}}};
+       {f.slow_body_rate, FaultKind::slow_body},
+       {f.stream_break_rate, FaultKind::stream_break},
+       {f.stream_stall_rate, FaultKind::stream_stall},
+       {f.stream_malformed_rate, FaultKind::stream_malformed}}};
   for (const auto& [rate, kind] : kinds) {
     acc += rate;
     if (u < acc) return {kind, 0};
@@ -709,6 +802,9 @@ struct DeploymentState {
   DeploymentConfig cfg;
   FaultConfig faults;
   LatencyConfig latency;
+  double stream_rate = 0;
+  /// Opening of the first 429 burst window: the first request after the faults were set.
+  std::optional<Clock::time_point> burst_anchor;
   int dimensions = 8;
   std::uint64_t seed = 0;
   DeploymentRateLimiter limiter;
@@ -720,10 +816,26 @@ struct DeploymentState {
       : cfg(d),
         faults(d.faults),
         latency(d.latency.value_or(server.latency)),
+        stream_rate(d.stream_tokens_per_second.value_or(server.stream_tokens_per_second)),
         dimensions(d.embedding_dimensions.value_or(server.embedding_dimensions)),
         seed(server.seed ^ fnv1a(d.name)),
         limiter(d.req_per_min, d.tokens_per_min),
         rng(seed) {}
+
+  void set_faults(FaultConfig f) {
+    faults = std::move(f);
+    burst_anchor.reset();
+  }
+
+  /// Inside a 429 burst window at `now`: the time left in it.
+  std::optional<Clock::duration> burst_left(Clock::time_point now) {
+    if (faults.burst_429_duration.count() <= 0) return std::nullopt;
+    if (!burst_anchor) burst_anchor = now;
+    Clock::duration phase = std::max(Clock::duration::zero(), now - *burst_anchor);
+    if (faults.burst_429_period.count() > 0) phase %= faults.burst_429_period;
+    if (phase >= faults.burst_429_duration) return std::nullopt;
+    return Clock::duration(faults.burst_429_duration) - phase;
+  }
 
   void count_status(unsigned status) {
     if (status >= 200 && status < 300)
@@ -793,6 +905,10 @@ json counters_json(const DeploymentCounters& c) {
           {"truncated", c.truncated},
           {"slow_bodies", c.slow_bodies},
           {"streams", c.streams},
+          {"stream_breaks", c.stream_breaks},
+          {"stream_stalls", c.stream_stalls},
+          {"stream_malformed", c.stream_malformed},
+          {"bursts_429", c.bursts_429},
           {"prompt_tokens", c.prompt_tokens},
           {"completion_tokens", c.completion_tokens},
           {"charged_tokens", c.charged_tokens},
@@ -811,6 +927,13 @@ std::string_view MockHttpRequest::header(std::string_view name) const noexcept {
 
 std::string_view MockHttpResponse::header(std::string_view name) const noexcept {
   return find_header(headers, name);
+}
+
+std::vector<std::string> StreamEvents::all() const {
+  std::vector<std::string> out;
+  out.reserve(size());
+  for (std::size_t i = 0; i < size(); ++i) out.push_back(at(i));
+  return out;
 }
 
 // ---- MockService -----------------------------------------------------------------
@@ -911,7 +1034,7 @@ ResponsePlan MockService::Impl::handle_control(const MockHttpRequest& req, std::
     if (body.is_discarded())
       return respond(json_response(400, invalid_request("Body is not valid JSON", nullptr), 0));
     try {
-      d->faults = parse_fault_config(body);
+      d->set_faults(parse_fault_config(body));
     } catch (const MockConfigError& e) {
       return respond(json_response(400, invalid_request(e.what(), nullptr), 0));
     }
@@ -950,6 +1073,12 @@ ResponsePlan MockService::Impl::handle_inference(const MockHttpRequest& req, con
   if (auto auth = trim(req.header("authorization"));
       auth.size() > 7 && iequals(auth.substr(0, 7), "Bearer ")) {
     presented.push_back(trim(auth.substr(7)));
+  }
+
+  bool stream_requested = false;
+  if (!bad_json) {
+    const auto st = body.find("stream");
+    stream_requested = st != body.end() && st->is_boolean() && st->get<bool>();
   }
 
   std::unique_lock lock(mu);
@@ -1043,6 +1172,18 @@ ResponsePlan MockService::Impl::handle_inference(const MockHttpRequest& req, con
     d->count_status(429);
     return tagged(std::move(r));
   }
+  if (const auto left = d->burst_left(now)) {
+    auto r = json_response(
+        429,
+        rate_limit_error(route.op, api_version, RateLimitReason::requests, ceil_seconds(*left)),
+        id);
+    add_retry_headers(r, *left);
+    add_rate_headers(r, d->limiter, d->limiter.remaining_requests(now),
+                     d->limiter.remaining_tokens(now));
+    d->count_status(429);
+    ++d->counters.bursts_429;
+    return tagged(std::move(r));
+  }
   const std::int64_t estimate =
       wants_chat ? llmq::estimate_chat_tokens(body) : llmq::estimate_embedding_tokens(body);
   const RateDecision decision = d->limiter.try_acquire(now, estimate);
@@ -1058,10 +1199,13 @@ ResponsePlan MockService::Impl::handle_inference(const MockHttpRequest& req, con
   }
   d->counters.charged_tokens += static_cast<std::uint64_t>(estimate);
 
-  const FaultPick fault = pick_fault(d->faults, d->rng);
+  FaultPick fault = pick_fault(d->faults, d->rng);
   const milliseconds delay = sample_latency(d->latency, d->rng);
   const milliseconds slow_body = d->faults.slow_body_ms;
+  const std::size_t stream_fault_after = d->faults.stream_fault_after;
+  const double stream_rate = d->stream_rate;
   const std::string model = d->cfg.model;
+  const bool streamed = wants_chat && stream_requested;
 
   ResponsePlan plan;
   plan.deployment = d->cfg.name;
@@ -1098,6 +1242,17 @@ ResponsePlan MockService::Impl::handle_inference(const MockHttpRequest& req, con
     case FaultKind::slow_body:
       ++d->counters.slow_bodies;
       break;
+    case FaultKind::stream_break:
+    case FaultKind::stream_stall:
+    case FaultKind::stream_malformed:
+      if (!streamed) {
+        fault.kind = FaultKind::none;  // mid-stream faults spare plain answers
+        break;
+      }
+      ++(fault.kind == FaultKind::stream_break   ? d->counters.stream_breaks
+         : fault.kind == FaultKind::stream_stall ? d->counters.stream_stalls
+                                                 : d->counters.stream_malformed);
+      break;
     case FaultKind::none:
       break;
   }
@@ -1106,25 +1261,25 @@ ResponsePlan MockService::Impl::handle_inference(const MockHttpRequest& req, con
   // Build the answer without holding the lock.
   std::int64_t prompt_tokens = 0;
   std::int64_t completion_tokens = 0;
-  bool streamed = false;
+  std::shared_ptr<ChatStream> stream;
   if (wants_chat) {
     const ChatAnswer answer = make_chat_answer(body, model, id);
     prompt_tokens = answer.prompt_tokens;
     completion_tokens = answer.completion_tokens;
-    const auto stream = body.find("stream");
-    if (stream != body.end() && stream->is_boolean() && stream->get<bool>()) {
-      streamed = true;
+    if (streamed) {
       bool include_usage = false;
       if (auto so = body.find("stream_options"); so != body.end() && so->is_object()) {
         auto iu = so->find("include_usage");
         include_usage = iu != so->end() && iu->is_boolean() && iu->get<bool>();
       }
+      stream = std::make_shared<ChatStream>(answer, include_usage);
       plan.action = ResponsePlan::Action::stream;
-      plan.events = chat_stream_events(answer, include_usage);
       plan.response = json_response(200, json::object(), id);
       plan.response.body.clear();
       plan.response.headers.front().second = "text/event-stream";
       plan.response.headers.emplace_back("cache-control", "no-cache");
+      if (stream_rate > 0)
+        plan.event_gap = std::chrono::microseconds(std::llround(1e6 / stream_rate));
     } else {
       plan.response = json_text_response(200, chat_body_text(answer), id);
       assert(plan.response.body == dump(chat_body(answer)));
@@ -1136,29 +1291,55 @@ ResponsePlan MockService::Impl::handle_inference(const MockHttpRequest& req, con
   add_rate_headers(plan.response, d->limiter, decision.remaining_requests,
                    decision.remaining_tokens);
 
+  // Events before a mid-stream fault, so that a break or stall never reaches [DONE] and
+  // a malformed event is never [DONE] itself.
+  const std::size_t events = stream ? stream->size() : 0;
+  const std::size_t last_intact = events > 0 ? std::min(stream_fault_after, events - 1) : 0;
   switch (fault.kind) {
     case FaultKind::malformed:
-      if (streamed && plan.events.size() > 2) {
-        const std::string& good = plan.events[1];
-        plan.events[1] = good.substr(0, good.size() / 2) + "\n\n";
-      } else if (!streamed) {
+      if (stream) {
+        stream->set_malformed(1);  // the role event
+      } else {
         // A prefix of a JSON object (its closing brace cut) is never valid JSON.
         plan.response.body.resize(plan.response.body.size() / 2);
       }
       break;
     case FaultKind::truncated:
-      plan.truncate = true;
+      if (stream) {
+        plan.cut = ResponsePlan::StreamCut::close;
+        plan.cut_after = events / 2;
+      } else {
+        plan.truncate = true;
+      }
       plan.close = true;
       break;
     case FaultKind::slow_body:
       plan.slow_body = slow_body;
       break;
+    case FaultKind::stream_break:
+      plan.cut = ResponsePlan::StreamCut::close;
+      plan.cut_after = last_intact;
+      plan.close = true;
+      break;
+    case FaultKind::stream_stall:
+      plan.cut = ResponsePlan::StreamCut::stall;
+      plan.cut_after = last_intact;
+      plan.close = true;
+      break;
+    case FaultKind::stream_malformed:
+      stream->set_malformed(std::min(stream_fault_after, events - 2));
+      break;
     default:
       break;
   }
+  plan.events = std::move(stream);
 
+  const bool complete = fault.kind != FaultKind::malformed && fault.kind != FaultKind::truncated &&
+                        fault.kind != FaultKind::stream_break &&
+                        fault.kind != FaultKind::stream_stall &&
+                        fault.kind != FaultKind::stream_malformed;
   lock.lock();
-  if (fault.kind != FaultKind::malformed && fault.kind != FaultKind::truncated) {
+  if (complete) {
     d->count_status(200);
     if (streamed) ++d->counters.streams;
     d->counters.prompt_tokens += static_cast<std::uint64_t>(prompt_tokens);
@@ -1172,6 +1353,7 @@ void MockService::Impl::reset_locked() {
     d->counters = DeploymentCounters{};
     d->limiter.reset();
     d->peak.reset();
+    d->burst_anchor.reset();
     d->rng.seed(d->seed);
   }
   unrouted = 0;
@@ -1229,7 +1411,7 @@ void MockService::set_faults(const std::string& deployment, FaultConfig faults) 
   std::lock_guard lock(impl_->mu);
   DeploymentState* d = impl_->find(deployment);
   if (d == nullptr) throw std::out_of_range("llmq-mock-azure: no deployment named " + deployment);
-  d->faults = checked;
+  d->set_faults(checked);
 }
 
 FaultConfig MockService::faults(const std::string& deployment) const {

@@ -53,6 +53,22 @@ struct FaultConfig {
   bool force_429 = false;                                 ///< every request gets 429 (not charged)
   std::chrono::milliseconds force_429_retry_after{1000};  ///< retry-after sent by force_429
 
+  // Mid-stream faults: drawn like the others, applied to streamed answers only (a request
+  // without "stream": true that draws one is answered normally).
+  double stream_break_rate = 0;      ///< close the connection after `stream_fault_after` events
+  double stream_stall_rate = 0;      ///< send `stream_fault_after` events, then nothing more
+  double stream_malformed_rate = 0;  ///< event number `stream_fault_after` is cut (invalid JSON)
+  /// Intact events (the first one is the prompt filter results) before a mid-stream fault;
+  /// clamped so that `data: [DONE]` is never reached by a break or a stall.
+  std::size_t stream_fault_after = 3;
+
+  /// 429 bursts: windows of `burst_429_duration` during which every request gets 429
+  /// (not charged) with a retry-after of the time left in the window. The first window
+  /// opens with the first request after these faults were set; with a period, one opens
+  /// every `burst_429_period` from then on (0: only the first). Duration 0: no bursts.
+  std::chrono::milliseconds burst_429_duration{0};
+  std::chrono::milliseconds burst_429_period{0};
+
   /// Sum of all fault probabilities.
   [[nodiscard]] double total_rate() const noexcept;
 };
@@ -73,7 +89,9 @@ struct DeploymentConfig {
   std::string api_key;                      ///< secret; empty: only the server-wide key applies
   std::optional<LatencyConfig> latency;     ///< absent: the server default
   std::optional<int> embedding_dimensions;  ///< absent: the server default
-  FaultConfig faults;                       ///< initial faults (changeable at runtime)
+  /// Streamed answers: events per second after the first one (absent: the server default).
+  std::optional<double> stream_tokens_per_second;
+  FaultConfig faults;  ///< initial faults (changeable at runtime)
 };
 
 /// The whole server configuration.
@@ -84,6 +102,9 @@ struct MockConfig {
   std::uint64_t seed = 42;       ///< seeds every deployment's RNG (latency, faults)
   LatencyConfig latency;         ///< default latency (0 ms)
   int embedding_dimensions = 8;  ///< default embedding size (requests may set `dimensions`)
+  /// Streamed answers send one event every 1/rate seconds after the first one (one word,
+  /// about one token, per content event). 0: as fast as the socket takes them.
+  double stream_tokens_per_second = 0;
   std::size_t max_body_bytes = 4 * 1024 * 1024;   ///< larger request bodies get 413
   std::size_t max_header_bytes = 16 * 1024;       ///< larger request headers get 431
   std::chrono::milliseconds idle_timeout{30000};  ///< keep-alive idle timeout

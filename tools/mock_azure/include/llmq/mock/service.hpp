@@ -10,6 +10,7 @@
 #include <nlohmann/json_fwd.hpp>
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -42,6 +43,18 @@ struct MockHttpResponse {
   [[nodiscard]] std::string_view header(std::string_view name) const noexcept;
 };
 
+/// The events of a streamed answer, each "data: ...\n\n", made on demand so that a long
+/// answer is never held in memory whole. Immutable; safe to read from any thread.
+class StreamEvents {
+ public:
+  virtual ~StreamEvents() = default;
+  [[nodiscard]] virtual std::size_t size() const = 0;
+  /// Event `i` (< size()).
+  [[nodiscard]] virtual std::string at(std::size_t i) const = 0;
+  /// Every event in order (for tests; a long answer makes this large).
+  [[nodiscard]] std::vector<std::string> all() const;
+};
+
 /// What the network layer does with one request.
 struct ResponsePlan {
   enum class Action {
@@ -50,15 +63,24 @@ struct ResponsePlan {
     reset,    ///< after `delay`, close the connection with a TCP RST, sending nothing
     stall,    ///< send nothing; keep reading until the peer closes or the server stops
   };
+  /// How a stream ends before its last event (Action::stream only).
+  enum class StreamCut {
+    none,   ///< every event, then the terminating chunk
+    close,  ///< after `cut_after` events, close the connection (no terminating chunk)
+    stall,  ///< after `cut_after` events, send nothing; read until the peer closes
+  };
   Action action = Action::respond;
   MockHttpResponse response;
-  std::vector<std::string> events;     ///< stream: one SSE event each ("data: ...\n\n")
-  std::chrono::milliseconds delay{0};  ///< wait before the first byte
+  std::shared_ptr<const StreamEvents> events;  ///< stream: the SSE events
+  std::chrono::milliseconds delay{0};          ///< wait before the first byte
   /// respond: announce the full Content-Length but send only half the body, then close.
-  /// stream: send half the events and close without the terminating chunk.
   bool truncate = false;
+  StreamCut cut = StreamCut::none;
+  std::size_t cut_after = 0;  ///< events sent before the cut
   /// Spread the body over 8 chunks (the events, one by one) over this time. 0: at once.
   std::chrono::milliseconds slow_body{0};
+  /// stream: pause before each event after the first (the token rate). 0: none.
+  std::chrono::microseconds event_gap{0};
   bool close = false;      ///< close the connection after answering
   std::string deployment;  ///< the deployment the request was routed to ("" if none)
 };
@@ -75,6 +97,10 @@ struct DeploymentCounters {
   std::uint64_t truncated = 0;               ///< answers cut short
   std::uint64_t slow_bodies = 0;             ///< answers sent slowly (also counted in ok)
   std::uint64_t streams = 0;                 ///< SSE answers (also counted in ok)
+  std::uint64_t stream_breaks = 0;           ///< streams closed after some events
+  std::uint64_t stream_stalls = 0;           ///< streams that stopped sending after some events
+  std::uint64_t stream_malformed = 0;        ///< streams with one cut (invalid JSON) event
+  std::uint64_t bursts_429 = 0;              ///< 429s of a burst window (also in rate_limited)
   std::uint64_t prompt_tokens = 0;           ///< usage.prompt_tokens of complete answers
   std::uint64_t completion_tokens = 0;       ///< usage.completion_tokens of complete answers
   std::uint64_t charged_tokens = 0;          ///< estimates charged to the token window
