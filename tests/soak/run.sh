@@ -78,7 +78,7 @@ cleanup() {
   if [ -n "$redis_pid" ]; then kill -CONT "$redis_pid" 2>/dev/null || true; fi
   if [ -n "$gateway_pid" ] && kill -TERM "$gateway_pid" 2>/dev/null; then
     # A graceful stop flushes telemetry into PostgreSQL, so that goes first; bounded.
-    for _ in $(seq 1 100); do kill -0 "$gateway_pid" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 1 50); do kill -0 "$gateway_pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL "$gateway_pid" 2>/dev/null || true
   fi
   if [ -f "$pg_data/postmaster.pid" ]; then as_pg "$pg_bin/pg_ctl" -D "$pg_data" -m immediate -w -t 30 stop >/dev/null 2>&1 || true; fi

@@ -654,10 +654,11 @@ asio::awaitable<void> run_soak(Run& run, int& exit_code) {
   if (run.redis_stopped) signal_redis(run, SIGCONT);
   const double drained_s = run.since_start();
 
-  // Idle: nothing queued or in flight (the clients are done; abandoned requests may not be).
+  // Idle: nothing queued or in flight. Every request was sent before the load stopped, so
+  // each (also an abandoned one, whose client does not wait) has had its bound by then.
   llmq::soak::Observed observed;
   llmq::soak::Metrics m;
-  const auto idle_deadline = Clock::now() + seconds(bound.seconds());
+  const auto idle_deadline = run.load_start + seconds(run.load_s + bound.seconds() + 1);
   for (;;) {
     m = co_await scrape(run);
     observed.queue_depth = m.value("llmq_queue_depth");
