@@ -11,6 +11,7 @@
 /// (in the duplicate-id error) and the names of environment variables.
 
 #include <yaml-cpp/depthguard.h>
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 #include <llmq/config.hpp>
 #include <llmq/errors.hpp>
@@ -23,6 +24,7 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
+#include <sstream>
 #include <string>
 #include <string_view>
 #include <system_error>
@@ -216,6 +218,45 @@ class InvariantChecker {
 // ---------------------------------------------------------------------------------------
 // Pass 1: the YAML walk.
 
+/// Counts the documents of a YAML text without building nodes, and notes where each
+/// starts and where the second one's content is (for the "found N" error).
+class DocumentCounter : public YAML::EventHandler {
+ public:
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    ++documents;
+    start = mark;
+    content_pending = documents == 2;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark& mark, YAML::anchor_t) override { content(mark); }
+  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { content(mark); }
+  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                const std::string&) override {
+    content(mark);
+  }
+  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {
+    content(mark);
+  }
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {
+    content(mark);
+  }
+  void OnMapEnd() override {}
+
+  int documents = 0;
+  YAML::Mark start;           ///< of the last document started
+  YAML::Mark second_content;  ///< first node of the second document
+
+ private:
+  void content(const YAML::Mark& mark) {
+    if (content_pending) second_content = mark;
+    content_pending = false;
+  }
+  bool content_pending = false;
+};
+
 /// A mapping's entries by key, with bookkeeping for unknown and duplicate keys.
 struct MappingView {
   struct Entry {
@@ -243,9 +284,12 @@ struct MappingView {
 class YamlConfigParser {
  public:
   LLMConfig parse(std::string_view text) {
-    std::vector<YAML::Node> docs;
+    const std::string owned(text);
+    YAML::Node root;
+    int documents = 0;
     try {
-      docs = YAML::LoadAll(std::string(text));
+      documents = count_documents(owned);
+      root = YAML::Load(owned);
     } catch (const YAML::DeepRecursion& e) {
       throw ConfigError(format_problem(kRootPath, "YAML nesting is too deep",
                                        e.mark.is_null() ? 0 : e.mark.line + 1));
@@ -258,18 +302,18 @@ class YamlConfigParser {
       throw ConfigError(format_problem(kRootPath, std::string("cannot parse YAML: ") + e.msg,
                                        e.mark.is_null() ? 0 : e.mark.line + 1));
     }
-    if (docs.empty() || docs.front().IsNull()) {
+    if (documents == 0 || root.IsNull()) {
       throw ConfigError(format_problem(kRootPath, "the document is empty", 1));
     }
-    if (docs.size() > 1) {
+    if (documents > 1) {
       throw ConfigError(format_problem(
-          kRootPath, "expected one YAML document, found " + std::to_string(docs.size()),
-          line_of(docs[1])));
+          kRootPath, "expected one YAML document, found " + std::to_string(documents),
+          second_document_line_));
     }
 
     LLMConfig cfg;
     try {
-      read_root(docs.front(), cfg);
+      read_root(root, cfg);
     } catch (const YAML::Exception& e) {
       // Not expected: every access above is type-checked. Never let yaml-cpp leak.
       throw ConfigError(format_problem(kRootPath, std::string("cannot read YAML: ") + e.msg,
@@ -289,6 +333,28 @@ class YamlConfigParser {
 
   [[noreturn]] static void fail(std::string_view path, std::string_view problem, int line) {
     throw ConfigError(format_problem(path, problem, line));
+  }
+
+  /// The number of documents in `text` (YAML::LoadAll would say the same, but it never
+  /// returns when a document starts with a ',': yaml-cpp then begins one empty document
+  /// after another without consuming the comma). Such a ',' is reported as a syntax
+  /// error; the count stops at kMaxDocuments.
+  int count_documents(const std::string& text) {
+    static constexpr int kMaxDocuments = 100;
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    DocumentCounter counter;
+    while (counter.documents < kMaxDocuments && parser.HandleNextDocument(counter)) {
+      const YAML::Mark& at = counter.start;
+      if (at.pos >= 0 && static_cast<std::size_t>(at.pos) < text.size() && text[at.pos] == ',') {
+        fail(kRootPath,
+             "YAML syntax error at column " + std::to_string(at.column + 1) +
+                 ": ',' outside a flow collection",
+             at.line + 1);
+      }
+    }
+    if (counter.documents > 1) second_document_line_ = counter.second_content.line + 1;
+    return counter.documents;
   }
 
   /// Path of an entry of `map`, recording the line of its key.
@@ -547,6 +613,7 @@ class YamlConfigParser {
   }
 
   LineTable lines_;
+  int second_document_line_ = 0;
   std::vector<std::string> warnings_;
 };
 

@@ -10,13 +10,16 @@
 #include <llmq/log.hpp>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -622,6 +625,34 @@ TEST(ConfigErrors, EmptyDocument) {
 TEST(ConfigErrors, SeveralDocuments) {
   const std::string yaml = std::string(kMinimalAzure) + "---\nfoo: 1\n";
   EXPECT_EQ(parse_error(yaml), "config: expected one YAML document, found 2 (line 13)");
+}
+
+/// parse_error(yaml); the whole test program fails at once if parse_config does not
+/// return within a generous bound (a parser stuck in a loop would hang the suite).
+std::string parse_error_or_exit(std::string_view yaml) {
+  auto result = std::make_shared<std::promise<std::string>>();
+  std::future<std::string> future = result->get_future();
+  std::thread([result, text = std::string(yaml)] {
+    result->set_value(parse_error(text));
+  }).detach();
+  if (future.wait_for(30s) != std::future_status::ready) {
+    std::fprintf(stderr, "parse_config did not return within 30 s for:\n%s\n",
+                 std::string(yaml).c_str());
+    std::_Exit(1);
+  }
+  return future.get();
+}
+
+TEST(ConfigErrors, StrayCommaOutsideAFlowCollectionIsASyntaxError) {
+  // yaml-cpp's LoadAll starts one empty document after another at such a ',', forever.
+  EXPECT_EQ(parse_error_or_exit(","),
+            "config: YAML syntax error at column 1: ',' outside a flow collection (line 1)");
+  EXPECT_EQ(parse_error_or_exit("- a\n- b\n, c\n"),
+            "config: YAML syntax error at column 1: ',' outside a flow collection (line 3)");
+  EXPECT_EQ(parse_error_or_exit(std::string(kMinimalAzure) + "---\n- b\n,\n"),
+            "config: YAML syntax error at column 1: ',' outside a flow collection (line 14)");
+  EXPECT_EQ(parse_error_or_exit("--- \"a\" ,"),
+            "config: YAML syntax error at column 9: ',' outside a flow collection (line 1)");
 }
 
 TEST(ConfigErrors, SyntaxError) {
