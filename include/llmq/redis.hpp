@@ -48,6 +48,9 @@ struct RedisReply {
   [[nodiscard]] bool is_error(std::string_view prefix) const noexcept {
     return type == Type::error && std::string_view(str).substr(0, prefix.size()) == prefix;
   }
+  /// Same type, text, integer and elements (compared recursively: replies a server sends
+  /// nest at most 7 deep, RedisReplyReader refuses deeper).
+  friend bool operator==(const RedisReply&, const RedisReply&) = default;
 };
 
 /// Transport and protocol failures of the Redis client. They reach callers as

@@ -5,46 +5,16 @@
 
 #include <hiredis/hiredis.h>
 
+#include <algorithm>
 #include <charconv>
-#include <cstdlib>
-#include <cstring>
 #include <limits>
+#include <memory>
+#include <string>
 
 namespace llmq::detail {
 namespace {
 
 redisReader* as_reader(void* p) { return static_cast<redisReader*>(p); }
-
-RedisReply convert(const redisReply& r) {
-  RedisReply out;
-  switch (r.type) {
-    case REDIS_REPLY_STRING:
-      out.type = RedisReply::Type::string;
-      out.str.assign(r.str, r.len);
-      break;
-    case REDIS_REPLY_STATUS:
-      out.type = RedisReply::Type::status;
-      out.str.assign(r.str, r.len);
-      break;
-    case REDIS_REPLY_ERROR:
-      out.type = RedisReply::Type::error;
-      out.str.assign(r.str, r.len);
-      break;
-    case REDIS_REPLY_INTEGER:
-      out.type = RedisReply::Type::integer;
-      out.integer = r.integer;
-      break;
-    case REDIS_REPLY_ARRAY:
-      out.type = RedisReply::Type::array;
-      out.elements.reserve(r.elements);
-      for (std::size_t i = 0; i < r.elements; ++i) out.elements.push_back(convert(*r.element[i]));
-      break;
-    default:
-      out.type = RedisReply::Type::nil;
-      break;
-  }
-  return out;
-}
 
 template <class Int>
 bool parse_int(std::string_view s, Int& out) {
@@ -75,33 +45,149 @@ std::string format_redis_command(const std::vector<std::string>& args) {
   return out;
 }
 
-RedisReplyReader::RedisReplyReader() : reader_(redisReaderCreate()) {
-  if (reader_ == nullptr) throw std::bad_alloc();
+// The reader builds RedisReply values itself (hiredis's reply-object callbacks): hiredis's
+// own objects would allocate an announced array's element pointers before any element
+// arrived, and would be converted afterwards. The callbacks run inside hiredis (C): they
+// never throw; a refusal returns null, which hiredis reports as an error.
+struct RedisReplyReader::State {
+  std::size_t reply_bytes = 0;  // held by the elements of the reply being read
+  std::string refusal;          // why a callback refused, for the error message
+};
+
+namespace {
+
+using ReaderState = RedisReplyReader::State;
+
+std::string too_large() {
+  return "a reply larger than " + std::to_string(kMaxRedisReplyBytes) + " bytes";
 }
+
+ReaderState& state_of(const redisReadTask* task) {
+  return *static_cast<ReaderState*>(task->privdata);
+}
+
+/// Adds `value` where hiredis reads it: as the root, or as the next element of its array.
+void* place(const redisReadTask* task, RedisReply&& value, std::size_t text_bytes) noexcept {
+  ReaderState& state = state_of(task);
+  const std::size_t bytes = sizeof(RedisReply) + text_bytes;
+  if (bytes > kMaxRedisReplyBytes - std::min(state.reply_bytes, kMaxRedisReplyBytes)) {
+    state.refusal = too_large();
+    return nullptr;
+  }
+  try {
+    RedisReply* node = nullptr;
+    if (task->parent == nullptr) {
+      node = new RedisReply(std::move(value));
+    } else {
+      // Elements arrive in order; an array's vector grows only while its own element is
+      // being added, so the pointers hiredis holds for unfinished arrays stay valid.
+      auto* array = static_cast<RedisReply*>(task->parent->obj);
+      if (task->idx < 0 || static_cast<std::size_t>(task->idx) != array->elements.size()) {
+        state.refusal = "elements out of order";
+        return nullptr;
+      }
+      array->elements.push_back(std::move(value));
+      node = &array->elements.back();
+    }
+    state.reply_bytes += bytes;
+    return node;
+  } catch (const std::exception&) {
+    state.refusal = "out of memory";
+    return nullptr;
+  }
+}
+
+void* create_string(const redisReadTask* task, char* text, std::size_t len) {
+  RedisReply r;
+  r.type = task->type == REDIS_REPLY_ERROR    ? RedisReply::Type::error
+           : task->type == REDIS_REPLY_STATUS ? RedisReply::Type::status
+                                              : RedisReply::Type::string;
+  try {
+    r.str.assign(text, len);
+  } catch (const std::exception&) {
+    state_of(task).refusal = "out of memory";
+    return nullptr;
+  }
+  return place(task, std::move(r), len);
+}
+
+void* create_array(const redisReadTask* task, int elements) {
+  if (elements < 0 || elements > kMaxRedisReplyElements) {
+    state_of(task).refusal = "an array of " + std::to_string(elements) + " elements (more than " +
+                             std::to_string(kMaxRedisReplyElements) + ")";
+    return nullptr;
+  }
+  RedisReply r;
+  r.type = RedisReply::Type::array;
+  return place(task, std::move(r), 0);
+}
+
+void* create_integer(const redisReadTask* task, long long value) {
+  RedisReply r;
+  r.type = RedisReply::Type::integer;
+  r.integer = value;
+  return place(task, std::move(r), 0);
+}
+
+void* create_nil(const redisReadTask* task) { return place(task, RedisReply{}, 0); }
+
+/// hiredis frees only roots (an unfinished reply when it fails or is reset).
+void free_root(void* root) { delete static_cast<RedisReply*>(root); }
+
+redisReplyObjectFunctions reply_functions = {create_string, create_array, create_integer,
+                                             create_nil, free_root};
+
+/// A reader whose callbacks see `state`.
+redisReader* make_reader(ReaderState& state) {
+  redisReader* r = redisReaderCreateWithFunctions(&reply_functions);
+  if (r == nullptr) throw std::bad_alloc();
+  r->privdata = &state;
+  return r;
+}
+
+[[noreturn]] void throw_reader_error(redisReader* r, ReaderState& state) {
+  std::string message = "RESP reader: ";
+  message += state.refusal.empty() ? std::string(r->errstr) : state.refusal;
+  throw RedisProtocolError(message);
+}
+
+}  // namespace
+
+RedisReplyReader::RedisReplyReader()
+    : state_(std::make_unique<State>()), reader_(make_reader(*state_)) {}
 
 RedisReplyReader::~RedisReplyReader() { redisReaderFree(as_reader(reader_)); }
 
 void RedisReplyReader::feed(std::string_view bytes) {
   if (bytes.empty()) return;
-  if (redisReaderFeed(as_reader(reader_), bytes.data(), bytes.size()) != REDIS_OK)
-    throw RedisProtocolError(std::string("RESP reader: ") + as_reader(reader_)->errstr);
+  redisReader* r = as_reader(reader_);
+  if (redisReaderFeed(r, bytes.data(), bytes.size()) != REDIS_OK) throw_reader_error(r, *state_);
 }
 
 std::optional<RedisReply> RedisReplyReader::next() {
+  redisReader* r = as_reader(reader_);
   void* raw = nullptr;
-  if (redisReaderGetReply(as_reader(reader_), &raw) != REDIS_OK)
-    throw RedisProtocolError(std::string("RESP reader: ") + as_reader(reader_)->errstr);
-  if (raw == nullptr) return std::nullopt;
-  std::unique_ptr<redisReply, void (*)(void*)> owned(static_cast<redisReply*>(raw),
-                                                     &freeReplyObject);
-  return convert(*owned);
+  if (redisReaderGetReply(r, &raw) != REDIS_OK) throw_reader_error(r, *state_);
+  if (raw == nullptr) {
+    // Incomplete: what is buffered, plus what its elements hold, stays under the bound.
+    const std::size_t buffered = r->len - r->pos;
+    if (buffered > kMaxRedisReplyBytes - std::min(state_->reply_bytes, kMaxRedisReplyBytes)) {
+      state_->refusal = too_large();
+      throw_reader_error(r, *state_);
+    }
+    return std::nullopt;
+  }
+  state_->reply_bytes = 0;
+  std::unique_ptr<RedisReply> owned(static_cast<RedisReply*>(raw));
+  return std::move(*owned);
 }
 
 void RedisReplyReader::reset() {
-  redisReader* fresh = redisReaderCreate();
-  if (fresh == nullptr) throw std::bad_alloc();
+  auto fresh_state = std::make_unique<State>();
+  redisReader* fresh = make_reader(*fresh_state);
   redisReaderFree(as_reader(reader_));
   reader_ = fresh;
+  state_ = std::move(fresh_state);
 }
 
 std::uint16_t redis_crc16(std::string_view bytes) noexcept {

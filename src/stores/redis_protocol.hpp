@@ -6,6 +6,7 @@
 #include <llmq/redis.hpp>
 
 #include <array>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -25,8 +26,17 @@ class RedisProtocolError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-/// Incremental RESP2 parser (hiredis's redisReader). Feed bytes as they arrive, in any
-/// split; take complete replies with next(). Not thread-safe.
+/// Longest array a reply may announce (`*N`); llmq's largest replies (CLUSTER SLOTS of
+/// a 16384-slot cluster) stay far below.
+inline constexpr std::int64_t kMaxRedisReplyElements = 1 << 20;
+/// Most bytes one reply may take while it is read: its buffered bytes plus what its
+/// elements hold so far (each element counts its RedisReply as well as its text).
+inline constexpr std::size_t kMaxRedisReplyBytes = std::size_t{64} << 20;
+
+/// Incremental RESP2 parser (hiredis's redisReader, building RedisReply values directly).
+/// Feed bytes as they arrive, in any split; take complete replies with next(). A reply
+/// over kMaxRedisReplyElements or kMaxRedisReplyBytes, or nested deeper than 7 arrays
+/// (hiredis's limit), is a RedisProtocolError. Not thread-safe.
 class RedisReplyReader {
  public:
   RedisReplyReader();
@@ -42,7 +52,10 @@ class RedisReplyReader {
   /// Drops buffered bytes and any error state (used after a reconnect).
   void reset();
 
+  struct State;  ///< what the reply-building callbacks share with the reader
+
  private:
+  std::unique_ptr<State> state_;
   void* reader_ = nullptr;  // redisReader*
 };
 

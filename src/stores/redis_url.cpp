@@ -114,6 +114,13 @@ RedisConfig parse_redis_url(std::string_view url, RedisConfig base) {
   const std::size_t first_slash = rest.find('/');
   const std::size_t userinfo_at = rest.substr(0, first_slash).rfind('@');
   const std::size_t host_start = userinfo_at == std::string_view::npos ? 0 : userinfo_at + 1;
+  // An '@' further on means a '/' in a password was not percent-encoded (or an '@' in a
+  // parameter): the rest of the password would be read as port, database or parameters,
+  // and quoted in the errors below.
+  if (rest.find('@', host_start) != std::string_view::npos)
+    throw ConfigError(
+        "redis url: '@' after the host (percent-encode '@', '/' and '?' in a user name, "
+        "password or parameter as %40, %2F and %3F)");
   const std::size_t question = rest.find('?', host_start);
   const std::string_view query =
       question == std::string_view::npos ? std::string_view() : rest.substr(question + 1);

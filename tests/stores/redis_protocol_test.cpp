@@ -39,16 +39,6 @@ RedisReply array(std::vector<RedisReply> elements) {
   return r;
 }
 
-bool same(const RedisReply& a, const RedisReply& b) {
-  if (a.type != b.type || a.str != b.str || a.integer != b.integer ||
-      a.elements.size() != b.elements.size())
-    return false;
-  for (std::size_t i = 0; i < a.elements.size(); ++i) {
-    if (!same(a.elements[i], b.elements[i])) return false;
-  }
-  return true;
-}
-
 // Every reply type, binary payloads (CRLF and NUL inside bulk strings), nesting, nulls.
 std::vector<RedisReply> expected_replies() {
   std::vector<RedisReply> e;
@@ -102,7 +92,7 @@ TEST(RedisReplyReader, RepliesSplitAtEveryByteBoundary) {
     drain(reader, got);
     ASSERT_EQ(got.size(), expected.size()) << "split at byte " << cut;
     for (std::size_t i = 0; i < got.size(); ++i)
-      EXPECT_TRUE(same(got[i], expected[i])) << "reply " << i << ", split at byte " << cut;
+      EXPECT_TRUE(got[i] == expected[i]) << "reply " << i << ", split at byte " << cut;
   }
 }
 
@@ -119,7 +109,7 @@ TEST(RedisReplyReader, OneByteAtATime) {
   }
   const std::vector<RedisReply> expected = expected_replies();
   ASSERT_EQ(got.size(), expected.size());
-  for (std::size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(same(got[i], expected[i])) << i;
+  for (std::size_t i = 0; i < got.size(); ++i) EXPECT_TRUE(got[i] == expected[i]) << i;
   // A reply is complete exactly at its last byte, never earlier.
   EXPECT_EQ(completed_at.back(), bytes.size() - 1);
   EXPECT_EQ(completed_at.front(), 4U);  // "+OK\r\n"
@@ -134,6 +124,55 @@ TEST(RedisReplyReader, MalformedInputThrowsAndResetRecovers) {
   auto r = reader.next();
   ASSERT_TRUE(r);
   EXPECT_EQ(r->str, "PONG");
+}
+
+/// The RedisProtocolError message of the reader for `bytes` (fed whole), or "" if none.
+std::string protocol_error(std::string_view bytes) {
+  RedisReplyReader reader;
+  try {
+    reader.feed(bytes);
+    while (reader.next()) {
+    }
+  } catch (const detail::RedisProtocolError& e) {
+    return e.what();
+  }
+  return {};
+}
+
+TEST(RedisReplyReader, AnnouncedArrayLengthsAreBounded) {
+  // hiredis allocates the announced element count up front: 8 bytes each, before any
+  // element arrived (a 13-byte reply asked for 16 GiB).
+  EXPECT_EQ(protocol_error("*2147483647\r\n"),
+            "RESP reader: an array of 2147483647 elements (more than 1048576)");
+  EXPECT_EQ(protocol_error("*2\r\n*254775808\r\n$0\r\n\r\n"),
+            "RESP reader: an array of 254775808 elements (more than 1048576)");
+  // Within the bound, nothing is allocated for elements that did not arrive.
+  RedisReplyReader reader;
+  reader.feed("*1048576\r\n:1\r\n");
+  EXPECT_FALSE(reader.next().has_value());
+}
+
+TEST(RedisReplyReader, RepliesLargerThanTheBoundAreRefused) {
+  // A bulk string announced at 1 GB: its bytes are buffered only up to the bound.
+  RedisReplyReader reader;
+  reader.feed("$1000000000\r\n");
+  EXPECT_FALSE(reader.next().has_value());
+  const std::string mib(1 << 20, 'x');
+  std::string message;
+  for (int i = 0; i < 80 && message.empty(); ++i) {
+    try {
+      reader.feed(mib);
+      EXPECT_FALSE(reader.next().has_value());
+    } catch (const detail::RedisProtocolError& e) {
+      message = e.what();
+      EXPECT_GE(i, 63);  // not before 64 MiB arrived
+    }
+  }
+  EXPECT_EQ(message, "RESP reader: a reply larger than 67108864 bytes");
+  // Many small elements count too.
+  std::string many = "*1000000\r\n";
+  for (int i = 0; i < 1000000; ++i) many += "$60\r\n" + std::string(60, 'y') + "\r\n";
+  EXPECT_EQ(protocol_error(many), "RESP reader: a reply larger than 67108864 bytes");
 }
 
 TEST(RedisProtocol, FormatsCommandsBinarySafe) {
@@ -331,6 +370,26 @@ TEST(RedisUrl, RejectsBadUrlsAndTlsParameters) {
   EXPECT_THROW((void)parse_redis_url("redis://host:0"), ConfigError);
   EXPECT_THROW((void)parse_redis_url("redis://host/db1"), ConfigError);
   EXPECT_THROW((void)parse_redis_url("redis://a%4@host"), ConfigError);
+}
+
+TEST(RedisUrl, ErrorsNeverQuoteAPasswordWithUnencodedDelimiters) {
+  // A '/' in a password ends the authority early: the password was read as the port (or
+  // a '?' in it as the start of the parameters) and quoted in the error.
+  for (const char* url : {"redis://user:secret/x@host", "redis://:secret/0@host:6379/0",
+                          "rediss://user:secret?a=b/x@host", "rediss://host?ca_file=/tmp/a@b"}) {
+    try {
+      (void)parse_redis_url(url);
+      ADD_FAILURE() << "accepted " << url;
+    } catch (const ConfigError& e) {
+      const std::string message = e.what();
+      EXPECT_EQ(message.find("secret"), std::string::npos) << message;
+      EXPECT_NE(message.find("percent-encode"), std::string::npos) << message;
+    }
+  }
+  // Encoded, the same password is fine.
+  const RedisConfig c = parse_redis_url("redis://user:secret%2Fx@host");
+  EXPECT_EQ(c.password, "secret/x");
+  EXPECT_EQ(c.host, "host");
 }
 
 TEST(RedisErrc, HasItsOwnCategory) {
