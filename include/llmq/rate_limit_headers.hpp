@@ -27,7 +27,8 @@ inline constexpr std::chrono::milliseconds kMaxRetryAfter{std::chrono::hours(1)}
 
 /// Parses an HTTP-date in any of the three RFC 9110 forms: IMF-fixdate
 /// ("Sun, 06 Nov 1994 08:49:37 GMT"), RFC 850 ("Sunday, 06-Nov-94 08:49:37 GMT") and
-/// asctime ("Sun Nov  6 08:49:37 1994"). Malformed text: nullopt.
+/// asctime ("Sun Nov  6 08:49:37 1994"). Malformed text, and a date system_clock cannot
+/// hold (with nanosecond ticks: before 1678 or after 2262), give nullopt.
 [[nodiscard]] std::optional<std::chrono::system_clock::time_point> parse_http_date(
     std::string_view text);
 

@@ -209,8 +209,17 @@ std::optional<SysTime> parse_http_date(std::string_view text) {
                                         std::chrono::month(static_cast<unsigned>(month)),
                                         std::chrono::day(static_cast<unsigned>(day))};
   if (!ymd.ok()) return std::nullopt;
-  return SysTime(std::chrono::sys_days(ymd).time_since_epoch() + std::chrono::hours(hour) +
-                 std::chrono::minutes(minute) + std::chrono::seconds(second));
+  // In seconds first: years 0-9999 fit; system_clock's nanoseconds hold about 1678-2262.
+  const std::chrono::seconds since_epoch = std::chrono::sys_days(ymd).time_since_epoch() +
+                                           std::chrono::hours(hour) + std::chrono::minutes(minute) +
+                                           std::chrono::seconds(second);
+  using std::chrono::ceil;
+  using std::chrono::floor;
+  if (since_epoch < ceil<std::chrono::seconds>(SysTime::min().time_since_epoch()) ||
+      since_epoch > floor<std::chrono::seconds>(SysTime::max().time_since_epoch())) {
+    return std::nullopt;
+  }
+  return SysTime(since_epoch);
 }
 
 std::optional<milliseconds> parse_retry_after(const HttpResponse& response, SysTime now) {

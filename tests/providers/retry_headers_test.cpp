@@ -108,6 +108,21 @@ TEST(HttpDate, MalformedDatesAreRejected) {
   }
 }
 
+TEST(HttpDate, DatesSystemClockCannotHoldAreRejected) {
+  // system_clock counts nanoseconds: about 1678 to 2262. Converting a date outside
+  // overflowed (undefined behaviour; in practice a date somewhere else).
+  for (const char* far : {"Fri, 31 Dec 9999 23:59:59 GMT", "Mon, 01 Jan 0001 00:00:00 GMT",
+                          "Sat, 12 Apr 2262 00:00:00 GMT", "Sun Nov  6 08:49:37 1000"}) {
+    SCOPED_TRACE(far);
+    EXPECT_EQ(llmq::parse_http_date(far), std::nullopt);
+    EXPECT_EQ(llmq::parse_retry_after(response_with({{"retry-after", far}}), kDate), std::nullopt);
+  }
+  EXPECT_EQ(llmq::parse_http_date("Thu, 01 Jan 2262 00:00:00 GMT"),
+            SysTime(std::chrono::sys_days(std::chrono::year(2262) / 1 / 1).time_since_epoch()));
+  EXPECT_EQ(llmq::parse_http_date("Sun, 01 Jan 1679 00:00:00 GMT"),
+            SysTime(std::chrono::sys_days(std::chrono::year(1679) / 1 / 1).time_since_epoch()));
+}
+
 // ---- durations ------------------------------------------------------------------------
 
 TEST(Duration, GoStyleDurations) {
