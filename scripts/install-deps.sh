@@ -10,6 +10,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libhiredis-dev redis-server libpq-dev postgresql libsqlite3-dev
   nodejs wrk curl
+  clang-14 libfuzzer-14-dev
 )
 
 missing=()

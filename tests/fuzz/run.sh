@@ -75,6 +75,7 @@ run_one() {
 export -f run_one
 export build seconds work here
 
+began=$(date +%s)
 echo "fuzz: ${targets[*]}: ${seconds} s each, ${jobs} at a time; work dir $work"
 printf '%s\n' "${targets[@]}" | xargs -P "$jobs" -I{} bash -c 'run_one "$@"' _ {}
 
@@ -96,5 +97,6 @@ for t in "${targets[@]}"; do
     echo "---- replay: $build/tests/fuzz/fuzz_$t $a"
   done
 done
-[ "$failed" -eq 0 ] && echo "fuzz: no crash, leak, timeout or OOM" || echo "fuzz: FAILED"
+took="$(( $(date +%s) - began )) s"
+[ "$failed" -eq 0 ] && echo "fuzz: no crash, leak, timeout or OOM ($took)" || echo "fuzz: FAILED ($took)"
 exit "$failed"
