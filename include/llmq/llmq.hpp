@@ -12,6 +12,7 @@
 #include <llmq/queue.hpp>
 #include <llmq/rate_limit_store.hpp>
 #include <llmq/request.hpp>
+#include <llmq/request_validation.hpp>
 #include <llmq/sliding_window_limiter.hpp>
 #include <llmq/telemetry.hpp>
 #include <llmq/token_estimator.hpp>

@@ -9,6 +9,11 @@
 /// / `functions`, plus the completion budget `max_completion_tokens` or `max_tokens`
 /// (else `default_max_tokens`) times `n`. A legacy completion body counts its `prompt`.
 /// An embeddings body counts its `input`: strings as text, token arrays by length.
+///
+/// Client-controlled bodies are safe to estimate: the arithmetic saturates at
+/// kMaxTokenEstimate (whatever `n`, `max_tokens`, `best_of` or the sizes), and JSON sizes
+/// are computed by an iterative walk (no recursion, no serialisation) however deep the
+/// body nests.
 
 #include <nlohmann/json_fwd.hpp>
 
@@ -19,6 +24,10 @@ namespace llmq {
 
 /// Azure's documented default completion budget when a chat body sets none.
 inline constexpr std::int64_t kAzureDefaultMaxTokens = 4096;
+
+/// Every estimate is at most this (2^40 tokens, far above any deployment's tokens per
+/// minute), leaving room to add and multiply estimates in int64 without overflow.
+inline constexpr std::int64_t kMaxTokenEstimate = std::int64_t{1} << 40;
 
 /// ceil(bytes / 4).
 [[nodiscard]] std::int64_t estimate_text_tokens(std::string_view text) noexcept;
