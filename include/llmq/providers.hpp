@@ -13,11 +13,13 @@
 /// - the upstream's status and JSON body, unchanged, for 2xx and for JSON error bodies;
 /// - 502 `{"error":{"message":"upstream returned malformed JSON: ...","type":
 ///   "upstream_error","code":"bad_upstream_response"}}` for a 2xx body that is not JSON
-///   (or a stream that breaks off); a non-2xx non-JSON body keeps the upstream status
-///   with the same envelope;
+///   (or a stream that breaks off, or JSON nested deeper than `max_json_depth`); a
+///   non-2xx non-JSON body keeps the upstream status with the same envelope;
 /// - for a transport failure (HttpError) the error's status (503 connect/TLS failure,
 ///   504 timeout, 502 broken response) with `type` "upstream_error" and `code` the
-///   http_errc name (e.g. "connect_failed"); the outcome has `connection_error` set.
+///   http_errc name (e.g. "connect_failed"); the outcome has `connection_error` set. The
+///   message names the deployment and the failure, never the host, port or path (those
+///   are in the warning logged).
 ///
 /// Cancellation: terminal cancellation of process_request (the queue's execution timeout
 /// or a caller that gave up) cancels the HTTP request; the awaitable then throws
@@ -46,6 +48,7 @@
 #include <llmq/executor.hpp>
 #include <llmq/http_client.hpp>
 #include <llmq/request.hpp>
+#include <llmq/request_validation.hpp>
 #include <llmq/telemetry.hpp>
 
 #include <boost/asio/awaitable.hpp>
@@ -109,6 +112,10 @@ struct ProviderOptions {
   /// is, such as llmq-gateway: read it with response_body_text(). Other answers (errors,
   /// assembled streams) stay parsed JSON. Default off.
   bool raw_success_body = false;
+  /// Deepest JSON nesting accepted in an upstream answer or stream event (checked while
+  /// parsing, never by recursion); a deeper one is a 502 `bad_upstream_response`, and the
+  /// deployment counts as failing. Default kDefaultMaxJsonDepth (64).
+  std::size_t max_json_depth = kDefaultMaxJsonDepth;
 };
 
 // is_raw_body() and response_body_text() are in <llmq/request.hpp>.

@@ -6,6 +6,7 @@
 #include <llmq/providers.hpp>
 #include <llmq/queue.hpp>
 #include <llmq/rate_limit_headers.hpp>
+#include <llmq/request_validation.hpp>
 #include <llmq/sse.hpp>
 #include "http_url.hpp"
 
@@ -91,6 +92,10 @@ std::string snippet(std::string_view body, std::size_t limit = 200) {
   }
   if (body.size() > limit) out += "...";
   return out;
+}
+
+std::string too_deep_message(std::size_t max_depth) {
+  return "upstream returned JSON nested deeper than " + std::to_string(max_depth) + " levels";
 }
 
 std::string malformed_json_message(std::string_view body) {
@@ -461,7 +466,8 @@ bool rewrites_body(const Deployment& d, UpstreamOperation op, const json& body,
 /// The Response (and outcome, usage) of a complete upstream answer. With `raw`, a 2xx
 /// JSON object comes back as a raw body (ProviderOptions::raw_success_body).
 Response response_from_http(const HttpResponse& resp, UpstreamOperation op, TelemetryData& t,
-                            UpstreamOutcome& outcome, const Secrets& secrets, bool raw = false) {
+                            UpstreamOutcome& outcome, const Secrets& secrets, std::size_t max_depth,
+                            bool raw = false) {
   if (raw && is_success(resp.status)) {
     if (const std::optional<UsageCounts> usage = JsonObjectScanner(resp.body).usage_of_object()) {
       outcome = outcome_from_response(resp, json(), SysClock::now());
@@ -470,9 +476,15 @@ Response response_from_http(const HttpResponse& resp, UpstreamOperation op, Tele
       return Response{json::binary(std::move(bytes)), resp.status};
     }
   }
-  json parsed = json::parse(resp.body, nullptr, false);
-  outcome = outcome_from_response(resp, parsed, SysClock::now());
-  if (parsed.is_discarded()) {
+  json parsed;
+  const std::optional<RequestProblem> problem = parse_json_bounded(resp.body, max_depth, parsed);
+  outcome = outcome_from_response(resp, problem ? json() : parsed, SysClock::now());
+  if (problem && problem->code == "json_too_deep") {
+    outcome.status = 502;  // a deployment answering absurd nesting is failing
+    return error_response(502, too_deep_message(max_depth), "upstream_error",
+                          "bad_upstream_response");
+  }
+  if (problem) {
     if (is_success(resp.status)) {
       outcome.status = 502;  // a deployment answering garbage is failing
       return error_response(502, secrets.clean(malformed_json_message(resp.body)), "upstream_error",
@@ -491,7 +503,8 @@ Response response_from_http(const HttpResponse& resp, UpstreamOperation op, Tele
 /// body when the upstream answered without an event stream (an error, or no streaming).
 class StreamCollector {
  public:
-  explicit StreamCollector(const Secrets& secrets) : secrets_(secrets) {}
+  StreamCollector(const Secrets& secrets, std::size_t max_depth)
+      : secrets_(secrets), max_depth_(max_depth) {}
 
   void on_head(const HttpResponse& head) {
     head_ = head;
@@ -511,7 +524,8 @@ class StreamCollector {
     if (!sse_) {
       HttpResponse full = head_;
       full.body = std::move(raw_);
-      return response_from_http(full, UpstreamOperation::chat_completions, t, outcome, secrets_);
+      return response_from_http(full, UpstreamOperation::chat_completions, t, outcome, secrets_,
+                                max_depth_);
     }
     for (const SseEvent& event : parser_.finish()) handle(event);
     outcome = outcome_from_response(head_, json(), SysClock::now());
@@ -537,11 +551,13 @@ class StreamCollector {
       return;
     }
     if (event.data.empty()) return;
-    json chunk = json::parse(event.data, nullptr, false);
-    if (chunk.is_discarded()) {
-      error_ = error_response(
-          502, secrets_.clean(malformed_json_message(event.data) + " (in the event stream)"),
-          "upstream_error", "bad_upstream_response");
+    json chunk;
+    if (const auto problem = parse_json_bounded(event.data, max_depth_, chunk)) {
+      const std::string message = problem->code == "json_too_deep"
+                                      ? too_deep_message(max_depth_)
+                                      : secrets_.clean(malformed_json_message(event.data));
+      error_ = error_response(502, message + " (in the event stream)", "upstream_error",
+                              "bad_upstream_response");
       return;
     }
     if (chunk.is_object() && chunk.contains("error") && !chunk.contains("choices")) {
@@ -552,6 +568,7 @@ class StreamCollector {
   }
 
   Secrets secrets_;
+  std::size_t max_depth_;
   HttpResponse head_;
   bool sse_ = false;
   std::string raw_;
@@ -561,10 +578,12 @@ class StreamCollector {
   std::optional<Response> error_;
 };
 
+/// The answer to a transport failure. HttpError messages name hosts and ports: those go
+/// to the log (log_failure); the answer says only what happened.
 Response transport_error_response(const Deployment& d, const HttpError& e) {
   return error_response(
       e.http_status(),
-      "upstream request to deployment '" + d.unique_model_id + "' failed: " + e.what(),
+      "upstream request to deployment '" + d.unique_model_id + "' failed: " + e.code().message(),
       "upstream_error", to_string(e.errc()));
 }
 
@@ -632,7 +651,7 @@ boost::asio::awaitable<Response> call_upstream(HttpClient& client, const Deploym
   std::optional<HttpError> failure;
   try {
     if (streaming) {
-      StreamCollector collector(secrets);
+      StreamCollector collector(secrets, options.max_json_depth);
       std::function<void(const HttpResponse&)> on_head = [&collector](const HttpResponse& head) {
         collector.on_head(head);
       };
@@ -644,7 +663,8 @@ boost::asio::awaitable<Response> call_upstream(HttpClient& client, const Deploym
       result = collector.finish(t, outcome);
     } else {
       HttpResponse response = co_await client.request(std::move(request));
-      result = response_from_http(response, op, t, outcome, secrets, options.raw_success_body);
+      result = response_from_http(response, op, t, outcome, secrets, options.max_json_depth,
+                                  options.raw_success_body);
     }
   } catch (const HttpError& e) {
     failure = e;

@@ -317,6 +317,45 @@ TEST(ExecutorErrors, MalformedJsonIs502WithAnEnvelope) {
   }
 }
 
+std::string deep_json_object(std::size_t depth) {
+  return "{\"choices\":" + std::string(depth, '[') + std::string(depth, ']') + "}";
+}
+
+TEST(ExecutorErrors, DeeplyNestedAnswersAre502WithoutRecursion) {
+  // 100 000 levels: refused while parsing (a tree that deep would be copied and dumped
+  // recursively further on), whether the body is kept raw or parsed, 2xx or not.
+  asio::io_context io;
+  const std::string deep = deep_json_object(100'000);
+  int status = 200;
+  LoopbackServer server(
+      io, [&](const ReceivedRequest&) { return llmq::testing::json_reply(status, deep); });
+  const llmq::Deployment d = azure(server);
+  for (const bool raw : {false, true}) {
+    for (const int upstream_status : {200, 500}) {
+      status = upstream_status;
+      llmq::ProviderOptions options;
+      options.raw_success_body = raw;
+      llmq::ChatCompletionExecutor executor(make_client(io), options);
+      const Call call = run_executor(io, executor, chat_body(), &d);
+      EXPECT_EQ(call.response.status, 502) << raw << " " << upstream_status;
+      EXPECT_EQ(call.response.body["error"]["code"], "bad_upstream_response");
+      EXPECT_NE(call.response.body["error"]["message"].get<std::string>().find("deeper than 64"),
+                std::string::npos);
+      EXPECT_EQ(call.telemetry.llm_outcome.status, 502);
+    }
+  }
+  // Within the limit (set lower here) an answer is fine.
+  status = 200;
+  llmq::ProviderOptions shallow;
+  shallow.max_json_depth = 3;
+  llmq::ChatCompletionExecutor executor(make_client(io), shallow);
+  const std::string ok = deep_json_object(2);
+  LoopbackServer ok_server(
+      io, [&](const ReceivedRequest&) { return llmq::testing::json_reply(200, ok); });
+  const llmq::Deployment ok_d = azure(ok_server);
+  EXPECT_EQ(run_executor(io, executor, chat_body(), &ok_d).response.status, 200);
+}
+
 TEST(ExecutorErrors, NonJsonErrorBodyKeepsTheStatus) {
   asio::io_context io;
   LoopbackServer server(io, [](const ReceivedRequest&) {
@@ -358,11 +397,16 @@ TEST(ExecutorErrors, ConnectionRefusedIs503WithConnectionError) {
   EXPECT_EQ(call.response.body["error"]["code"], "connect_failed");
   EXPECT_EQ(call.response.body["error"]["type"], "upstream_error");
   EXPECT_EQ(call.response.body.dump().find(kAzureKey), std::string::npos);
+  // The answer may reach clients: the internal address goes to the log only.
+  const std::string address = "127.0.0.1:" + std::to_string(port);
+  EXPECT_EQ(call.response.body.dump().find(address), std::string::npos) << call.response.body;
+  EXPECT_NE(call.response.body.dump().find("'down'"), std::string::npos);
   EXPECT_EQ(call.telemetry.llm_outcome.status, 503);
   EXPECT_TRUE(call.telemetry.llm_outcome.connection_error);
   EXPECT_TRUE(call.telemetry.llm_outcome.retryable);
   bool warned = false;
-  for (const auto& line : logs.lines()) warned |= line.find("down") != std::string::npos;
+  for (const auto& line : logs.lines())
+    warned |= line.find("down") != std::string::npos && line.find(address) != std::string::npos;
   EXPECT_TRUE(warned);
   logs.expect_no_secret({kAzureKey});
 }
@@ -604,19 +648,32 @@ TEST(StreamingChat, DeltasAreAssembledIntoOneCompletion) {
   EXPECT_EQ(call.telemetry.llm_outcome.status, 200);
 }
 
-TEST(StreamingChat, StreamEndingEarlyIs502) {
+/// One streamed chat call to a server that answers with these events.
+Call streamed_chat_call(std::vector<std::string> events) {
   asio::io_context io;
-  LoopbackServer server(io, [](const ReceivedRequest&) {
-    return sse_reply(
-        {"data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hal\"}}]}\n\n"});
-  });
+  LoopbackServer server(io, [&](const ReceivedRequest&) { return sse_reply(events); });
   const llmq::Deployment d = azure(server);
   llmq::ChatCompletionExecutor executor(make_client(io));
   json body = chat_body();
   body["stream"] = true;
-  const Call call = run_executor(io, executor, body, &d);
+  return run_executor(io, executor, body, &d);
+}
+
+TEST(StreamingChat, StreamEndingEarlyIs502) {
+  const Call call = streamed_chat_call(
+      {"data: {\"id\":\"c1\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hal\"}}]}\n\n"});
   EXPECT_EQ(call.response.status, 502);
   EXPECT_EQ(call.response.body["error"]["code"], "bad_upstream_response");
+  EXPECT_EQ(call.telemetry.llm_outcome.status, 502);
+}
+
+TEST(StreamingChat, DeeplyNestedEventIs502) {
+  const Call call =
+      streamed_chat_call({"data: " + deep_json_object(100'000) + "\n\n", "data: [DONE]\n\n"});
+  EXPECT_EQ(call.response.status, 502);
+  EXPECT_EQ(call.response.body["error"]["code"], "bad_upstream_response");
+  EXPECT_NE(call.response.body["error"]["message"].get<std::string>().find("event stream"),
+            std::string::npos);
   EXPECT_EQ(call.telemetry.llm_outcome.status, 502);
 }
 
