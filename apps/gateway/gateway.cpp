@@ -3,10 +3,16 @@
 #include <llmq/errors.hpp>
 #include <llmq/log.hpp>
 #include <llmq/request.hpp>
+#include <llmq/request_validation.hpp>
+
+#include <boost/asio/error.hpp>
+#include <boost/system/system_error.hpp>
 
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <optional>
+#include <random>
 
 namespace llmq::gateway {
 namespace {
@@ -44,6 +50,29 @@ HttpAnswer json_answer(int status, const nlohmann::json& body) {
   return a;
 }
 
+/// A client-chosen name for a message: at most 64 bytes of it.
+std::string shown(std::string_view name) {
+  if (name.size() <= 64) return std::string(name);
+  return std::string(name.substr(0, 64)) + "...";
+}
+
+/// The Retry-After headers of a 429/503: the upstream's when it sent one, else 1 s.
+void add_retry_after(HttpAnswer& a, const std::optional<std::chrono::milliseconds>& upstream) {
+  if (!upstream) {
+    a.headers.emplace_back("retry-after", "1");
+    return;
+  }
+  a.headers.emplace_back("retry-after", retry_after_seconds(*upstream));
+  a.headers.emplace_back("retry-after-ms",
+                         std::to_string(std::max<std::int64_t>(0, upstream->count())));
+}
+
+bool is_error_envelope(const nlohmann::json& body) {
+  if (!body.is_object()) return false;
+  const auto e = body.find("error");
+  return e != body.end() && e->is_object();
+}
+
 }  // namespace
 
 const std::string* HttpExchange::header(std::string_view lower_name) const {
@@ -53,8 +82,40 @@ const std::string* HttpExchange::header(std::string_view lower_name) const {
 }
 
 HttpAnswer error_answer(int status, std::string_view message, std::string_view type,
-                        std::string_view code) {
-  return json_answer(status, make_error_body(message, type, code));
+                        std::string_view code, std::string_view param) {
+  HttpAnswer a;
+  a.status = status;
+  a.error = make_error_body(message, type, code);
+  a.error["error"]["param"] = param.empty() ? nlohmann::json(nullptr) : nlohmann::json(param);
+  return a;
+}
+
+void finish_answer(HttpAnswer& a, const std::string& request_id) {
+  a.headers.emplace_back("x-request-id", request_id);
+  if (a.error.is_null()) return;
+  if (is_error_envelope(a.error)) a.error["error"]["request_id"] = request_id;
+  a.body = a.error.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  a.error = nlohmann::json();
+}
+
+std::string client_request_id(const HttpExchange& request) {
+  const std::string* id = request.header("x-request-id");
+  if (id == nullptr || id->empty() || id->size() > 128) return {};
+  for (const char c : *id)
+    if (c < 0x20 || c > 0x7E) return {};
+  return *id;
+}
+
+std::string make_request_id() {
+  static const std::string prefix = [] {
+    std::random_device rd;
+    std::string p = "gw-";
+    constexpr std::string_view digits = "0123456789abcdefghijklmnopqrstuvwxyz";
+    for (int i = 0; i < 6; ++i) p += digits[rd() % digits.size()];
+    return p + "-";
+  }();
+  static std::atomic<std::uint64_t> next{1};
+  return prefix + std::to_string(next.fetch_add(1, std::memory_order_relaxed));
 }
 
 /// What a route asks of the queue.
@@ -68,23 +129,28 @@ Gateway::Gateway(LLMQueue& queue, GatewayConfig config, std::shared_ptr<Metrics>
   config_.user_header = lower(config_.user_header);
 }
 
-HttpAnswer Gateway::count(HttpAnswer a) {
-  metrics_->answered(a.status);
-  return a;
-}
-
 HttpAnswer Gateway::reject(int status, std::string_view message, std::string_view type,
-                           std::string_view code, std::string_view reason) {
+                           std::string_view code, std::string_view reason, std::string_view param) {
   metrics_->rejected(std::string(reason));
-  return count(error_answer(status, message, type, code));
+  return error_answer(status, message, type, code, param);
 }
 
 boost::asio::awaitable<HttpAnswer> Gateway::handle(HttpExchange request) {
+  std::string request_id = client_request_id(request);
+  HttpAnswer a = co_await answer(request, request_id);
+  if (request_id.empty()) request_id = make_request_id();
+  finish_answer(a, request_id);
+  metrics_->answered(a.status);
+  co_return a;
+}
+
+boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request,
+                                                   std::string& request_id) {
   const auto [path, query] = split_target(request.target);
   if (request.method == "GET") {
-    if (path == "/healthz") co_return count(json_answer(200, nlohmann::json::object()));
+    if (path == "/healthz") co_return json_answer(200, nlohmann::json::object());
     if (path == "/readyz") {
-      if (ready_.load()) co_return count(json_answer(200, nlohmann::json::object()));
+      if (ready_.load()) co_return json_answer(200, nlohmann::json::object());
       co_return reject(503, "not ready", "unavailable", "not_ready", "not_ready");
     }
     if (path == "/metrics") {
@@ -92,7 +158,7 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle(HttpExchange request) {
       HttpAnswer a;
       a.content_type = "text/plain; version=0.0.4";
       a.body = metrics_->render(stats);
-      co_return count(std::move(a));
+      co_return a;
     }
   }
 
@@ -139,33 +205,45 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle(HttpExchange request) {
     user = match->user;
   }
   if (user.empty()) {
-    if (const std::string* u = request.header(config_.user_header)) user = *u;
+    if (const std::string* u = request.header(config_.user_header)) {
+      // The user id becomes a limiter key, a Redis key and a telemetry field.
+      if (const std::optional<RequestProblem> p = validate_user_id(*u))
+        co_return reject(400, "header " + config_.user_header + ": " + p->message,
+                         "invalid_request_error", p->code, "bad_request", config_.user_header);
+      user = *u;
+    }
   }
-  co_return co_await handle_inference(request, route, std::move(user));
+  co_return co_await handle_inference(request, route, std::move(user), request_id);
 }
 
 boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange& request,
-                                                             const Route& route, std::string user) {
-  nlohmann::json body = nlohmann::json::parse(request.body, nullptr, false);
-  if (body.is_discarded() || !body.is_object())
-    co_return reject(400, "request body must be a JSON object", "invalid_request_error",
+                                                             const Route& route, std::string user,
+                                                             std::string& request_id) {
+  // Everything the client sent is checked before anything is queued: nesting while
+  // parsing, the model, then the fields that decide cost and routing.
+  const bool chat = route.kind == Route::Kind::chat;
+  nlohmann::json body;
+  if (const std::optional<RequestProblem> p =
+          parse_json_bounded(request.body, config_.max_json_depth, body))
+    co_return reject(400, p->message, "invalid_request_error", p->code, "bad_request", p->param);
+  if (!body.is_object())
+    co_return reject(400, "the request body must be a JSON object", "invalid_request_error",
                      "invalid_json", "bad_request");
   auto stream = body.find("stream");
   if (stream != body.end() && stream->is_boolean() && stream->get<bool>())
     co_return reject(400, "streaming (\"stream\": true) is not supported by llmq-gateway",
-                     "invalid_request_error", "stream_unsupported", "bad_request");
+                     "invalid_request_error", "stream_unsupported", "bad_request", "stream");
 
   std::string model = route.model;
   if (model.empty()) {
     auto m = body.find("model");
     if (m == body.end() || !m->is_string() || m->get_ref<const std::string&>().empty())
       co_return reject(400, "\"model\" is required: a model name or a unique_model_id",
-                       "invalid_request_error", "missing_model", "bad_request");
+                       "invalid_request_error", "missing_model", "bad_request", "model");
     model = m->get<std::string>();
   }
 
   // `model` names a deployment (pinned) or a model (balanced over its deployments).
-  const bool chat = route.kind == Route::Kind::chat;
   ModelPreferences prefs;
   prefs.require_llm_model = chat;
   prefs.require_embedding_model = !chat;
@@ -189,20 +267,28 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
   }
   if (!known)
     co_return reject(404,
-                     std::string("the model '") + model + "' does not exist or serves no " +
+                     std::string("the model '") + shown(model) + "' does not exist or serves no " +
                          (chat ? "chat completions" : "embeddings"),
-                     "invalid_request_error", "model_not_found", "not_found");
+                     "invalid_request_error", "model_not_found", "not_found", "model");
+  if (const std::optional<RequestProblem> p =
+          chat ? validate_chat_body(body) : validate_embeddings_body(body))
+    co_return reject(400, p->message, "invalid_request_error", p->code, "bad_request", p->param);
 
   const std::string req_type = chat ? "chat_completion" : "embeddings";
   try {
     Response r = co_await queue_.execute_request(req_type, std::move(body), std::move(user), prefs);
+    if (request_id.empty()) request_id = r.request_id;
     HttpAnswer a;
     a.status = r.status;
-    a.body = response_body_text(r.body);  // raw upstream bytes are sent as they came
-    if (r.status == 429 || r.status == 503) a.headers.emplace_back("retry-after", "1");
-    co_return count(std::move(a));
+    if (r.status >= 400 && !is_raw_body(r.body) && is_error_envelope(r.body))
+      a.error = std::move(r.body);  // serialised with the request id added
+    else
+      a.body = response_body_text(r.body);  // raw upstream bytes are sent as they came
+    if (r.status == 429 || r.status == 503) add_retry_after(a, r.retry_after);
+    co_return a;
   } catch (const UserIdHeaderMissingError& e) {
-    co_return reject(400, e.what(), "invalid_request_error", "missing_user_id", "missing_user");
+    co_return reject(400, e.what(), "invalid_request_error", "missing_user_id", "missing_user",
+                     config_.user_header);
   } catch (const UserRateLimitExceededError& e) {
     HttpAnswer a =
         reject(429, e.what(), "rate_limit_error", "user_rate_limit_exceeded", "user_limit");
@@ -218,10 +304,23 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
     HttpAnswer a = reject(503, e.what(), "unavailable", "shutting_down", "shutting_down");
     a.headers.emplace_back("retry-after", "1");
     co_return a;
-  } catch (const Error& e) {  // e.g. the shared limit store is unavailable (503)
-    HttpAnswer a = reject(e.http_status(), e.what(), "server_error", "llmq_error", "error");
+  } catch (const Error& e) {
+    // E.g. the shared limit store is unavailable (503). Its message may name internal
+    // hosts: it goes to the log only.
+    logger()->warn("gateway: request failed ({}): {}", e.http_status(), e.what());
+    HttpAnswer a = reject(e.http_status(),
+                          e.http_status() == 503
+                              ? std::string("a service llmq-gateway depends on is unavailable")
+                              : std::string("the request could not be served"),
+                          "server_error", "llmq_error", "error");
     if (e.http_status() == 503) a.headers.emplace_back("retry-after", "1");
     co_return a;
+  } catch (const boost::system::system_error& e) {
+    if (e.code() == boost::asio::error::operation_aborted)  // the client disconnected
+      co_return reject(499, "the client closed the connection", "invalid_request_error",
+                       "client_closed_request", "client_disconnected");
+    logger()->error("gateway: unexpected error: {}", e.what());
+    co_return reject(500, "internal error", "server_error", "internal_error", "error");
   } catch (const std::exception& e) {
     logger()->error("gateway: unexpected error: {}", e.what());
     co_return reject(500, "internal error", "server_error", "internal_error", "error");

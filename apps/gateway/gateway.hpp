@@ -2,7 +2,8 @@
 // llmq-gateway: an OpenAI- and Azure-compatible HTTP front end to an LLMQueue.
 //
 // `Gateway` maps one HTTP request to one LLMQueue call and back (no I/O of its own, so it
-// is tested without sockets); `GatewayServer` is the Beast HTTP/1.1 server around it.
+// is tested without sockets); `GatewayServer` is the HTTP/1.1 server around it (the
+// shared llmq_http_server loop: limits, timeouts, keep-alive, disconnect detection).
 
 #include "gateway_config.hpp"
 #include "metrics.hpp"
@@ -34,29 +35,50 @@ struct HttpAnswer {
   std::string content_type = "application/json";
   std::vector<std::pair<std::string, std::string>> headers;
   std::string body;
+  /// An error envelope `{"error":{...}}` still to be serialised into `body` (the gateway
+  /// adds the request id to it first). Null: `body` is the answer.
+  nlohmann::json error;
 };
 
-/// Builds the OpenAI-style error answer `{"error":{"message","type","code"}}`.
+/// Builds the OpenAI-style error answer `{"error":{"message","type","param","code"}}`
+/// (`param` null when empty), not yet serialised (see HttpAnswer::error).
 HttpAnswer error_answer(int status, std::string_view message, std::string_view type,
-                        std::string_view code);
+                        std::string_view code, std::string_view param = {});
+
+/// Serialises a pending error envelope with `"request_id"` added, and sets the
+/// `x-request-id` header.
+void finish_answer(HttpAnswer& a, const std::string& request_id);
+
+/// The client's own `x-request-id` when it is sane (1..128 bytes of printable ASCII),
+/// else empty.
+[[nodiscard]] std::string client_request_id(const HttpExchange& request);
+
+/// A fresh request id for an answer that has no other (`gw-` + process prefix + counter).
+[[nodiscard]] std::string make_request_id();
 
 class Gateway {
  public:
   Gateway(LLMQueue& queue, GatewayConfig config, std::shared_ptr<Metrics> metrics);
 
-  /// Answers one request. Never throws.
+  /// Answers one request; the answer carries an `x-request-id` (and error bodies a
+  /// `request_id`). Never throws. Cancellation (the client disconnected): a queued
+  /// request is removed from the queue, a running one has its upstream call cancelled;
+  /// the answer is then 499 (and is not sent).
   boost::asio::awaitable<HttpAnswer> handle(HttpExchange request);
+
+  [[nodiscard]] const std::shared_ptr<Metrics>& metrics() const noexcept { return metrics_; }
 
   /// /readyz answers 200 only while ready.
   void set_ready(bool ready) noexcept { ready_.store(ready); }
 
  private:
   struct Route;
+  boost::asio::awaitable<HttpAnswer> answer(const HttpExchange& request, std::string& request_id);
   boost::asio::awaitable<HttpAnswer> handle_inference(const HttpExchange& request,
-                                                      const Route& route, std::string user);
-  HttpAnswer count(HttpAnswer a);
+                                                      const Route& route, std::string user,
+                                                      std::string& request_id);
   HttpAnswer reject(int status, std::string_view message, std::string_view type,
-                    std::string_view code, std::string_view reason);
+                    std::string_view code, std::string_view reason, std::string_view param = {});
 
   LLMQueue& queue_;
   GatewayConfig config_;
@@ -64,7 +86,8 @@ class Gateway {
   std::atomic<bool> ready_{false};
 };
 
-/// The HTTP/1.1 server (keep-alive, limits, slow-client timeouts, max connections).
+/// The HTTP/1.1 server (keep-alive, limits, slow-client timeouts, max connections with
+/// idle eviction, 100-continue, cancellation of requests whose client disconnected).
 class GatewayServer {
  public:
   GatewayServer(boost::asio::any_io_executor ex, Gateway& gateway, GatewayConfig config);

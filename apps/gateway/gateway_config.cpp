@@ -5,6 +5,7 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <fstream>
 #include <limits>
 #include <set>
@@ -55,18 +56,30 @@ std::chrono::milliseconds seconds(const YAML::Node& n, const std::string& path) 
   return std::chrono::milliseconds(static_cast<std::int64_t>(v * 1000.0 + 0.5));
 }
 
+bool boolean(const YAML::Node& n, const std::string& path) {
+  const std::string b = text(n, path);
+  if (b != "true" && b != "false") fail(path, "must be true or false", n);
+  return b == "true";
+}
+
 GatewayConfig parse_section(const YAML::Node& g) {
   GatewayConfig c;
   if (!g || g.IsNull()) return c;
   if (!g.IsMap()) fail("gateway", "must be a mapping", g);
+  // Read first: it decides what an unknown key below means.
+  if (const YAML::Node allow = g["allow_unknown_keys"])
+    c.allow_unknown_keys = boolean(allow, "gateway.allow_unknown_keys");
   static const std::set<std::string> known = {"listen_address",
                                               "port",
                                               "user_header",
                                               "client_keys",
                                               "max_body_bytes",
                                               "max_header_bytes",
+                                              "max_json_depth",
+                                              "header_timeout_seconds",
                                               "read_timeout_seconds",
                                               "idle_timeout_seconds",
+                                              "upstream_timeout_seconds",
                                               "max_connections",
                                               "upstream_max_connections",
                                               "telemetry_jsonl",
@@ -74,12 +87,15 @@ GatewayConfig parse_section(const YAML::Node& g) {
                                               "redis_url",
                                               "redis_key_prefix",
                                               "redis_failure_policy",
-                                              "share_deployment_budgets"};
+                                              "share_deployment_budgets",
+                                              "allow_unknown_keys"};
   for (const auto& kv : g) {
     const std::string key = kv.first.as<std::string>();
     const std::string path = "gateway." + key;
     const YAML::Node& v = kv.second;
     if (!known.count(key)) {
+      if (!c.allow_unknown_keys)
+        fail(path, "unknown key (set gateway.allow_unknown_keys: true to allow it)", kv.first);
       logger()->warn("{}: unknown key (line {})", path, kv.first.Mark().line + 1);
       continue;
     }
@@ -95,6 +111,12 @@ GatewayConfig parse_section(const YAML::Node& g) {
       c.max_body_bytes = static_cast<std::size_t>(positive(v, path, std::int64_t{1} << 30));
     else if (key == "max_header_bytes")
       c.max_header_bytes = static_cast<std::size_t>(positive(v, path, std::int64_t{1} << 20));
+    else if (key == "max_json_depth")
+      c.max_json_depth = static_cast<std::size_t>(positive(v, path, 10'000));
+    else if (key == "header_timeout_seconds")
+      c.header_timeout = seconds(v, path);
+    else if (key == "upstream_timeout_seconds")
+      c.upstream_timeout = seconds(v, path);
     else if (key == "read_timeout_seconds")
       c.read_timeout = seconds(v, path);
     else if (key == "idle_timeout_seconds")
@@ -116,9 +138,7 @@ GatewayConfig parse_section(const YAML::Node& g) {
       if (p != "fail_open" && p != "fail_closed") fail(path, "must be fail_open or fail_closed", v);
       c.redis_fail_open = p == "fail_open";
     } else if (key == "share_deployment_budgets") {
-      const std::string b = text(v, path);
-      if (b != "true" && b != "false") fail(path, "must be true or false", v);
-      c.share_deployment_budgets = b == "true";
+      c.share_deployment_budgets = boolean(v, path);
     } else if (key == "client_keys") {
       if (!v.IsSequence()) fail(path, "must be a list", v);
       for (std::size_t i = 0; i < v.size(); ++i) {
@@ -138,6 +158,16 @@ GatewayConfig parse_section(const YAML::Node& g) {
 }
 
 }  // namespace
+
+QueueOptions queue_options(const GatewayConfig& config) {
+  using std::chrono::milliseconds;
+  QueueOptions o;
+  o.max_attempts = kGatewayMaxAttempts;
+  o.retry_budget =
+      std::max<milliseconds>(o.retry_budget, config.upstream_timeout + std::chrono::seconds(30));
+  o.execution_timeout = config.upstream_timeout + std::chrono::seconds(10);
+  return o;
+}
 
 GatewaySettings parse_gateway_settings(std::string_view yaml) {
   GatewaySettings s;

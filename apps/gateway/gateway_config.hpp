@@ -2,6 +2,7 @@
 // The `gateway:` section of the llmq config, read by llmq-gateway.
 
 #include <llmq/config.hpp>
+#include <llmq/queue.hpp>
 
 #include <chrono>
 #include <cstdint>
@@ -29,11 +30,22 @@ struct GatewayConfig {
   std::vector<ClientKey> client_keys;
   std::size_t max_body_bytes = 4 * 1024 * 1024;
   std::size_t max_header_bytes = 16 * 1024;
-  /// A client must send a whole request (and read the answer) within this time.
+  /// Deepest JSON nesting accepted in a request body (checked while parsing).
+  std::size_t max_json_depth = 64;
+  /// A request's header section must arrive within this time of its first byte.
+  std::chrono::milliseconds header_timeout{std::chrono::seconds(10)};
+  /// A client must send the body (after the header section), and read each answer,
+  /// within this time.
   std::chrono::milliseconds read_timeout{std::chrono::seconds(30)};
-  /// Keep-alive connections idle longer than this are closed.
+  /// Connections waiting longer than this for a request's first byte are closed.
   std::chrono::milliseconds idle_timeout{std::chrono::seconds(60)};
+  /// At this many open connections, the longest-idle one is closed to admit a new one;
+  /// with none idle the new one is refused.
   std::size_t max_connections = 1024;
+  /// One upstream attempt (waiting for a pooled connection, connecting, sending, reading
+  /// the whole answer) must finish within this; a timed-out attempt is retried on
+  /// another deployment within the queue's retry budget (see queue_options()).
+  std::chrono::milliseconds upstream_timeout{std::chrono::seconds(120)};
   /// Upstream connections kept per host (Azure resource or OpenAI-compatible server);
   /// requests beyond wait for a free one.
   std::size_t upstream_max_connections = 256;
@@ -48,7 +60,21 @@ struct GatewayConfig {
   /// When Redis is unreachable: admit on local limits (true) or refuse with 503 (false).
   bool redis_fail_open = true;
   bool share_deployment_budgets = true;
+  /// Unknown keys in the `gateway:` section are errors unless this is true (then warned).
+  bool allow_unknown_keys = false;
 };
+
+/// Upstream attempts per request the gateway's queue makes (QueueOptions::max_attempts).
+inline constexpr int kGatewayMaxAttempts = 3;
+
+/// The queue options that follow from the gateway section: `max_attempts`
+/// kGatewayMaxAttempts; `retry_budget` upstream_timeout + 30 s (at least the library's
+/// 60 s), so that an attempt that timed out can still be retried on another deployment;
+/// `execution_timeout` upstream_timeout + 10 s, so that the HTTP client's own (retryable)
+/// timeout fires first. No retry starts after the retry budget, so the worst-case answer
+/// time of an admitted request is its queue wait (scheduler_limits.request_timeout) +
+/// retry_budget + upstream_timeout: 270 s after dispatch with the defaults.
+[[nodiscard]] QueueOptions queue_options(const GatewayConfig& config);
 
 /// The whole file: the library's config plus the gateway section.
 struct GatewaySettings {

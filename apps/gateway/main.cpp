@@ -57,11 +57,12 @@ Args parse_args(int argc, char** argv) {
   return a;
 }
 
-/// The queue's stores as the gateway section asks: telemetry (always through Metrics),
-/// and user limits and deployment budgets in Redis when several replicas share them.
+/// The queue's options as the gateway section asks: retries and timeouts
+/// (queue_options()), telemetry (always through Metrics), and user limits and deployment
+/// budgets in Redis when several replicas share them.
 QueueOptions make_queue_options(asio::any_io_executor ex, const GatewayConfig& g,
                                 std::shared_ptr<Metrics> metrics) {
-  QueueOptions options;
+  QueueOptions options = queue_options(g);
   std::shared_ptr<TelemetryStore> sink = std::make_shared<InMemoryTelemetryStore>(10'000);
   if (!g.telemetry_postgres.empty()) {
     PostgresTelemetryOptions pg;
@@ -99,6 +100,7 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
   LLMQueue queue(io.get_executor(), settings.llm, {}, options);
   HttpClientOptions client_options;
   client_options.max_connections_per_host = settings.gateway.upstream_max_connections;
+  client_options.request_timeout = settings.gateway.upstream_timeout;
   auto client = std::make_shared<HttpClient>(io.get_executor(), client_options);
   // The gateway forwards upstream answers as they are: no JSON tree for a 2xx body.
   ProviderOptions provider_options;

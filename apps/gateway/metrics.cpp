@@ -47,6 +47,12 @@ void sample(std::string& out, const std::string& name, const std::string& labels
   out += number(v);
   out += '\n';
 }
+
+/// A metric with one unlabelled sample.
+void single(std::string& out, const char* name, const char* type, const char* help, double v) {
+  header(out, name, type, help);
+  sample(out, name, "", v);
+}
 }  // namespace
 
 Histogram::Histogram(std::vector<double> bounds)
@@ -106,6 +112,16 @@ void Metrics::rejected(const std::string& reason) {
 void Metrics::answered(int status) {
   std::lock_guard lock(mutex_);
   ++http_status_[status];
+}
+
+void Metrics::client_disconnected() {
+  std::lock_guard lock(mutex_);
+  ++client_disconnects_;
+}
+
+void Metrics::connection_counters(std::function<ConnectionCounters()> source) {
+  std::lock_guard lock(mutex_);
+  connections_ = std::move(source);
 }
 
 std::string Metrics::render(const QueueStats& s) const {
@@ -183,6 +199,20 @@ std::string Metrics::render(const QueueStats& s) const {
   for (const auto& [status, n] : http_status_)
     sample(out, "llmq_gateway_http_responses_total", "status=\"" + std::to_string(status) + "\"",
            static_cast<double>(n));
+  single(out, "llmq_gateway_client_disconnects_total", "counter",
+         "Clients that disconnected while their request was queued or running (cancelled).",
+         static_cast<double>(client_disconnects_));
+  const ConnectionCounters c = connections_ ? connections_() : ConnectionCounters{};
+  single(out, "llmq_gateway_connections_open", "gauge", "Client connections open.",
+         static_cast<double>(c.open));
+  single(out, "llmq_gateway_connections_refused_total", "counter",
+         "Connections closed at accept (max_connections reached, none idle).",
+         static_cast<double>(c.refused));
+  single(out, "llmq_gateway_connections_evicted_total", "counter",
+         "Idle keep-alive connections closed to admit another.", static_cast<double>(c.evicted));
+  single(out, "llmq_gateway_accept_errors_total", "counter",
+         "Failed accepts (e.g. out of file descriptors), each followed by a back-off.",
+         static_cast<double>(c.accept_errors));
   header(out, "llmq_queue_wait_seconds", "histogram", "Time from queueing to dispatch.");
   queue_wait_.render(out, "llmq_queue_wait_seconds");
   header(out, "llmq_upstream_latency_seconds", "histogram",

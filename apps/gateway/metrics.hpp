@@ -6,6 +6,8 @@
 #include <llmq/telemetry.hpp>
 
 #include <array>
+#include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -29,6 +31,14 @@ class Histogram {
   std::uint64_t count_ = 0;
 };
 
+/// The HTTP server's connection counters, for /metrics.
+struct ConnectionCounters {
+  std::size_t open = 0;
+  std::uint64_t refused = 0;        ///< closed at accept: at max_connections, none idle
+  std::uint64_t evicted = 0;        ///< idle connections closed to admit another
+  std::uint64_t accept_errors = 0;  ///< failed accepts (e.g. out of file descriptors)
+};
+
 class Metrics {
  public:
   Metrics();
@@ -39,6 +49,10 @@ class Metrics {
   void rejected(const std::string& reason);
   /// An HTTP answer, by status.
   void answered(int status);
+  /// A client disconnected while its request was queued or running (it was cancelled).
+  void client_disconnected();
+  /// Where render() reads the connection counters from (called on each render).
+  void connection_counters(std::function<ConnectionCounters()> source);
 
   /// The whole exposition, queue stats included.
   std::string render(const QueueStats& stats) const;
@@ -52,6 +66,8 @@ class Metrics {
   std::map<int, std::uint64_t> http_status_;
   std::map<std::string, std::uint64_t> upstream_429_;  // by deployment
   std::map<std::string, std::uint64_t> tokens_;        // by deployment
+  std::uint64_t client_disconnects_ = 0;
+  std::function<ConnectionCounters()> connections_;
 };
 
 /// Forwards to `inner` after feeding `metrics`.

@@ -13,6 +13,10 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 
+#include <sys/socket.h>
+#include <sys/time.h>
+
+#include <atomic>
 #include <future>
 #include <set>
 #include <thread>
@@ -45,14 +49,30 @@ class FakeUpstream : public llmq::RequestExecutor {
   boost::asio::awaitable<llmq::Response> process_request(const llmq::Request& req,
                                                          const llmq::ChosenDeployments& chosen,
                                                          llmq::TelemetryData& t) override {
+    ++calls;
     if (delay_.count() > 0) {
       asio::steady_timer timer(co_await asio::this_coro::executor, delay_);
-      co_await timer.async_wait(asio::use_awaitable);
+      try {
+        co_await timer.async_wait(asio::use_awaitable);
+      } catch (const boost::system::system_error&) {
+        ++cancelled;  // the caller went away: the upstream call is abandoned
+        throw;
+      }
     }
     t.prompt_tokens = 3;
     // A raw upstream answer, as the executors' raw_success_body hands it over.
     if (auto raw = req.body.find("raw_reply"); raw != req.body.end() && raw->is_string())
       co_return llmq::Response{raw_body(raw->get<std::string>()), 200};
+    // An error answer (e.g. an upstream 429 with its Retry-After, as the providers report
+    // it, or the queue's own refusals).
+    if (auto status = req.body.find("reply_status"); status != req.body.end()) {
+      llmq::Response r{llmq::make_error_body("refused", "invalid_request_error",
+                                             req.body.value("reply_code", std::string("x"))),
+                       status->get<int>()};
+      if (auto ms = req.body.find("reply_retry_after_ms"); ms != req.body.end())
+        r.retry_after = std::chrono::milliseconds(ms->get<std::int64_t>());
+      co_return r;
+    }
     co_return llmq::Response{answer(req, chosen), 200};
   }
   static json raw_body(const std::string& text) {
@@ -66,6 +86,9 @@ class FakeUpstream : public llmq::RequestExecutor {
     return j;
   }
 
+  std::atomic<int> calls{0};
+  std::atomic<int> cancelled{0};
+
  private:
   std::chrono::milliseconds delay_;
 };
@@ -75,24 +98,30 @@ struct Reply {
   std::map<std::string, std::string> headers;
   std::string body;
   json j() const { return json::parse(body, nullptr, false); }
+  /// A header's value as sent (names as the gateway writes them), else empty.
+  std::string header(const std::string& name) const {
+    const auto it = headers.find(name);
+    return it == headers.end() ? std::string() : it->second;
+  }
 };
 
 class GatewayTest : public ::testing::Test {
  protected:
-  void start(llmq::gateway::GatewayConfig gc = {}, std::chrono::milliseconds delay = 0ms) {
+  void start(llmq::gateway::GatewayConfig gc = {}, std::chrono::milliseconds delay = 0ms,
+             const char* config = kConfig) {
     gc.port = 0;
     gc.read_timeout = 2s;
-    auto settings = llmq::gateway::parse_gateway_settings(kConfig);
+    auto settings = llmq::gateway::parse_gateway_settings(config);
     metrics_ = std::make_shared<llmq::gateway::Metrics>();
     llmq::QueueOptions o;
     o.telemetry_store = std::make_shared<llmq::gateway::MetricsTelemetryStore>(
         metrics_, std::make_shared<llmq::InMemoryTelemetryStore>());
     o.telemetry_flush_interval = 10ms;
-    auto up = std::make_shared<FakeUpstream>(delay);
+    upstream_ = std::make_shared<FakeUpstream>(delay);
     queue_ = std::make_unique<llmq::LLMQueue>(
         io_.get_executor(), settings.llm,
-        std::map<std::string, std::shared_ptr<llmq::RequestExecutor>>{{"chat_completion", up},
-                                                                      {"embeddings", up}},
+        std::map<std::string, std::shared_ptr<llmq::RequestExecutor>>{
+            {"chat_completion", upstream_}, {"embeddings", upstream_}},
         o);
     gateway_ = std::make_unique<llmq::gateway::Gateway>(*queue_, gc, metrics_);
     server_ = std::make_unique<llmq::gateway::GatewayServer>(io_.get_executor(), *gateway_, gc);
@@ -133,10 +162,54 @@ class GatewayTest : public ::testing::Test {
     done.get_future().wait();
   }
 
-  tcp::socket connect() {
+  /// A blocking client socket whose reads give up after `read_limit` (never a hang).
+  tcp::socket connect(std::chrono::milliseconds read_limit = 5s) {
     tcp::socket s(client_io_);
     s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port_));
+    timeval tv{};
+    tv.tv_sec = static_cast<time_t>(read_limit.count() / 1000);
+    tv.tv_usec = static_cast<suseconds_t>((read_limit.count() % 1000) * 1000);
+    ::setsockopt(s.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     return s;
+  }
+
+  /// Reads until `end` has arrived (or the peer closed / the read limit passed).
+  static std::string read_until(tcp::socket& s, std::string_view end) {
+    std::string got;
+    char buf[512];
+    while (got.find(end) == std::string::npos) {
+      beast::error_code ec;
+      const std::size_t n = s.read_some(asio::buffer(buf), ec);
+      if (ec) break;
+      got.append(buf, n);
+    }
+    return got;
+  }
+
+  /// True when the server closed `s` (EOF or reset) within the socket's read limit.
+  static bool closed_by_server(tcp::socket& s) {
+    char byte = 0;
+    beast::error_code ec;
+    s.read_some(asio::buffer(&byte, 1), ec);
+    return ec == asio::error::eof || ec == asio::error::connection_reset;
+  }
+
+  /// The value of one sample line of /metrics, or -1.
+  double metric(const std::string& name) {
+    const std::string text = get("/metrics").body;
+    const auto at = text.find("\n" + name + " ");
+    if (at == std::string::npos) return -1;
+    return std::stod(text.substr(at + name.size() + 2));
+  }
+
+  /// Polls `metric(name)` until it equals `value`, at most `limit`.
+  bool wait_metric(const std::string& name, double value, std::chrono::milliseconds limit = 3s) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (metric(name) == value) return true;
+      std::this_thread::sleep_for(10ms);
+    }
+    return metric(name) == value;
   }
 
   static Reply read_reply(tcp::socket& s) {
@@ -189,6 +262,7 @@ class GatewayTest : public ::testing::Test {
   asio::io_context io_;
   asio::io_context client_io_;
   std::shared_ptr<llmq::gateway::Metrics> metrics_;
+  std::shared_ptr<FakeUpstream> upstream_;
   std::unique_ptr<llmq::LLMQueue> queue_;
   std::unique_ptr<llmq::gateway::Gateway> gateway_;
   std::unique_ptr<llmq::gateway::GatewayServer> server_;
@@ -435,6 +509,305 @@ TEST_F(GatewayTest, ShutdownWhileBusyFinishesInFlightRequests) {
   stop_all();
   for (auto& f : inflight) EXPECT_EQ(f.get(), 200);
   EXPECT_THROW(connect(), boost::system::system_error);  // no longer accepting
+}
+
+// ---- hostile input -----------------------------------------------------------------------
+
+std::string deep_arrays(std::size_t depth) {
+  return std::string(depth, '[') + std::string(depth, ']');
+}
+
+TEST_F(GatewayTest, DeepNestingIsRefusedBeforeQueueingAndTheServerKeepsServing) {
+  start();
+  const std::string content = std::string(R"({"model":"gpt-4o","messages":[{"role":"user",)") +
+                              R"("content":)" + deep_arrays(200'000) + "}]}";
+  auto s = connect();
+  const Reply deep = send(s, http::verb::post, "/v1/chat/completions", content);
+  EXPECT_EQ(deep.status, 400);
+  EXPECT_EQ(deep.j()["error"]["code"], "json_too_deep");
+  EXPECT_EQ(deep.j()["error"]["param"], "messages");
+  EXPECT_EQ(deep.j()["error"]["type"], "invalid_request_error");
+  const std::string tools = std::string(R"({"model":"gpt-4o","messages":[{"role":"user",)") +
+                            R"("content":"hi"}],"tools":)" + deep_arrays(200'000) + "}";
+  const Reply deep_tools = send(s, http::verb::post, "/v1/chat/completions", tools);
+  EXPECT_EQ(deep_tools.status, 400);
+  EXPECT_EQ(deep_tools.j()["error"]["param"], "tools");
+  EXPECT_EQ(upstream_->calls.load(), 0);
+  EXPECT_EQ(post("/v1/chat/completions", chat("gpt-4o")).status, 200);
+}
+
+TEST_F(GatewayTest, BadFieldShapesAreRefusedBeforeQueueing) {
+  start();
+  struct Case {
+    const char* patch;
+    const char* param;
+  };
+  for (const Case& c :
+       {Case{R"({"n":9223372036854775807})", "n"}, Case{R"({"max_tokens":-1})", "max_tokens"},
+        Case{R"({"max_tokens":"eight"})", "max_tokens"},
+        Case{R"({"max_completion_tokens":4294967296})", "max_completion_tokens"},
+        Case{R"({"messages":"hello"})", "messages"}, Case{R"({"messages":[]})", "messages"},
+        Case{R"({"stream":"yes"})", "stream"}, Case{R"({"model":7})", "model"}}) {
+    json body = chat("gpt-4o");
+    body.merge_patch(json::parse(c.patch));
+    const Reply r = post("/v1/chat/completions", body);
+    EXPECT_EQ(r.status, 400) << c.patch;
+    EXPECT_EQ(r.j()["error"]["param"], c.param) << c.patch << " " << r.body;
+    EXPECT_EQ(r.j()["error"]["type"], "invalid_request_error");
+  }
+  json e = json::object();
+  e["model"] = "text-embedding-ada-002";
+  e["input"] = json::array();
+  const Reply empty_input = post("/v1/embeddings", e);
+  EXPECT_EQ(empty_input.status, 400);
+  EXPECT_EQ(empty_input.j()["error"]["param"], "input");
+  EXPECT_EQ(upstream_->calls.load(), 0);
+  EXPECT_EQ(metric("llmq_admitted_total"), 0);
+}
+
+TEST_F(GatewayTest, UserIdsAreBounded) {
+  start();
+  const Reply long_id =
+      post("/v1/chat/completions", chat("gpt-4o"), {{"x-user-id", std::string(1000, 'u')}});
+  EXPECT_EQ(long_id.status, 400);
+  EXPECT_EQ(long_id.j()["error"]["code"], "invalid_user_id");
+  EXPECT_EQ(long_id.j()["error"]["param"], "x-user-id");
+  // Beast refuses control bytes in header values itself (400 bad_http); the rest reach
+  // validate_user_id (400 invalid_user_id). Either way nothing is queued.
+  const std::vector<std::pair<std::string, std::string>> bad_ids = {
+      {std::string("a\x01") + "b", "bad_http"},
+      {"c1\xc2\x85", "invalid_user_id"},
+      {"bad\xff", "invalid_user_id"}};
+  for (const auto& [bad, code] : bad_ids) {
+    auto s = connect();
+    const std::string body = chat("gpt-4o").dump();
+    asio::write(
+        s, asio::buffer("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-user-id: " + bad +
+                        "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body));
+    const Reply r = read_reply(s);
+    EXPECT_EQ(r.status, 400);
+    EXPECT_EQ(r.j()["error"]["code"], code) << r.body;
+  }
+  EXPECT_EQ(upstream_->calls.load(), 0);
+  EXPECT_EQ(
+      post("/v1/chat/completions", chat("gpt-4o"), {{"x-user-id", std::string(256, 'u')}}).status,
+      200);
+}
+
+TEST_F(GatewayTest, ExpectContinueIsAnsweredBeforeTheBody) {
+  llmq::gateway::GatewayConfig gc;
+  gc.max_body_bytes = 64 * 1024;
+  start(gc);
+  const std::string body = chat("gpt-4o").dump();
+  auto head = [](std::size_t length) {
+    return "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-user-id: alice\r\n"
+           "Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: " +
+           std::to_string(length) + "\r\n\r\n";
+  };
+  {
+    auto s = connect(1500ms);  // curl waits 1 s for the 100 before sending anyway
+    asio::write(s, asio::buffer(head(body.size())));
+    EXPECT_EQ(read_until(s, "\r\n\r\n"), "HTTP/1.1 100 Continue\r\n\r\n");
+    asio::write(s, asio::buffer(body));
+    EXPECT_EQ(read_reply(s).status, 200);
+  }
+  {  // a body over max_body_bytes: 413 at once, no 100, nothing read
+    auto s = connect(1500ms);
+    asio::write(s, asio::buffer(head(10 * 1024 * 1024)));
+    const std::string got = read_until(s, "\r\n\r\n");
+    EXPECT_EQ(got.rfind("HTTP/1.1 413 ", 0), 0u) << got;
+  }
+}
+
+TEST_F(GatewayTest, HalfHeaderConnectionsDoNotLockOthersOut) {
+  llmq::gateway::GatewayConfig gc;
+  gc.max_connections = 4;
+  gc.header_timeout = 300ms;  // idle_timeout stays 60 s
+  start(gc);
+  std::vector<tcp::socket> slow;
+  for (int i = 0; i < 4; ++i) {
+    slow.push_back(connect(3s));
+    asio::write(slow.back(), asio::buffer(std::string("POST /v1/chat/completions HTTP/1.1\r\nHo")));
+  }
+  // Bounded: the half headers are cut off after header_timeout, then a client gets in.
+  const auto began = std::chrono::steady_clock::now();
+  int status = 0;
+  while (status != 200 && std::chrono::steady_clock::now() - began < 3s) {
+    try {
+      status = post("/v1/chat/completions", chat("gpt-4o")).status;
+    } catch (const boost::system::system_error&) {
+      status = 0;
+    }
+    if (status != 200) std::this_thread::sleep_for(20ms);
+  }
+  EXPECT_EQ(status, 200);
+  EXPECT_LT(std::chrono::steady_clock::now() - began, 2s);
+  for (auto& s : slow) EXPECT_TRUE(closed_by_server(s));
+}
+
+TEST_F(GatewayTest, IdleConnectionsAreEvictedForNewOnesBusyOnesAreNot) {
+  llmq::gateway::GatewayConfig gc;
+  gc.max_connections = 2;
+  start(gc, 300ms);
+  const std::string body = chat("gpt-4o").dump();
+  auto a = connect();
+  auto b = connect();
+  ASSERT_EQ(send(a, http::verb::post, "/v1/chat/completions", body).status, 200);
+  ASSERT_EQ(send(b, http::verb::post, "/v1/chat/completions", body, {{"x-user-id", "bob"}}).status,
+            200);
+  // Both are idle keep-alive connections now: a third client is admitted, the older goes.
+  EXPECT_EQ(post("/v1/chat/completions", chat("gpt-4o"), {{"x-user-id", "carol"}}).status, 200);
+  EXPECT_TRUE(closed_by_server(a));
+  for (int i = 0; i < 300 && server_->connections() != 1; ++i) std::this_thread::sleep_for(10ms);
+  ASSERT_EQ(server_->connections(), 1u);  // b
+
+  // Two busy connections: nothing to evict, so a third is refused.
+  auto busy_b = std::async(std::launch::async, [&] {
+    return send(b, http::verb::post, "/v1/chat/completions", body, {{"x-user-id", "bob"}}).status;
+  });
+  auto d = connect();
+  asio::write(d, asio::buffer("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-user-id: dave\r\n"
+                              "Content-Length: " +
+                              std::to_string(body.size()) + "\r\n\r\n" + body));
+  for (int i = 0; i < 200 && upstream_->calls.load() < 5; ++i) std::this_thread::sleep_for(5ms);
+  ASSERT_EQ(upstream_->calls.load(), 5);  // b and d are being answered (300 ms each)
+  auto e = connect();
+  EXPECT_TRUE(closed_by_server(e));
+  EXPECT_EQ(busy_b.get(), 200);
+  EXPECT_EQ(read_reply(d).status, 200);
+  b.close();
+  d.close();
+  for (int i = 0; i < 300 && server_->connections() != 0; ++i) std::this_thread::sleep_for(10ms);
+  EXPECT_EQ(metric("llmq_gateway_connections_evicted_total"), 1);
+  EXPECT_EQ(metric("llmq_gateway_connections_refused_total"), 1);
+}
+
+TEST_F(GatewayTest, ClientThatDisconnectsWhileQueuedCausesNoUpstreamCall) {
+  // One request per minute: the second waits in the queue.
+  static constexpr const char* kSlowConfig = R"(
+azure_open_ai:
+  - api_key: "k"
+    api_version: "2024-10-21"
+    azure_endpoint: "http://127.0.0.1:1/"
+    azure_oai_models:
+      - {unique_model_id: "slow", model_name_in_azure: "gpt-4o", deployment_name_in_azure: "slow", model_type: "chat", req_per_min: 1, tokens_per_min: 100000000}
+)";
+  start({}, 0ms, kSlowConfig);
+  ASSERT_EQ(post("/v1/chat/completions", chat("gpt-4o")).status, 200);
+  {
+    auto s = connect();
+    const std::string body = chat("gpt-4o").dump();
+    asio::write(s, asio::buffer("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-user-id: "
+                                "alice\r\nContent-Length: " +
+                                std::to_string(body.size()) + "\r\n\r\n" + body));
+    ASSERT_TRUE(wait_metric("llmq_queue_depth", 1));
+  }  // the client gives up
+  EXPECT_TRUE(wait_metric("llmq_queue_depth", 0));
+  EXPECT_TRUE(wait_metric("llmq_gateway_client_disconnects_total", 1));
+  EXPECT_EQ(metric("llmq_rejected_total{reason=\"cancelled\"}"), 1);
+  EXPECT_EQ(upstream_->calls.load(), 1);
+}
+
+TEST_F(GatewayTest, ClientThatDisconnectsWhileRunningCancelsTheUpstreamCall) {
+  start({}, 30s);
+  {
+    auto s = connect();
+    const std::string body = chat("gpt-4o").dump();
+    asio::write(s, asio::buffer("POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nx-user-id: "
+                                "alice\r\nContent-Length: " +
+                                std::to_string(body.size()) + "\r\n\r\n" + body));
+    ASSERT_TRUE(wait_metric("llmq_in_flight", 1));
+  }
+  EXPECT_TRUE(wait_metric("llmq_in_flight", 0));
+  EXPECT_EQ(upstream_->cancelled.load(), 1);
+  EXPECT_EQ(metric("llmq_gateway_client_disconnects_total"), 1);
+}
+
+TEST_F(GatewayTest, UpstreamRetryAfterReachesTheClient) {
+  start();
+  json body = chat("gpt-4o");
+  body["reply_status"] = 429;
+  body["reply_retry_after_ms"] = 7250;
+  const Reply r = post("/v1/chat/completions", body);
+  EXPECT_EQ(r.status, 429);
+  EXPECT_EQ(r.header("retry-after"), "8");
+  EXPECT_EQ(r.header("retry-after-ms"), "7250");
+  body.erase("reply_retry_after_ms");
+  EXPECT_EQ(post("/v1/chat/completions", body).header("retry-after"), "1");  // none sent
+}
+
+TEST_F(GatewayTest, QueueRefusalsPassThroughWithTheRequestId) {
+  start();
+  json body = chat("gpt-4o");
+  body["reply_status"] = 400;
+  body["reply_code"] = "request_too_large";
+  const Reply r = post("/v1/chat/completions", body);
+  EXPECT_EQ(r.status, 400);
+  EXPECT_EQ(r.j()["error"]["code"], "request_too_large");
+  EXPECT_EQ(r.j()["error"]["message"], "refused");
+  EXPECT_EQ(r.j()["error"]["request_id"], r.header("x-request-id"));
+}
+
+TEST_F(GatewayTest, EveryAnswerCarriesARequestId) {
+  start();
+  const Reply ok = post("/v1/chat/completions", chat("gpt-4o"));
+  ASSERT_EQ(ok.status, 200);
+  EXPECT_FALSE(ok.header("x-request-id").empty());
+  EXPECT_EQ(ok.header("x-request-id").rfind("gw-", 0), std::string::npos);  // the queue's id
+  const Reply mine =
+      post("/v1/chat/completions", chat("gpt-99"), {{"x-user-id", "a"}, {"x-request-id", "abc-1"}});
+  EXPECT_EQ(mine.status, 404);
+  EXPECT_EQ(mine.header("x-request-id"), "abc-1");
+  EXPECT_EQ(mine.j()["error"]["request_id"], "abc-1");
+  const Reply insane = post("/v1/chat/completions", chat("gpt-99"),
+                            {{"x-user-id", "a"}, {"x-request-id", std::string(200, 'r')}});
+  EXPECT_EQ(insane.header("x-request-id").rfind("gw-", 0), 0u);
+  EXPECT_EQ(insane.j()["error"]["request_id"], insane.header("x-request-id"));
+  EXPECT_FALSE(get("/healthz").header("x-request-id").empty());
+  auto s = connect();
+  asio::write(s, asio::buffer(std::string("NOT HTTP\r\n\r\n")));
+  const Reply refused = read_reply(s);
+  EXPECT_EQ(refused.status, 400);
+  EXPECT_EQ(refused.j()["error"]["request_id"], refused.header("x-request-id"));
+}
+
+TEST(GatewayConfig, UnknownKeysFailUnlessAllowed) {
+  try {
+    (void)llmq::gateway::parse_gateway_settings(std::string(kConfig) +
+                                                "gateway:\n  port: 0\n  read_timeout: 5\n");
+    FAIL() << "an unknown key was accepted";
+  } catch (const llmq::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("gateway.read_timeout: unknown key"), std::string::npos)
+        << e.what();
+    EXPECT_NE(std::string(e.what()).find("(line "), std::string::npos) << e.what();
+  }
+  const auto allowed = llmq::gateway::parse_gateway_settings(
+      std::string(kConfig) + "gateway:\n  read_timeout: 5\n  allow_unknown_keys: true\n");
+  EXPECT_TRUE(allowed.gateway.allow_unknown_keys);
+}
+
+TEST(GatewayConfig, HardeningKeysAndTheRetryBudget) {
+  const auto s = llmq::gateway::parse_gateway_settings(
+      std::string(kConfig) +
+      "gateway:\n  max_json_depth: 16\n  header_timeout_seconds: 2.5\n"
+      "  upstream_timeout_seconds: 90\n");
+  EXPECT_EQ(s.gateway.max_json_depth, 16u);
+  EXPECT_EQ(s.gateway.header_timeout, 2500ms);
+  EXPECT_EQ(s.gateway.upstream_timeout, 90s);
+  const llmq::gateway::GatewayConfig defaults;
+  EXPECT_EQ(defaults.max_json_depth, 64u);
+  EXPECT_EQ(defaults.header_timeout, 10s);
+  EXPECT_EQ(defaults.upstream_timeout, 120s);
+  // An attempt that timed out can still be retried; the HTTP client times out first.
+  for (const auto& g : {s.gateway, defaults}) {
+    const llmq::QueueOptions o = llmq::gateway::queue_options(g);
+    EXPECT_GT(o.retry_budget, g.upstream_timeout);
+    EXPECT_GT(o.execution_timeout, g.upstream_timeout);
+    EXPECT_GE(o.max_attempts, 2);
+  }
+  EXPECT_THROW((void)llmq::gateway::parse_gateway_settings(std::string(kConfig) +
+                                                           "gateway:\n  max_json_depth: 0\n"),
+               llmq::ConfigError);
 }
 
 }  // namespace
