@@ -140,7 +140,8 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle(HttpExchange request) {
   HttpAnswer a = co_await answer(request, request_id);
   if (request_id.empty()) request_id = make_request_id();
   finish_answer(a, request_id);
-  metrics_->answered(a.status);
+  // 499: the client left, nothing is sent (counted as a disconnect instead).
+  if (a.status != 499) metrics_->answered(a.status);
   co_return a;
 }
 

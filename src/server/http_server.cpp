@@ -192,6 +192,8 @@ class ConnectionImpl final : public Connection,
   // ---- the server's side -------------------------------------------------------------
 
   [[nodiscard]] asio::any_io_executor executor() { return stream_.get_executor(); }
+  /// Where run() is cancelled from when the client disconnects mid-request.
+  [[nodiscard]] asio::cancellation_slot cancellation_slot() { return cancel_.slot(); }
 
   /// Serves requests until the connection should close.
   asio::awaitable<void> run() {
@@ -271,18 +273,11 @@ class ConnectionImpl final : public Connection,
     bool keep = false;
     try {
       if (st_->options.cancel_on_disconnect && buffer_.size() == 0) {
-        // The handler runs as its own coroutine so that it can be cancelled alone.
-        const asio::any_io_executor ex = executor();
-        asio::cancellation_signal cancel;
-        watch_for_disconnect(&cancel);
-        if (gone_) {  // left before the handler started
-          stop_watching();
-          co_return false;
-        }
+        // A disconnect emits `cancel_` (bound to this connection's coroutine), which
+        // cancels whatever the handler awaits then.
+        watch_for_disconnect();
         try {
-          keep = co_await asio::co_spawn(
-              ex, handler.serve(*this, std::move(request)),
-              asio::bind_cancellation_slot(cancel.slot(), asio::use_awaitable));
+          keep = co_await handler.serve(*this, std::move(request));
         } catch (...) {
           stop_watching();
           throw;
@@ -303,31 +298,34 @@ class ConnectionImpl final : public Connection,
   }
 
   /// Notices the peer's FIN or RST while the handler runs, without consuming bytes: wait
-  /// for readability, then peek. The wait is queued before the first peek, so an event
-  /// arriving in between still completes it (the reactor is edge-triggered). Pipelined
-  /// bytes end the watch (they are the next request's, read later).
-  void watch_for_disconnect(asio::cancellation_signal* cancel) {
-    cancel_ = cancel;
+  /// for readability, then peek. (Asio re-arms the edge-triggered registration for a
+  /// readiness wait, so a FIN that arrived before the wait still completes it.) Pipelined
+  /// bytes end the watch: they are the next request's, read later.
+  void watch_for_disconnect() {
     const std::uint64_t generation = ++watch_generation_;
     stream_.socket().async_wait(tcp::socket::wait_read,
                                 [self = shared_from_this(), generation](const error_code& ec) {
                                   if (ec || generation != self->watch_generation_ || self->closed_)
                                     return;
-                                  self->watch_for_disconnect(self->cancel_);
+                                  self->peer_readable();
                                 });
-    const auto n =
-        ::recv(stream_.socket().native_handle(), &peek_byte_, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;  // quiet
-    ++watch_generation_;  // the pending wait completes unheeded
-    if (n > 0) return;    // pipelined bytes
-    gone_ = true;         // FIN (0) or an error such as a reset
+  }
+
+  void peer_readable() {
+    char byte = 0;
+    const auto n = ::recv(stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) return;  // pipelined bytes
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+      watch_for_disconnect();  // nothing after all
+      return;
+    }
+    gone_ = true;  // FIN (0) or an error such as a reset
     st_->handler->on_client_disconnect();
-    cancel_->emit(asio::cancellation_type::terminal);
+    cancel_.emit(asio::cancellation_type::terminal);
   }
 
   void stop_watching() {
     ++watch_generation_;
-    cancel_ = nullptr;
     if (closed_) return;
     error_code ec;
     stream_.socket().cancel(ec);  // only the readiness wait is pending now
@@ -358,8 +356,7 @@ class ConnectionImpl final : public Connection,
   bool gone_ = false;
   bool loopback_ = false;
   std::uint64_t watch_generation_ = 0;
-  char peek_byte_ = 0;
-  asio::cancellation_signal* cancel_ = nullptr;
+  asio::cancellation_signal cancel_;  // bound to run()'s coroutine (cancel_on_disconnect)
 };
 
 asio::awaitable<void> accept_loop(std::shared_ptr<State> st) {
@@ -418,10 +415,15 @@ void HttpServer::State::admit(tcp::socket socket) {
     all.emplace(id, conn);
   }
   auto self = shared_from_this();
-  asio::co_spawn(conn->executor(), conn->run(), [self, conn](std::exception_ptr e) {
+  auto done = [self, conn](std::exception_ptr e) {
     log_exception(self->options.name, e);
     self->finished(conn);
-  });
+  };
+  if (options.cancel_on_disconnect)
+    asio::co_spawn(conn->executor(), conn->run(),
+                   asio::bind_cancellation_slot(conn->cancellation_slot(), std::move(done)));
+  else
+    asio::co_spawn(conn->executor(), conn->run(), std::move(done));
 }
 
 void HttpServer::State::finished(const std::shared_ptr<ConnectionImpl>& c) {

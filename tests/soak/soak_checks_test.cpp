@@ -236,6 +236,24 @@ TEST(SoakChecks, EachDisagreementIsAViolation) {
     c.observed.pg_rows = 7;
     EXPECT_TRUE(has(c.violations(), "the queue saw 7 requests"));
   }
+  for (const auto& [completed, bad] : {std::pair<int, bool>{8, false}, {7, false}, {6, true}}) {
+    // One request cancelled (its client left): while queued it is not completed (7);
+    // while running it is completed too (8); fewer than that is a loss.
+    Consistent c;
+    c.observed.metrics = llmq::soak::Metrics::parse(
+        "llmq_gateway_http_responses_total{status=\"200\"} 10\n"
+        "llmq_gateway_http_responses_total{status=\"502\"} 1\n"
+        "llmq_gateway_http_responses_total{status=\"429\"} 1\n"
+        "llmq_gateway_http_responses_total{status=\"400\"} 1\n"
+        "llmq_admitted_total 8\nllmq_completed_total " +
+        std::to_string(completed) +
+        "\nllmq_rejected_total{reason=\"cancelled\"} 1\n"
+        "llmq_rejected_total{reason=\"user_limit\"} 1\n"
+        "llmq_gateway_rejected_total{reason=\"user_limit\"} 1\n"
+        "llmq_queue_depth 0\nllmq_in_flight 0\n");
+    EXPECT_EQ(has(c.violations(), "admitted 8 != completed + queue_timeout + cancelled"), bad)
+        << completed;
+  }
 }
 
 }  // namespace
