@@ -1,6 +1,9 @@
-// LLMQueue runtime: admission on the caller's thread, all queue state on one strand,
-// one poller coroutine woken by events, executors spawned per dispatched request.
+// LLMQueue runtime: admission on the caller's thread, all queue state on one strand, one
+// dispatcher coroutine woken by events, executors spawned per dispatched request. The
+// life of each request is a RequestLifecycle (detail/request_lifecycle.hpp); this file is
+// the thin loop that feeds it events and performs its actions.
 
+#include <llmq/detail/request_lifecycle.hpp>
 #include <llmq/errors.hpp>
 #include <llmq/fifo_scheduler.hpp>
 #include <llmq/load_balancer.hpp>
@@ -12,21 +15,17 @@
 #include "light_strand.hpp"
 
 #include <boost/asio/as_tuple.hpp>
-#include <boost/asio/associated_cancellation_slot.hpp>
-#include <boost/asio/associated_executor.hpp>
-#include <boost/asio/async_result.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/steady_timer.hpp>
-#include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/system/system_error.hpp>
 
 #include <atomic>
 #include <deque>
+#include <limits>
 #include <mutex>
 #include <random>
 #include <shared_mutex>
@@ -38,24 +37,28 @@ namespace detail {
 
 namespace asio = boost::asio;
 using steady = std::chrono::steady_clock;
+using time_point = steady::time_point;
 using std::chrono::duration_cast;
 using std::chrono::microseconds;
+using Actions = LifecycleActions;
+using Answer = LifecycleActions::Answer;
 
 namespace {
 
 /// Wall time derived from steady time with one offset taken at first use: one clock read
 /// per event instead of two, and timestamps of one request that never go backwards.
-WallTime wall_at(steady::time_point t) {
+WallTime wall_at(time_point t) {
   static const auto offset =
       std::chrono::system_clock::now().time_since_epoch() - steady::now().time_since_epoch();
   return WallTime(duration_cast<microseconds>(t.time_since_epoch() + offset));
 }
 
-WallTime wall_now() { return wall_at(steady::now()); }
+Response error_response(errc e, std::string_view message) {
+  return Response{make_error_body(message, error_type_of(e), to_string(e)), http_status_of(e)};
+}
 
-Response error_response(int status, std::string_view message, std::string_view type,
-                        std::string_view code) {
-  return Response{make_error_body(message, type, code), status};
+Response cancelled_response() {
+  return Response{make_error_body("request cancelled by caller", "cancelled", "cancelled"), 499};
 }
 
 /// Appends `v` in base 36 (digits, then lower-case letters).
@@ -77,6 +80,68 @@ std::string random_prefix() {
   return s;
 }
 
+bool valid_user_id(std::string_view id) {
+  if (id.empty() || id.size() > 256) return false;
+  for (unsigned char c : id)
+    if (c < 0x20 || c == 0x7f) return false;
+  return true;
+}
+
+/// What a refused user id is recorded as: at most 256 bytes, control characters as '?'.
+std::string printable_prefix(std::string_view id) {
+  std::string out(id.substr(0, 256));
+  for (char& c : out)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) c = '?';
+  return out;
+}
+
+bool valid_request_id(std::string_view id) {
+  if (id.empty() || id.size() > 128) return false;
+  for (unsigned char c : id)
+    if (c < 0x21 || c > 0x7e) return false;
+  return true;
+}
+
+/// True when `j` nests arrays and objects deeper than `max_depth` (a scalar is depth 0).
+/// Iterative: the depth of the input decides nothing but the size of a vector.
+bool nests_deeper_than(const nlohmann::json& j, std::size_t max_depth) {
+  if (!j.is_structured()) return false;
+  struct Frame {
+    const nlohmann::json* node;
+    nlohmann::json::const_iterator next;
+  };
+  std::vector<Frame> stack;
+  stack.push_back(Frame{&j, j.cbegin()});
+  while (!stack.empty()) {
+    if (stack.size() > max_depth) return true;
+    Frame& f = stack.back();
+    if (f.next == f.node->cend()) {
+      stack.pop_back();
+      continue;
+    }
+    const nlohmann::json& child = *f.next;
+    ++f.next;
+    if (child.is_structured()) stack.push_back(Frame{&child, child.cbegin()});
+  }
+  return false;
+}
+
+/// a * b for a token estimate and a call count; a negative estimate (an overflow in the
+/// estimator) counts as unbounded.
+std::int64_t saturating_mul(std::int64_t a, std::int64_t b) {
+  if (a < 0) return std::numeric_limits<std::int64_t>::max();
+  if (a == 0 || b <= 0) return 0;
+  if (a > std::numeric_limits<std::int64_t>::max() / b) return std::numeric_limits<std::int64_t>::max();
+  return a * b;
+}
+
+std::string seconds_text(steady::duration d) {
+  const auto ms = std::chrono::round<std::chrono::milliseconds>(d).count();
+  std::string frac = std::to_string(ms % 1000);
+  frac.insert(0, 3 - frac.size(), '0');
+  return std::to_string(ms / 1000) + "." + frac;
+}
+
 }  // namespace
 
 /// The deployments one kind of request may use.
@@ -86,66 +151,8 @@ struct ResourceClass {
   bool need_emb = false;
   std::vector<std::size_t> llm;  // candidate deployment indexes
   std::vector<std::size_t> emb;
-};
-
-/// Delivers the one answer of a request to its caller, on the caller's executor (the only
-/// place where the caller's cancellation slot may be cleared). Type-erased; a handler of
-/// up to kInline bytes (an awaitable's is one pointer) is stored in place, not allocated.
-class Delivery {
- public:
-  Delivery() = default;
-  Delivery(const Delivery&) = delete;
-  Delivery& operator=(const Delivery&) = delete;
-  ~Delivery() { reset(); }
-
-  /// Stores the handler (replacing, undelivered, any previous one).
-  template <class H>
-  void emplace(H&& handler) {
-    reset();
-    using Impl = Holder<std::decay_t<H>>;
-    if constexpr (sizeof(Impl) <= kInline && alignof(Impl) <= alignof(std::max_align_t))
-      impl_ = ::new (static_cast<void*>(inline_)) Impl(std::forward<H>(handler));
-    else
-      impl_ = new Impl(std::forward<H>(handler));
-  }
-
-  explicit operator bool() const noexcept { return impl_ != nullptr; }
-  /// Posts the answer; the handler is taken out first, so this happens at most once.
-  void operator()(std::exception_ptr ep, Response r) {
-    Base* impl = std::exchange(impl_, nullptr);
-    impl->deliver(ep, std::move(r));
-    destroy(impl);
-  }
-
- private:
-  static constexpr std::size_t kInline = 48;
-  struct Base {
-    virtual ~Base() = default;
-    virtual void deliver(std::exception_ptr ep, Response r) = 0;
-  };
-  template <class H>
-  struct Holder final : Base {
-    explicit Holder(H&& h) : handler(std::move(h)) {}
-    void deliver(std::exception_ptr ep, Response r) override {
-      auto ex = asio::get_associated_executor(handler);
-      asio::post(ex, [h = std::move(handler), ep, r = std::move(r)]() mutable {
-        asio::get_associated_cancellation_slot(h).clear();
-        std::move(h)(ep, std::move(r));
-      });
-    }
-    H handler;
-  };
-  void destroy(Base* impl) noexcept {
-    if (static_cast<void*>(impl) == static_cast<void*>(inline_))
-      impl->~Base();
-    else
-      delete impl;
-  }
-  void reset() noexcept {
-    if (impl_) destroy(std::exchange(impl_, nullptr));
-  }
-  alignas(std::max_align_t) unsigned char inline_[kInline];
-  Base* impl_ = nullptr;
+  std::int64_t max_llm_tpm = 0;  // the largest tokens_per_min among the candidates
+  std::int64_t max_emb_tpm = 0;
 };
 
 struct Entry {
@@ -157,30 +164,90 @@ struct Entry {
   std::shared_ptr<RequestExecutor> executor;
   DeploymentNeed llm_need;
   DeploymentNeed emb_need;
+  RequestLifecycle life;
   SchedulerTicket ticket;
-  steady::time_point queued_steady{};
-  steady::time_point dispatched_steady{};
-  steady::time_point exec_deadline = steady::time_point::max();
-  // confirming: granted locally, waiting for the shared DeploymentBudgetStore.
-  enum class State { submitted, queued, confirming, running, done } state = State::submitted;
-  bool answered = false;
-  bool caller_cancelled = false;
-  bool exec_timed_out = false;
+  bool holds_slot = false;  // counts against max_queue_size
+  time_point queued_at{};
+  time_point deadline{};  // of its current wait in the scheduler
+  time_point dispatched_at{};
+  time_point exec_deadline = time_point::max();
+  std::optional<time_point> first_dispatch;
   std::optional<DeploymentGrant> llm_grant;
   std::optional<DeploymentGrant> emb_grant;
   ChosenDeployments chosen;
   // One signal per executor run; the run's completion handler co-owns it.
   std::shared_ptr<asio::cancellation_signal> exec_cancel;
-  std::optional<steady::time_point> first_dispatch;
-  std::optional<Response> last_response;  // of the previous attempt, while retrying
-  Delivery deliver;
-  // Intrusive list of running entries, in dispatch (== execution deadline) order.
-  Entry* run_prev = nullptr;
-  Entry* run_next = nullptr;
-  bool in_run_list = false;
+  std::optional<Response> last_response;  // of the previous attempt, while waiting to retry
+  std::string error_text;                  // the message of a refusal decided at admission
+  std::optional<std::chrono::milliseconds> retry_after;  // of a refusal, when known
+  ErasedHandler deliver;
+  std::weak_ptr<Entry> self;  // for the lists below, which hold raw pointers
+  // Intrusive list of running entries, in dispatch (== execution deadline) order, and of
+  // entries waiting for the shared budget store.
+  Entry* list_prev = nullptr;
+  Entry* list_next = nullptr;
+  bool in_list = false;
 };
 using EntryPtr = std::shared_ptr<Entry>;
 using TelemetryPtr = std::unique_ptr<TelemetryData, PoolDelete<TelemetryData>>;
+
+/// An intrusive list of entries (no allocation; an entry is in at most one list).
+class EntryList {
+ public:
+  [[nodiscard]] Entry* head() const noexcept { return head_; }
+  void push_back(Entry& e) noexcept {
+    e.list_prev = tail_;
+    e.list_next = nullptr;
+    (tail_ ? tail_->list_next : head_) = &e;
+    tail_ = &e;
+    e.in_list = true;
+  }
+  void remove(Entry& e) noexcept {
+    if (!e.in_list) return;
+    (e.list_prev ? e.list_prev->list_next : head_) = e.list_next;
+    (e.list_next ? e.list_next->list_prev : tail_) = e.list_prev;
+    e.list_prev = e.list_next = nullptr;
+    e.in_list = false;
+  }
+  /// The entries, as pointers (for walks that change the list).
+  [[nodiscard]] std::vector<Entry*> snapshot() const {
+    std::vector<Entry*> out;
+    for (Entry* e = head_; e != nullptr; e = e->list_next) out.push_back(e);
+    return out;
+  }
+
+ private:
+  Entry* head_ = nullptr;
+  Entry* tail_ = nullptr;
+};
+
+/// Waits, on the strand, until `work` completes or `deadline` passes, whichever is first.
+/// Work that outlives the deadline goes on unobserved (it holds what it needs).
+class BoundedWait : public std::enable_shared_from_this<BoundedWait> {
+ public:
+  BoundedWait(asio::any_io_executor strand, std::shared_ptr<Clock> clock)
+      : strand_(strand), timer_(strand, std::move(clock)) {}
+
+  /// True when `work` finished in time.
+  static asio::awaitable<bool> run(asio::any_io_executor strand, std::shared_ptr<Clock> clock,
+                                   asio::awaitable<void> work, time_point deadline) {
+    auto w = std::make_shared<BoundedWait>(strand, clock);
+    asio::co_spawn(strand, std::move(work), [w](std::exception_ptr) {
+      w->done_ = true;
+      w->timer_.cancel();
+    });
+    while (!w->done_ && w->timer_.now() < deadline) {
+      w->timer_.expires_at(deadline);
+      co_await w->timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    co_return w->done_;
+  }
+
+ private:
+  asio::any_io_executor strand_;
+  ClockTimer timer_;
+  bool done_ = false;
+};
 
 /// Bounded telemetry buffer flushed by a coroutine on the queue's strand.
 class TelemetryPipeline : public std::enable_shared_from_this<TelemetryPipeline> {
@@ -188,7 +255,9 @@ class TelemetryPipeline : public std::enable_shared_from_this<TelemetryPipeline>
   TelemetryPipeline(asio::any_io_executor strand, std::shared_ptr<TelemetryStore> store,
                     const QueueOptions& o)
       : strand_(strand),
-        timer_(strand),
+        clock_(o.clock),
+        timer_(strand, o.clock),
+        stop_timer_(strand, o.clock),
         store_(std::move(store)),
         capacity_(o.telemetry_buffer_capacity),
         batch_size_(std::max<std::size_t>(1, o.telemetry_batch_size)),
@@ -196,13 +265,13 @@ class TelemetryPipeline : public std::enable_shared_from_this<TelemetryPipeline>
     batch_.reserve(batch_size_);
   }
 
-  /// Any thread. Never blocks on I/O; drops (and counts) when the buffer is full.
-  /// The record's allocation is kept (not copied) until its batch is written.
+  /// Any thread. Never blocks on I/O; drops (and counts) when the buffer is full or the
+  /// pipeline has stopped. The record's allocation is kept until its batch is written.
   void record(TelemetryPtr t) {
     bool wake = false;
     {
       std::lock_guard lock(mutex_);
-      if (buffer_.size() >= capacity_) {
+      if (closed_ || buffer_.size() >= capacity_) {
         ++dropped_;
         return;
       }
@@ -235,22 +304,42 @@ class TelemetryPipeline : public std::enable_shared_from_this<TelemetryPipeline>
     } catch (const std::exception& e) {
       logger()->warn("telemetry store close failed: {}", e.what());
     }
-    done_ = true;
-    done_timer_.cancel();
   }
 
-  /// On the strand: stop after a final flush; completes when the store is closed.
-  asio::awaitable<void> stop() {
-    if (!started_) co_return;
+  /// Starts the flusher (once).
+  void start() {
+    started_ = true;
+    asio::co_spawn(strand_, run(), [self = shared_from_this()](std::exception_ptr ep) {
+      if (ep) {
+        try {
+          std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+          logger()->error("telemetry flusher stopped: {}", e.what());
+        }
+      }
+      self->done_ = true;
+      self->stop_timer_.cancel();
+    });
+  }
+
+  /// On the strand: stops after a final flush and the store's close, waiting until
+  /// `deadline` at most; records still buffered then are counted as dropped.
+  asio::awaitable<void> stop(time_point deadline) {
+    auto self = shared_from_this();
+    if (!started_ || done_) {
+      close_buffer();
+      co_return;
+    }
     stop_requested_ = true;
     timer_.cancel();
-    while (!done_) {
-      done_timer_.expires_at(steady::time_point::max());
-      co_await done_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+    while (!done_ && stop_timer_.now() < deadline) {
+      stop_timer_.expires_at(deadline);  // the flusher's end cancels it
+      co_await stop_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
     }
+    if (!done_)
+      logger()->warn("telemetry store did not finish its last writes within shutdown_flush_timeout");
+    close_buffer();
   }
-
-  void started() { started_ = true; }
 
   std::uint64_t dropped() const {
     std::lock_guard lock(mutex_);
@@ -259,6 +348,13 @@ class TelemetryPipeline : public std::enable_shared_from_this<TelemetryPipeline>
   std::uint64_t failed() const { return failed_; }
 
  private:
+  void close_buffer() {
+    std::lock_guard lock(mutex_);
+    closed_ = true;
+    dropped_ += buffer_.size();
+    buffer_.clear();
+  }
+
   /// Writes what is buffered, batch_size_ records per insert_batch call, through one
   /// reused batch buffer (no large allocation per flush).
   asio::awaitable<void> flush() {
@@ -284,8 +380,9 @@ class TelemetryPipeline : public std::enable_shared_from_this<TelemetryPipeline>
   }
 
   asio::any_io_executor strand_;  // the queue's strand
-  asio::steady_timer timer_;
-  asio::steady_timer done_timer_{strand_};
+  std::shared_ptr<Clock> clock_;
+  ClockTimer timer_;
+  ClockTimer stop_timer_;
   std::shared_ptr<TelemetryStore> store_;
   std::size_t capacity_;
   std::size_t batch_size_;
@@ -294,6 +391,7 @@ class TelemetryPipeline : public std::enable_shared_from_this<TelemetryPipeline>
   std::deque<TelemetryPtr> buffer_;
   std::uint64_t dropped_ = 0;
   bool wake_posted_ = false;
+  bool closed_ = false;
   std::vector<TelemetryData> batch_;  // strand only
   std::uint64_t failed_ = 0;          // strand only
   bool stop_requested_ = false;       // strand only
@@ -305,43 +403,171 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
  public:
   QueueCore(asio::any_io_executor ex, LLMConfig config,
             std::map<std::string, std::shared_ptr<RequestExecutor>> executors, QueueOptions options)
-      : strand_(make_light_strand(ex)),
+      : base_(ex),
+        strand_(make_light_strand(ex)),
         config_(std::move(config)),
         options_(std::move(options)),
+        clock_(options_.clock),
         deployments_((config_.validate(), config_.deployments())),
         limits_(make_limits(deployments_, options_)),
         balancer_(limits_),
         scheduler_(config_.scheduler_limits.max_queue_size),
-        poll_timer_(strand_),
-        idle_timer_(strand_),
+        poll_timer_(strand_, clock_),
+        idle_timer_(strand_, clock_),
         id_prefix_(random_prefix()),
         entry_pool_(std::make_shared<BlockPool>(sizeof(Entry) + 64, pool_blocks(config_))),
         telemetry_pool_(std::make_shared<BlockPool>(sizeof(TelemetryData), pool_blocks(config_))) {
     for (auto& [name, exec] : executors) register_executor(name, std::move(exec));
-    if (!options_.user_rate_limit_store)
-      options_.user_rate_limit_store = std::make_shared<InMemoryUserRateLimitStore>();
+    if (!options_.user_rate_limit_store) {
+      if (clock_)
+        options_.user_rate_limit_store =
+            std::make_shared<InMemoryUserRateLimitStore>([c = clock_] { return c->now(); });
+      else
+        options_.user_rate_limit_store = std::make_shared<InMemoryUserRateLimitStore>();
+    }
     if (!options_.telemetry_store)
       options_.telemetry_store = std::make_shared<InMemoryTelemetryStore>();
     telemetry_ = std::make_shared<TelemetryPipeline>(strand_, options_.telemetry_store, options_);
   }
+
+  // ---- the facade's entry points -------------------------------------------------------
+
+  [[nodiscard]] const asio::any_io_executor& base_executor() const noexcept { return base_; }
+  [[nodiscard]] const std::vector<Deployment>& deployments() const noexcept { return deployments_; }
+  [[nodiscard]] std::shared_ptr<TelemetryStore> telemetry_store() const noexcept {
+    return options_.telemetry_store;
+  }
+
+  void register_executor(const std::string& name, std::shared_ptr<RequestExecutor> exec) {
+    if (!exec) throw ConfigError("request executor '" + name + "' is null");
+    std::unique_lock lock(executors_mutex_);
+    executors_[name] = std::move(exec);
+  }
+
+  /// Runs initiate() on the strand.
+  asio::awaitable<void> initiate() {
+    auto self = shared_from_this();
+    co_await asio::co_spawn(strand_, initiate_on_strand(), asio::use_awaitable);
+  }
+
+  asio::awaitable<void> graceful_shutdown() {
+    auto self = shared_from_this();
+    shutdown_requested_.store(true);
+    accepting_.store(false);
+    co_await asio::co_spawn(strand_, shutdown(), asio::use_awaitable);
+  }
+
+  asio::awaitable<QueueStats> stats() {
+    // Note: GCC 12 destroys a capturing lambda temporary twice in `co_return co_await
+    // co_spawn(ex, [captures] {...})`, so the strand-side work is a member coroutine.
+    auto self = shared_from_this();
+    QueueStats s = co_await asio::co_spawn(strand_, stats_on_strand(), asio::use_awaitable);
+    co_return s;
+  }
+
+  /// Called by ~LLMQueue when graceful_shutdown() was not awaited.
+  void detach() {
+    accepting_.store(false);
+    asio::post(strand_, [self = shared_from_this()] {
+      if (self->shutdown_done_) return;
+      self->abandon_all(errc::queue_closed, "queue destroyed");
+      self->stopped_ = true;
+      self->poll_timer_.cancel();
+      const time_point deadline = self->now() + self->options_.shutdown_flush_timeout;
+      asio::co_spawn(self->strand_, self->telemetry_->stop(deadline), asio::detached);
+    });
+  }
+
+  /// Admission, on the caller's thread: everything that can refuse the request without the
+  /// strand, then the user limit, then the hand-over to the strand.
+  void admit(ErasedHandler handler, asio::cancellation_slot slot, std::string req_type,
+             nlohmann::json body, std::string user_id, ModelPreferences prefs,
+             RequestOptions options) {
+    const time_point now = this->now();
+    EntryPtr e = new_entry();
+    e->deliver = std::move(handler);
+    TelemetryPtr& t = e->telemetry;
+    t = make_pooled<TelemetryData>(telemetry_pool_);
+    t->received_at = wall_at(now);
+    t->req_type = req_type;
+    t->user_id = valid_user_id(user_id) ? user_id : printable_prefix(user_id);
+    if (options.request_id.empty()) {
+      t->request_id = next_request_id();
+    } else if (valid_request_id(options.request_id)) {
+      t->request_id = std::move(options.request_id);
+    } else {
+      t->request_id = next_request_id();
+      return refuse(e, errc::invalid_request,
+                    "request_id must be 1 to 128 printable ASCII characters without spaces");
+    }
+    e->request.id = t->request_id;
+    if (!accepting_.load(std::memory_order_relaxed))
+      return refuse(e, failed_.load() ? errc::queue_failed : errc::queue_closed, closed_reason());
+    if (user_id.empty())
+      return refuse(e, errc::user_id_missing, "user id is missing: every request needs a user id");
+    if (!valid_user_id(user_id))
+      return refuse(e, errc::invalid_user_id,
+                    "user id must be 1 to 256 bytes without control characters");
+    e->executor = find_executor(req_type);
+    if (!e->executor)
+      return refuse(e, errc::unknown_request_type, "unknown request type '" + req_type + "'");
+    auto resolved = resolve(prefs);
+    if (auto* why = std::get_if<std::string>(&resolved))
+      return refuse(e, errc::unsatisfiable_preferences, *why);
+    e->cls = std::get<const ResourceClass*>(resolved);
+    if (nests_deeper_than(body, options_.max_json_depth))
+      return refuse(e, errc::invalid_request,
+                    "request body nests arrays and objects deeper than " +
+                        std::to_string(options_.max_json_depth) + " levels");
+    if (auto why = estimate(*e, body, prefs)) return refuse(e, errc::request_too_large, *why);
+    if (!reserve_slot())
+      return refuse(e, errc::queue_full,
+                    "scheduler queue is full (max_queue_size " +
+                        std::to_string(config_.scheduler_limits.max_queue_size) + ")");
+    e->holds_slot = true;
+    if (options_.record_payload) t->payload = body;
+    e->request.req_type = std::move(req_type);
+    e->request.user_id = std::move(user_id);
+    e->request.body = std::move(body);
+    e->request.preferences = std::move(prefs);
+    if (slot.is_connected()) slot.emplace<CancelHandler>(CancelHandler{weak_from_this(), e});
+    // The user limit comes last, so that a refused request is not counted against it.
+    UserRateLimitStore& store = *options_.user_rate_limit_store;
+    if (auto decision = store.try_acquire_now(e->request.user_id, config_.user_limits)) {
+      limit_decided(e, *decision);
+      return;
+    }
+    asio::co_spawn(base_, acquire_user_limit(shared_from_this(), e), asio::detached);
+  }
+
+ private:
+  friend class llmq::LLMQueue;
+
+  struct CancelHandler {
+    std::weak_ptr<QueueCore> core;
+    std::weak_ptr<Entry> entry;
+    void operator()(asio::cancellation_type_t type) const {
+      if (type == asio::cancellation_type::none) return;
+      auto c = core.lock();
+      if (!c) return;
+      asio::post(c->strand_, [c, e = entry, type] {
+        if (auto p = e.lock()) c->apply(p, p->life.cancel(type));
+      });
+    }
+  };
+
+  [[nodiscard]] time_point now() const { return clock_ ? clock_->now() : steady::now(); }
 
   /// Freed entries and records kept for reuse: about a full queue's worth, within bounds.
   static std::size_t pool_blocks(const LLMConfig& c) {
     return std::clamp<std::size_t>(c.scheduler_limits.max_queue_size, 256, 16384);
   }
 
-  /// A new request's telemetry record, its id assigned.
-  TelemetryPtr new_telemetry(const std::string& req_type, const std::string& user_id,
-                             WallTime received) {
-    TelemetryPtr t = make_pooled<TelemetryData>(telemetry_pool_);
-    t->request_id = next_request_id();
-    t->req_type = req_type;
-    t->user_id = user_id;
-    t->received_at = received;
-    return t;
+  EntryPtr new_entry() {
+    EntryPtr e = std::allocate_shared<Entry>(PoolAllocator<Entry>(entry_pool_));
+    e->self = e;
+    return e;
   }
-
-  EntryPtr new_entry() { return std::allocate_shared<Entry>(PoolAllocator<Entry>(entry_pool_)); }
 
   static std::vector<DeploymentLimits> make_limits(const std::vector<Deployment>& ds,
                                                    const QueueOptions& o) {
@@ -354,16 +580,16 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     return out;
   }
 
-  void register_executor(const std::string& name, std::shared_ptr<RequestExecutor> exec) {
-    if (!exec) throw ConfigError("request executor '" + name + "' is null");
-    std::unique_lock lock(executors_mutex_);
-    executors_[name] = std::move(exec);
-  }
-
   std::shared_ptr<RequestExecutor> find_executor(const std::string& name) const {
     std::shared_lock lock(executors_mutex_);
     auto it = executors_.find(name);
     return it == executors_.end() ? nullptr : it->second;
+  }
+
+  std::string closed_reason() const {
+    if (failed_.load()) return "queue dispatcher failed; request refused";
+    return shutdown_requested_.load() ? std::string("queue is shutting down; request refused")
+                                      : std::string("queue is not running: call initiate() first");
   }
 
   // ---- admission (any thread) --------------------------------------------------------
@@ -407,11 +633,13 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       rc.need_llm = true;
       auto err = candidates(true, p.specific_llm_model, p.llm_model_name, rc.llm);
       if (!err.empty()) return err;
+      for (std::size_t i : rc.llm) rc.max_llm_tpm = std::max(rc.max_llm_tpm, limits_[i].tokens_per_min);
     }
     if (p.require_embedding_model) {
       rc.need_emb = true;
       auto err = candidates(false, p.specific_embedding_model, p.embedding_model_name, rc.emb);
       if (!err.empty()) return err;
+      for (std::size_t i : rc.emb) rc.max_emb_tpm = std::max(rc.max_emb_tpm, limits_[i].tokens_per_min);
     }
     std::lock_guard lock(classes_mutex_);
     if (auto it = class_index_.find(key); it != class_index_.end()) return it->second;
@@ -448,13 +676,55 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     return std::string("no ") + kind + " deployment is configured";
   }
 
+  /// Estimates the request's tokens per deployment kind; explains why it could never be
+  /// dispatched when the estimate exceeds the tokens_per_min of every candidate.
+  std::optional<std::string> estimate(Entry& e, const nlohmann::json& body,
+                                      const ModelPreferences& p) {
+    const ResourceClass& rc = *e.cls;
+    if (rc.need_llm) {
+      e.llm_need.calls = p.num_llm_calls_per_req;
+      e.llm_need.tokens = saturating_mul(estimate_chat_tokens(body, options_.default_max_tokens),
+                                         p.num_llm_calls_per_req);
+    }
+    if (rc.need_emb) {
+      e.emb_need.calls = p.num_emb_calls_per_req;
+      e.emb_need.tokens =
+          saturating_mul(estimate_embedding_tokens(body), p.num_emb_calls_per_req);
+    }
+    const std::int64_t total = e.llm_need.tokens > std::numeric_limits<std::int64_t>::max() -
+                                                       e.emb_need.tokens
+                                   ? std::numeric_limits<std::int64_t>::max()
+                                   : e.llm_need.tokens + e.emb_need.tokens;
+    e.telemetry->estimated_tokens = total;
+    auto too_large = [](const char* kind, std::int64_t need, std::int64_t tpm) {
+      return "the request's estimated " + std::string(kind) + " tokens (" + std::to_string(need) +
+             ") exceed the tokens_per_min of every deployment that could serve it (at most " +
+             std::to_string(tpm) + "); lower max_tokens or the prompt";
+    };
+    if (rc.need_llm && e.llm_need.tokens > rc.max_llm_tpm)
+      return too_large("chat", e.llm_need.tokens, rc.max_llm_tpm);
+    if (rc.need_emb && e.emb_need.tokens > rc.max_emb_tpm)
+      return too_large("embedding", e.emb_need.tokens, rc.max_emb_tpm);
+    return std::nullopt;
+  }
+
   bool reserve_slot() {
     const std::size_t prev = reserved_.fetch_add(1, std::memory_order_relaxed);
     if (prev < config_.scheduler_limits.max_queue_size) return true;
     reserved_.fetch_sub(1, std::memory_order_relaxed);
     return false;
   }
-  void release_slot() { reserved_.fetch_sub(1, std::memory_order_relaxed); }
+  void release_slot(Entry& e) {
+    if (!e.holds_slot) return;
+    e.holds_slot = false;
+    reserved_.fetch_sub(1, std::memory_order_relaxed);
+  }
+  /// A request that goes back in line takes a slot again (not bounded: it was admitted).
+  void retake_slot(Entry& e) {
+    if (e.holds_slot) return;
+    e.holds_slot = true;
+    reserved_.fetch_add(1, std::memory_order_relaxed);
+  }
 
   /// "<prefix>-<counter>" (both base 36): at most 15 characters for the first 2.8e12
   /// requests, so the id stays inside std::string's inline buffer.
@@ -466,121 +736,180 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     return id;
   }
 
-  void record_rejection(TelemetryPtr t, int status, std::string_view error,
-                        std::atomic<std::uint64_t>& counter) {
-    counter.fetch_add(1, std::memory_order_relaxed);
-    t->status = status;
-    t->error = error;
-    t->completed_at = wall_now();
-    telemetry_->record(std::move(t));
+  /// Refuses a request that has not entered the scheduler (any thread).
+  void refuse(const EntryPtr& e, errc why, std::string message,
+              std::optional<std::chrono::milliseconds> retry_after = std::nullopt) {
+    e->error_text = std::move(message);
+    e->retry_after = retry_after;
+    apply(e, e->life.refused(why), nullptr, /*on_strand=*/false);
   }
 
-  // ---- submission and cancellation -----------------------------------------------------
-
-  struct CancelHandler {
-    std::weak_ptr<QueueCore> core;
-    std::weak_ptr<Entry> entry;
-    void operator()(asio::cancellation_type_t type) const {
-      if (type == asio::cancellation_type::none) return;
-      auto c = core.lock();
-      if (!c) return;
-      asio::post(c->strand_, [c, e = entry] {
-        if (auto p = e.lock()) c->on_caller_cancel(p);
-      });
+  static asio::awaitable<void> acquire_user_limit(std::shared_ptr<QueueCore> self, EntryPtr e) {
+    RateLimitDecision decision;
+    std::optional<std::string> failure;
+    std::optional<std::chrono::milliseconds> hint;
+    try {
+      decision = co_await self->options_.user_rate_limit_store->acquire(e->request.user_id,
+                                                                       self->config_.user_limits);
+    } catch (const Error& ex) {
+      failure = ex.what();
+      hint = ex.retry_after_hint();
+    } catch (const std::exception& ex) {
+      failure = std::string("user rate limit store failed: ") + ex.what();
     }
-  };
-
-  template <class Token>
-  auto async_submit(EntryPtr e, Token&& token) {
-    return asio::async_initiate<Token, void(std::exception_ptr, Response)>(
-        [self = shared_from_this()](auto handler, EntryPtr entry) {
-          auto slot = asio::get_associated_cancellation_slot(handler);
-          if (slot.is_connected()) slot.template emplace<CancelHandler>(CancelHandler{self, entry});
-          entry->deliver.emplace(std::move(handler));
-          asio::post(self->strand_, [self, entry = std::move(entry)]() mutable {
-            self->on_submit(std::move(entry));
-          });
-        },
-        token, std::move(e));
+    if (failure) {
+      self->refuse(e, errc::user_limit_store_unavailable, *failure, hint);
+      co_return;
+    }
+    self->limit_decided(e, decision);
   }
 
-  void answer(Entry& e, std::exception_ptr ep, Response r) {
-    if (e.answered) return;
-    e.answered = true;
+  void limit_decided(const EntryPtr& e, const RateLimitDecision& d) {
+    if (!d.allowed) {
+      UserRateLimitExceededError err(e->request.user_id, d.retry_after);
+      return refuse(e, errc::user_rate_limited, err.what(),
+                    std::chrono::ceil<std::chrono::milliseconds>(d.retry_after));
+    }
+    asio::post(strand_, [self = shared_from_this(), e]() mutable { self->on_submit(e); });
+  }
+
+  // ---- the finishing path and the other actions (strand) -----------------------------
+
+  void count(errc why) {
+    switch (why) {
+      case errc::user_rate_limited: ++rejected_user_limit_; break;
+      case errc::queue_full: ++rejected_queue_full_; break;
+      case errc::queue_timeout: ++timed_out_; break;
+      case errc::execution_timeout: ++execution_timeouts_; break;
+      case errc::queue_closed:
+      case errc::queue_failed: ++rejected_closed_; break;
+      case errc::user_limit_store_unavailable:
+      case errc::budget_store_unavailable: ++rejected_store_; break;
+      default: ++rejected_invalid_; break;
+    }
+  }
+
+  /// The message of an error answer, with what the request's state tells.
+  std::string error_message(const Entry& e, errc why, time_point at) const {
+    if (!e.error_text.empty()) return e.error_text;
+    switch (why) {
+      case errc::queue_timeout:
+        return "request waited " + seconds_text(at - e.queued_at) +
+               " s in the queue without being dispatched (request_timeout_seconds)";
+      case errc::execution_timeout:
+        return "request executor did not finish within execution_timeout";
+      case errc::queue_closed:
+        return abandon_reason_.empty() ? closed_reason() : abandon_reason_;
+      case errc::queue_failed: return "queue dispatcher failed: " + failure_;
+      default: return std::string(make_error_code(why).message());
+    }
+  }
+
+  /// Performs a lifecycle step's actions, in their documented order. `current` is the
+  /// Response of the attempt that just ended, if any. Off the strand (`on_strand` false)
+  /// only for a request that never entered the scheduler: its actions touch no strand state.
+  void apply(const EntryPtr& e, const Actions& a, Response* current = nullptr,
+             bool on_strand = true) {
+    if (!a.any()) return;
+    const time_point t = now();
+    if (a.remove_from_queue) {
+      scheduler_.cancel(e->ticket);  // a no-op for one waiting in retry_pending_
+      release_slot(*e);
+    }
+    if (a.refund_grants) refund(*e);
+    if (a.answer != Answer::none) answer(*e, a, current, t);
+    if (a.cancel_executor && e->exec_cancel) e->exec_cancel->emit(asio::cancellation_type::terminal);
+    if (a.keep_response && current) e->last_response = std::move(*current);
+    if (a.requeue) requeue(e);
+    if (a.confirm) begin_confirm(e);
+    if (a.start_executor) start(e, t);
+    if (a.finish) finish(*e, t, on_strand);
+  }
+
+  void answer(Entry& e, const Actions& a, Response* current, time_point at) {
+    TelemetryData& t = *e.telemetry;
+    boost::system::error_code ec;
+    Response r;
+    switch (a.answer) {
+      case Answer::none: return;
+      case Answer::error: {
+        count(a.error);
+        ec = make_error_code(a.error);
+        const std::string message = error_message(e, a.error, at);
+        r = error_response(a.error, message);
+        r.retry_after = e.retry_after;
+        t.error = message;
+        if (a.error == errc::queue_timeout)
+          t.queue_wait = duration_cast<microseconds>(at - e.queued_at);
+        break;
+      }
+      case Answer::cancelled:
+        ++cancelled_;
+        ec = asio::error::operation_aborted;
+        r = cancelled_response();
+        t.error = e.life.has_run() ? "cancelled by caller" : "cancelled by caller while queued";
+        if (!e.first_dispatch) t.queue_wait = duration_cast<microseconds>(at - e.queued_at);
+        break;
+      case Answer::response:
+      case Answer::last_response:
+        ++completed_;
+        if (a.answer == Answer::last_response) {
+          r = std::move(*e.last_response);
+          e.last_response.reset();
+        } else if (current) {
+          r = std::move(*current);
+        }
+        if (r.status >= 400 && t.error.empty()) t.error = error_message_of(r.body);
+        break;
+    }
+    t.status = r.status;
+    t.completed_at = wall_at(at);
     r.request_id = e.request.id;
-    e.deliver(ep, std::move(r));
+    e.deliver(ec, std::move(r));
   }
 
-  template <class E>
-  void answer_error(Entry& e, E error) {
-    e.telemetry->status = error.http_status();
-    e.telemetry->error = error.what();
-    answer(e, std::make_exception_ptr(std::move(error)), Response{});
-  }
-
-  void on_submit(EntryPtr e) {
-    if (!accepting_.load(std::memory_order_relaxed) || stopped_) {
-      release_slot();
-      finish_unqueued(*e, QueueClosedError("queue is shutting down; request not queued"));
-      rejected_invalid_.fetch_add(1, std::memory_order_relaxed);
-      return;
-    }
-    const steady::time_point now = steady::now();
-    e->telemetry->queued_at = wall_at(now);
-    e->queued_steady = now;
-    auto ticket =
-        scheduler_.push(e->cls->index, EntryPtr(e), now + config_.scheduler_limits.request_timeout);
-    if (!ticket) {  // cannot happen while reservations bound the queue; kept as a guard
-      release_slot();
-      rejected_queue_full_.fetch_add(1, std::memory_order_relaxed);
-      finish_unqueued(*e, SchedulerQueueFullError(config_.scheduler_limits.max_queue_size));
-      return;
-    }
-    e->ticket = *ticket;
-    e->state = Entry::State::queued;
-    admitted_.fetch_add(1, std::memory_order_relaxed);
-    wake();
-  }
-
-  template <class E>
-  void finish_unqueued(Entry& e, E error) {
-    e.state = Entry::State::done;
-    answer_error(e, std::move(error));
-    e.telemetry->completed_at = wall_now();
+  /// The one finishing path: the request is done; its record goes to telemetry.
+  void finish(Entry& e, time_point at, bool on_strand) {
+    release_slot(e);
+    TelemetryData& t = *e.telemetry;
+    if (t.completed_at == WallTime{}) t.completed_at = wall_at(at);
+    if (e.first_dispatch) t.execution_time = duration_cast<microseconds>(at - *e.first_dispatch);
     telemetry_->record(std::move(e.telemetry));
+    if (!on_strand) return;
+    if (!scheduler_.empty()) wake();
     notify_idle();
   }
 
-  void on_caller_cancel(const EntryPtr& e) {
-    if (e->answered || e->state == Entry::State::done) return;
-    cancelled_.fetch_add(1, std::memory_order_relaxed);
-    e->caller_cancelled = true;
-    const auto aborted = std::make_exception_ptr(
-        boost::system::system_error(asio::error::operation_aborted, "request cancelled by caller"));
-    if (e->state == Entry::State::queued) {
-      // Queued in the scheduler, or waiting in retry_pending_ (skipped there once done).
-      scheduler_.cancel(e->ticket);
-      release_slot();
-      e->state = Entry::State::done;
-      e->telemetry->status = 499;
-      e->telemetry->error = "cancelled by caller while queued";
-      e->telemetry->completed_at = wall_now();
-      e->telemetry->queue_wait = duration_cast<microseconds>(steady::now() - e->queued_steady);
-      answer(*e, aborted, Response{});
-      telemetry_->record(std::move(e->telemetry));
-      notify_idle();
-    } else if (e->state == Entry::State::confirming) {
-      e->telemetry->status = 499;
-      e->telemetry->error = "cancelled by caller";
-      e->telemetry->completed_at = wall_now();
-      answer(*e, aborted, Response{});
-    } else if (e->state == Entry::State::running) {
-      answer(*e, aborted, Response{});
-      e->exec_cancel->emit(asio::cancellation_type::terminal);
-    }
+  void refund(Entry& e) {
+    if (e.llm_grant) balancer_.refund(*e.llm_grant);
+    if (e.emb_grant) balancer_.refund(*e.emb_grant);
+    e.llm_grant.reset();
+    e.emb_grant.reset();
+    e.chosen = ChosenDeployments{};
   }
 
-  // ---- the poller ----------------------------------------------------------------------
+  // ---- submission and the dispatcher (strand) ----------------------------------------
+
+  void on_submit(const EntryPtr& e) {
+    if (e->life.done()) return;  // cancelled on its way here
+    if (!accepting_.load(std::memory_order_relaxed) || stopped_) {
+      apply(e, e->life.abandon(failed_.load() ? errc::queue_failed : errc::queue_closed));
+      return;
+    }
+    const time_point t = now();
+    e->telemetry->queued_at = wall_at(t);
+    e->queued_at = t;
+    e->deadline = t + config_.scheduler_limits.request_timeout;
+    auto ticket = scheduler_.push(e->cls->index, EntryPtr(e), e->deadline);
+    if (!ticket) {  // cannot happen while reservations bound the queue; kept as a guard
+      refuse(e, errc::queue_full, "scheduler queue is full");
+      return;
+    }
+    e->ticket = *ticket;
+    e->life.queued();
+    ++admitted_;
+    wake();
+  }
 
   void wake() {
     if (poller_waiting_ && !wake_pending_) {
@@ -589,104 +918,123 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     }
   }
 
-  /// Requests dispatched per poller turn at most.
+  /// Requests dispatched per dispatcher turn at most.
   static constexpr std::size_t kDispatchSlice = 64;
 
   asio::awaitable<void> poller() {
     auto self = shared_from_this();
-    while (!stopped_) {
-      wake_pending_ = false;
-      const steady::time_point now = steady::now();
-      queue_pending_retries();
-      scheduler_.expire(now, [&](EntryPtr&& e) { on_queue_timeout(e, now); });
-      expire_running(now);
-      const std::size_t dispatched = scheduler_.dispatch(
-          [&](std::uint32_t, EntryPtr& e) { return try_dispatch(e, now); }, kDispatchSlice);
-      if (!retry_pending_.empty()) continue;
-      if (dispatched == kDispatchSlice) {
-        // More may be ready: let the work just started (and everything else on this
-        // thread) run first, then go on. Keeps each turn short under a deep queue.
-        co_await asio::post(strand_, asio::use_awaitable);
-        continue;
+    try {
+      while (!stopped_) {
+        wake_pending_ = false;
+        const time_point t = now();
+        queue_pending_retries();
+        scheduler_.expire(t, [&](EntryPtr&& e) { apply(e, e->life.deadline()); });
+        expire_running(t);
+        const std::size_t dispatched = scheduler_.dispatch(
+            [&](std::uint32_t, EntryPtr& e) { return try_dispatch(e, t); }, kDispatchSlice);
+        if (!retry_pending_.empty()) continue;
+        if (dispatched == kDispatchSlice) {
+          // More may be ready: let the work just started (and everything else on this
+          // thread) run first, then go on. Keeps each turn short under a deep queue.
+          co_await asio::post(strand_, asio::use_awaitable);
+          continue;
+        }
+        poll_timer_.expires_at(next_wake(t));
+        poller_waiting_ = true;
+        co_await poll_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+        poller_waiting_ = false;
       }
-      poll_timer_.expires_at(next_wake(now));
-      poller_waiting_ = true;
-      co_await poll_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
-      poller_waiting_ = false;
+    } catch (const std::exception& ex) {
+      fail(ex.what());
+    } catch (...) {
+      fail("unknown exception");
     }
   }
 
-  steady::time_point next_wake(steady::time_point now) {
-    steady::time_point next = steady::time_point::max();
+  /// The dispatcher failed: loud, and nobody waits for it. Every waiting caller is
+  /// answered with errc::queue_failed and new calls are refused.
+  void fail(const std::string& what) {
+    logger()->critical("llmq: the queue's dispatcher failed ({}); every waiting request is "
+                       "answered with queue_failed and new requests are refused",
+                       what);
+    failure_ = what;
+    failed_.store(true);
+    accepting_.store(false);
+    stopped_ = true;
+    poller_waiting_ = false;
+    abandon_all(errc::queue_failed, {});
+  }
+
+  time_point next_wake(time_point t) {
+    time_point next = time_point::max();
     if (auto d = scheduler_.next_deadline()) next = std::min(next, *d);
-    if (run_head_) next = std::min(next, run_head_->exec_deadline);
+    if (Entry* r = running_.head()) next = std::min(next, r->exec_deadline);
     scheduler_.for_each_head([&](std::uint32_t, const EntryPtr& e) {
-      steady::time_point t = now;
-      if (e->cls->need_llm) t = std::max(t, balancer_.next_eligible(e->cls->llm, e->llm_need, now));
-      if (e->cls->need_emb) t = std::max(t, balancer_.next_eligible(e->cls->emb, e->emb_need, now));
+      time_point at = t;
+      if (e->cls->need_llm) at = std::max(at, balancer_.next_eligible(e->cls->llm, e->llm_need, t));
+      if (e->cls->need_emb) at = std::max(at, balancer_.next_eligible(e->cls->emb, e->emb_need, t));
       // A blocked head is never eligible "now"; never spin.
-      next = std::min(next, std::max(t, now + std::chrono::milliseconds(1)));
+      next = std::min(next, std::max(at, t + std::chrono::milliseconds(1)));
     });
     return next;
   }
 
-  void on_queue_timeout(const EntryPtr& e, steady::time_point now) {
-    release_slot();
-    if (e->last_response) {  // a retry found no deployment in time: the last answer stands
-      answer_with_last_response(*e);
-      return;
-    }
-    timed_out_.fetch_add(1, std::memory_order_relaxed);
-    const auto waited = now - e->queued_steady;
-    e->telemetry->queue_wait = duration_cast<microseconds>(waited);
-    finish_unqueued(*e, QueueTimeoutError(waited));
-  }
-
-  void answer_with_last_response(Entry& e) {
-    completed_.fetch_add(1, std::memory_order_relaxed);
-    Response r = std::move(*e.last_response);
-    e.last_response.reset();
-    e.state = Entry::State::done;
-    e.telemetry->status = r.status;
-    if (e.telemetry->error.empty()) e.telemetry->error = error_message(r.body);
-    e.telemetry->completed_at = wall_now();
-    answer(e, nullptr, std::move(r));
-    telemetry_->record(std::move(e.telemetry));
-    notify_idle();
-  }
-
-  bool try_dispatch(EntryPtr& e, steady::time_point now) {
+  bool try_dispatch(EntryPtr& e, time_point t) {
     const ResourceClass& rc = *e->cls;
     std::optional<WeightedRoundRobinBalancer::Selection> ls;
     std::optional<WeightedRoundRobinBalancer::Selection> es;
-    if (rc.need_llm && !(ls = balancer_.pick(rc.llm, e->llm_need, now))) return false;
-    if (rc.need_emb && !(es = balancer_.pick(rc.emb, e->emb_need, now))) return false;
+    if (rc.need_llm && !(ls = balancer_.pick(rc.llm, e->llm_need, t))) return false;
+    if (rc.need_emb && !(es = balancer_.pick(rc.emb, e->emb_need, t))) return false;
     if (ls) {
-      e->llm_grant = balancer_.commit(rc.llm, *ls, e->llm_need, now);
+      e->llm_grant = balancer_.commit(rc.llm, *ls, e->llm_need, t);
       e->chosen.llm = &deployments_[ls->deployment];
       e->telemetry->llm_deployment = e->chosen.llm->unique_model_id;
     }
     if (es) {
-      e->emb_grant = balancer_.commit(rc.emb, *es, e->emb_need, now);
+      e->emb_grant = balancer_.commit(rc.emb, *es, e->emb_need, t);
       e->chosen.embedding = &deployments_[es->deployment];
       e->telemetry->embedding_deployment = e->chosen.embedding->unique_model_id;
     }
-    release_slot();
-    if (options_.deployment_budget_store) {
-      begin_confirm(std::move(e));
-    } else {
-      start(std::move(e), now);
-    }
+    release_slot(*e);
+    EntryPtr entry = std::move(e);
+    apply(entry, entry->life.dispatched(options_.deployment_budget_store != nullptr));
     return true;
+  }
+
+  void expire_running(time_point t) {
+    while (Entry* r = running_.head()) {
+      if (r->exec_deadline > t) break;
+      running_.remove(*r);
+      // The entry stays alive: its executor's coroutine holds it.
+      apply(r->self.lock(), r->life.execution_deadline());
+    }
+  }
+
+  /// Puts a request back in line: the poller queues it at the front on its next turn.
+  void requeue(const EntryPtr& e) {
+    retake_slot(*e);
+    retry_pending_.push_back(e);
+    wake();
+  }
+
+  void queue_pending_retries() {
+    for (EntryPtr& e : retry_pending_) {
+      if (!e->life.in_queue()) continue;  // cancelled or abandoned meanwhile
+      // A retry is bounded by the retry budget; a request the shared budget store sent
+      // back before its first run keeps its queue deadline.
+      e->deadline = e->first_dispatch ? *e->first_dispatch + options_.retry_budget
+                                      : e->queued_at + config_.scheduler_limits.request_timeout;
+      e->ticket = scheduler_.push_front(e->cls->index, e, e->deadline);
+    }
+    retry_pending_.clear();
   }
 
   // ---- shared deployment budgets ------------------------------------------------------
 
-  void begin_confirm(EntryPtr e) {
-    e->state = Entry::State::confirming;
+  void begin_confirm(const EntryPtr& e) {
     ++in_flight_;
-    auto work = confirm(std::move(e));
-    asio::co_spawn(strand_, std::move(work), [](std::exception_ptr ep) {
+    confirming_.push_back(*e);
+    asio::co_spawn(strand_, confirm(e), [](std::exception_ptr ep) {
       if (ep) logger()->error("llmq: budget confirmation failed unexpectedly");
     });
   }
@@ -710,7 +1058,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
           break;
         }
       } catch (const std::exception& ex) {
-        budget_store_errors_.fetch_add(1, std::memory_order_relaxed);
+        ++budget_store_errors_;
         logger()->warn("llmq: deployment budget store failed ({}): {}",
                        deployments_[d].unique_model_id, ex.what());
         if (!options_.budget_store_fail_open) {
@@ -720,43 +1068,20 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       }
     }
     --in_flight_;
-    if (e->answered || e->state != Entry::State::confirming) {  // cancelled or shut down meanwhile
-      e->state = Entry::State::done;
-      telemetry_->record(std::move(e->telemetry));
-      notify_idle();
-      co_return;
-    }
-    const steady::time_point now = steady::now();
+    confirming_.remove(*e);
     if (store_failed_closed) {
-      completed_.fetch_add(1, std::memory_order_relaxed);
-      e->state = Entry::State::done;
-      e->telemetry->status = 503;
-      e->telemetry->error = "shared deployment budget store unavailable";
-      e->telemetry->completed_at = wall_at(now);
-      answer(*e, nullptr,
-             error_response(503, "shared deployment budget store unavailable", "unavailable",
-                            "budget_store_unavailable"));
-      telemetry_->record(std::move(e->telemetry));
-      notify_idle();
+      apply(e, e->life.confirm_failed_closed());
       co_return;
     }
     if (!refused) {
-      start(std::move(e), now);
+      apply(e, e->life.confirmed());
       co_return;
     }
-    budget_refusals_.fetch_add(1, std::memory_order_relaxed);
+    ++budget_refusals_;
     // What the shared budget refused must not use up this queue's own windows.
-    if (e->llm_grant) balancer_.refund(*e->llm_grant);
-    if (e->emb_grant) balancer_.refund(*e->emb_grant);
     balancer_.hold(refused_deployment,
-                   now + std::max<steady::duration>(*refused, std::chrono::milliseconds(1)));
-    e->llm_grant.reset();
-    e->emb_grant.reset();
-    e->chosen = ChosenDeployments{};
-    e->state = Entry::State::queued;
-    reserved_.fetch_add(1, std::memory_order_relaxed);
-    retry_pending_.push_back(std::move(e));
-    wake();
+                   now() + std::max<steady::duration>(*refused, std::chrono::milliseconds(1)));
+    apply(e, e->life.confirm_refused());
   }
 
   void share_backoff(std::size_t deployment, steady::duration wait) {
@@ -768,22 +1093,23 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     });
   }
 
-  void start(EntryPtr e, steady::time_point now) {
-    e->state = Entry::State::running;
-    e->dispatched_steady = now;
+  // ---- executors ---------------------------------------------------------------------
+
+  void start(const EntryPtr& e, time_point t) {
+    e->dispatched_at = t;
     if (!e->first_dispatch) {
-      e->first_dispatch = now;
-      e->telemetry->dispatched_at = wall_at(now);
-      e->telemetry->queue_wait = duration_cast<microseconds>(now - e->queued_steady);
+      e->first_dispatch = t;
+      e->telemetry->dispatched_at = wall_at(t);
+      e->telemetry->queue_wait = duration_cast<microseconds>(t - e->queued_at);
     }
-    if (options_.execution_timeout.count() > 0) e->exec_deadline = now + options_.execution_timeout;
-    run_list_push(*e);
+    e->exec_deadline = options_.execution_timeout.count() > 0 ? t + options_.execution_timeout
+                                                              : time_point::max();
+    running_.push_back(*e);
     ++in_flight_;
     // The completion handler keeps the signal alive until co_spawn is done with its slot.
     e->exec_cancel = std::make_shared<asio::cancellation_signal>();
     auto signal = e->exec_cancel;
-    auto work = run(std::move(e));
-    asio::co_spawn(strand_, std::move(work),
+    asio::co_spawn(strand_, run(e),
                    asio::bind_cancellation_slot(signal->slot(), [signal](std::exception_ptr) {}));
   }
 
@@ -800,67 +1126,76 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       threw = true;
       r = executor_failure(*e, "unknown exception");
     }
-    finish(e, std::move(r), threw);
+    attempt_done(e, std::move(r), threw);
   }
 
   Response executor_failure(const Entry& e, std::string_view what) {
-    if (e.caller_cancelled)
-      return error_response(499, "request cancelled by caller", "cancelled", "cancelled");
-    if (e.exec_timed_out)
-      return error_response(504, "executor timed out", "timeout", "execution_timeout");
     std::string msg = "request executor '" + e.request.req_type + "' failed: ";
     msg += what;
-    logger()->warn("{} (request {})", msg, e.request.id);
-    return error_response(500, msg, "executor_error", "internal_error");
+    if (!e.life.answered()) logger()->warn("{} (request {})", msg, e.request.id);
+    return Response{make_error_body(msg, "executor_error", "internal_error"), 500};
   }
 
-  void finish(const EntryPtr& e, Response r, bool threw) {
-    const steady::time_point now = steady::now();
-    run_list_remove(*e);
+  void attempt_done(const EntryPtr& e, Response r, bool threw) {
+    const time_point t = now();
+    running_.remove(*e);
     --in_flight_;
-    TelemetryData& t = *e->telemetry;
-    // Feed the balancer: reported outcomes first; otherwise the Response status, for a
-    // single chosen deployment, unless the queue itself stopped the executor.
-    const bool ours = e->caller_cancelled || e->exec_timed_out;
-    const bool single = (e->llm_grant.has_value() + e->emb_grant.has_value()) == 1;
-    const int fallback = (single && !ours) ? (threw ? 500 : r.status) : 0;
-    apply_outcome(e->llm_grant, t.llm_outcome, fallback, now);
-    apply_outcome(e->emb_grant, t.embedding_outcome, fallback, now);
-    reconcile(e->llm_grant, t.prompt_tokens + t.completion_tokens);
-    reconcile(e->emb_grant, t.embedding_tokens);
+    TelemetryData& tel = *e->telemetry;
+    // Only what the executor reports about the upstream feeds the balancer; its own
+    // exceptions and statuses without a reported outcome do not back a deployment off.
+    const bool ours = e->life.answered();  // cancelled, timed out or abandoned by the queue
+    if (!ours) {
+      apply_outcome(e->llm_grant, tel.llm_outcome, t);
+      apply_outcome(e->emb_grant, tel.embedding_outcome, t);
+    }
+    reconcile(e->llm_grant, tel.prompt_tokens + tel.completion_tokens);
+    reconcile(e->emb_grant, tel.embedding_tokens);
     AttemptRecord attempt;
     attempt.llm_deployment = e->chosen.llm ? e->chosen.llm->unique_model_id : std::string();
     attempt.embedding_deployment =
         e->chosen.embedding ? e->chosen.embedding->unique_model_id : std::string();
-    attempt.status = threw ? 500 : r.status;
-    attempt.duration = duration_cast<microseconds>(now - e->dispatched_steady);
-    t.attempt_log.push_back(std::move(attempt));
-    t.attempts = static_cast<int>(t.attempt_log.size());
+    attempt.status = r.status;
+    attempt.duration = duration_cast<microseconds>(t - e->dispatched_at);
+    tel.attempt_log.push_back(std::move(attempt));
+    tel.attempts = static_cast<int>(tel.attempt_log.size());
     if (!r.retry_after && (r.status == 429 || r.status == 503)) {
-      if (t.llm_outcome.retry_after)
-        r.retry_after = t.llm_outcome.retry_after;
-      else if (t.embedding_outcome.retry_after)
-        r.retry_after = t.embedding_outcome.retry_after;
+      if (tel.llm_outcome.retry_after)
+        r.retry_after = tel.llm_outcome.retry_after;
+      else if (tel.embedding_outcome.retry_after)
+        r.retry_after = tel.embedding_outcome.retry_after;
     }
-    if (!e->answered && !threw && should_retry(*e, r, now)) {
-      requeue(e, std::move(r));
-      return;
+    const bool retry = !ours && !threw && should_retry(*e, r, t);
+    if (retry) {
+      logger()->debug("request {} attempt {} got {}; retrying", e->request.id, tel.attempts,
+                      r.status);
+      e->llm_grant.reset();
+      e->emb_grant.reset();
+      e->chosen = ChosenDeployments{};
+      tel.llm_outcome = UpstreamOutcome{};
+      tel.embedding_outcome = UpstreamOutcome{};
     }
-    completed_.fetch_add(1, std::memory_order_relaxed);
-    t.completed_at = wall_at(now);
-    t.execution_time = duration_cast<microseconds>(now - *e->first_dispatch);
-    if (e->answered) {
-      // The caller was answered already (cancelled, timed out or shut down).
-      if (t.status == 0) t.status = e->caller_cancelled ? 499 : 504;
-    } else {
-      t.status = r.status;
-      if (r.status >= 400 && t.error.empty()) t.error = error_message(r.body);
-      answer(*e, nullptr, std::move(r));
+    apply(e, e->life.executor_finished(retry), &r);
+  }
+
+  void apply_outcome(const std::optional<DeploymentGrant>& g, const UpstreamOutcome& o,
+                     time_point t) {
+    if (!g || (o.status == 0 && !o.connection_error)) return;
+    const int status = o.connection_error && o.status == 0 ? 503 : o.status;
+    if (status == 429 || status >= 500) {
+      std::optional<steady::duration> retry;
+      if (o.retry_after && o.retry_after->count() >= 0) retry = *o.retry_after;
+      balancer_.report_failure(g->deployment, t, retry, status == 429);
+      share_backoff(g->deployment,
+                    retry ? *retry : steady::duration(limits_[g->deployment].error_backoff));
     }
-    e->state = Entry::State::done;
-    telemetry_->record(std::move(e->telemetry));
-    if (!scheduler_.empty()) wake();
-    notify_idle();
+    // The upstream says the budget is spent until a reset: stay away until then.
+    using std::chrono::seconds;
+    if (o.remaining_requests && *o.remaining_requests <= 0)
+      balancer_.hold(g->deployment, t + (o.reset_requests ? steady::duration(*o.reset_requests)
+                                                          : steady::duration(seconds(1))));
+    if (o.remaining_tokens && *o.remaining_tokens <= 0)
+      balancer_.hold(g->deployment, t + (o.reset_tokens ? steady::duration(*o.reset_tokens)
+                                                        : steady::duration(seconds(1))));
   }
 
   /// Replaces a grant's estimate by the usage reported. Azure keeps charging its own
@@ -877,10 +1212,10 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
 
   /// Retry when a reported upstream outcome says the failure is transient, attempts and
   /// the retry budget remain, and nothing said "never retry".
-  bool should_retry(const Entry& e, const Response& r, steady::time_point now) const {
-    if (r.status < 400 || e.caller_cancelled || e.exec_timed_out) return false;
+  bool should_retry(const Entry& e, const Response& r, time_point t) const {
+    if (r.status < 400) return false;
     if (e.telemetry->attempts >= options_.max_attempts) return false;
-    if (now - *e.first_dispatch >= options_.retry_budget) return false;
+    if (t - *e.first_dispatch >= options_.retry_budget) return false;
     bool transient = false;
     auto check = [&](bool granted, const UpstreamOutcome& o) {
       if (!granted || (o.status == 0 && !o.connection_error)) return true;
@@ -893,39 +1228,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     return allowed && transient;
   }
 
-  /// Puts a failed attempt back at the front of the queue. The failed deployment is in
-  /// backoff now, so the balancer picks another eligible one, or waits for the backoff.
-  void requeue(const EntryPtr& e, Response r) {
-    logger()->debug("request {} attempt {} got {}; retrying", e->request.id, e->telemetry->attempts,
-                    r.status);
-    e->last_response = std::move(r);
-    e->llm_grant.reset();
-    e->emb_grant.reset();
-    e->chosen = ChosenDeployments{};
-    e->telemetry->llm_outcome = UpstreamOutcome{};
-    e->telemetry->embedding_outcome = UpstreamOutcome{};
-    e->state = Entry::State::queued;
-    reserved_.fetch_add(1, std::memory_order_relaxed);
-    // An executor that completes without suspending finishes inside the poller's
-    // dispatch loop; the scheduler is not re-entered: the poller queues it next.
-    retry_pending_.push_back(e);
-    wake();
-  }
-
-  void queue_pending_retries() {
-    for (EntryPtr& e : retry_pending_) {
-      if (e->state != Entry::State::queued || e->answered) continue;  // cancelled meanwhile
-      // A retry is bounded by the retry budget; a request the shared budget store sent
-      // back before its first run keeps its queue deadline.
-      const auto deadline = e->first_dispatch
-                                ? *e->first_dispatch + options_.retry_budget
-                                : e->queued_steady + config_.scheduler_limits.request_timeout;
-      e->ticket = scheduler_.push_front(e->cls->index, e, deadline);
-    }
-    retry_pending_.clear();
-  }
-
-  static std::string error_message(const nlohmann::json& body) {
+  static std::string error_message_of(const nlohmann::json& body) {
     if (body.is_object()) {
       auto err = body.find("error");
       if (err != body.end()) {
@@ -936,90 +1239,21 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
         if (err->is_string()) return err->get<std::string>();
       }
     }
-    std::string s = body.dump();
+    std::string s = body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     if (s.size() > 500) s.resize(500);
     return s;
   }
 
-  void apply_outcome(const std::optional<DeploymentGrant>& g, const UpstreamOutcome& o,
-                     int fallback, steady::time_point now) {
-    if (!g) return;
-    const int status =
-        o.connection_error && o.status == 0 ? 503 : (o.status != 0 ? o.status : fallback);
-    if (status == 429 || status >= 500) {
-      std::optional<steady::duration> retry;
-      if (o.retry_after && o.retry_after->count() >= 0) retry = *o.retry_after;
-      balancer_.report_failure(g->deployment, now, retry, status == 429);
-      share_backoff(g->deployment,
-                    retry ? *retry : steady::duration(limits_[g->deployment].error_backoff));
-    }
-    // The upstream says the budget is spent until a reset: stay away until then.
-    using std::chrono::seconds;
-    if (o.remaining_requests && *o.remaining_requests <= 0)
-      balancer_.hold(g->deployment, now + (o.reset_requests ? steady::duration(*o.reset_requests)
-                                                            : steady::duration(seconds(1))));
-    if (o.remaining_tokens && *o.remaining_tokens <= 0)
-      balancer_.hold(g->deployment, now + (o.reset_tokens ? steady::duration(*o.reset_tokens)
-                                                          : steady::duration(seconds(1))));
-  }
-
-  void expire_running(steady::time_point now) {
-    while (run_head_ && run_head_->exec_deadline <= now) {
-      Entry& e = *run_head_;
-      run_list_remove(e);
-      e.exec_timed_out = true;
-      if (!e.answered) {
-        e.telemetry->status = 504;
-        e.telemetry->error = "executor timed out";
-        answer(e, nullptr,
-               error_response(504, "request executor did not finish within execution_timeout",
-                              "timeout", "execution_timeout"));
-      }
-      e.exec_cancel->emit(asio::cancellation_type::terminal);
-    }
-  }
-
-  void run_list_push(Entry& e) {
-    e.run_prev = run_tail_;
-    e.run_next = nullptr;
-    (run_tail_ ? run_tail_->run_next : run_head_) = &e;
-    run_tail_ = &e;
-    e.in_run_list = true;
-  }
-  void run_list_remove(Entry& e) {
-    if (!e.in_run_list) return;
-    (e.run_prev ? e.run_prev->run_next : run_head_) = e.run_next;
-    (e.run_next ? e.run_next->run_prev : run_tail_) = e.run_prev;
-    e.run_prev = e.run_next = nullptr;
-    e.in_run_list = false;
-  }
-
   // ---- lifecycle ---------------------------------------------------------------------
 
-  asio::awaitable<void> initiate() {
+  asio::awaitable<void> initiate_on_strand() {
     if (started_) co_return;
     started_ = true;
-    auto self = shared_from_this();
-    telemetry_->started();
-    asio::co_spawn(
-        strand_, [self]() -> asio::awaitable<void> { co_await self->telemetry_->run(); },
-        [](std::exception_ptr ep) {
-          if (!ep) return;
-          try {
-            std::rethrow_exception(ep);
-          } catch (const std::exception& e) {
-            logger()->error("telemetry flusher stopped: {}", e.what());
-          }
-        });
+    telemetry_->start();
     asio::co_spawn(strand_, poller(), [](std::exception_ptr ep) {
-      if (!ep) return;
-      try {
-        std::rethrow_exception(ep);
-      } catch (const std::exception& e) {
-        logger()->critical("llmq poller stopped: {}", e.what());
-      }
+      if (ep) logger()->critical("llmq: the queue's dispatcher ended with an exception");
     });
-    accepting_.store(true);
+    accepting_.store(!shutdown_requested_.load());
     co_return;
   }
 
@@ -1033,77 +1267,70 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     auto self = shared_from_this();
     if (shutdown_started_) {
       while (!shutdown_done_) {
-        done_timer_.expires_at(steady::time_point::max());
-        co_await done_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+        done_signal_.expires_at(time_point::max());
+        co_await done_signal_.async_wait(asio::as_tuple(asio::use_awaitable));
       }
       co_return;
     }
     shutdown_started_ = true;
     shutting_down_ = true;
     accepting_.store(false);
-    const steady::time_point deadline = steady::now() + options_.shutdown_timeout;
-    while (!idle() && steady::now() < deadline) {
+    const time_point deadline = now() + options_.shutdown_timeout;
+    while (!idle() && now() < deadline) {
       idle_timer_.expires_at(deadline);
       co_await idle_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
     }
     if (!idle()) {
       logger()->warn("shutdown deadline passed with {} queued and {} running requests",
-                     scheduler_.size(), in_flight_);
-      abandon_all("queue shut down before the request could finish");
+                     scheduler_.size() + retry_pending_.size(), in_flight_);
+      abandon_all(errc::queue_closed, "queue shut down before the request could finish");
       // Give cancelled executors a moment to unwind.
-      const steady::time_point grace = steady::now() + std::chrono::seconds(1);
-      while (in_flight_ > 0 && steady::now() < grace) {
+      const time_point grace = now() + std::chrono::seconds(1);
+      while (in_flight_ > 0 && now() < grace) {
         idle_timer_.expires_at(grace);
         co_await idle_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
       }
     }
     stopped_ = true;
     poll_timer_.cancel();
-    co_await telemetry_->stop();
-    if (options_.deployment_budget_store) {
-      try {
-        co_await options_.deployment_budget_store->close();
-      } catch (const std::exception& e) {
-        logger()->warn("deployment budget store close failed: {}", e.what());
-      }
-    }
-    try {
-      co_await options_.user_rate_limit_store->close();
-    } catch (const std::exception& e) {
-      logger()->warn("user rate limit store close failed: {}", e.what());
-    }
+    const time_point flush_deadline = now() + options_.shutdown_flush_timeout;
+    co_await telemetry_->stop(flush_deadline);
+    if (options_.deployment_budget_store)
+      co_await close_store(options_.deployment_budget_store->close(), "deployment budget store",
+                           flush_deadline);
+    co_await close_store(options_.user_rate_limit_store->close(), "user rate limit store",
+                         flush_deadline);
     shutdown_done_ = true;
-    done_timer_.cancel();
+    done_signal_.cancel();
   }
 
-  /// Fails every queued request and cancels every running one (strand).
-  void abandon_all(const std::string& why) {
+  asio::awaitable<void> close_store(asio::awaitable<void> close, const char* what,
+                                    time_point deadline) {
+    auto guarded = [](asio::awaitable<void> c, const char* name) -> asio::awaitable<void> {
+      try {
+        co_await std::move(c);
+      } catch (const std::exception& e) {
+        logger()->warn("{} close failed: {}", name, e.what());
+      }
+    };
+    if (!co_await BoundedWait::run(strand_, clock_, guarded(std::move(close), what), deadline))
+      logger()->warn("{} did not close within shutdown_flush_timeout", what);
+  }
+
+  /// Answers every request that is not done yet (strand): queued and waiting ones are
+  /// removed, confirming and running ones answered (running executors cancelled).
+  void abandon_all(errc why, std::string reason) {
+    abandon_reason_ = std::move(reason);
     queue_pending_retries();
-    scheduler_.drain([&](EntryPtr&& e) {
-      release_slot();
-      if (e->last_response)
-        answer_with_last_response(*e);
-      else
-        finish_unqueued(*e, QueueClosedError(why));
-    });
-    std::vector<Entry*> running;
-    for (Entry* e = run_head_; e != nullptr; e = e->run_next) running.push_back(e);
-    for (Entry* e : running) {
-      if (!e->answered) answer_error(*e, QueueClosedError(why));
-      e->exec_cancel->emit(asio::cancellation_type::terminal);
+    std::vector<EntryPtr> queued;
+    scheduler_.drain([&](EntryPtr&& e) { queued.push_back(std::move(e)); });
+    for (EntryPtr& e : queued) apply(e, e->life.abandon(why));
+    for (Entry* e : confirming_.snapshot()) apply(e->self.lock(), e->life.abandon(why));
+    for (Entry* e : running_.snapshot()) {
+      running_.remove(*e);
+      apply(e->self.lock(), e->life.abandon(why));
     }
-  }
-
-  /// Called by ~LLMQueue when graceful_shutdown() was not awaited.
-  void detach() {
-    accepting_.store(false);
-    asio::post(strand_, [self = shared_from_this()] {
-      if (self->shutdown_done_) return;
-      self->abandon_all("queue destroyed");
-      self->stopped_ = true;
-      self->poll_timer_.cancel();
-      asio::co_spawn(self->strand_, self->telemetry_->stop(), asio::detached);
-    });
+    notify_idle();
   }
 
   asio::awaitable<QueueStats> stats_on_strand() { co_return stats_now(); }
@@ -1117,15 +1344,18 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     s.rejected_user_limit = rejected_user_limit_.load();
     s.rejected_queue_full = rejected_queue_full_.load();
     s.rejected_invalid = rejected_invalid_.load();
+    s.rejected_closed = rejected_closed_.load();
+    s.rejected_store = rejected_store_.load();
     s.timed_out = timed_out_.load();
     s.cancelled = cancelled_.load();
+    s.execution_timeouts = execution_timeouts_.load();
     s.telemetry_dropped = telemetry_->dropped();
     s.telemetry_failed = telemetry_->failed();
     s.budget_refusals = budget_refusals_.load();
     s.budget_store_errors = budget_store_errors_.load();
-    const steady::time_point now = steady::now();
+    const time_point t = now();
     for (std::size_t i = 0; i < deployments_.size(); ++i) {
-      const DeploymentState st = balancer_.state(i, now);
+      const DeploymentState st = balancer_.state(i, t);
       DeploymentStats d;
       d.unique_model_id = deployments_[i].unique_model_id;
       d.requests_in_window = st.requests_in_window;
@@ -1133,7 +1363,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       d.req_per_min = deployments_[i].req_per_min;
       d.tokens_per_min = deployments_[i].tokens_per_min;
       if (st.backoff_until)
-        d.backoff_remaining = std::chrono::ceil<std::chrono::milliseconds>(*st.backoff_until - now);
+        d.backoff_remaining = std::chrono::ceil<std::chrono::milliseconds>(*st.backoff_until - t);
       d.granted = st.granted;
       d.failures = st.failures;
       d.throttled = st.throttled;
@@ -1142,9 +1372,11 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     return s;
   }
 
-  asio::any_io_executor strand_;  // a strand (make_light_strand)
+  asio::any_io_executor base_;    // the executor given: admission's own work runs here
+  asio::any_io_executor strand_;  // a strand over it (make_light_strand)
   LLMConfig config_;
   QueueOptions options_;
+  std::shared_ptr<Clock> clock_;  // null: the steady clock
   const std::vector<Deployment> deployments_;
   const std::vector<DeploymentLimits> limits_;
   std::shared_ptr<TelemetryPipeline> telemetry_;
@@ -1159,17 +1391,19 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   std::atomic<std::size_t> reserved_{0};
   std::atomic<bool> accepting_{false};
   std::atomic<bool> shutdown_requested_{false};
+  std::atomic<bool> failed_{false};
   std::atomic<std::uint64_t> next_id_{0};
   std::atomic<std::uint64_t> admitted_{0}, completed_{0}, rejected_user_limit_{0},
-      rejected_queue_full_{0}, rejected_invalid_{0}, timed_out_{0}, cancelled_{0},
-      budget_refusals_{0}, budget_store_errors_{0};
+      rejected_queue_full_{0}, rejected_invalid_{0}, rejected_closed_{0}, rejected_store_{0},
+      timed_out_{0}, cancelled_{0}, execution_timeouts_{0}, budget_refusals_{0},
+      budget_store_errors_{0};
 
   // Strand only:
   WeightedRoundRobinBalancer balancer_;
   FifoScheduler<EntryPtr> scheduler_;
-  asio::steady_timer poll_timer_;
-  asio::steady_timer idle_timer_;
-  asio::steady_timer done_timer_{strand_};
+  ClockTimer poll_timer_;
+  ClockTimer idle_timer_;
+  ClockTimer done_signal_{strand_, nullptr};  // a signal: never expires, only cancelled
   bool poller_waiting_ = false;
   bool wake_pending_ = false;
   bool started_ = false;
@@ -1177,10 +1411,12 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   bool shutting_down_ = false;
   bool shutdown_started_ = false;
   bool shutdown_done_ = false;
-  std::size_t in_flight_ = 0;
+  std::size_t in_flight_ = 0;  // confirming + running
   std::vector<EntryPtr> retry_pending_;
-  Entry* run_head_ = nullptr;
-  Entry* run_tail_ = nullptr;
+  EntryList running_;     // in execution-deadline order
+  EntryList confirming_;  // waiting for the shared budget store
+  std::string abandon_reason_;
+  std::string failure_;
 
   const std::string id_prefix_;
   const std::shared_ptr<BlockPool> entry_pool_;
@@ -1201,94 +1437,83 @@ LLMQueue::~LLMQueue() { core_->detach(); }
 
 asio::awaitable<void> LLMQueue::initiate() {
   auto core = core_;
-  co_await asio::co_spawn(core->strand_, core->initiate(), asio::use_awaitable);
+  co_await core->initiate();
 }
 
-namespace {
-std::string closed_reason(bool shutting_down) {
-  return shutting_down ? std::string("queue is shutting down; request refused")
-                       : std::string("queue is not running: call initiate() first");
+void LLMQueue::start(const std::shared_ptr<detail::QueueCore>& core, detail::ErasedHandler handler,
+                     asio::cancellation_slot slot, std::string req_type,
+                     nlohmann::json request_data, std::string user_id, ModelPreferences model_pref,
+                     RequestOptions options) {
+  core->admit(std::move(handler), slot, std::move(req_type), std::move(request_data),
+              std::move(user_id), std::move(model_pref), std::move(options));
 }
+
+asio::any_io_executor LLMQueue::default_executor() const noexcept { return core_->base_executor(); }
+
+namespace {
+
+std::string message_of(const Response& r) {
+  if (r.body.is_object()) {
+    auto e = r.body.find("error");
+    if (e != r.body.end() && e->is_object()) {
+      auto m = e->find("message");
+      if (m != e->end() && m->is_string()) return m->get<std::string>();
+    }
+  }
+  return "llmq error";
+}
+
+/// The exception execute_request throws for an error of async_execute_request.
+[[noreturn]] void throw_error(const boost::system::error_code& ec, const Response& r,
+                              const std::string& user_id) {
+  if (ec == asio::error::operation_aborted)
+    throw boost::system::system_error(ec, "request cancelled by caller");
+  const std::string message = message_of(r);
+  if (ec.category() == error_category()) {
+    const auto e = static_cast<errc>(ec.value());
+    switch (e) {
+      case errc::user_id_missing: throw UserIdHeaderMissingError();
+      case errc::user_rate_limited:
+        throw UserRateLimitExceededError(user_id,
+                                         r.retry_after.value_or(std::chrono::milliseconds(0)));
+      case errc::queue_full: throw SchedulerQueueFullError(message, ec, r.retry_after);
+      case errc::queue_timeout: throw QueueTimeoutError(message);
+      case errc::queue_closed:
+      case errc::queue_failed: throw QueueClosedError(message, e);
+      case errc::execution_timeout: throw ExecutionTimeoutError(message);
+      case errc::user_limit_store_unavailable:
+      case errc::budget_store_unavailable: throw StoreUnavailableError(message, e, r.retry_after);
+      default: throw InvalidRequestError(message, e);
+    }
+  }
+  throw Error(message, r.status, ec, r.retry_after);
+}
+
 }  // namespace
 
 asio::awaitable<Response> LLMQueue::execute_request(std::string req_type,
                                                     nlohmann::json request_data,
                                                     std::string user_id,
+                                                    ModelPreferences model_pref,
+                                                    RequestOptions options) {
+  auto [ec, r] = co_await async_execute_request(
+      std::move(req_type), std::move(request_data), user_id, std::move(model_pref),
+      std::move(options), asio::as_tuple(asio::use_awaitable));
+  if (ec) throw_error(ec, r, user_id);
+  co_return std::move(r);
+}
+
+asio::awaitable<Response> LLMQueue::execute_request(std::string req_type,
+                                                    nlohmann::json request_data,
+                                                    std::string user_id,
                                                     ModelPreferences model_pref) {
-  auto core = core_;
-  const WallTime received = detail::wall_now();
-  detail::TelemetryPtr t = core->new_telemetry(req_type, user_id, received);
-  if (!core->accepting_.load(std::memory_order_relaxed)) {
-    QueueClosedError err(closed_reason(core->shutdown_requested_.load()));
-    core->record_rejection(std::move(t), err.http_status(), err.what(), core->rejected_invalid_);
-    throw err;
-  }
-  if (user_id.empty()) {
-    UserIdHeaderMissingError err;
-    core->record_rejection(std::move(t), err.http_status(), err.what(), core->rejected_invalid_);
-    throw err;
-  }
-  auto executor = core->find_executor(req_type);
-  if (!executor) {
-    std::string msg = "unknown request type '" + req_type + "'";
-    core->record_rejection(std::move(t), 404, msg, core->rejected_invalid_);
-    co_return detail::error_response(404, msg, "invalid_request_error", "unknown_request_type");
-  }
-  auto resolved = core->resolve(model_pref);
-  if (auto* why = std::get_if<std::string>(&resolved)) {
-    core->record_rejection(std::move(t), 400, *why, core->rejected_invalid_);
-    co_return detail::error_response(400, *why, "invalid_request_error",
-                                     "unsatisfiable_model_preferences");
-  }
-  const detail::ResourceClass* cls = std::get<const detail::ResourceClass*>(resolved);
-  if (!core->reserve_slot()) {
-    SchedulerQueueFullError err(core->config_.scheduler_limits.max_queue_size);
-    core->record_rejection(std::move(t), err.http_status(), err.what(), core->rejected_queue_full_);
-    throw err;
-  }
-  RateLimitDecision decision;
-  try {
-    decision =
-        co_await core->options_.user_rate_limit_store->acquire(user_id, core->config_.user_limits);
-  } catch (...) {
-    core->release_slot();
-    throw;
-  }
-  if (!decision.allowed) {
-    core->release_slot();
-    UserRateLimitExceededError err(user_id, decision.retry_after);
-    core->record_rejection(std::move(t), err.http_status(), err.what(), core->rejected_user_limit_);
-    throw err;
-  }
-  detail::EntryPtr e = core->new_entry();
-  e->cls = cls;
-  e->executor = std::move(executor);
-  if (cls->need_llm) {
-    e->llm_need.calls = model_pref.num_llm_calls_per_req;
-    e->llm_need.tokens = estimate_chat_tokens(request_data, core->options_.default_max_tokens) *
-                         model_pref.num_llm_calls_per_req;
-  }
-  if (cls->need_emb) {
-    e->emb_need.calls = model_pref.num_emb_calls_per_req;
-    e->emb_need.tokens = estimate_embedding_tokens(request_data) * model_pref.num_emb_calls_per_req;
-  }
-  t->estimated_tokens = e->llm_need.tokens + e->emb_need.tokens;
-  if (core->options_.record_payload) t->payload = request_data;
-  e->request.id = t->request_id;
-  e->request.req_type = std::move(req_type);
-  e->request.user_id = std::move(user_id);
-  e->request.body = std::move(request_data);
-  e->request.preferences = std::move(model_pref);
-  e->telemetry = std::move(t);
-  Response response = co_await core->async_submit(std::move(e), asio::use_awaitable);
-  co_return response;
+  return execute_request(std::move(req_type), std::move(request_data), std::move(user_id),
+                         std::move(model_pref), RequestOptions{});
 }
 
 asio::awaitable<void> LLMQueue::graceful_shutdown() {
   auto core = core_;
-  core->shutdown_requested_.store(true);
-  core->accepting_.store(false);
-  co_await asio::co_spawn(core->strand_, core->shutdown(), asio::use_awaitable);
+  co_await core->graceful_shutdown();
 }
 
 void LLMQueue::register_request_executor(const std::string& req_type,
@@ -1297,20 +1522,17 @@ void LLMQueue::register_request_executor(const std::string& req_type,
 }
 
 asio::awaitable<QueueStats> LLMQueue::stats() {
-  // Note: GCC 12 destroys a capturing lambda temporary twice in `co_return co_await
-  // co_spawn(ex, [captures] {...})`, so the strand-side work is a member coroutine.
   auto core = core_;
-  QueueStats s =
-      co_await asio::co_spawn(core->strand_, core->stats_on_strand(), asio::use_awaitable);
+  QueueStats s = co_await core->stats();
   co_return s;
 }
 
 const std::vector<Deployment>& LLMQueue::deployments() const noexcept {
-  return core_->deployments_;
+  return core_->deployments();
 }
 
 std::shared_ptr<TelemetryStore> LLMQueue::telemetry_store() const noexcept {
-  return core_->options_.telemetry_store;
+  return core_->telemetry_store();
 }
 
 boost::asio::awaitable<void> DeploymentBudgetStore::report_backoff(const Deployment&,

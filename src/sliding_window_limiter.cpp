@@ -109,6 +109,11 @@ std::size_t SlidingWindowLimiter::memory_bytes() const noexcept {
 
 boost::asio::awaitable<void> UserRateLimitStore::close() { co_return; }
 
+std::optional<RateLimitDecision> UserRateLimitStore::try_acquire_now(std::string_view,
+                                                                     const UserLimits&) {
+  return std::nullopt;
+}
+
 InMemoryUserRateLimitStore::InMemoryUserRateLimitStore(clock_function clock)
     : clock_(std::move(clock)) {}
 
@@ -117,6 +122,11 @@ RateLimitDecision InMemoryUserRateLimitStore::acquire_now(std::string_view user_
   std::lock_guard lock(mutex_);
   return limiter_.acquire(user_id, clock_(), limits.max_num_requests_in_time_window,
                           limits.time_window);
+}
+
+std::optional<RateLimitDecision> InMemoryUserRateLimitStore::try_acquire_now(
+    std::string_view user_id, const UserLimits& limits) {
+  return acquire_now(user_id, limits);
 }
 
 boost::asio::awaitable<RateLimitDecision> InMemoryUserRateLimitStore::acquire(

@@ -2,15 +2,22 @@
 /// @file queue.hpp
 /// LLMQueue: the facade that admits, queues, balances, executes and records requests.
 
+#include <llmq/clock.hpp>
 #include <llmq/config.hpp>
 #include <llmq/deployment_budget_store.hpp>
+#include <llmq/detail/erased_handler.hpp>
+#include <llmq/errors.hpp>
 #include <llmq/executor.hpp>
 #include <llmq/rate_limit_store.hpp>
 #include <llmq/request.hpp>
 #include <llmq/telemetry.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/cancellation_signal.hpp>
+#include <boost/system/error_code.hpp>
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -19,6 +26,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace llmq {
@@ -74,6 +82,25 @@ struct QueueOptions {
   bool reconcile_tokens_down = false;
   /// Completion budget assumed for a chat body without max_tokens. Default: Azure's 4096.
   std::int64_t default_max_tokens = 4096;
+  /// Request bodies nested deeper than this (arrays and objects) are refused with
+  /// errc::invalid_request before anything is queued. Default 64.
+  std::size_t max_json_depth = 64;
+  /// How long graceful_shutdown() waits, after the queue is done, for the telemetry
+  /// store's last writes and for the stores to close. Records not written by then are
+  /// counted in QueueStats::telemetry_dropped. Default 5 s.
+  std::chrono::milliseconds shutdown_flush_timeout{std::chrono::seconds(5)};
+  /// Where the queue reads the time and waits (deadlines, timeouts, backoffs, pacing,
+  /// telemetry intervals, the shutdown deadline). Null (default): the steady clock. Tests
+  /// pass a ManualClock to run all of these in virtual time.
+  std::shared_ptr<Clock> clock;
+};
+
+/// Per-request options beside the seed's arguments.
+struct RequestOptions {
+  /// The request's id (Request::id, TelemetryData::request_id, Response::request_id):
+  /// 1..128 printable ASCII characters, e.g. a client's x-request-id. Empty (default):
+  /// the queue makes one. Another value is refused with errc::invalid_request.
+  std::string request_id;
 };
 
 /// One deployment in a stats snapshot.
@@ -98,9 +125,12 @@ struct QueueStats {
   std::uint64_t completed = 0;            ///< executor finished (any status)
   std::uint64_t rejected_user_limit = 0;  ///< UserRateLimitExceededError
   std::uint64_t rejected_queue_full = 0;  ///< SchedulerQueueFullError
-  std::uint64_t rejected_invalid = 0;     ///< missing user, unknown type, bad preferences
+  std::uint64_t rejected_invalid = 0;     ///< bad user id, unknown type, bad preferences or body
+  std::uint64_t rejected_closed = 0;      ///< refused or abandoned because the queue was closed
+  std::uint64_t rejected_store = 0;       ///< refused because a store was unavailable
   std::uint64_t timed_out = 0;            ///< QueueTimeoutError
   std::uint64_t cancelled = 0;            ///< callers that gave up
+  std::uint64_t execution_timeouts = 0;   ///< executors stopped by execution_timeout
   std::uint64_t telemetry_dropped = 0;    ///< records not buffered (buffer full)
   std::uint64_t telemetry_failed = 0;     ///< records the store failed to write
   std::uint64_t budget_refusals = 0;      ///< grants the shared budget store refused
@@ -108,8 +138,25 @@ struct QueueStats {
   std::vector<DeploymentStats> deployments;
 };
 
-/// The queue. Construct, `co_await initiate()`, then `co_await execute_request(...)` from
-/// any number of coroutines on any threads; finally `co_await graceful_shutdown()`.
+/// The queue. Construct, `co_await initiate()`, then `co_await execute_request(...)` (or
+/// `async_execute_request(..., token)`) from any number of coroutines or threads; finally
+/// `co_await graceful_shutdown()`.
+///
+/// Outcomes (see errors.hpp): a refusal or failure decided by llmq is an llmq::errc
+/// (async_execute_request's error_code; execute_request throws the matching exception);
+/// whatever the executor produced is the Response (an executor that threw gives a 500
+/// Response; the queue keeps serving).
+///
+/// Cancellation (a cancellation slot on the completion handler, e.g. `||` with a timer, or
+/// a client that disconnected): honoured according to the request's state, then the
+/// operation completes at once with `boost::asio::error::operation_aborted`:
+/// - waiting in the queue, nothing spent yet: terminal, partial and total; the request is
+///   removed and never runs;
+/// - waiting for the shared budget store's confirmation, or waiting to be retried after a
+///   failed attempt: terminal and partial (the charge or the attempt already happened);
+/// - running: terminal only; the executor is cancelled (terminal), which for the ready-made
+///   executors aborts the upstream call.
+/// Other types are ignored in that state and the request goes on.
 ///
 /// Thread safety: all members may be called from any thread. State lives on an
 /// internal strand of the executor passed in; executors run on that strand.
@@ -123,29 +170,66 @@ class LLMQueue {
   LLMQueue(const LLMQueue&) = delete;
   LLMQueue& operator=(const LLMQueue&) = delete;
 
-  /// Connects the telemetry store and starts the poller and telemetry flusher.
+  /// Connects the telemetry store and starts the dispatcher and telemetry flusher.
   /// Must complete before execute_request. Calling it twice is harmless.
   boost::asio::awaitable<void> initiate();
 
-  /// Admits, queues and runs one request; returns the executor's Response.
+  /// Admits, queues and runs one request. Completion signature
+  /// `void(boost::system::error_code, llmq::Response)`:
+  /// - success (no error): the executor's Response (any status);
+  /// - an llmq::errc (see errors.hpp) for a refusal or a failure llmq decided; the
+  ///   Response then holds the error body `{"error":{"message","type","code"}}` (code: the
+  ///   errc's name), its HTTP status, and `retry_after` when llmq knows when to come back
+  ///   (user_rate_limited: the exact time; store failures: the store's hint);
+  /// - `boost::asio::error::operation_aborted` when the caller cancelled.
+  /// The Response's request_id is set in every case once the request was given one.
   ///
-  /// Throws: UserIdHeaderMissingError (empty user_id), UserRateLimitExceededError,
-  /// SchedulerQueueFullError, QueueTimeoutError, QueueClosedError (before initiate, during
-  /// or after shutdown). Returns without throwing: 404 for an unknown req_type, 400 for
-  /// preferences no deployment can satisfy, 500 when the executor threw, 504 when it
-  /// passed execution_timeout.
-  ///
-  /// Cancellation (e.g. via a cancellation slot or `||` with a timer): a queued request is
-  /// removed; a running one has its executor cancelled. Either way the awaitable
-  /// completes at once with `boost::system::system_error(operation_aborted)`.
+  /// `token`: any Asio completion token (a callback, use_awaitable, use_future,
+  /// as_tuple(...), deferred, ...). The handler runs on its associated executor (else on
+  /// the executor the queue was constructed with), never inside this call.
+  template <class CompletionToken>
+    requires(!std::is_same_v<std::decay_t<CompletionToken>, RequestOptions>)
+  auto async_execute_request(std::string req_type, nlohmann::json request_data,
+                             std::string user_id, ModelPreferences model_pref,
+                             CompletionToken&& token) {
+    return async_execute_request(std::move(req_type), std::move(request_data), std::move(user_id),
+                                 std::move(model_pref), RequestOptions{},
+                                 std::forward<CompletionToken>(token));
+  }
+
+  /// As above, with per-request options.
+  template <class CompletionToken>
+  auto async_execute_request(std::string req_type, nlohmann::json request_data,
+                             std::string user_id, ModelPreferences model_pref,
+                             RequestOptions options, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken,
+                                       void(boost::system::error_code, Response)>(
+        Initiation{core_, default_executor()}, token, std::move(req_type),
+        std::move(request_data), std::move(user_id), std::move(model_pref), std::move(options));
+  }
+
+  /// The seed's call: `auto [body, status] = co_await queue.execute_request(...)`.
+  /// Returns the executor's Response; throws the exception of an llmq::errc
+  /// (UserIdHeaderMissingError, UserRateLimitExceededError, SchedulerQueueFullError,
+  /// QueueTimeoutError, QueueClosedError, InvalidRequestError, ExecutionTimeoutError,
+  /// StoreUnavailableError), or `boost::system::system_error(operation_aborted)` when
+  /// cancelled.
+  boost::asio::awaitable<Response> execute_request(std::string req_type,
+                                                   nlohmann::json request_data, std::string user_id,
+                                                   ModelPreferences model_pref,
+                                                   RequestOptions options);
+  /// As above, without options. (Not a default argument: g++ 12 copies a defaulted
+  /// class-type argument of a coroutine bytewise, which breaks its strings.)
   boost::asio::awaitable<Response> execute_request(std::string req_type,
                                                    nlohmann::json request_data, std::string user_id,
                                                    ModelPreferences model_pref = {});
 
-  /// Stops admitting (new calls get QueueClosedError), lets queued and in-flight work
-  /// finish until QueueOptions::shutdown_timeout, then fails what is left with
-  /// QueueClosedError, flushes telemetry and closes the stores. Returns at once when
-  /// idle. Calling it again waits for the first call's work.
+  /// Stops admitting (new calls get errc::queue_closed), lets queued and in-flight work
+  /// finish until QueueOptions::shutdown_timeout, then answers what is left with
+  /// errc::queue_closed (a request waiting to be retried gets its last attempt's answer)
+  /// and cancels running executors, flushes telemetry and closes the stores, each bounded
+  /// by QueueOptions::shutdown_flush_timeout. Returns at once when idle. Calling it again
+  /// waits for the first call's work.
   boost::asio::awaitable<void> graceful_shutdown();
 
   /// Adds or replaces the executor for `req_type`. Throws ConfigError if null.
@@ -162,6 +246,25 @@ class LLMQueue {
   [[nodiscard]] std::shared_ptr<TelemetryStore> telemetry_store() const noexcept;
 
  private:
+  struct Initiation {
+    std::shared_ptr<detail::QueueCore> core;
+    boost::asio::any_io_executor fallback;
+    template <class Handler>
+    void operator()(Handler&& handler, std::string req_type, nlohmann::json request_data,
+                    std::string user_id, ModelPreferences model_pref,
+                    RequestOptions options) const {
+      auto slot = boost::asio::get_associated_cancellation_slot(handler);
+      start(core, detail::ErasedHandler(std::forward<Handler>(handler), fallback), slot,
+            std::move(req_type), std::move(request_data), std::move(user_id),
+            std::move(model_pref), std::move(options));
+    }
+  };
+  static void start(const std::shared_ptr<detail::QueueCore>& core, detail::ErasedHandler handler,
+                    boost::asio::cancellation_slot slot, std::string req_type,
+                    nlohmann::json request_data, std::string user_id, ModelPreferences model_pref,
+                    RequestOptions options);
+  [[nodiscard]] boost::asio::any_io_executor default_executor() const noexcept;
+
   std::shared_ptr<detail::QueueCore> core_;
 };
 

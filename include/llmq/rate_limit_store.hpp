@@ -9,6 +9,7 @@
 
 #include <functional>
 #include <mutex>
+#include <optional>
 #include <string_view>
 
 namespace llmq {
@@ -24,6 +25,12 @@ class UserRateLimitStore {
   virtual boost::asio::awaitable<RateLimitDecision> acquire(std::string_view user_id,
                                                             const UserLimits& limits) = 0;
 
+  /// The same decision when the store can make it at once, without waiting (the queue
+  /// then admits without a coroutine of its own); nullopt when it must wait, and then
+  /// nothing is recorded. Default: nullopt.
+  virtual std::optional<RateLimitDecision> try_acquire_now(std::string_view user_id,
+                                                           const UserLimits& limits);
+
   /// Releases connections; called by LLMQueue::graceful_shutdown().
   virtual boost::asio::awaitable<void> close();
 };
@@ -37,6 +44,9 @@ class InMemoryUserRateLimitStore : public UserRateLimitStore {
 
   boost::asio::awaitable<RateLimitDecision> acquire(std::string_view user_id,
                                                     const UserLimits& limits) override;
+
+  std::optional<RateLimitDecision> try_acquire_now(std::string_view user_id,
+                                                   const UserLimits& limits) override;
 
   /// The decision itself, without a coroutine frame.
   RateLimitDecision acquire_now(std::string_view user_id, const UserLimits& limits);

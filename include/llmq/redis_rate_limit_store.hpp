@@ -32,10 +32,12 @@ enum class RateLimitFailurePolicy {
 
 /// Thrown by RedisUserRateLimitStore::acquire under RateLimitFailurePolicy::fail_closed
 /// when Redis cannot decide (503). `retry_after()` suggests when to try again.
-class RateLimitStoreUnavailableError : public Error {
+class RateLimitStoreUnavailableError : public StoreUnavailableError {
  public:
   RateLimitStoreUnavailableError(const std::string& why, std::chrono::milliseconds retry_after)
-      : Error("user rate limit store unavailable: " + why, 503), retry_after_(retry_after) {}
+      : StoreUnavailableError("user rate limit store unavailable: " + why,
+                              errc::user_limit_store_unavailable, retry_after),
+        retry_after_(retry_after) {}
 
   [[nodiscard]] std::chrono::milliseconds retry_after() const noexcept { return retry_after_; }
 

@@ -1,8 +1,13 @@
-// Runtime tests: LLMQueue with fake executors on a real io_context (no network).
+// Runtime tests: LLMQueue with fake executors on an io_context, in virtual time (a
+// ManualClock the harness moves to the next pending wait whenever nothing else can run),
+// so timeouts, retries, pacing and shutdown deadlines are exact and nothing sleeps. One
+// test runs on real threads (and under TSan) without depending on time.
 #include <llmq/llmq.hpp>
 
 #include <gtest/gtest.h>
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -10,6 +15,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/use_future.hpp>
 #include <boost/system/system_error.hpp>
 
 #include <atomic>
@@ -23,6 +29,7 @@ namespace asio = boost::asio;
 using asio::awaitable;
 using nlohmann::json;
 using namespace std::chrono_literals;
+using steady = std::chrono::steady_clock;
 
 // ---- fixtures --------------------------------------------------------------------------
 
@@ -71,6 +78,35 @@ json echo_body(const llmq::Request& req, const llmq::ChosenDeployments& chosen) 
   return j;
 }
 
+json chat_body(std::string text = "Hello, world!") {
+  json b = json::object();
+  json msg = json::object();
+  msg["role"] = "user";
+  msg["content"] = std::move(text);
+  b["messages"] = json::array({msg});
+  b["max_tokens"] = 100;
+  return b;
+}
+
+llmq::ModelPreferences pinned(std::string id) {
+  llmq::ModelPreferences p;
+  p.specific_llm_model = std::move(id);
+  return p;
+}
+
+llmq::ModelPreferences pinned_name(std::string model_name) {
+  llmq::ModelPreferences p;
+  p.llm_model_name = std::move(model_name);
+  return p;
+}
+
+/// Waits `d` on `clock` (virtual time in these tests).
+awaitable<void> sleep_for(std::shared_ptr<llmq::Clock> clock, steady::duration d) {
+  llmq::ClockTimer t(co_await asio::this_coro::executor, std::move(clock));
+  t.expires_after(d);
+  co_await t.async_wait(asio::use_awaitable);
+}
+
 /// Answers at once with what it was given.
 class EchoExecutor : public llmq::RequestExecutor {
  public:
@@ -85,17 +121,19 @@ class EchoExecutor : public llmq::RequestExecutor {
   std::atomic<int> calls{0};
 };
 
-/// Waits `delay` (honouring cancellation), then echoes.
+/// Waits `delay` on the clock (honouring cancellation), then echoes. Records when each
+/// call started.
 class SleepExecutor : public llmq::RequestExecutor {
  public:
-  explicit SleepExecutor(std::chrono::milliseconds delay) : delay_(delay) {}
+  SleepExecutor(std::shared_ptr<llmq::Clock> clock, std::chrono::milliseconds delay)
+      : clock_(std::move(clock)), delay_(delay) {}
   awaitable<llmq::Response> process_request(const llmq::Request& req,
                                             const llmq::ChosenDeployments& chosen,
                                             llmq::TelemetryData&) override {
     ++started;
-    asio::steady_timer timer(co_await asio::this_coro::executor, delay_);
+    started_at.push_back(clock_ ? clock_->now() : steady::now());
     try {
-      co_await timer.async_wait(asio::use_awaitable);
+      co_await sleep_for(clock_, delay_);
     } catch (const boost::system::system_error&) {
       ++cancelled;
       throw;
@@ -104,8 +142,10 @@ class SleepExecutor : public llmq::RequestExecutor {
     co_return llmq::Response{echo_body(req, chosen), 200};
   }
   std::atomic<int> started{0}, finished{0}, cancelled{0};
+  std::vector<steady::time_point> started_at;  // single-threaded tests only
 
  private:
+  std::shared_ptr<llmq::Clock> clock_;
   std::chrono::milliseconds delay_;
 };
 
@@ -113,9 +153,26 @@ class ThrowingExecutor : public llmq::RequestExecutor {
  public:
   awaitable<llmq::Response> process_request(const llmq::Request&, const llmq::ChosenDeployments&,
                                             llmq::TelemetryData&) override {
+    ++calls;
     throw std::runtime_error("upstream exploded");
     co_return llmq::Response{};
   }
+  int calls = 0;
+};
+
+/// Returns `status` without reporting an upstream outcome (the executor's own failure).
+class StatusExecutor : public llmq::RequestExecutor {
+ public:
+  explicit StatusExecutor(int status) : status_(status) {}
+  awaitable<llmq::Response> process_request(const llmq::Request&, const llmq::ChosenDeployments&,
+                                            llmq::TelemetryData&) override {
+    ++calls;
+    co_return llmq::Response{llmq::make_error_body("executor bug", "server_error", "x"), status_};
+  }
+  int calls = 0;
+
+ private:
+  int status_;
 };
 
 /// Answers 429 with a Retry-After for one deployment, 200 for the others.
@@ -139,51 +196,107 @@ class ThrottledExecutor : public llmq::RequestExecutor {
   std::string throttled_;
 };
 
-/// Runs `body` on `io` to completion (bounded), rethrowing its exception.
-void run_test(asio::io_context& io, std::function<awaitable<void>()> body,
-              std::chrono::seconds limit = 60s) {
-  std::exception_ptr error;
-  bool done = false;
-  asio::co_spawn(io, std::move(body), [&](std::exception_ptr ep) {
-    error = ep;
-    done = true;
-  });
-  io.run_for(limit);
-  ASSERT_TRUE(done) << "test coroutine did not finish within " << limit.count() << " s";
-  if (error) std::rethrow_exception(error);
-}
-
-json chat_body(std::string text = "Hello, world!") {
-  json b = json::object();
-  json msg = json::object();
-  msg["role"] = "user";
-  msg["content"] = std::move(text);
-  b["messages"] = json::array({msg});
-  b["max_tokens"] = 100;
-  return b;
-}
-
-llmq::ModelPreferences pinned(std::string id) {
-  llmq::ModelPreferences p;
-  p.specific_llm_model = std::move(id);
-  return p;
-}
-
-llmq::ModelPreferences pinned_name(std::string model_name) {
-  llmq::ModelPreferences p;
-  p.llm_model_name = std::move(model_name);
-  return p;
-}
-
-/// Polls `done()` every millisecond until it holds; run_test bounds the total time.
-template <class Pred>
-awaitable<void> wait_until(Pred done) {
-  asio::steady_timer t(co_await asio::this_coro::executor);
-  while (!done()) {
-    t.expires_after(1ms);
-    co_await t.async_wait(asio::use_awaitable);
+/// Fails with a transient (or, if `permanent`, a non-retryable) upstream error on the
+/// deployments listed in `failing`.
+class FlakyExecutor : public llmq::RequestExecutor {
+ public:
+  FlakyExecutor(std::set<std::string> failing, int status, bool permanent = false,
+                std::chrono::milliseconds retry_after = 5min)
+      : failing_(std::move(failing)),
+        status_(status),
+        permanent_(permanent),
+        retry_after_(retry_after) {}
+  awaitable<llmq::Response> process_request(const llmq::Request& req,
+                                            const llmq::ChosenDeployments& chosen,
+                                            llmq::TelemetryData& t) override {
+    const std::string& id = chosen.llm->unique_model_id;
+    tried.push_back(id);
+    if (failing_.count(id) && (fail_times_ < 0 || failed_ < fail_times_)) {
+      ++failed_;
+      t.llm_outcome.status = status_;
+      t.llm_outcome.retryable = !permanent_;
+      t.llm_outcome.retry_after = retry_after_;
+      co_return llmq::Response{llmq::make_error_body("upstream says no", "server_error", id),
+                               status_};
+    }
+    t.llm_outcome.status = 200;
+    co_return llmq::Response{echo_body(req, chosen), 200};
   }
-}
+  /// Fail only the first `n` calls (negative: always).
+  void fail_first(int n) { fail_times_ = n; }
+  std::vector<std::string> tried;
+
+ private:
+  std::set<std::string> failing_;
+  int status_;
+  bool permanent_;
+  std::chrono::milliseconds retry_after_;
+  int fail_times_ = -1;
+  int failed_ = 0;
+};
+
+/// A budget shared by several queues: at most `cap` calls per deployment in total.
+/// Answers after `delay` on the clock, as a network store would; `hang` never answers.
+class CappedSharedBudget : public llmq::DeploymentBudgetStore {
+ public:
+  CappedSharedBudget(std::shared_ptr<llmq::Clock> clock, std::int64_t cap, bool fail = false,
+                     bool hang = false)
+      : clock_(std::move(clock)), cap_(cap), fail_(fail), hang_(hang) {}
+  awaitable<llmq::BudgetDecision> try_charge(const llmq::Deployment& d,
+                                             const llmq::DeploymentLimits&,
+                                             llmq::DeploymentNeed need) override {
+    co_await sleep_for(clock_, hang_ ? std::chrono::milliseconds(24h) : 1ms);
+    if (fail_) throw std::runtime_error("store down");
+    std::lock_guard lock(mutex_);
+    llmq::BudgetDecision decision;
+    if (used_[d.unique_model_id] + need.calls > cap_) {
+      decision.allowed = false;
+      decision.retry_after = 10min;
+    } else {
+      used_[d.unique_model_id] += need.calls;
+    }
+    co_return decision;
+  }
+  awaitable<void> report_backoff(const llmq::Deployment& d, std::chrono::milliseconds) override {
+    std::lock_guard lock(mutex_);
+    ++backoffs_[d.unique_model_id];
+    co_return;
+  }
+  std::map<std::string, std::int64_t> used() {
+    std::lock_guard lock(mutex_);
+    return used_;
+  }
+  std::map<std::string, int> backoffs() {
+    std::lock_guard lock(mutex_);
+    return backoffs_;
+  }
+
+ private:
+  std::shared_ptr<llmq::Clock> clock_;
+  std::mutex mutex_;
+  std::int64_t cap_;
+  bool fail_;
+  bool hang_;
+  std::map<std::string, std::int64_t> used_;
+  std::map<std::string, int> backoffs_;
+};
+
+/// Counts down; `wait()` completes when the count reaches zero (no clock involved).
+class Latch {
+ public:
+  Latch(asio::any_io_executor ex, int count) : timer_(ex, steady::time_point::max()), n_(count) {}
+  void count_down() {
+    if (--n_ <= 0) timer_.cancel();
+  }
+  awaitable<void> wait() {
+    while (n_ > 0) co_await timer_.async_wait(asio::as_tuple(asio::use_awaitable));
+  }
+  [[nodiscard]] int remaining() const { return n_; }
+
+ private:
+  asio::steady_timer timer_;
+  int n_;
+};
 
 template <class E, class F>
 awaitable<std::optional<E>> catch_error(F f) {
@@ -195,20 +308,11 @@ awaitable<std::optional<E>> catch_error(F f) {
   co_return std::nullopt;
 }
 
+/// A queue on a ManualClock, and the loop that runs it in virtual time.
 struct Harness {
-  /// Starts the queue, runs one request, shuts the queue down; returns the answer.
-  llmq::Response run_one(std::string req_type, json body, std::string user,
-                         llmq::ModelPreferences prefs = {}) {
-    llmq::Response r;
-    run_test(io, [&]() -> awaitable<void> {
-      co_await queue->initiate();
-      r = co_await queue->execute_request(req_type, body, user, prefs);
-      co_await queue->graceful_shutdown();
-    });
-    return r;
-  }
-
   asio::io_context io;
+  std::shared_ptr<llmq::ManualClock> clock = std::make_shared<llmq::ManualClock>();
+  const steady::time_point start = clock->now();
   std::shared_ptr<llmq::InMemoryTelemetryStore> telemetry =
       std::make_shared<llmq::InMemoryTelemetryStore>();
   std::unique_ptr<llmq::LLMQueue> queue;
@@ -216,15 +320,78 @@ struct Harness {
   explicit Harness(llmq::LLMConfig config,
                    std::map<std::string, std::shared_ptr<llmq::RequestExecutor>> execs,
                    llmq::QueueOptions options = {}) {
-    options.telemetry_store = telemetry;
-    if (options.telemetry_flush_interval == llmq::QueueOptions{}.telemetry_flush_interval)
-      options.telemetry_flush_interval = 10ms;  // unless the test chose its own
+    if (!options.telemetry_store) options.telemetry_store = telemetry;
+    options.clock = clock;
     queue = std::make_unique<llmq::LLMQueue>(io.get_executor(), std::move(config), std::move(execs),
                                              std::move(options));
   }
+
+  ~Harness() {
+    // Waits still pending (an executor or store that never finishes) hold their coroutine
+    // frames, and those hold the clock: end them, and let their coroutines unwind.
+    queue.reset();
+    clock->cancel_all();
+    io.restart();
+    io.poll();
+  }
+  Harness(const Harness&) = delete;
+  Harness& operator=(const Harness&) = delete;
+
+  /// Virtual time since the harness was made.
+  [[nodiscard]] steady::duration elapsed() const { return clock->now() - start; }
+
+  /// Runs `body` to completion in virtual time: runs whatever is ready; when nothing is,
+  /// moves the clock to the earliest pending wait. Fails (instead of hanging) when nothing
+  /// is ready and nothing waits, or past `limit` of virtual time.
+  void run(std::function<awaitable<void>()> body, steady::duration limit = 24h) {
+    std::exception_ptr error;
+    bool done = false;
+    asio::co_spawn(io, std::move(body), [&](std::exception_ptr ep) {
+      error = ep;
+      done = true;
+    });
+    for (;;) {
+      io.restart();
+      io.poll();
+      if (done) break;
+      const auto next = clock->next_wait();
+      if (!next) {
+        ADD_FAILURE() << "nothing is ready and no timer is pending: the test would hang";
+        return;
+      }
+      if (*next - start > limit) {
+        ADD_FAILURE() << "virtual time passed the test's limit";
+        return;
+      }
+      clock->set(*next);
+    }
+    if (error) std::rethrow_exception(error);
+  }
+
+  /// Starts the queue, runs one request, shuts the queue down; returns the answer.
+  llmq::Response run_one(std::string req_type, json body, std::string user,
+                         llmq::ModelPreferences prefs = {}) {
+    llmq::Response r;
+    run([&]() -> awaitable<void> {
+      co_await queue->initiate();
+      r = co_await queue->execute_request(req_type, body, user, prefs);
+      co_await queue->graceful_shutdown();
+    });
+    return r;
+  }
+
+  /// Starts `n` calls of `call(i)` at once; waits for all of them.
+  template <class F>
+  awaitable<void> run_all(int n, F call) {
+    auto ex = co_await asio::this_coro::executor;
+    Latch done(ex, n);
+    for (int i = 0; i < n; ++i)
+      asio::co_spawn(ex, call(i), [&](std::exception_ptr) { done.count_down(); });
+    co_await done.wait();
+  }
 };
 
-// ---- tests -----------------------------------------------------------------------------
+// ---- answers -----------------------------------------------------------------------------
 
 TEST(LLMQueueRuntime, ExecutesAndReturnsExecutorResponse) {
   auto echo = std::make_shared<EchoExecutor>();
@@ -252,6 +419,7 @@ TEST(LLMQueueRuntime, ExecutesAndReturnsExecutorResponse) {
   EXPECT_LE(t.dispatched_at, t.completed_at);
   EXPECT_FALSE(t.payload.has_value());
   EXPECT_TRUE(h.telemetry->closed());
+  EXPECT_EQ(h.elapsed(), 0s);  // nothing waited
 }
 
 TEST(LLMQueueRuntime, ExactlyOneAnswerForEachOfTenThousandConcurrentRequests) {
@@ -260,24 +428,16 @@ TEST(LLMQueueRuntime, ExactlyOneAnswerForEachOfTenThousandConcurrentRequests) {
   constexpr int n = 10'000;
   std::vector<int> answers(n, 0);
   std::vector<std::string> ids(n);
-  int finished = 0;
-  run_test(h.io, [&]() -> awaitable<void> {
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
-    auto ex = co_await asio::this_coro::executor;
-    for (int i = 0; i < n; ++i) {
-      asio::co_spawn(
-          ex,
-          [&, i]() -> awaitable<void> {
-            auto r = co_await h.queue->execute_request(
-                "chat_completion", chat_body(std::to_string(i)), "user-" + std::to_string(i % 97));
-            ++answers[static_cast<std::size_t>(i)];
-            ids[static_cast<std::size_t>(i)] = r.body["id"].get<std::string>();
-            if (r.body["input"]["messages"][0]["content"] != std::to_string(i))
-              answers[static_cast<std::size_t>(i)] += 100;  // wrong answer delivered
-          },
-          [&](std::exception_ptr) { ++finished; });
-    }
-    co_await wait_until([&] { return finished >= n; });
+    co_await h.run_all(n, [&](int i) -> awaitable<void> {
+      auto r = co_await h.queue->execute_request(
+          "chat_completion", chat_body(std::to_string(i)), "user-" + std::to_string(i % 97));
+      ++answers[static_cast<std::size_t>(i)];
+      ids[static_cast<std::size_t>(i)] = r.body["id"].get<std::string>();
+      if (r.body["input"]["messages"][0]["content"] != std::to_string(i))
+        answers[static_cast<std::size_t>(i)] += 100;  // wrong answer delivered
+    });
     auto s = co_await h.queue->stats();
     EXPECT_EQ(s.admitted, static_cast<std::uint64_t>(n));
     EXPECT_EQ(s.completed, static_cast<std::uint64_t>(n));
@@ -320,29 +480,32 @@ TEST(LLMQueueRuntime, ADeepQueueIsDispatchedInSlicesLettingOtherWorkRun) {
   constexpr int n = 1000;
   int answered = 0;
   std::vector<int> seen;  // executor calls started, at each probe turn
-  run_test(h.io, [&]() -> awaitable<void> {
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     auto ex = co_await asio::this_coro::executor;
+    Latch all(ex, n + 1);
     auto call = [&]() -> awaitable<void> {
       auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
       answered += r.status == 200;
+      all.count_down();
     };
     asio::co_spawn(ex, call(), asio::detached);
-    co_await wait_until([&] { return exec->calls == 1; });  // throttled: backoff began
+    while (exec->calls < 1) co_await asio::post(ex, asio::use_awaitable);  // throttled
     for (int i = 0; i < n; ++i) asio::co_spawn(ex, call(), asio::detached);
-    asio::steady_timer tick(ex);
     for (;;) {  // the retry and the n new requests all wait for the backoff
       const llmq::QueueStats st = co_await h.queue->stats();
       if (st.queue_depth == n + 1) break;
-      EXPECT_EQ(exec->calls, 1) << "dispatched during the backoff";
-      tick.expires_after(1ms);
-      co_await tick.async_wait(asio::use_awaitable);
+      co_await asio::post(ex, asio::use_awaitable);
     }
+    EXPECT_EQ(exec->calls, 1) << "dispatched during the backoff";
+    co_await sleep_for(h.clock, 199ms);
+    EXPECT_EQ(exec->calls, 1) << "dispatched during the backoff";
+    co_await sleep_for(h.clock, 1ms);  // the backoff ends; the probe runs from here on
     while (exec->calls < n + 2) {  // the probe: one turn per post
       seen.push_back(exec->calls);
       co_await asio::post(ex, asio::use_awaitable);
     }
-    co_await wait_until([&] { return answered == n + 1; });
+    co_await all.wait();
     co_await h.queue->graceful_shutdown();
   });
   EXPECT_EQ(answered, n + 1);
@@ -358,7 +521,7 @@ TEST(LLMQueueRuntime, ExecutorExceptionBecomes500AndQueueKeepsServing) {
   Harness h(default_config(),
             {{"bad", std::make_shared<ThrowingExecutor>()}, {"chat_completion", echo}});
   llmq::Response bad, good;
-  run_test(h.io, [&]() -> awaitable<void> {
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     bad = co_await h.queue->execute_request("bad", chat_body(), "u");
     good = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
@@ -374,74 +537,196 @@ TEST(LLMQueueRuntime, ExecutorExceptionBecomes500AndQueueKeepsServing) {
   EXPECT_NE(records[0].error.find("upstream exploded"), std::string::npos);
 }
 
-TEST(LLMQueueRuntime, RefusesBadRequestsAtOnceWithoutSpendingBudget) {
-  auto config = make_config({model("chat-a", llmq::ModelType::chat)});
-  config.user_limits.max_num_requests_in_time_window = 1;
-  Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}});
-  llmq::Response unknown_type, unknown_model, no_embeddings, wrong_kind, good;
-  bool missing_user = false;
-  run_test(h.io, [&]() -> awaitable<void> {
+TEST(LLMQueueRuntime, ExecutorFailuresWithoutAnUpstreamOutcomeDoNotBackTheDeploymentOff) {
+  // With a single deployment, an executor that throws, or returns a 5xx/429 without
+  // reporting what the upstream said, must not stop the queue for error_backoff (60 s).
+  auto thrower = std::make_shared<ThrowingExecutor>();
+  auto status500 = std::make_shared<StatusExecutor>(500);
+  auto status429 = std::make_shared<StatusExecutor>(429);
+  auto echo = std::make_shared<EchoExecutor>();
+  Harness h(make_config({model("only", llmq::ModelType::chat)}),
+            {{"throws", thrower}, {"s500", status500}, {"s429", status429}, {"ok", echo}});
+  std::vector<int> statuses;
+  std::uint64_t failures = 1;
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
-    unknown_type = co_await h.queue->execute_request("nope", chat_body(), "u");
-    unknown_model =
-        co_await h.queue->execute_request("chat_completion", chat_body(), "u", pinned("gpt-99"));
+    for (const char* type : {"throws", "ok", "s500", "ok", "s429", "ok"})
+      statuses.push_back((co_await h.queue->execute_request(type, chat_body(), "u")).status);
+    failures = (co_await h.queue->stats()).deployments[0].failures;
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(statuses, (std::vector<int>{500, 200, 500, 200, 429, 200}));
+  EXPECT_EQ(failures, 0u);
+  EXPECT_EQ(h.elapsed(), 0s) << "a request waited for a backoff";
+  EXPECT_EQ(status500->calls, 1);  // not retried either: nothing says it was transient
+}
+
+// ---- refusals -----------------------------------------------------------------------------
+
+TEST(LLMQueueRuntime, RefusalsAreErrorsWithCodesAndEachHasATelemetryRow) {
+  auto config = make_config({model("chat-a", llmq::ModelType::chat, 1'000'000, 10'000)});
+  config.user_limits.max_num_requests_in_time_window = 1;
+  auto echo = std::make_shared<EchoExecutor>();
+  Harness h(std::move(config), {{"chat_completion", echo}});
+  std::vector<std::pair<boost::system::error_code, llmq::Response>> got;
+  llmq::Response good;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    auto call = [&](std::string type, json body, std::string user,
+                    llmq::ModelPreferences p) -> awaitable<void> {
+      auto [ec, r] = co_await h.queue->async_execute_request(
+          std::move(type), std::move(body), std::move(user), std::move(p),
+          asio::as_tuple(asio::use_awaitable));
+      got.emplace_back(ec, std::move(r));
+    };
+    co_await call("nope", chat_body(), "u", {});                           // unknown type
+    co_await call("chat_completion", chat_body(), "u", pinned("gpt-99"));  // unknown model
     llmq::ModelPreferences emb;
     emb.require_llm_model = false;
     emb.require_embedding_model = true;
-    no_embeddings = co_await h.queue->execute_request("chat_completion", chat_body(), "u", emb);
-    llmq::ModelPreferences wrong;
-    wrong.specific_embedding_model = "chat-a";
-    wrong.require_embedding_model = true;
-    wrong_kind = co_await h.queue->execute_request("chat_completion", chat_body(), "u", wrong);
-    try {
-      co_await h.queue->execute_request("chat_completion", chat_body(), "");
-    } catch (const llmq::UserIdHeaderMissingError& e) {
-      missing_user = e.http_status() == 400;
+    co_await call("chat_completion", chat_body(), "u", emb);  // no embeddings deployment
+    co_await call("chat_completion", chat_body(), "", {});     // no user
+    co_await call("chat_completion", chat_body(), std::string(1000, 'x'), {});  // user too long
+    co_await call("chat_completion", chat_body(), "bad\nuser", {});  // control character
+    json huge = chat_body();
+    huge["max_tokens"] = 1'000'000'000'000'000LL;
+    co_await call("chat_completion", huge, "u", {});  // could never fit 10 000 TPM
+    json many = chat_body();
+    many["n"] = std::numeric_limits<std::int64_t>::max();
+    co_await call("chat_completion", many, "u", {});  // saturates, then too large
+    json deep = chat_body();
+    json* at = &deep["messages"][0]["content"];
+    *at = json::array();
+    for (int i = 0; i < 200'000; ++i) {  // built iteratively; destroyed iteratively too
+      at->push_back(json::array());
+      at = &(*at)[0];
     }
+    co_await call("chat_completion", std::move(deep), "u", {});  // nested too deep
     // The one request the user may make is still available.
     good = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
     co_await h.queue->graceful_shutdown();
   });
-  EXPECT_EQ(unknown_type.status, 404);
-  EXPECT_NE(unknown_type.body["error"]["message"].get<std::string>().find("'nope'"),
+  using llmq::errc;
+  const std::vector<errc> expected = {errc::unknown_request_type, errc::unsatisfiable_preferences,
+                                      errc::unsatisfiable_preferences, errc::user_id_missing,
+                                      errc::invalid_user_id,         errc::invalid_user_id,
+                                      errc::request_too_large,       errc::request_too_large,
+                                      errc::invalid_request};
+  ASSERT_EQ(got.size(), expected.size());
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    const auto& [ec, r] = got[i];
+    EXPECT_EQ(ec, expected[i]) << "call " << i << ": " << ec.message();
+    EXPECT_EQ(ec.category().name(), std::string("llmq"));
+    EXPECT_EQ(r.status, llmq::http_status_of(expected[i])) << "call " << i;
+    EXPECT_EQ(r.body["error"]["code"], std::string(llmq::to_string(expected[i]))) << "call " << i;
+    EXPECT_FALSE(r.request_id.empty());
+  }
+  EXPECT_EQ(got[0].second.status, 404);
+  EXPECT_NE(got[0].second.body["error"]["message"].get<std::string>().find("'nope'"),
             std::string::npos);
-  EXPECT_EQ(unknown_model.status, 400);
-  EXPECT_NE(unknown_model.body["error"]["message"].get<std::string>().find("gpt-99"),
+  EXPECT_NE(got[1].second.body["error"]["message"].get<std::string>().find("gpt-99"),
             std::string::npos);
-  EXPECT_EQ(no_embeddings.status, 400);
-  EXPECT_EQ(wrong_kind.status, 400);
-  EXPECT_TRUE(missing_user);
   EXPECT_EQ(good.status, 200);
-  EXPECT_EQ(h.telemetry->records().size(), 6u);  // rejections are recorded too
+  EXPECT_EQ(echo->calls.load(), 1);  // nothing refused reached the executor
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), expected.size() + 1);  // every refusal is recorded
+  for (std::size_t i = 0; i < expected.size(); ++i)
+    EXPECT_EQ(records[i].status, llmq::http_status_of(expected[i])) << "record " << i;
+  EXPECT_EQ(records[4].user_id.size(), 256u) << "a refused user id is recorded truncated";
+  EXPECT_EQ(records[5].user_id, "bad?user");
 }
 
-TEST(LLMQueueRuntime, UserLimitRaisesWithExactRetryAfter) {
+TEST(LLMQueueRuntime, TheThrowingCallRaisesTheSeedsErrorTypes) {
+  auto config = default_config();
+  config.user_limits.max_num_requests_in_time_window = 1;
+  Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}});
+  bool missing = false, unknown = false, limited = false;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    try {
+      co_await h.queue->execute_request("chat_completion", chat_body(), "");
+    } catch (const llmq::UserIdHeaderMissingError& e) {
+      missing = e.http_status() == 400 && e.code() == llmq::errc::user_id_missing;
+    }
+    try {
+      co_await h.queue->execute_request("nope", chat_body(), "u");
+    } catch (const llmq::InvalidRequestError& e) {
+      unknown = e.http_status() == 404 && e.code() == llmq::errc::unknown_request_type;
+    }
+    co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    try {
+      co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    } catch (const llmq::UserRateLimitExceededError& e) {
+      limited = e.http_status() == 429 && e.retry_after() == 60s;
+    }
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_TRUE(missing);
+  EXPECT_TRUE(unknown);
+  EXPECT_TRUE(limited);
+}
+
+TEST(LLMQueueRuntime, UserLimitGivesTheExactRetryAfterWithoutExceptions) {
   auto config = default_config();
   config.user_limits.max_num_requests_in_time_window = 2;
   config.user_limits.time_window = 60s;
   Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}});
-  std::optional<llmq::UserRateLimitExceededError> err;
-  llmq::Response other_user;
-  run_test(h.io, [&]() -> awaitable<void> {
+  boost::system::error_code ec;
+  llmq::Response refused, other_user;
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     co_await h.queue->execute_request("chat_completion", chat_body(), "alice");
+    co_await sleep_for(h.clock, 12'345ms);
     co_await h.queue->execute_request("chat_completion", chat_body(), "alice");
-    err = co_await catch_error<llmq::UserRateLimitExceededError>([&]() -> awaitable<void> {
-      co_await h.queue->execute_request("chat_completion", chat_body(), "alice");
-    });
+    std::tie(ec, refused) = co_await h.queue->async_execute_request(
+        "chat_completion", chat_body(), "alice", {}, asio::as_tuple(asio::use_awaitable));
     other_user = co_await h.queue->execute_request("chat_completion", chat_body(), "bob");
     auto s = co_await h.queue->stats();
     EXPECT_EQ(s.rejected_user_limit, 1u);
     co_await h.queue->graceful_shutdown();
   });
-  ASSERT_TRUE(err.has_value());
-  EXPECT_EQ(err->http_status(), 429);
-  EXPECT_GT(err->retry_after(), 59s);
-  EXPECT_LE(err->retry_after(), 60s);
+  EXPECT_EQ(ec, llmq::errc::user_rate_limited);
+  EXPECT_EQ(refused.status, 429);
+  ASSERT_TRUE(refused.retry_after.has_value());
+  EXPECT_EQ(*refused.retry_after, 60s - 12'345ms);  // exact: the first entry leaves then
   EXPECT_EQ(other_user.status, 200);
   auto records = h.telemetry->records();
   ASSERT_EQ(records.size(), 4u);
   EXPECT_EQ(records[2].status, 429);
+}
+
+/// A user limit store that fails (as Redis does when unreachable and fail_closed).
+class FailingLimitStore : public llmq::UserRateLimitStore {
+ public:
+  awaitable<llmq::RateLimitDecision> acquire(std::string_view, const llmq::UserLimits&) override {
+    throw llmq::StoreUnavailableError("user rate limit store unavailable: connection refused",
+                                      llmq::errc::user_limit_store_unavailable, 2s);
+    co_return llmq::RateLimitDecision{};
+  }
+};
+
+TEST(LLMQueueRuntime, AFailingUserLimitStoreRefusesWithARecordAndItsHint) {
+  llmq::QueueOptions o;
+  o.user_rate_limit_store = std::make_shared<FailingLimitStore>();
+  auto echo = std::make_shared<EchoExecutor>();
+  Harness h(default_config(), {{"chat_completion", echo}}, o);
+  boost::system::error_code ec;
+  llmq::Response r;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    std::tie(ec, r) = co_await h.queue->async_execute_request(
+        "chat_completion", chat_body(), "u", {}, asio::as_tuple(asio::use_awaitable));
+    EXPECT_EQ((co_await h.queue->stats()).rejected_store, 1u);
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(ec, llmq::errc::user_limit_store_unavailable);
+  EXPECT_EQ(r.status, 503);
+  EXPECT_EQ(r.retry_after, std::optional<std::chrono::milliseconds>(2s));
+  EXPECT_EQ(echo->calls.load(), 0);
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].status, 503);
+  EXPECT_NE(records[0].error.find("connection refused"), std::string::npos);
 }
 
 TEST(LLMQueueRuntime, QueueFullIsRefused) {
@@ -452,47 +737,39 @@ TEST(LLMQueueRuntime, QueueFullIsRefused) {
   config.scheduler_limits.request_timeout = 200ms;
   Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}});
   int full = 0, timeouts = 0, ok = 0;
-  run_test(h.io, [&]() -> awaitable<void> {
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
-    auto ex = co_await asio::this_coro::executor;
-    int done = 0;
-    for (int i = 0; i < 4; ++i) {
-      asio::co_spawn(
-          ex,
-          [&]() -> awaitable<void> {
-            try {
-              auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
-              ok += r.status == 200;
-            } catch (const llmq::SchedulerQueueFullError& e) {
-              full += e.http_status() == 503;
-            } catch (const llmq::QueueTimeoutError& e) {
-              timeouts += e.http_status() == 504;
-            }
-            ++done;
-          },
-          asio::detached);
-    }
-    co_await wait_until([&] { return done >= 4; });
+    co_await h.run_all(4, [&](int) -> awaitable<void> {
+      try {
+        auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+        ok += r.status == 200;
+      } catch (const llmq::SchedulerQueueFullError& e) {
+        full += e.http_status() == 503 && e.code() == llmq::errc::queue_full;
+      } catch (const llmq::QueueTimeoutError& e) {
+        timeouts += e.http_status() == 504;
+      }
+    });
     co_await h.queue->graceful_shutdown();
   });
   // Admission runs before the first dispatch, so the queue holds two and refuses two.
-  EXPECT_EQ(full + ok + timeouts, 4);
-  EXPECT_GE(full, 1);
+  EXPECT_EQ(full, 2);
   EXPECT_EQ(ok, 1);
-  EXPECT_EQ(timeouts, 4 - ok - full);
+  EXPECT_EQ(timeouts, 1);
 }
 
-TEST(LLMQueueRuntime, QueuedRequestTimesOut) {
+TEST(LLMQueueRuntime, AQueuedRequestTimesOutAtExactlyItsDeadline) {
   auto config = make_config({model("slow", llmq::ModelType::chat, 1)});
   config.scheduler_limits.request_timeout = 50ms;
   Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}});
   std::optional<llmq::QueueTimeoutError> err;
-  run_test(h.io, [&]() -> awaitable<void> {
+  steady::duration answered_after{};
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     co_await h.queue->execute_request("chat_completion", chat_body(), "u");  // uses the 1 RPM
     err = co_await catch_error<llmq::QueueTimeoutError>([&]() -> awaitable<void> {
       co_await h.queue->execute_request("chat_completion", chat_body(), "u");
     });
+    answered_after = h.elapsed();
     auto s = co_await h.queue->stats();
     EXPECT_EQ(s.timed_out, 1u);
     EXPECT_EQ(s.queue_depth, 0u);
@@ -500,10 +777,12 @@ TEST(LLMQueueRuntime, QueuedRequestTimesOut) {
   });
   ASSERT_TRUE(err.has_value());
   EXPECT_EQ(err->http_status(), 504);
+  EXPECT_EQ(err->code(), llmq::errc::queue_timeout);
+  EXPECT_EQ(answered_after, 50ms);
   auto records = h.telemetry->records();
   ASSERT_EQ(records.size(), 2u);
   EXPECT_EQ(records[1].status, 504);
-  EXPECT_GE(records[1].queue_wait, 50ms);
+  EXPECT_EQ(records[1].queue_wait, 50ms);
 }
 
 TEST(LLMQueueRuntime, BusyPinnedModelDoesNotBlockOthers) {
@@ -512,130 +791,144 @@ TEST(LLMQueueRuntime, BusyPinnedModelDoesNotBlockOthers) {
   config.scheduler_limits.request_timeout = 300ms;
   Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}});
   std::vector<std::string> order;
-  bool pinned_timed_out = false;
-  run_test(h.io, [&]() -> awaitable<void> {
+  std::vector<steady::duration> at;
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     co_await h.queue->execute_request("chat_completion", chat_body(), "u", pinned("pinned"));
-    auto ex = co_await asio::this_coro::executor;
-    int done = 0;
-    asio::co_spawn(
-        ex,
-        [&]() -> awaitable<void> {
-          try {
-            co_await h.queue->execute_request("chat_completion", chat_body(), "u",
-                                              pinned("pinned"));
-          } catch (const llmq::QueueTimeoutError&) {
-            pinned_timed_out = true;
-            order.push_back("pinned-timeout");
-          }
-          ++done;
-        },
-        asio::detached);
-    asio::co_spawn(
-        ex,
-        [&]() -> awaitable<void> {
-          auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u",
-                                                     pinned("free"));
-          order.push_back(r.body["llm"].get<std::string>());
-          ++done;
-        },
-        asio::detached);
-    co_await wait_until([&] { return done >= 2; });
+    co_await h.run_all(2, [&](int i) -> awaitable<void> {
+      if (i == 0) {
+        try {
+          co_await h.queue->execute_request("chat_completion", chat_body(), "u",
+                                            pinned("pinned"));
+        } catch (const llmq::QueueTimeoutError&) {
+          order.push_back("pinned-timeout");
+        }
+      } else {
+        auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u",
+                                                   pinned("free"));
+        order.push_back(r.body["llm"].get<std::string>());
+      }
+      at.push_back(h.elapsed());
+    });
     co_await h.queue->graceful_shutdown();
   });
   EXPECT_EQ(order, (std::vector<std::string>{"free", "pinned-timeout"}));
-  EXPECT_TRUE(pinned_timed_out);
+  EXPECT_EQ(at, (std::vector<steady::duration>{0ms, 300ms}));
 }
 
-TEST(LLMQueueRuntime, CancellingAQueuedRequestRemovesIt) {
-  auto echo = std::make_shared<EchoExecutor>();
-  auto config = make_config({model("slow", llmq::ModelType::chat, 1)});
-  Harness h(std::move(config), {{"chat_completion", echo}});
-  bool aborted = false;
-  run_test(h.io, [&]() -> awaitable<void> {
+// ---- cancellation ------------------------------------------------------------------------
+
+/// Runs one request with a cancellation slot; returns its error code once done.
+struct CancellableCall {
+  asio::cancellation_signal signal;
+  boost::system::error_code ec;
+  llmq::Response response;
+  bool done = false;
+
+  void start(llmq::LLMQueue& q, asio::any_io_executor ex, std::string type = "chat_completion") {
+    q.async_execute_request(std::move(type), chat_body(), "u", {},
+                            asio::bind_cancellation_slot(
+                                signal.slot(), asio::bind_executor(ex, [this](auto e, auto r) {
+                                  ec = e;
+                                  response = std::move(r);
+                                  done = true;
+                                })));
+  }
+};
+
+TEST(LLMQueueRuntime, CancellingAQueuedRequestRemovesItWhateverTheType) {
+  for (auto type : {asio::cancellation_type::terminal, asio::cancellation_type::partial,
+                    asio::cancellation_type::total}) {
+    auto echo = std::make_shared<EchoExecutor>();
+    Harness h(make_config({model("slow", llmq::ModelType::chat, 1)}), {{"chat_completion", echo}});
+    CancellableCall call;
+    h.run([&]() -> awaitable<void> {
+      co_await h.queue->initiate();
+      co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+      call.start(*h.queue, co_await asio::this_coro::executor);
+      co_await sleep_for(h.clock, 20ms);
+      EXPECT_EQ((co_await h.queue->stats()).queue_depth, 1u);
+      call.signal.emit(type);
+      while (!call.done) co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+      auto after = co_await h.queue->stats();
+      EXPECT_EQ(after.queue_depth, 0u);
+      EXPECT_EQ(after.cancelled, 1u);
+      co_await h.queue->graceful_shutdown();
+    });
+    EXPECT_EQ(call.ec, asio::error::operation_aborted);
+    EXPECT_EQ(call.response.status, 499);
+    EXPECT_EQ(echo->calls.load(), 1);  // the cancelled one never ran
+    auto records = h.telemetry->records();
+    ASSERT_EQ(records.size(), 2u);
+    EXPECT_EQ(records[1].status, 499);
+    EXPECT_EQ(records[1].queue_wait, 20ms);
+  }
+}
+
+TEST(LLMQueueRuntime, ARunningRequestHonoursOnlyTerminalCancellation) {
+  Harness h(default_config(), {});
+  auto sleeper = std::make_shared<SleepExecutor>(h.clock, 10s);
+  h.queue->register_request_executor("chat_completion", sleeper);
+  CancellableCall ignored, cancelled;
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
-    co_await h.queue->execute_request("chat_completion", chat_body(), "u");
     auto ex = co_await asio::this_coro::executor;
-    asio::cancellation_signal cancel;
-    bool done = false;
-    asio::co_spawn(
-        ex, h.queue->execute_request("chat_completion", chat_body(), "u"),
-        asio::bind_cancellation_slot(cancel.slot(), [&](std::exception_ptr ep, llmq::Response) {
-          try {
-            if (ep) std::rethrow_exception(ep);
-          } catch (const boost::system::system_error& e) {
-            aborted = e.code() == asio::error::operation_aborted;
-          }
-          done = true;
-        }));
-    asio::steady_timer t(ex, 20ms);
-    co_await t.async_wait(asio::use_awaitable);
-    auto before = co_await h.queue->stats();
-    EXPECT_EQ(before.queue_depth, 1u);
-    cancel.emit(asio::cancellation_type::terminal);
-    co_await wait_until([&] { return done; });
-    auto after = co_await h.queue->stats();
-    EXPECT_EQ(after.queue_depth, 0u);
-    EXPECT_EQ(after.cancelled, 1u);
-    co_await h.queue->graceful_shutdown();
+    ignored.start(*h.queue, ex);
+    cancelled.start(*h.queue, ex);
+    while (sleeper->started.load() < 2) co_await asio::post(ex, asio::use_awaitable);
+    // Total and partial cancellation promise no (or known) side effects: a running
+    // executor cannot promise that, so the request goes on.
+    ignored.signal.emit(asio::cancellation_type::total);
+    ignored.signal.emit(asio::cancellation_type::partial);
+    cancelled.signal.emit(asio::cancellation_type::terminal);
+    while (!cancelled.done) co_await asio::post(ex, asio::use_awaitable);
+    EXPECT_FALSE(ignored.done);
+    co_await h.queue->graceful_shutdown();  // waits for the one still running (10 s)
   });
-  EXPECT_TRUE(aborted);
-  EXPECT_EQ(echo->calls.load(), 1);  // the cancelled one never ran
+  EXPECT_EQ(cancelled.ec, asio::error::operation_aborted);
+  EXPECT_FALSE(ignored.ec);
+  EXPECT_EQ(ignored.response.status, 200);
+  EXPECT_EQ(sleeper->cancelled.load(), 1);
+  EXPECT_EQ(sleeper->finished.load(), 1);
   auto records = h.telemetry->records();
   ASSERT_EQ(records.size(), 2u);
-  EXPECT_EQ(records[1].status, 499);
+  EXPECT_EQ(records[0].status + records[1].status, 499 + 200);
 }
 
-TEST(LLMQueueRuntime, CancellingARunningRequestCancelsItsExecutor) {
-  auto sleeper = std::make_shared<SleepExecutor>(1h);
-  Harness h(default_config(), {{"chat_completion", sleeper}});
-  bool aborted = false;
-  run_test(h.io, [&]() -> awaitable<void> {
-    co_await h.queue->initiate();
-    auto ex = co_await asio::this_coro::executor;
-    asio::cancellation_signal cancel;
-    bool done = false;
-    asio::co_spawn(
-        ex, h.queue->execute_request("chat_completion", chat_body(), "u"),
-        asio::bind_cancellation_slot(cancel.slot(), [&](std::exception_ptr ep, llmq::Response) {
-          try {
-            if (ep) std::rethrow_exception(ep);
-          } catch (const boost::system::system_error& e) {
-            aborted = e.code() == asio::error::operation_aborted;
-          }
-          done = true;
-        }));
-    co_await wait_until([&] { return sleeper->started.load() > 0; });
-    cancel.emit(asio::cancellation_type::terminal);
-    co_await wait_until([&] { return done && sleeper->cancelled.load() > 0; });
-    co_await h.queue->graceful_shutdown();
-  });
-  EXPECT_TRUE(aborted);
-  EXPECT_EQ(sleeper->cancelled.load(), 1);
-  EXPECT_EQ(sleeper->finished.load(), 0);
-  auto records = h.telemetry->records();
-  ASSERT_EQ(records.size(), 1u);
-  EXPECT_EQ(records[0].status, 499);
-}
-
-TEST(LLMQueueRuntime, ExecutionTimeoutGives504AndCancelsExecutor) {
-  auto sleeper = std::make_shared<SleepExecutor>(1h);
+TEST(LLMQueueRuntime, ExecutionTimeoutIsAnErrorAtExactlyTheTimeoutAndCancelsTheExecutor) {
   llmq::QueueOptions o;
   o.execution_timeout = 50ms;
-  Harness h(default_config(), {{"chat_completion", sleeper}}, o);
-  llmq::Response r = h.run_one("chat_completion", chat_body(), "u");
-  EXPECT_EQ(r.status, 504);
+  Harness h(default_config(), {}, o);
+  auto sleeper = std::make_shared<SleepExecutor>(h.clock, 1h);
+  h.queue->register_request_executor("chat_completion", sleeper);
+  std::optional<llmq::ExecutionTimeoutError> err;
+  steady::duration answered_after{};
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    err = co_await catch_error<llmq::ExecutionTimeoutError>([&]() -> awaitable<void> {
+      co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    });
+    answered_after = h.elapsed();
+    EXPECT_EQ((co_await h.queue->stats()).execution_timeouts, 1u);
+    co_await h.queue->graceful_shutdown();
+  });
+  ASSERT_TRUE(err.has_value());
+  EXPECT_EQ(err->http_status(), 504);
+  EXPECT_EQ(err->code(), llmq::errc::execution_timeout);
+  EXPECT_EQ(answered_after, 50ms);
   EXPECT_EQ(sleeper->cancelled.load(), 1);
   auto records = h.telemetry->records();
   ASSERT_EQ(records.size(), 1u);
   EXPECT_EQ(records[0].status, 504);
 }
 
+// ---- balancing, backoff, retries -----------------------------------------------------------
+
 TEST(LLMQueueRuntime, ThrottledDeploymentBacksOffAndOthersServe) {
   auto throttled = std::make_shared<ThrottledExecutor>("chat-a");
   Harness h(default_config(), {{"chat_completion", throttled}});
   int ok = 0, throttled_answers = 0;
-  run_test(h.io, [&]() -> awaitable<void> {
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     for (int i = 0; i < 20; ++i) {
       auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
@@ -644,7 +937,7 @@ TEST(LLMQueueRuntime, ThrottledDeploymentBacksOffAndOthersServe) {
     }
     auto s = co_await h.queue->stats();
     EXPECT_EQ(s.deployments[0].throttled, 1u);
-    EXPECT_GT(s.deployments[0].backoff_remaining, 9min);
+    EXPECT_EQ(s.deployments[0].backoff_remaining, 10min);  // no time passed
     EXPECT_EQ(s.deployments[1].backoff_remaining, 0ms);
     co_await h.queue->graceful_shutdown();
   });
@@ -656,34 +949,20 @@ TEST(LLMQueueRuntime, ThrottledDeploymentBacksOffAndOthersServe) {
   EXPECT_EQ(ok, 20);
 }
 
-/// Fails with a transient (or, if `permanent`, a non-retryable) upstream error on the
-/// deployments listed in `failing`.
-class FlakyExecutor : public llmq::RequestExecutor {
- public:
-  FlakyExecutor(std::set<std::string> failing, int status, bool permanent = false)
-      : failing_(std::move(failing)), status_(status), permanent_(permanent) {}
-  awaitable<llmq::Response> process_request(const llmq::Request& req,
-                                            const llmq::ChosenDeployments& chosen,
-                                            llmq::TelemetryData& t) override {
-    const std::string& id = chosen.llm->unique_model_id;
-    tried.push_back(id);
-    if (failing_.count(id)) {
-      t.llm_outcome.status = status_;
-      t.llm_outcome.retryable = !permanent_;
-      t.llm_outcome.retry_after = 5min;
-      co_return llmq::Response{llmq::make_error_body("upstream says no", "server_error", id),
-                               status_};
-    }
-    t.llm_outcome.status = 200;
-    co_return llmq::Response{echo_body(req, chosen), 200};
-  }
-  std::vector<std::string> tried;
-
- private:
-  std::set<std::string> failing_;
-  int status_;
-  bool permanent_;
-};
+TEST(LLMQueueRuntime, ARetryWaitsExactlyForTheRetryAfterOfTheOnlyDeployment) {
+  auto flaky =
+      std::make_shared<FlakyExecutor>(std::set<std::string>{"only"}, 503, false, 2'500ms);
+  flaky->fail_first(1);
+  Harness h(make_config({model("only", llmq::ModelType::chat)}), {{"chat_completion", flaky}});
+  llmq::Response r = h.run_one("chat_completion", chat_body(), "u");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(flaky->tried.size(), 2u);
+  EXPECT_EQ(h.elapsed(), 2'500ms);
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].attempts, 2);
+  EXPECT_EQ(records[0].execution_time, 2'500ms);
+}
 
 TEST(LLMQueueRuntime, TransientFailureIsRetriedOnAnotherDeployment) {
   auto flaky = std::make_shared<FlakyExecutor>(std::set<std::string>{"chat-a"}, 503);
@@ -700,9 +979,10 @@ TEST(LLMQueueRuntime, TransientFailureIsRetriedOnAnotherDeployment) {
   EXPECT_EQ(records[0].attempt_log[0].status, 503);
   EXPECT_EQ(records[0].attempt_log[1].status, 200);
   EXPECT_EQ(records[0].status, 200);
+  EXPECT_EQ(h.elapsed(), 0s);
 }
 
-TEST(LLMQueueRuntime, AllAttemptsFailingReturnsTheUpstreamError) {
+TEST(LLMQueueRuntime, AllAttemptsFailingReturnsTheUpstreamErrorWhenTheRetryBudgetEnds) {
   auto flaky = std::make_shared<FlakyExecutor>(std::set<std::string>{"chat-a", "chat-b"}, 500);
   llmq::QueueOptions o;
   o.retry_budget = 100ms;  // both deployments back off for 5 min: the retry waits, then gives up
@@ -711,6 +991,7 @@ TEST(LLMQueueRuntime, AllAttemptsFailingReturnsTheUpstreamError) {
   EXPECT_EQ(r.status, 500);
   EXPECT_EQ(r.body["error"]["message"], "upstream says no");
   EXPECT_EQ(flaky->tried.size(), 2u);  // one attempt each, then no eligible deployment
+  EXPECT_EQ(h.elapsed(), 100ms);       // answered when the retry budget ran out
   auto records = h.telemetry->records();
   ASSERT_EQ(records.size(), 1u);
   EXPECT_EQ(records[0].attempts, 2);
@@ -754,7 +1035,7 @@ TEST(LLMQueueRuntime, ClientErrorsAreNotRetried) {
   auto flaky = std::make_shared<FlakyExecutor>(std::set<std::string>{"chat-a", "chat-b"}, 400);
   Harness h(default_config(), {{"chat_completion", flaky}});
   llmq::Response r;
-  run_test(h.io, [&]() -> awaitable<void> {
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
     auto s = co_await h.queue->stats();
@@ -784,99 +1065,92 @@ class ExhaustedExecutor : public llmq::RequestExecutor {
 TEST(LLMQueueRuntime, UpstreamRemainingZeroHoldsTheDeploymentUntilReset) {
   auto exhausted = std::make_shared<ExhaustedExecutor>();
   Harness h(default_config(), {{"chat_completion", exhausted}});
-  run_test(h.io, [&]() -> awaitable<void> {
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     for (int i = 0; i < 6; ++i)
       co_await h.queue->execute_request("chat_completion", chat_body(), "u");
     auto s = co_await h.queue->stats();
     EXPECT_EQ(s.deployments[0].failures, 0u);
-    EXPECT_GT(s.deployments[0].backoff_remaining, 9min);
+    EXPECT_EQ(s.deployments[0].backoff_remaining, 10min);
+    co_await sleep_for(h.clock, 10min);
+    co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    co_await h.queue->execute_request("chat_completion", chat_body(), "u");
     co_await h.queue->graceful_shutdown();
   });
-  EXPECT_EQ(exhausted->tried,
-            (std::vector<std::string>{"chat-a", "chat-b", "chat-b", "chat-b", "chat-b", "chat-b"}));
+  EXPECT_EQ(exhausted->tried, (std::vector<std::string>{"chat-a", "chat-b", "chat-b", "chat-b",
+                                                        "chat-b", "chat-b", "chat-b", "chat-a"}));
 }
 
-/// A budget shared by several queues: at most `cap` calls per deployment in total.
-class CappedSharedBudget : public llmq::DeploymentBudgetStore {
- public:
-  explicit CappedSharedBudget(std::int64_t cap, bool fail = false) : cap_(cap), fail_(fail) {}
-  awaitable<llmq::BudgetDecision> try_charge(const llmq::Deployment& d,
-                                             const llmq::DeploymentLimits&,
-                                             llmq::DeploymentNeed need) override {
-    // Answer asynchronously, as a network store would.
-    asio::steady_timer t(co_await asio::this_coro::executor, 1ms);
-    co_await t.async_wait(asio::use_awaitable);
-    if (fail_) throw std::runtime_error("store down");
-    std::lock_guard lock(mutex_);
-    llmq::BudgetDecision decision;
-    if (used_[d.unique_model_id] + need.calls > cap_) {
-      decision.allowed = false;
-      decision.retry_after = 10min;
-    } else {
-      used_[d.unique_model_id] += need.calls;
-    }
-    co_return decision;
-  }
-  awaitable<void> report_backoff(const llmq::Deployment& d, std::chrono::milliseconds) override {
-    std::lock_guard lock(mutex_);
-    ++backoffs_[d.unique_model_id];
-    co_return;
-  }
-  std::map<std::string, std::int64_t> used() {
-    std::lock_guard lock(mutex_);
-    return used_;
-  }
-  std::map<std::string, int> backoffs() {
-    std::lock_guard lock(mutex_);
-    return backoffs_;
-  }
+TEST(LLMQueueRuntime, PacingSpreadsCallsOverAzuresOneSecondWindow) {
+  // 120 RPM: at most 2 calls per second (plus the 50 ms pacing margin per window).
+  Harness h(make_config({model("paced", llmq::ModelType::chat, 120)}), {});
+  auto sleeper = std::make_shared<SleepExecutor>(h.clock, 0ms);
+  h.queue->register_request_executor("chat_completion", sleeper);
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    co_await h.run_all(6, [&](int) -> awaitable<void> {
+      co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    });
+    co_await h.queue->graceful_shutdown();
+  });
+  std::vector<steady::duration> at;
+  for (auto t : sleeper->started_at) at.push_back(t - h.start);
+  EXPECT_EQ(at, (std::vector<steady::duration>{0ms, 0ms, 1050ms, 1050ms, 2100ms, 2100ms}));
+}
 
- private:
-  std::mutex mutex_;
-  std::int64_t cap_;
-  bool fail_;
-  std::map<std::string, std::int64_t> used_;
-  std::map<std::string, int> backoffs_;
-};
+// ---- shared deployment budgets ---------------------------------------------------------------
 
 TEST(LLMQueueRuntime, TwoQueuesSharingABudgetStayWithinIt) {
-  auto shared = std::make_shared<CappedSharedBudget>(5);
   asio::io_context io;
+  auto clock = std::make_shared<llmq::ManualClock>();
+  auto shared = std::make_shared<CappedSharedBudget>(clock, 5);
   auto echo = std::make_shared<EchoExecutor>();
   llmq::QueueOptions o;
   o.deployment_budget_store = shared;
+  o.clock = clock;
   auto config = make_config({model("chat-a", llmq::ModelType::chat)});
   config.scheduler_limits.request_timeout = 200ms;
   llmq::LLMQueue q1(io.get_executor(), config, {{"chat_completion", echo}}, o);
   llmq::LLMQueue q2(io.get_executor(), config, {{"chat_completion", echo}}, o);
   int ok = 0, timed_out = 0;
-  run_test(io, [&]() -> awaitable<void> {
-    co_await q1.initiate();
-    co_await q2.initiate();
-    auto ex = co_await asio::this_coro::executor;
-    int done = 0;
-    for (int i = 0; i < 8; ++i)
-      asio::co_spawn(
-          ex,
-          [&, i]() -> awaitable<void> {
-            try {
-              auto r =
-                  co_await (i % 2 ? q1 : q2).execute_request("chat_completion", chat_body(), "u");
-              ok += r.status == 200;
-            } catch (const llmq::QueueTimeoutError&) {
-              ++timed_out;
-            }
-            ++done;
-          },
-          asio::detached);
-    co_await wait_until([&] { return done >= 8; });
-    auto s1 = co_await q1.stats();
-    auto s2 = co_await q2.stats();
-    EXPECT_GT(s1.budget_refusals + s2.budget_refusals, 0u);
-    co_await q1.graceful_shutdown();
-    co_await q2.graceful_shutdown();
-  });
+  bool finished = false;
+  asio::co_spawn(
+      io,
+      [&]() -> awaitable<void> {
+        co_await q1.initiate();
+        co_await q2.initiate();
+        auto ex = co_await asio::this_coro::executor;
+        Latch done(ex, 8);
+        for (int i = 0; i < 8; ++i)
+          asio::co_spawn(
+              ex,
+              [&, i]() -> awaitable<void> {
+                try {
+                  auto r = co_await (i % 2 ? q1 : q2)
+                               .execute_request("chat_completion", chat_body(), "u");
+                  ok += r.status == 200;
+                } catch (const llmq::QueueTimeoutError&) {
+                  ++timed_out;
+                }
+                done.count_down();
+              },
+              asio::detached);
+        co_await done.wait();
+        auto s1 = co_await q1.stats();
+        auto s2 = co_await q2.stats();
+        EXPECT_GT(s1.budget_refusals + s2.budget_refusals, 0u);
+        co_await q1.graceful_shutdown();
+        co_await q2.graceful_shutdown();
+      },
+      [&](std::exception_ptr) { finished = true; });
+  while (!finished) {
+    io.restart();
+    io.poll();
+    if (finished) break;
+    auto next = clock->next_wait();
+    ASSERT_TRUE(next.has_value()) << "would hang";
+    clock->set(*next);
+  }
   // Each queue alone would have run all 8 at once; together they stay at the shared 5.
   EXPECT_EQ(ok, 5);
   EXPECT_EQ(timed_out, 3);
@@ -884,13 +1158,32 @@ TEST(LLMQueueRuntime, TwoQueuesSharingABudgetStayWithinIt) {
   EXPECT_EQ(shared->used()["chat-a"], 5);
 }
 
+/// A harness whose queue shares deployment budgets through `store`.
+struct SharedBudgetHarness : Harness {
+  template <class Store>
+  SharedBudgetHarness(llmq::QueueOptions o, std::shared_ptr<llmq::RequestExecutor> exec,
+                      std::function<std::shared_ptr<Store>(std::shared_ptr<llmq::Clock>)> make)
+      : Harness(default_config(), {}) {
+    store = make(clock);
+    o.deployment_budget_store = store;
+    o.clock = clock;
+    o.telemetry_store = telemetry;
+    queue = std::make_unique<llmq::LLMQueue>(
+        io.get_executor(), default_config(),
+        std::map<std::string, std::shared_ptr<llmq::RequestExecutor>>{{"chat_completion", exec}},
+        o);
+  }
+  std::shared_ptr<llmq::DeploymentBudgetStore> store;
+};
+
 TEST(LLMQueueRuntime, SharedBudgetRefusalMovesWorkToAnotherDeployment) {
-  auto shared = std::make_shared<CappedSharedBudget>(2);
-  llmq::QueueOptions o;
-  o.deployment_budget_store = shared;
   auto throttled = std::make_shared<ThrottledExecutor>("none");
-  Harness h(default_config(), {{"chat_completion", throttled}}, o);
-  run_test(h.io, [&]() -> awaitable<void> {
+  SharedBudgetHarness h({}, throttled,
+                        std::function<std::shared_ptr<CappedSharedBudget>(
+                            std::shared_ptr<llmq::Clock>)>([](auto clock) {
+                          return std::make_shared<CappedSharedBudget>(clock, 2);
+                        }));
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     for (int i = 0; i < 4; ++i) {
       auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
@@ -905,34 +1198,76 @@ TEST(LLMQueueRuntime, SharedBudgetRefusalMovesWorkToAnotherDeployment) {
 TEST(LLMQueueRuntime, SharedBudgetStoreFailurePolicy) {
   for (bool fail_open : {true, false}) {
     llmq::QueueOptions o;
-    o.deployment_budget_store = std::make_shared<CappedSharedBudget>(100, /*fail=*/true);
     o.budget_store_fail_open = fail_open;
-    Harness h(default_config(), {{"chat_completion", std::make_shared<EchoExecutor>()}}, o);
+    SharedBudgetHarness h(o, std::make_shared<EchoExecutor>(),
+                          std::function<std::shared_ptr<CappedSharedBudget>(
+                              std::shared_ptr<llmq::Clock>)>([](auto clock) {
+                            return std::make_shared<CappedSharedBudget>(clock, 100, true);
+                          }));
+    boost::system::error_code ec;
     llmq::Response r;
     std::uint64_t errors = 0;
-    run_test(h.io, [&]() -> awaitable<void> {
+    h.run([&]() -> awaitable<void> {
       co_await h.queue->initiate();
-      r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+      std::tie(ec, r) = co_await h.queue->async_execute_request(
+          "chat_completion", chat_body(), "u", {}, asio::as_tuple(asio::use_awaitable));
       errors = (co_await h.queue->stats()).budget_store_errors;
       co_await h.queue->graceful_shutdown();
     });
     EXPECT_EQ(r.status, fail_open ? 200 : 503) << "fail_open=" << fail_open;
+    if (!fail_open) {
+      EXPECT_EQ(ec, llmq::errc::budget_store_unavailable);
+    }
     EXPECT_EQ(errors, 1u);
+    EXPECT_EQ(h.telemetry->records().size(), 1u);
   }
 }
 
-TEST(LLMQueueRuntime, FailuresAreSharedAsBackoff) {
-  auto shared = std::make_shared<CappedSharedBudget>(100);
+TEST(LLMQueueRuntime, RequestsWaitingForTheSharedStoreAreAnsweredAtShutdown) {
+  // The store never answers (a Redis server that was paused): shutdown still answers the
+  // request and ends within its deadlines.
   llmq::QueueOptions o;
-  o.deployment_budget_store = shared;
-  Harness h(default_config(), {{"chat_completion", std::make_shared<ThrottledExecutor>("chat-a")}},
-            o);
-  run_test(h.io, [&]() -> awaitable<void> {
+  o.shutdown_timeout = 2s;
+  o.shutdown_flush_timeout = 1s;
+  SharedBudgetHarness h(o, std::make_shared<EchoExecutor>(),
+                        std::function<std::shared_ptr<CappedSharedBudget>(
+                            std::shared_ptr<llmq::Clock>)>([](auto clock) {
+                          return std::make_shared<CappedSharedBudget>(clock, 100, false, true);
+                        }));
+  boost::system::error_code ec;
+  steady::duration shut_after{};
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    auto ex = co_await asio::this_coro::executor;
+    Latch answered(ex, 1);
+    h.queue->async_execute_request("chat_completion", chat_body(), "u", {},
+                                   [&](boost::system::error_code e, llmq::Response) {
+                                     ec = e;
+                                     answered.count_down();
+                                   });
+    co_await sleep_for(h.clock, 10ms);
+    co_await h.queue->graceful_shutdown();
+    shut_after = h.elapsed();
+    co_await answered.wait();
+  });
+  EXPECT_EQ(ec, llmq::errc::queue_closed);
+  // 2 s to drain, 1 s for cancelled work to unwind, the flush deadline (1 s) at most.
+  EXPECT_LE(shut_after, 10ms + 2s + 1s + 1s);
+}
+
+TEST(LLMQueueRuntime, FailuresAreSharedAsBackoff) {
+  SharedBudgetHarness h({}, std::make_shared<ThrottledExecutor>("chat-a"),
+                        std::function<std::shared_ptr<CappedSharedBudget>(
+                            std::shared_ptr<llmq::Clock>)>([](auto clock) {
+                          return std::make_shared<CappedSharedBudget>(clock, 100);
+                        }));
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     for (int i = 0; i < 3; ++i)
       co_await h.queue->execute_request("chat_completion", chat_body(), "u");
     co_await h.queue->graceful_shutdown();
   });
+  auto* shared = static_cast<CappedSharedBudget*>(h.store.get());
   EXPECT_EQ(shared->backoffs()["chat-a"], 1);
   EXPECT_EQ(shared->backoffs().count("chat-b"), 0u);
 }
@@ -940,7 +1275,7 @@ TEST(LLMQueueRuntime, FailuresAreSharedAsBackoff) {
 TEST(LLMQueueRuntime, RagRequestGetsBothDeployments) {
   Harness h(default_config(), {{"rag", std::make_shared<EchoExecutor>()}});
   llmq::Response r, none;
-  run_test(h.io, [&]() -> awaitable<void> {
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     llmq::ModelPreferences rag;
     rag.require_embedding_model = true;
@@ -968,7 +1303,7 @@ TEST(LLMQueueRuntime, ModelNameBalancesAmongItsDeployments) {
                    model("m1", llmq::ModelType::chat, 1'000'000, 1'000'000'000, "gpt-4o-mini")});
   Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}});
   std::map<std::string, int> seen;
-  run_test(h.io, [&]() -> awaitable<void> {
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     llmq::ModelPreferences p;
     p.llm_model_name = "gpt-4o";
@@ -983,10 +1318,81 @@ TEST(LLMQueueRuntime, ModelNameBalancesAmongItsDeployments) {
   EXPECT_EQ(seen.count("m1"), 0u);
 }
 
+TEST(LLMQueueRuntime, CallersRequestIdIsUsedAndABadOneRefused) {
+  Harness h(default_config(), {{"chat_completion", std::make_shared<EchoExecutor>()}});
+  llmq::Response mine;
+  boost::system::error_code bad_ec;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    llmq::RequestOptions o;
+    o.request_id = "client-7f3a";
+    mine = co_await h.queue->execute_request("chat_completion", chat_body(), "u", {}, o);
+    o.request_id = "has space";
+    auto [ec, r] = co_await h.queue->async_execute_request(
+        "chat_completion", chat_body(), "u", {}, o, asio::as_tuple(asio::use_awaitable));
+    bad_ec = ec;
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(mine.request_id, "client-7f3a");
+  EXPECT_EQ(mine.body["id"], "client-7f3a");
+  EXPECT_EQ(bad_ec, llmq::errc::invalid_request);
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 2u);
+  EXPECT_EQ(records[0].request_id, "client-7f3a");
+}
+
+TEST(LLMQueueRuntime, PlainCallbacksAndFuturesWork) {
+  Harness h(default_config(), {{"chat_completion", std::make_shared<EchoExecutor>()}});
+  boost::system::error_code cb_ec = asio::error::would_block;
+  int cb_status = 0;
+  std::thread::id cb_thread;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    auto ex = co_await asio::this_coro::executor;
+    Latch done(ex, 1);
+    h.queue->async_execute_request("chat_completion", chat_body(), "u", {},
+                                   [&](boost::system::error_code ec, llmq::Response r) {
+                                     cb_ec = ec;
+                                     cb_status = r.status;
+                                     cb_thread = std::this_thread::get_id();
+                                     done.count_down();
+                                   });
+    EXPECT_EQ(cb_status, 0) << "completed inside the call";
+    co_await done.wait();
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_FALSE(cb_ec);
+  EXPECT_EQ(cb_status, 200);
+  EXPECT_EQ(cb_thread, std::this_thread::get_id());  // on the queue's executor (this thread)
+
+  // use_future, with the io_context on another thread.
+  asio::io_context io;
+  llmq::LLMQueue q(io.get_executor(), default_config(),
+                   {{"chat_completion", std::make_shared<EchoExecutor>()}});
+  auto work = asio::make_work_guard(io);
+  std::thread runner([&] { io.run(); });
+  asio::co_spawn(io, q.initiate(), asio::use_future).get();
+  auto fut = q.async_execute_request("chat_completion", chat_body(), "u", {}, asio::use_future);
+  const llmq::Response r = fut.get();
+  EXPECT_EQ(r.status, 200);
+  auto refused = q.async_execute_request("chat_completion", chat_body(), "", {}, asio::use_future);
+  try {
+    refused.get();
+    ADD_FAILURE() << "an empty user id must fail the future";
+  } catch (const boost::system::system_error& e) {
+    EXPECT_EQ(e.code(), llmq::errc::user_id_missing);
+  }
+  asio::co_spawn(io, q.graceful_shutdown(), asio::use_future).get();
+  work.reset();
+  runner.join();
+}
+
+// ---- lifecycle ---------------------------------------------------------------------------
+
 TEST(LLMQueueRuntime, RefusesBeforeInitiateAndAfterShutdown) {
   Harness h(default_config(), {{"chat_completion", std::make_shared<EchoExecutor>()}});
   int closed = 0;
-  run_test(h.io, [&]() -> awaitable<void> {
+  h.run([&]() -> awaitable<void> {
     auto call = [&]() -> awaitable<void> {
       co_await h.queue->execute_request("chat_completion", chat_body(), "u");
     };
@@ -994,31 +1400,29 @@ TEST(LLMQueueRuntime, RefusesBeforeInitiateAndAfterShutdown) {
     co_await h.queue->initiate();
     co_await h.queue->graceful_shutdown();
     if (auto e = co_await catch_error<llmq::QueueClosedError>(call))
-      closed += e->http_status() == 503;
+      closed += e->http_status() == 503 && e->code() == llmq::errc::queue_closed;
   });
   EXPECT_EQ(closed, 2);
 }
 
 TEST(LLMQueueRuntime, ShutdownWhenIdleReturnsAtOnce) {
   Harness h(default_config(), {{"chat_completion", std::make_shared<EchoExecutor>()}});
-  std::chrono::steady_clock::duration took{};
-  run_test(h.io, [&]() -> awaitable<void> {
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
-    const auto start = std::chrono::steady_clock::now();
     co_await h.queue->graceful_shutdown();
-    took = std::chrono::steady_clock::now() - start;
     co_await h.queue->graceful_shutdown();  // a second call is harmless
   });
-  EXPECT_LT(took, 1s);  // nothing to drain: not the 30 s shutdown_timeout
+  EXPECT_EQ(h.elapsed(), 0s);  // nothing to drain: not the 30 s shutdown_timeout
   EXPECT_TRUE(h.telemetry->closed());
 }
 
 TEST(LLMQueueRuntime, ShutdownUnderLoadDrainsQueuedAndInFlight) {
-  auto sleeper = std::make_shared<SleepExecutor>(20ms);
-  Harness h(default_config(), {{"chat_completion", sleeper}});
+  Harness h(default_config(), {});
+  auto sleeper = std::make_shared<SleepExecutor>(h.clock, 20ms);
+  h.queue->register_request_executor("chat_completion", sleeper);
   int ok = 0, refused = 0;
   constexpr int n = 200;
-  run_test(h.io, [&]() -> awaitable<void> {
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     auto ex = co_await asio::this_coro::executor;
     for (int i = 0; i < n; ++i)
@@ -1029,8 +1433,7 @@ TEST(LLMQueueRuntime, ShutdownUnderLoadDrainsQueuedAndInFlight) {
             ok += r.status == 200;
           },
           asio::detached);
-    asio::steady_timer t(ex, 5ms);
-    co_await t.async_wait(asio::use_awaitable);
+    co_await sleep_for(h.clock, 5ms);
     co_await h.queue->graceful_shutdown();
     try {
       co_await h.queue->execute_request("chat_completion", chat_body(), "u");
@@ -1041,23 +1444,26 @@ TEST(LLMQueueRuntime, ShutdownUnderLoadDrainsQueuedAndInFlight) {
   EXPECT_EQ(ok, n);
   EXPECT_EQ(refused, 1);
   EXPECT_EQ(sleeper->finished.load(), n);
-  // The refusal after shutdown is not stored: the store was closed by then.
+  EXPECT_EQ(h.elapsed(), 20ms);  // all ran at once and finished together
+  // The refusal after shutdown is not stored: the store was closed by then (counted).
   EXPECT_EQ(h.telemetry->total_inserted(), static_cast<std::uint64_t>(n));
   EXPECT_TRUE(h.telemetry->closed());
 }
 
-TEST(LLMQueueRuntime, ShutdownDeadlineFailsWhatIsLeft) {
-  auto sleeper = std::make_shared<SleepExecutor>(1h);
+TEST(LLMQueueRuntime, ShutdownDeadlineAnswersWhatIsLeftInEveryState) {
   auto config = make_config({model("one", llmq::ModelType::chat, 1)});
   llmq::QueueOptions o;
   o.shutdown_timeout = 100ms;
-  Harness h(std::move(config), {{"chat_completion", sleeper}}, o);
+  Harness h(std::move(config), {}, o);
+  auto sleeper = std::make_shared<SleepExecutor>(h.clock, 1h);
+  h.queue->register_request_executor("chat_completion", sleeper);
   int closed = 0;
-  run_test(h.io, [&]() -> awaitable<void> {
+  steady::duration shut_after{};
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     auto ex = co_await asio::this_coro::executor;
-    int done = 0;
-    for (int i = 0; i < 3; ++i)  // one runs forever, two wait for the 1 RPM deployment
+    Latch done(ex, 3);
+    for (int i = 0; i < 3; ++i)  // one runs for an hour, two wait for the 1 RPM deployment
       asio::co_spawn(
           ex,
           [&]() -> awaitable<void> {
@@ -1066,24 +1472,141 @@ TEST(LLMQueueRuntime, ShutdownDeadlineFailsWhatIsLeft) {
             } catch (const llmq::QueueClosedError&) {
               ++closed;
             }
-            ++done;
+            done.count_down();
           },
           asio::detached);
-    asio::steady_timer t(ex, 20ms);
-    co_await t.async_wait(asio::use_awaitable);
+    co_await sleep_for(h.clock, 20ms);
     co_await h.queue->graceful_shutdown();
-    co_await wait_until([&] { return done >= 3; });
+    shut_after = h.elapsed();
+    co_await done.wait();
   });
   EXPECT_EQ(closed, 3);
   EXPECT_EQ(sleeper->cancelled.load(), 1);
   EXPECT_EQ(h.telemetry->total_inserted(), 3u);
+  EXPECT_EQ(shut_after, 20ms + 100ms);  // the cancelled executor unwound at once
+}
+
+/// A telemetry store whose writes never finish (a database that stopped answering).
+class HangingTelemetryStore : public llmq::TelemetryStore {
+ public:
+  explicit HangingTelemetryStore(std::shared_ptr<llmq::Clock> clock) : clock_(std::move(clock)) {}
+  awaitable<void> connect() override { co_return; }
+  awaitable<void> insert_batch(std::span<llmq::TelemetryData> batch) override {
+    attempted += batch.size();
+    co_await sleep_for(clock_, std::chrono::hours(24 * 365));
+  }
+  awaitable<void> close() override { co_return; }
+  std::size_t attempted = 0;
+
+ private:
+  std::shared_ptr<llmq::Clock> clock_;
+};
+
+TEST(LLMQueueRuntime, ShutdownIsBoundedWhenTheTelemetryStoreHangs) {
+  llmq::QueueOptions o;
+  o.shutdown_flush_timeout = 3s;
+  o.telemetry_batch_size = 2;
+  o.telemetry_flush_interval = 100ms;
+  Harness h(default_config(), {{"chat_completion", std::make_shared<EchoExecutor>()}});
+  auto store = std::make_shared<HangingTelemetryStore>(h.clock);
+  o.telemetry_store = store;
+  o.clock = h.clock;
+  h.queue = std::make_unique<llmq::LLMQueue>(
+      h.io.get_executor(), default_config(),
+      std::map<std::string, std::shared_ptr<llmq::RequestExecutor>>{
+          {"chat_completion", std::make_shared<EchoExecutor>()}},
+      o);
+  std::uint64_t dropped = 0;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    for (int i = 0; i < 5; ++i)
+      co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    co_await h.queue->graceful_shutdown();
+    dropped = (co_await h.queue->stats()).telemetry_dropped;
+  });
+  EXPECT_EQ(h.elapsed(), 3s);  // the flush deadline, not a year
+  EXPECT_EQ(store->attempted, 2u);  // the first batch hangs; the rest never got written
+  EXPECT_EQ(dropped, 3u);
+}
+
+/// A clock that throws from now() once armed: a fault inside the dispatcher.
+class FaultyClock : public llmq::Clock {
+ public:
+  time_point now() const override {
+    if (armed_.exchange(false)) throw std::runtime_error("clock fault");
+    return inner_.now();
+  }
+  std::uint64_t async_wait_until(time_point at, asio::any_io_executor ex,
+                                 wait_handler handler) override {
+    return inner_.async_wait_until(at, std::move(ex), std::move(handler));
+  }
+  void cancel_wait(std::uint64_t id) override { inner_.cancel_wait(id); }
+  void arm() { armed_ = true; }
+  llmq::ManualClock& inner() { return inner_; }
+
+ private:
+  mutable std::atomic<bool> armed_{false};
+  llmq::ManualClock inner_;
+};
+
+TEST(LLMQueueRuntime, ADispatcherFailureIsLoudAnswersEveryoneAndRefusesNewCalls) {
+  asio::io_context io;
+  auto clock = std::make_shared<FaultyClock>();
+  auto telemetry = std::make_shared<llmq::InMemoryTelemetryStore>();
+  llmq::QueueOptions o;
+  o.clock = clock;
+  o.telemetry_store = telemetry;
+  o.telemetry_flush_interval = 1h;  // so that the dispatcher is the first to read the time
+  llmq::LLMQueue q(io.get_executor(), make_config({model("slow", llmq::ModelType::chat, 1)}),
+                   {{"chat_completion", std::make_shared<EchoExecutor>()}}, o);
+  std::vector<boost::system::error_code> codes;
+  boost::system::error_code later;
+  bool finished = false;
+  asio::co_spawn(
+      io,
+      [&]() -> awaitable<void> {
+        co_await q.initiate();
+        co_await q.execute_request("chat_completion", chat_body(), "u");  // uses the 1 RPM
+        auto ex = co_await asio::this_coro::executor;
+        Latch done(ex, 3);
+        for (int i = 0; i < 3; ++i)
+          q.async_execute_request("chat_completion", chat_body(), "u", {},
+                                  [&](boost::system::error_code ec, llmq::Response) {
+                                    codes.push_back(ec);
+                                    done.count_down();
+                                  });
+        while ((co_await q.stats()).queue_depth < 3) co_await asio::post(ex, asio::use_awaitable);
+        clock->arm();  // the dispatcher's next look at the time (at the 30 s deadline) throws
+        co_await done.wait();
+        auto [ec, r] = co_await q.async_execute_request("chat_completion", chat_body(), "u", {},
+                                                        asio::as_tuple(asio::use_awaitable));
+        later = ec;
+        co_await q.graceful_shutdown();
+      },
+      [&](std::exception_ptr ep) {
+        finished = true;
+        if (ep) std::rethrow_exception(ep);
+      });
+  for (int i = 0; i < 1000 && !finished; ++i) {
+    io.restart();
+    io.poll();
+    if (finished) break;
+    if (auto next = clock->inner().next_wait()) clock->inner().set(*next);
+  }
+  clock->inner().cancel_all();
+  io.restart();
+  io.poll();
+  ASSERT_TRUE(finished);
+  EXPECT_EQ(codes, (std::vector<boost::system::error_code>(3, llmq::errc::queue_failed)));
+  EXPECT_EQ(later, llmq::errc::queue_failed);
+  EXPECT_EQ(telemetry->total_inserted(), 5u);
 }
 
 TEST(LLMQueueRuntime, TelemetryNeverHoldsTheApiKeyAndPayloadIsOptIn) {
   llmq::QueueOptions o;
   o.record_payload = true;
   Harness h(default_config(), {{"chat_completion", std::make_shared<EchoExecutor>()}}, o);
-  run_test(h.io, [&]() -> awaitable<void> {
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     co_await h.queue->execute_request("chat_completion", chat_body("payload text"), "u");
     co_await h.queue->graceful_shutdown();
@@ -1096,14 +1619,16 @@ TEST(LLMQueueRuntime, TelemetryNeverHoldsTheApiKeyAndPayloadIsOptIn) {
 }
 
 TEST(LLMQueueRuntime, MultiThreadedIoContextCallersOnManyThreads) {
+  // Real threads, real time (nothing here depends on time): the strand serialises queue
+  // state for callers and executors on four threads.
   auto echo = std::make_shared<EchoExecutor>();
-  auto sleeper = std::make_shared<SleepExecutor>(1ms);
+  auto yielder = std::make_shared<SleepExecutor>(nullptr, 1ms);
   asio::io_context io(4);
   auto telemetry = std::make_shared<llmq::InMemoryTelemetryStore>();
   llmq::QueueOptions o;
   o.telemetry_store = telemetry;
   llmq::LLMQueue queue(io.get_executor(), default_config(),
-                       {{"chat_completion", echo}, {"sleep", sleeper}}, o);
+                       {{"chat_completion", echo}, {"sleep", yielder}}, o);
   constexpr int n = 2000;
   std::atomic<int> ok{0}, finished{0};
   std::atomic<bool> shut{false};
@@ -1138,7 +1663,7 @@ TEST(LLMQueueRuntime, TelemetryBufferOverflowIsCountedNotBlocking) {
   Harness h(default_config(), {{"chat_completion", std::make_shared<EchoExecutor>()}}, o);
   int ok = 0;
   std::uint64_t dropped = 0;
-  run_test(h.io, [&]() -> awaitable<void> {
+  h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     for (int i = 0; i < 30; ++i)
       ok += (co_await h.queue->execute_request("chat_completion", chat_body(), "u")).status == 200;
