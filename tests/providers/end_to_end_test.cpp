@@ -13,6 +13,7 @@
 #include <llmq/providers.hpp>
 
 #include <gtest/gtest.h>
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -826,6 +827,17 @@ TEST(EndToEndRetries, ClientErrorsAreNotRetried) {
 // 4. Timeouts, resets, malformed and truncated answers
 // =============================================================================================
 
+/// The answer to one request, also when llmq itself ended it (e.g. execution_timeout): the
+/// error's Response carries its status and error body.
+awaitable<llmq::Response> answer_of(llmq::LLMQueue& q, std::string type, json body,
+                                    llmq::ModelPreferences prefs = {}) {
+  auto [ec, r] = co_await q.async_execute_request(std::move(type), std::move(body), "u",
+                                                  std::move(prefs),
+                                                  asio::as_tuple(asio::use_awaitable));
+  (void)ec;
+  co_return std::move(r);
+}
+
 TEST(EndToEndFaults, TimeoutsResetsMalformedAndTruncatedGiveClearErrorsAndQueueKeepsServing) {
   MockRunner mock(mock_config({mock_deployment("gpt-a", "gpt-4o")}));
   llmq::QueueOptions options;
@@ -875,8 +887,7 @@ TEST(EndToEndFaults, TimeoutsResetsMalformedAndTruncatedGiveClearErrorsAndQueueK
         for (const Step& step : steps) {
           mock->set_faults("gpt-a", step.fault);
           const auto start = Steady::now();
-          llmq::Response bad =
-              co_await s.queue->execute_request(step.req_type, chat_body(step.name), "u");
+          llmq::Response bad = co_await answer_of(*s.queue, step.req_type, chat_body(step.name));
           took.push_back(
               std::chrono::duration_cast<std::chrono::milliseconds>(Steady::now() - start));
           failed.push_back(std::move(bad));
@@ -1001,8 +1012,8 @@ TEST(EndToEndSecrets, ApiKeyNeverInLogsOrTelemetry) {
   run(s.io, [&]() -> awaitable<void> {
     co_await s.queue->initiate();
     auto ask = [&](const std::string& id) -> awaitable<void> {
-      llmq::Response r = co_await s.queue->execute_request(
-          "chat_completion", chat_body("secret test"), "u", llm_pin(id));
+      llmq::Response r =
+          co_await answer_of(*s.queue, "chat_completion", chat_body("secret test"), llm_pin(id));
       statuses.push_back(r.status);
     };
     co_await ask("chat-a");  // 200

@@ -109,11 +109,12 @@ asio::awaitable<Outcome> fire_one(LLMQueue& queue, std::string req_type, std::st
     o.status = e.http_status();
     o.retry_after = e.retry_after();
     o.error = e.what();
-  } catch (const RateLimitStoreUnavailableError& e) {
+  } catch (const StoreUnavailableError& e) {
     o.kind = Outcome::Kind::store_unavailable;
     o.status = e.http_status();
-    o.retry_after = e.retry_after();
+    o.retry_after = e.retry_after_hint().value_or(std::chrono::milliseconds(0));
     o.error = e.what();
+    if (e.code() != errc::user_limit_store_unavailable) o.kind = Outcome::Kind::other_error;
   } catch (const Error& e) {
     o.status = e.http_status();
     o.error = e.what();

@@ -232,13 +232,11 @@ class RequestLifecycle {
   /// dispatcher failed (queue_failed): every request is answered now.
   Actions abandon(errc why) {
     Actions a;
-    if (state_ == RequestState::done) return a;
-    if (!answered_) {
-      if (state_ == RequestState::waiting_to_retry)
-        answer(a, Answer::last_response);
-      else
-        answer_error(a, why);
-    }
+    if (state_ == RequestState::done || answered_) return a;
+    if (state_ == RequestState::waiting_to_retry)
+      answer(a, Answer::last_response);
+    else
+      answer_error(a, why);
     return stop(a);
   }
 
