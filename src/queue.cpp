@@ -23,7 +23,9 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/system/system_error.hpp>
 
+#include <array>
 #include <atomic>
+#include <cassert>
 #include <deque>
 #include <limits>
 #include <mutex>
@@ -103,25 +105,54 @@ bool valid_request_id(std::string_view id) {
 }
 
 /// True when `j` nests arrays and objects deeper than `max_depth` (a scalar is depth 0).
-/// Iterative: the depth of the input decides nothing but the size of a vector.
+/// Iterative: the depth of the input decides nothing but the size of a stack, kept inline
+/// for the depths real bodies have. Walks the containers directly (nlohmann's generic
+/// iterators cost several times more per step).
 bool nests_deeper_than(const nlohmann::json& j, std::size_t max_depth) {
-  if (!j.is_structured()) return false;
+  using json = nlohmann::json;
   struct Frame {
-    const nlohmann::json* node;
-    nlohmann::json::const_iterator next;
+    const json::array_t* array = nullptr;  // else an object
+    std::size_t index = 0;
+    json::object_t::const_iterator it{};
+    json::object_t::const_iterator end{};
   };
-  std::vector<Frame> stack;
-  stack.push_back(Frame{&j, j.cbegin()});
-  while (!stack.empty()) {
-    if (stack.size() > max_depth) return true;
-    Frame& f = stack.back();
-    if (f.next == f.node->cend()) {
-      stack.pop_back();
+  constexpr std::size_t kInline = 8;
+  std::array<Frame, kInline> inline_frames{};
+  std::vector<Frame> more;  // beyond kInline levels
+  std::size_t depth = 0;
+  auto push = [&](const json& node) {
+    if (!node.is_structured() || node.empty()) return true;
+    if (++depth > max_depth) return false;
+    Frame f;
+    if (node.is_array()) {
+      f.array = &node.get_ref<const json::array_t&>();
+    } else {
+      const auto& obj = node.get_ref<const json::object_t&>();
+      f.it = obj.cbegin();
+      f.end = obj.cend();
+    }
+    if (depth <= kInline)
+      inline_frames[depth - 1] = f;
+    else
+      more.push_back(f);
+    return true;
+  };
+  if (!push(j)) return true;
+  while (depth > 0) {
+    Frame& f = depth <= kInline ? inline_frames[depth - 1] : more[depth - 1 - kInline];
+    const json* child = nullptr;
+    if (f.array != nullptr) {
+      if (f.index < f.array->size()) child = &(*f.array)[f.index++];
+    } else if (f.it != f.end) {
+      child = &f.it->second;
+      ++f.it;
+    }
+    if (child == nullptr) {
+      if (depth > kInline) more.pop_back();
+      --depth;
       continue;
     }
-    const nlohmann::json& child = *f.next;
-    ++f.next;
-    if (child.is_structured()) stack.push_back(Frame{&child, child.cbegin()});
+    if (!push(*child)) return true;
   }
   return false;
 }
@@ -131,7 +162,8 @@ bool nests_deeper_than(const nlohmann::json& j, std::size_t max_depth) {
 std::int64_t saturating_mul(std::int64_t a, std::int64_t b) {
   if (a < 0) return std::numeric_limits<std::int64_t>::max();
   if (a == 0 || b <= 0) return 0;
-  if (a > std::numeric_limits<std::int64_t>::max() / b) return std::numeric_limits<std::int64_t>::max();
+  if (a > std::numeric_limits<std::int64_t>::max() / b)
+    return std::numeric_limits<std::int64_t>::max();
   return a * b;
 }
 
@@ -178,10 +210,9 @@ struct Entry {
   // One signal per executor run; the run's completion handler co-owns it.
   std::shared_ptr<asio::cancellation_signal> exec_cancel;
   std::optional<Response> last_response;  // of the previous attempt, while waiting to retry
-  std::string error_text;                  // the message of a refusal decided at admission
+  std::string error_text;                 // the message of a refusal decided at admission
   std::optional<std::chrono::milliseconds> retry_after;  // of a refusal, when known
   ErasedHandler deliver;
-  std::weak_ptr<Entry> self;  // for the lists below, which hold raw pointers
   // Intrusive list of running entries, in dispatch (== execution deadline) order, and of
   // entries waiting for the shared budget store.
   Entry* list_prev = nullptr;
@@ -337,7 +368,8 @@ class TelemetryPipeline : public std::enable_shared_from_this<TelemetryPipeline>
       co_await stop_timer_.async_wait(asio::as_tuple(asio::use_awaitable));
     }
     if (!done_)
-      logger()->warn("telemetry store did not finish its last writes within shutdown_flush_timeout");
+      logger()->warn(
+          "telemetry store did not finish its last writes within shutdown_flush_timeout");
     close_buffer();
   }
 
@@ -478,66 +510,72 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     });
   }
 
+  /// The queue's record of a request, its arguments moved in (any thread).
+  EntryPtr prepare(std::string&& req_type, nlohmann::json&& body, std::string&& user_id,
+                   ModelPreferences&& prefs, RequestOptions&& options) {
+    EntryPtr e = new_entry();
+    e->request.req_type = std::move(req_type);
+    e->request.body = std::move(body);
+    e->request.user_id = std::move(user_id);
+    e->request.preferences = std::move(prefs);
+    e->request.id = std::move(options.request_id);  // checked in admit()
+    return e;
+  }
+
   /// Admission, on the caller's thread: everything that can refuse the request without the
   /// strand, then the user limit, then the hand-over to the strand.
-  void admit(ErasedHandler handler, asio::cancellation_slot slot, std::string req_type,
-             nlohmann::json body, std::string user_id, ModelPreferences prefs,
-             RequestOptions options) {
-    const time_point now = this->now();
-    EntryPtr e = new_entry();
+  void admit(EntryPtr e, ErasedHandler handler, asio::cancellation_slot slot) {
+    const time_point t0 = now();
     e->deliver = std::move(handler);
-    TelemetryPtr& t = e->telemetry;
-    t = make_pooled<TelemetryData>(telemetry_pool_);
-    t->received_at = wall_at(now);
-    t->req_type = req_type;
-    t->user_id = valid_user_id(user_id) ? user_id : printable_prefix(user_id);
-    if (options.request_id.empty()) {
-      t->request_id = next_request_id();
-    } else if (valid_request_id(options.request_id)) {
-      t->request_id = std::move(options.request_id);
-    } else {
-      t->request_id = next_request_id();
+    Request& req = e->request;
+    TelemetryData& t = *(e->telemetry = make_pooled<TelemetryData>(telemetry_pool_));
+    t.received_at = wall_at(t0);
+    t.req_type = req.req_type;
+    const bool user_ok = valid_user_id(req.user_id);
+    t.user_id = user_ok ? req.user_id : printable_prefix(req.user_id);
+    if (req.id.empty()) {
+      req.id = next_request_id();
+    } else if (!valid_request_id(req.id)) {
+      req.id = next_request_id();
+      t.request_id = req.id;
       return refuse(e, errc::invalid_request,
                     "request_id must be 1 to 128 printable ASCII characters without spaces");
     }
-    e->request.id = t->request_id;
+    t.request_id = req.id;
     if (!accepting_.load(std::memory_order_relaxed))
       return refuse(e, failed_.load() ? errc::queue_failed : errc::queue_closed, closed_reason());
-    if (user_id.empty())
+    if (req.user_id.empty())
       return refuse(e, errc::user_id_missing, "user id is missing: every request needs a user id");
-    if (!valid_user_id(user_id))
+    if (!user_ok)
       return refuse(e, errc::invalid_user_id,
                     "user id must be 1 to 256 bytes without control characters");
-    e->executor = find_executor(req_type);
+    e->executor = find_executor(req.req_type);
     if (!e->executor)
-      return refuse(e, errc::unknown_request_type, "unknown request type '" + req_type + "'");
-    auto resolved = resolve(prefs);
+      return refuse(e, errc::unknown_request_type, "unknown request type '" + req.req_type + "'");
+    auto resolved = resolve(req.preferences);
     if (auto* why = std::get_if<std::string>(&resolved))
       return refuse(e, errc::unsatisfiable_preferences, *why);
     e->cls = std::get<const ResourceClass*>(resolved);
-    if (nests_deeper_than(body, options_.max_json_depth))
+    if (nests_deeper_than(req.body, options_.max_json_depth))
       return refuse(e, errc::invalid_request,
                     "request body nests arrays and objects deeper than " +
                         std::to_string(options_.max_json_depth) + " levels");
-    if (auto why = estimate(*e, body, prefs)) return refuse(e, errc::request_too_large, *why);
+    if (auto why = estimate(*e, req.body, req.preferences))
+      return refuse(e, errc::request_too_large, *why);
     if (!reserve_slot())
       return refuse(e, errc::queue_full,
                     "scheduler queue is full (max_queue_size " +
                         std::to_string(config_.scheduler_limits.max_queue_size) + ")");
     e->holds_slot = true;
-    if (options_.record_payload) t->payload = body;
-    e->request.req_type = std::move(req_type);
-    e->request.user_id = std::move(user_id);
-    e->request.body = std::move(body);
-    e->request.preferences = std::move(prefs);
+    if (options_.record_payload) t.payload = req.body;
     if (slot.is_connected()) slot.emplace<CancelHandler>(CancelHandler{weak_from_this(), e});
     // The user limit comes last, so that a refused request is not counted against it.
     UserRateLimitStore& store = *options_.user_rate_limit_store;
-    if (auto decision = store.try_acquire_now(e->request.user_id, config_.user_limits)) {
+    if (auto decision = store.try_acquire_now(req.user_id, config_.user_limits)) {
       limit_decided(e, *decision);
       return;
     }
-    asio::co_spawn(base_, acquire_user_limit(shared_from_this(), e), asio::detached);
+    asio::co_spawn(base_, acquire_user_limit(shared_from_this(), std::move(e)), asio::detached);
   }
 
  private:
@@ -551,7 +589,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       auto c = core.lock();
       if (!c) return;
       asio::post(c->strand_, [c, e = entry, type] {
-        if (auto p = e.lock()) c->apply(p, p->life.cancel(type));
+        if (auto p = e.lock()) c->apply(p, p->life.cancel(type), c->now());
       });
     }
   };
@@ -564,9 +602,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   }
 
   EntryPtr new_entry() {
-    EntryPtr e = std::allocate_shared<Entry>(PoolAllocator<Entry>(entry_pool_));
-    e->self = e;
-    return e;
+    return std::allocate_shared<Entry>(PoolAllocator<Entry>(entry_pool_));
   }
 
   static std::vector<DeploymentLimits> make_limits(const std::vector<Deployment>& ds,
@@ -633,13 +669,15 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       rc.need_llm = true;
       auto err = candidates(true, p.specific_llm_model, p.llm_model_name, rc.llm);
       if (!err.empty()) return err;
-      for (std::size_t i : rc.llm) rc.max_llm_tpm = std::max(rc.max_llm_tpm, limits_[i].tokens_per_min);
+      for (std::size_t i : rc.llm)
+        rc.max_llm_tpm = std::max(rc.max_llm_tpm, limits_[i].tokens_per_min);
     }
     if (p.require_embedding_model) {
       rc.need_emb = true;
       auto err = candidates(false, p.specific_embedding_model, p.embedding_model_name, rc.emb);
       if (!err.empty()) return err;
-      for (std::size_t i : rc.emb) rc.max_emb_tpm = std::max(rc.max_emb_tpm, limits_[i].tokens_per_min);
+      for (std::size_t i : rc.emb)
+        rc.max_emb_tpm = std::max(rc.max_emb_tpm, limits_[i].tokens_per_min);
     }
     std::lock_guard lock(classes_mutex_);
     if (auto it = class_index_.find(key); it != class_index_.end()) return it->second;
@@ -688,13 +726,12 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     }
     if (rc.need_emb) {
       e.emb_need.calls = p.num_emb_calls_per_req;
-      e.emb_need.tokens =
-          saturating_mul(estimate_embedding_tokens(body), p.num_emb_calls_per_req);
+      e.emb_need.tokens = saturating_mul(estimate_embedding_tokens(body), p.num_emb_calls_per_req);
     }
-    const std::int64_t total = e.llm_need.tokens > std::numeric_limits<std::int64_t>::max() -
-                                                       e.emb_need.tokens
-                                   ? std::numeric_limits<std::int64_t>::max()
-                                   : e.llm_need.tokens + e.emb_need.tokens;
+    const std::int64_t total =
+        e.llm_need.tokens > std::numeric_limits<std::int64_t>::max() - e.emb_need.tokens
+            ? std::numeric_limits<std::int64_t>::max()
+            : e.llm_need.tokens + e.emb_need.tokens;
     e.telemetry->estimated_tokens = total;
     auto too_large = [](const char* kind, std::int64_t need, std::int64_t tpm) {
       return "the request's estimated " + std::string(kind) + " tokens (" + std::to_string(need) +
@@ -741,7 +778,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
               std::optional<std::chrono::milliseconds> retry_after = std::nullopt) {
     e->error_text = std::move(message);
     e->retry_after = retry_after;
-    apply(e, e->life.refused(why), nullptr, /*on_strand=*/false);
+    apply(e, e->life.refused(why), now(), nullptr, /*on_strand=*/false);
   }
 
   static asio::awaitable<void> acquire_user_limit(std::shared_ptr<QueueCore> self, EntryPtr e) {
@@ -750,7 +787,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     std::optional<std::chrono::milliseconds> hint;
     try {
       decision = co_await self->options_.user_rate_limit_store->acquire(e->request.user_id,
-                                                                       self->config_.user_limits);
+                                                                        self->config_.user_limits);
     } catch (const Error& ex) {
       failure = ex.what();
       hint = ex.retry_after_hint();
@@ -777,15 +814,29 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
 
   void count(errc why) {
     switch (why) {
-      case errc::user_rate_limited: ++rejected_user_limit_; break;
-      case errc::queue_full: ++rejected_queue_full_; break;
-      case errc::queue_timeout: ++timed_out_; break;
-      case errc::execution_timeout: ++execution_timeouts_; break;
+      case errc::user_rate_limited:
+        ++rejected_user_limit_;
+        break;
+      case errc::queue_full:
+        ++rejected_queue_full_;
+        break;
+      case errc::queue_timeout:
+        ++timed_out_;
+        break;
+      case errc::execution_timeout:
+        ++execution_timeouts_;
+        break;
       case errc::queue_closed:
-      case errc::queue_failed: ++rejected_closed_; break;
+      case errc::queue_failed:
+        ++rejected_closed_;
+        break;
       case errc::user_limit_store_unavailable:
-      case errc::budget_store_unavailable: ++rejected_store_; break;
-      default: ++rejected_invalid_; break;
+      case errc::budget_store_unavailable:
+        ++rejected_store_;
+        break;
+      default:
+        ++rejected_invalid_;
+        break;
     }
   }
 
@@ -800,30 +851,44 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
         return "request executor did not finish within execution_timeout";
       case errc::queue_closed:
         return abandon_reason_.empty() ? closed_reason() : abandon_reason_;
-      case errc::queue_failed: return "queue dispatcher failed: " + failure_;
-      default: return std::string(make_error_code(why).message());
+      case errc::queue_failed:
+        return "queue dispatcher failed: " + failure_;
+      default:
+        return std::string(make_error_code(why).message());
     }
   }
 
-  /// Performs a lifecycle step's actions, in their documented order. `current` is the
-  /// Response of the attempt that just ended, if any. Off the strand (`on_strand` false)
-  /// only for a request that never entered the scheduler: its actions touch no strand state.
-  void apply(const EntryPtr& e, const Actions& a, Response* current = nullptr,
+  /// Performs a lifecycle step's actions at `t`, in their documented order. `current` is
+  /// the Response of the attempt that just ended, if any. Off the strand (`on_strand`
+  /// false) only for a request that never entered the scheduler: its actions touch no
+  /// strand state.
+  void apply(const EntryPtr& e, const Actions& a, time_point t, Response* current = nullptr,
              bool on_strand = true) {
-    if (!a.any()) return;
-    const time_point t = now();
+    if (a.any()) perform(*e, &e, a, t, current, on_strand);
+  }
+  /// The same for an entry reached through a list (confirming or running): the actions of
+  /// such a step (answer, cancel, finish) never need to share the entry.
+  void apply(Entry& e, const Actions& a, time_point t) {
+    if (a.any()) perform(e, nullptr, a, t, nullptr, true);
+  }
+
+  void perform(Entry& e, const EntryPtr* owner, const Actions& a, time_point t, Response* current,
+               bool on_strand) {
     if (a.remove_from_queue) {
-      scheduler_.cancel(e->ticket);  // a no-op for one waiting in retry_pending_
-      release_slot(*e);
+      scheduler_.cancel(e.ticket);  // a no-op for one waiting in retry_pending_
+      release_slot(e);
     }
-    if (a.refund_grants) refund(*e);
-    if (a.answer != Answer::none) answer(*e, a, current, t);
-    if (a.cancel_executor && e->exec_cancel) e->exec_cancel->emit(asio::cancellation_type::terminal);
-    if (a.keep_response && current) e->last_response = std::move(*current);
-    if (a.requeue) requeue(e);
-    if (a.confirm) begin_confirm(e);
-    if (a.start_executor) start(e, t);
-    if (a.finish) finish(*e, t, on_strand);
+    if (a.refund_grants) refund(e);
+    if (a.answer != Answer::none) answer(e, a, current, t);
+    if (a.cancel_executor && e.exec_cancel) e.exec_cancel->emit(asio::cancellation_type::terminal);
+    if (a.keep_response && current) e.last_response = std::move(*current);
+    if (a.requeue || a.confirm || a.start_executor) {
+      assert(owner != nullptr);
+      if (a.requeue) requeue(*owner);
+      if (a.confirm) begin_confirm(*owner);
+      if (a.start_executor) start(*owner, t);
+    }
+    if (a.finish) finish(e, t, on_strand);
   }
 
   void answer(Entry& e, const Actions& a, Response* current, time_point at) {
@@ -831,7 +896,8 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     boost::system::error_code ec;
     Response r;
     switch (a.answer) {
-      case Answer::none: return;
+      case Answer::none:
+        return;
       case Answer::error: {
         count(a.error);
         ec = make_error_code(a.error);
@@ -893,7 +959,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   void on_submit(const EntryPtr& e) {
     if (e->life.done()) return;  // cancelled on its way here
     if (!accepting_.load(std::memory_order_relaxed) || stopped_) {
-      apply(e, e->life.abandon(failed_.load() ? errc::queue_failed : errc::queue_closed));
+      apply(e, e->life.abandon(failed_.load() ? errc::queue_failed : errc::queue_closed), now());
       return;
     }
     const time_point t = now();
@@ -928,7 +994,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
         wake_pending_ = false;
         const time_point t = now();
         queue_pending_retries();
-        scheduler_.expire(t, [&](EntryPtr&& e) { apply(e, e->life.deadline()); });
+        scheduler_.expire(t, [&](EntryPtr&& e) { apply(e, e->life.deadline(), t); });
         expire_running(t);
         const std::size_t dispatched = scheduler_.dispatch(
             [&](std::uint32_t, EntryPtr& e) { return try_dispatch(e, t); }, kDispatchSlice);
@@ -954,9 +1020,10 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   /// The dispatcher failed: loud, and nobody waits for it. Every waiting caller is
   /// answered with errc::queue_failed and new calls are refused.
   void fail(const std::string& what) {
-    logger()->critical("llmq: the queue's dispatcher failed ({}); every waiting request is "
-                       "answered with queue_failed and new requests are refused",
-                       what);
+    logger()->critical(
+        "llmq: the queue's dispatcher failed ({}); every waiting request is "
+        "answered with queue_failed and new requests are refused",
+        what);
     failure_ = what;
     failed_.store(true);
     accepting_.store(false);
@@ -997,7 +1064,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     }
     release_slot(*e);
     EntryPtr entry = std::move(e);
-    apply(entry, entry->life.dispatched(options_.deployment_budget_store != nullptr));
+    apply(entry, entry->life.dispatched(options_.deployment_budget_store != nullptr), t);
     return true;
   }
 
@@ -1006,7 +1073,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       if (r->exec_deadline > t) break;
       running_.remove(*r);
       // The entry stays alive: its executor's coroutine holds it.
-      apply(r->self.lock(), r->life.execution_deadline());
+      apply(*r, r->life.execution_deadline(), t);
     }
   }
 
@@ -1070,18 +1137,18 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     --in_flight_;
     confirming_.remove(*e);
     if (store_failed_closed) {
-      apply(e, e->life.confirm_failed_closed());
+      apply(e, e->life.confirm_failed_closed(), now());
       co_return;
     }
     if (!refused) {
-      apply(e, e->life.confirmed());
+      apply(e, e->life.confirmed(), now());
       co_return;
     }
     ++budget_refusals_;
     // What the shared budget refused must not use up this queue's own windows.
     balancer_.hold(refused_deployment,
                    now() + std::max<steady::duration>(*refused, std::chrono::milliseconds(1)));
-    apply(e, e->life.confirm_refused());
+    apply(e, e->life.confirm_refused(), now());
   }
 
   void share_backoff(std::size_t deployment, steady::duration wait) {
@@ -1102,8 +1169,8 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       e->telemetry->dispatched_at = wall_at(t);
       e->telemetry->queue_wait = duration_cast<microseconds>(t - e->queued_at);
     }
-    e->exec_deadline = options_.execution_timeout.count() > 0 ? t + options_.execution_timeout
-                                                              : time_point::max();
+    e->exec_deadline =
+        options_.execution_timeout.count() > 0 ? t + options_.execution_timeout : time_point::max();
     running_.push_back(*e);
     ++in_flight_;
     // The completion handler keeps the signal alive until co_spawn is done with its slot.
@@ -1174,7 +1241,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       tel.llm_outcome = UpstreamOutcome{};
       tel.embedding_outcome = UpstreamOutcome{};
     }
-    apply(e, e->life.executor_finished(retry), &r);
+    apply(e, e->life.executor_finished(retry), t, &r);
   }
 
   void apply_outcome(const std::optional<DeploymentGrant>& g, const UpstreamOutcome& o,
@@ -1324,11 +1391,12 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     queue_pending_retries();
     std::vector<EntryPtr> queued;
     scheduler_.drain([&](EntryPtr&& e) { queued.push_back(std::move(e)); });
-    for (EntryPtr& e : queued) apply(e, e->life.abandon(why));
-    for (Entry* e : confirming_.snapshot()) apply(e->self.lock(), e->life.abandon(why));
+    const time_point t = now();
+    for (EntryPtr& e : queued) apply(e, e->life.abandon(why), t);
+    for (Entry* e : confirming_.snapshot()) apply(*e, e->life.abandon(why), t);
     for (Entry* e : running_.snapshot()) {
       running_.remove(*e);
-      apply(e->self.lock(), e->life.abandon(why));
+      apply(*e, e->life.abandon(why), t);
     }
     notify_idle();
   }
@@ -1440,15 +1508,23 @@ asio::awaitable<void> LLMQueue::initiate() {
   co_await core->initiate();
 }
 
-void LLMQueue::start(const std::shared_ptr<detail::QueueCore>& core, detail::ErasedHandler handler,
-                     asio::cancellation_slot slot, std::string req_type,
-                     nlohmann::json request_data, std::string user_id, ModelPreferences model_pref,
-                     RequestOptions options) {
-  core->admit(std::move(handler), slot, std::move(req_type), std::move(request_data),
-              std::move(user_id), std::move(model_pref), std::move(options));
+std::shared_ptr<detail::Entry> LLMQueue::prepare(std::string&& req_type,
+                                                 nlohmann::json&& request_data,
+                                                 std::string&& user_id,
+                                                 ModelPreferences&& model_pref,
+                                                 RequestOptions&& options) {
+  return core_->prepare(std::move(req_type), std::move(request_data), std::move(user_id),
+                        std::move(model_pref), std::move(options));
 }
 
-asio::any_io_executor LLMQueue::default_executor() const noexcept { return core_->base_executor(); }
+void LLMQueue::start(detail::QueueCore& core, detail::ErasedHandler handler,
+                     asio::cancellation_slot slot, std::shared_ptr<detail::Entry> entry) {
+  core.admit(std::move(entry), std::move(handler), slot);
+}
+
+const asio::any_io_executor& LLMQueue::executor_of(const detail::QueueCore& core) noexcept {
+  return core.base_executor();
+}
 
 namespace {
 
@@ -1472,18 +1548,25 @@ std::string message_of(const Response& r) {
   if (ec.category() == error_category()) {
     const auto e = static_cast<errc>(ec.value());
     switch (e) {
-      case errc::user_id_missing: throw UserIdHeaderMissingError();
+      case errc::user_id_missing:
+        throw UserIdHeaderMissingError();
       case errc::user_rate_limited:
         throw UserRateLimitExceededError(user_id,
                                          r.retry_after.value_or(std::chrono::milliseconds(0)));
-      case errc::queue_full: throw SchedulerQueueFullError(message, ec, r.retry_after);
-      case errc::queue_timeout: throw QueueTimeoutError(message);
+      case errc::queue_full:
+        throw SchedulerQueueFullError(message, ec, r.retry_after);
+      case errc::queue_timeout:
+        throw QueueTimeoutError(message);
       case errc::queue_closed:
-      case errc::queue_failed: throw QueueClosedError(message, e);
-      case errc::execution_timeout: throw ExecutionTimeoutError(message);
+      case errc::queue_failed:
+        throw QueueClosedError(message, e);
+      case errc::execution_timeout:
+        throw ExecutionTimeoutError(message);
       case errc::user_limit_store_unavailable:
-      case errc::budget_store_unavailable: throw StoreUnavailableError(message, e, r.retry_after);
-      default: throw InvalidRequestError(message, e);
+      case errc::budget_store_unavailable:
+        throw StoreUnavailableError(message, e, r.retry_after);
+      default:
+        throw InvalidRequestError(message, e);
     }
   }
   throw Error(message, r.status, ec, r.retry_after);
@@ -1496,9 +1579,9 @@ asio::awaitable<Response> LLMQueue::execute_request(std::string req_type,
                                                     std::string user_id,
                                                     ModelPreferences model_pref,
                                                     RequestOptions options) {
-  auto [ec, r] = co_await async_execute_request(
-      std::move(req_type), std::move(request_data), user_id, std::move(model_pref),
-      std::move(options), asio::as_tuple(asio::use_awaitable));
+  auto [ec, r] = co_await async_execute_request(std::move(req_type), std::move(request_data),
+                                                user_id, std::move(model_pref), std::move(options),
+                                                asio::as_tuple(asio::use_awaitable));
   if (ec) throw_error(ec, r, user_id);
   co_return std::move(r);
 }

@@ -180,9 +180,11 @@ class ClockTimer {
 
   /// Sets the expiry; pending waits are cancelled, as with asio timers.
   void expires_at(time_point t) {
-    cancel();
     expiry_ = t;
-    if (!clock_) steady_.expires_at(t);
+    if (clock_)
+      cancel();
+    else
+      steady_.expires_at(t);  // cancels its pending waits itself
   }
   void expires_after(duration d) { expires_at(now() + d); }
   [[nodiscard]] time_point expiry() const noexcept { return expiry_; }
@@ -201,7 +203,8 @@ class ClockTimer {
               clock_->async_wait_until(expiry_, ex_, Clock::wait_handler(std::move(handler)));
           // expires_at() and cancel() forget completed waits; a timer waited on again and
           // again without them keeps at most kKept ids (of waits that are most likely done).
-          if (pending_.size() >= kKept) pending_.erase(pending_.begin(), pending_.begin() + kKept / 2);
+          if (pending_.size() >= kKept)
+            pending_.erase(pending_.begin(), pending_.begin() + kKept / 2);
           pending_.push_back(id);
           if (slot.is_connected()) {
             slot.assign([clock = clock_, id](boost::asio::cancellation_type_t type) {

@@ -33,6 +33,7 @@ namespace llmq {
 
 namespace detail {
 class QueueCore;
+struct Entry;
 }
 
 /// Tunables of an LLMQueue, each with its default.
@@ -188,10 +189,12 @@ class LLMQueue {
   /// as_tuple(...), deferred, ...). The handler runs on its associated executor (else on
   /// the executor the queue was constructed with), never inside this call.
   template <class CompletionToken>
-    requires(!std::is_same_v<std::decay_t<CompletionToken>, RequestOptions>)
-  auto async_execute_request(std::string req_type, nlohmann::json request_data,
-                             std::string user_id, ModelPreferences model_pref,
-                             CompletionToken&& token) {
+  requires(!std::is_same_v<std::decay_t<CompletionToken>,
+                           RequestOptions>) auto async_execute_request(std::string req_type,
+                                                                       nlohmann::json request_data,
+                                                                       std::string user_id,
+                                                                       ModelPreferences model_pref,
+                                                                       CompletionToken&& token) {
     return async_execute_request(std::move(req_type), std::move(request_data), std::move(user_id),
                                  std::move(model_pref), RequestOptions{},
                                  std::forward<CompletionToken>(token));
@@ -199,13 +202,13 @@ class LLMQueue {
 
   /// As above, with per-request options.
   template <class CompletionToken>
-  auto async_execute_request(std::string req_type, nlohmann::json request_data,
-                             std::string user_id, ModelPreferences model_pref,
-                             RequestOptions options, CompletionToken&& token) {
-    return boost::asio::async_initiate<CompletionToken,
-                                       void(boost::system::error_code, Response)>(
-        Initiation{core_, default_executor()}, token, std::move(req_type),
-        std::move(request_data), std::move(user_id), std::move(model_pref), std::move(options));
+  auto async_execute_request(std::string req_type, nlohmann::json request_data, std::string user_id,
+                             ModelPreferences model_pref, RequestOptions options,
+                             CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken, void(boost::system::error_code, Response)>(
+        Initiation{core_}, token,
+        prepare(std::move(req_type), std::move(request_data), std::move(user_id),
+                std::move(model_pref), std::move(options)));
   }
 
   /// The seed's call: `auto [body, status] = co_await queue.execute_request(...)`.
@@ -248,22 +251,23 @@ class LLMQueue {
  private:
   struct Initiation {
     std::shared_ptr<detail::QueueCore> core;
-    boost::asio::any_io_executor fallback;
     template <class Handler>
-    void operator()(Handler&& handler, std::string req_type, nlohmann::json request_data,
-                    std::string user_id, ModelPreferences model_pref,
-                    RequestOptions options) const {
+    void operator()(Handler&& handler, std::shared_ptr<detail::Entry> entry) const {
       auto slot = boost::asio::get_associated_cancellation_slot(handler);
-      start(core, detail::ErasedHandler(std::forward<Handler>(handler), fallback), slot,
-            std::move(req_type), std::move(request_data), std::move(user_id),
-            std::move(model_pref), std::move(options));
+      start(*core, detail::ErasedHandler(std::forward<Handler>(handler), executor_of(*core)), slot,
+            std::move(entry));
     }
   };
-  static void start(const std::shared_ptr<detail::QueueCore>& core, detail::ErasedHandler handler,
-                    boost::asio::cancellation_slot slot, std::string req_type,
-                    nlohmann::json request_data, std::string user_id, ModelPreferences model_pref,
-                    RequestOptions options);
-  [[nodiscard]] boost::asio::any_io_executor default_executor() const noexcept;
+  /// The request, moved once into the queue's own record of it (nothing is decided yet).
+  [[nodiscard]] std::shared_ptr<detail::Entry> prepare(std::string&& req_type,
+                                                       nlohmann::json&& request_data,
+                                                       std::string&& user_id,
+                                                       ModelPreferences&& model_pref,
+                                                       RequestOptions&& options);
+  static void start(detail::QueueCore& core, detail::ErasedHandler handler,
+                    boost::asio::cancellation_slot slot, std::shared_ptr<detail::Entry> entry);
+  [[nodiscard]] static const boost::asio::any_io_executor& executor_of(
+      const detail::QueueCore& core) noexcept;
 
   std::shared_ptr<detail::QueueCore> core_;
 };

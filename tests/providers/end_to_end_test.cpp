@@ -831,9 +831,8 @@ TEST(EndToEndRetries, ClientErrorsAreNotRetried) {
 /// error's Response carries its status and error body.
 awaitable<llmq::Response> answer_of(llmq::LLMQueue& q, std::string type, json body,
                                     llmq::ModelPreferences prefs = {}) {
-  auto [ec, r] = co_await q.async_execute_request(std::move(type), std::move(body), "u",
-                                                  std::move(prefs),
-                                                  asio::as_tuple(asio::use_awaitable));
+  auto [ec, r] = co_await q.async_execute_request(
+      std::move(type), std::move(body), "u", std::move(prefs), asio::as_tuple(asio::use_awaitable));
   (void)ec;
   co_return std::move(r);
 }

@@ -431,8 +431,8 @@ TEST(LLMQueueRuntime, ExactlyOneAnswerForEachOfTenThousandConcurrentRequests) {
   h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     co_await h.run_all(n, [&](int i) -> awaitable<void> {
-      auto r = co_await h.queue->execute_request(
-          "chat_completion", chat_body(std::to_string(i)), "user-" + std::to_string(i % 97));
+      auto r = co_await h.queue->execute_request("chat_completion", chat_body(std::to_string(i)),
+                                                 "user-" + std::to_string(i % 97));
       ++answers[static_cast<std::size_t>(i)];
       ids[static_cast<std::size_t>(i)] = r.body["id"].get<std::string>();
       if (r.body["input"]["messages"][0]["content"] != std::to_string(i))
@@ -501,7 +501,7 @@ TEST(LLMQueueRuntime, ADeepQueueIsDispatchedInSlicesLettingOtherWorkRun) {
     co_await sleep_for(h.clock, 199ms);
     EXPECT_EQ(exec->calls, 1) << "dispatched during the backoff";
     co_await sleep_for(h.clock, 1ms);  // the backoff ends; the probe runs from here on
-    while (exec->calls < n + 2) {  // the probe: one turn per post
+    while (exec->calls < n + 2) {      // the probe: one turn per post
       seen.push_back(exec->calls);
       co_await asio::post(ex, asio::use_awaitable);
     }
@@ -574,9 +574,9 @@ TEST(LLMQueueRuntime, RefusalsAreErrorsWithCodesAndEachHasATelemetryRow) {
     co_await h.queue->initiate();
     auto call = [&](std::string type, json body, std::string user,
                     llmq::ModelPreferences p) -> awaitable<void> {
-      auto [ec, r] = co_await h.queue->async_execute_request(
-          std::move(type), std::move(body), std::move(user), std::move(p),
-          asio::as_tuple(asio::use_awaitable));
+      auto [ec, r] = co_await h.queue->async_execute_request(std::move(type), std::move(body),
+                                                             std::move(user), std::move(p),
+                                                             asio::as_tuple(asio::use_awaitable));
       got.emplace_back(ec, std::move(r));
     };
     co_await call("nope", chat_body(), "u", {});                           // unknown type
@@ -585,9 +585,9 @@ TEST(LLMQueueRuntime, RefusalsAreErrorsWithCodesAndEachHasATelemetryRow) {
     emb.require_llm_model = false;
     emb.require_embedding_model = true;
     co_await call("chat_completion", chat_body(), "u", emb);  // no embeddings deployment
-    co_await call("chat_completion", chat_body(), "", {});     // no user
+    co_await call("chat_completion", chat_body(), "", {});    // no user
     co_await call("chat_completion", chat_body(), std::string(1000, 'x'), {});  // user too long
-    co_await call("chat_completion", chat_body(), "bad\nuser", {});  // control character
+    co_await call("chat_completion", chat_body(), "bad\nuser", {});             // control character
     json huge = chat_body();
     huge["max_tokens"] = 1'000'000'000'000'000LL;
     co_await call("chat_completion", huge, "u", {});  // could never fit 10 000 TPM
@@ -607,11 +607,10 @@ TEST(LLMQueueRuntime, RefusalsAreErrorsWithCodesAndEachHasATelemetryRow) {
     co_await h.queue->graceful_shutdown();
   });
   using llmq::errc;
-  const std::vector<errc> expected = {errc::unknown_request_type, errc::unsatisfiable_preferences,
-                                      errc::unsatisfiable_preferences, errc::user_id_missing,
-                                      errc::invalid_user_id,         errc::invalid_user_id,
-                                      errc::request_too_large,       errc::request_too_large,
-                                      errc::invalid_request};
+  const std::vector<errc> expected = {
+      errc::unknown_request_type, errc::unsatisfiable_preferences, errc::unsatisfiable_preferences,
+      errc::user_id_missing,      errc::invalid_user_id,           errc::invalid_user_id,
+      errc::request_too_large,    errc::request_too_large,         errc::invalid_request};
   ASSERT_EQ(got.size(), expected.size());
   for (std::size_t i = 0; i < expected.size(); ++i) {
     const auto& [ec, r] = got[i];
@@ -798,14 +797,13 @@ TEST(LLMQueueRuntime, BusyPinnedModelDoesNotBlockOthers) {
     co_await h.run_all(2, [&](int i) -> awaitable<void> {
       if (i == 0) {
         try {
-          co_await h.queue->execute_request("chat_completion", chat_body(), "u",
-                                            pinned("pinned"));
+          co_await h.queue->execute_request("chat_completion", chat_body(), "u", pinned("pinned"));
         } catch (const llmq::QueueTimeoutError&) {
           order.push_back("pinned-timeout");
         }
       } else {
-        auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u",
-                                                   pinned("free"));
+        auto r =
+            co_await h.queue->execute_request("chat_completion", chat_body(), "u", pinned("free"));
         order.push_back(r.body["llm"].get<std::string>());
       }
       at.push_back(h.elapsed());
@@ -826,13 +824,13 @@ struct CancellableCall {
   bool done = false;
 
   void start(llmq::LLMQueue& q, asio::any_io_executor ex, std::string type = "chat_completion") {
-    q.async_execute_request(std::move(type), chat_body(), "u", {},
-                            asio::bind_cancellation_slot(
-                                signal.slot(), asio::bind_executor(ex, [this](auto e, auto r) {
-                                  ec = e;
-                                  response = std::move(r);
-                                  done = true;
-                                })));
+    q.async_execute_request(
+        std::move(type), chat_body(), "u", {},
+        asio::bind_cancellation_slot(signal.slot(), asio::bind_executor(ex, [this](auto e, auto r) {
+                                       ec = e;
+                                       response = std::move(r);
+                                       done = true;
+                                     })));
   }
 };
 
@@ -849,7 +847,8 @@ TEST(LLMQueueRuntime, CancellingAQueuedRequestRemovesItWhateverTheType) {
       co_await sleep_for(h.clock, 20ms);
       EXPECT_EQ((co_await h.queue->stats()).queue_depth, 1u);
       call.signal.emit(type);
-      while (!call.done) co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
+      while (!call.done)
+        co_await asio::post(co_await asio::this_coro::executor, asio::use_awaitable);
       auto after = co_await h.queue->stats();
       EXPECT_EQ(after.queue_depth, 0u);
       EXPECT_EQ(after.cancelled, 1u);
@@ -950,8 +949,7 @@ TEST(LLMQueueRuntime, ThrottledDeploymentBacksOffAndOthersServe) {
 }
 
 TEST(LLMQueueRuntime, ARetryWaitsExactlyForTheRetryAfterOfTheOnlyDeployment) {
-  auto flaky =
-      std::make_shared<FlakyExecutor>(std::set<std::string>{"only"}, 503, false, 2'500ms);
+  auto flaky = std::make_shared<FlakyExecutor>(std::set<std::string>{"only"}, 503, false, 2'500ms);
   flaky->fail_first(1);
   Harness h(make_config({model("only", llmq::ModelType::chat)}), {{"chat_completion", flaky}});
   llmq::Response r = h.run_one("chat_completion", chat_body(), "u");
@@ -1178,11 +1176,10 @@ struct SharedBudgetHarness : Harness {
 
 TEST(LLMQueueRuntime, SharedBudgetRefusalMovesWorkToAnotherDeployment) {
   auto throttled = std::make_shared<ThrottledExecutor>("none");
-  SharedBudgetHarness h({}, throttled,
-                        std::function<std::shared_ptr<CappedSharedBudget>(
-                            std::shared_ptr<llmq::Clock>)>([](auto clock) {
-                          return std::make_shared<CappedSharedBudget>(clock, 2);
-                        }));
+  SharedBudgetHarness h(
+      {}, throttled,
+      std::function<std::shared_ptr<CappedSharedBudget>(std::shared_ptr<llmq::Clock>)>(
+          [](auto clock) { return std::make_shared<CappedSharedBudget>(clock, 2); }));
   h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     for (int i = 0; i < 4; ++i) {
@@ -1199,11 +1196,10 @@ TEST(LLMQueueRuntime, SharedBudgetStoreFailurePolicy) {
   for (bool fail_open : {true, false}) {
     llmq::QueueOptions o;
     o.budget_store_fail_open = fail_open;
-    SharedBudgetHarness h(o, std::make_shared<EchoExecutor>(),
-                          std::function<std::shared_ptr<CappedSharedBudget>(
-                              std::shared_ptr<llmq::Clock>)>([](auto clock) {
-                            return std::make_shared<CappedSharedBudget>(clock, 100, true);
-                          }));
+    SharedBudgetHarness h(
+        o, std::make_shared<EchoExecutor>(),
+        std::function<std::shared_ptr<CappedSharedBudget>(std::shared_ptr<llmq::Clock>)>(
+            [](auto clock) { return std::make_shared<CappedSharedBudget>(clock, 100, true); }));
     boost::system::error_code ec;
     llmq::Response r;
     std::uint64_t errors = 0;
@@ -1229,11 +1225,12 @@ TEST(LLMQueueRuntime, RequestsWaitingForTheSharedStoreAreAnsweredAtShutdown) {
   llmq::QueueOptions o;
   o.shutdown_timeout = 2s;
   o.shutdown_flush_timeout = 1s;
-  SharedBudgetHarness h(o, std::make_shared<EchoExecutor>(),
-                        std::function<std::shared_ptr<CappedSharedBudget>(
-                            std::shared_ptr<llmq::Clock>)>([](auto clock) {
-                          return std::make_shared<CappedSharedBudget>(clock, 100, false, true);
-                        }));
+  SharedBudgetHarness h(
+      o, std::make_shared<EchoExecutor>(),
+      std::function<std::shared_ptr<CappedSharedBudget>(std::shared_ptr<llmq::Clock>)>(
+          [](auto clock) {
+            return std::make_shared<CappedSharedBudget>(clock, 100, false, true);
+          }));
   boost::system::error_code ec;
   steady::duration shut_after{};
   h.run([&]() -> awaitable<void> {
@@ -1256,11 +1253,10 @@ TEST(LLMQueueRuntime, RequestsWaitingForTheSharedStoreAreAnsweredAtShutdown) {
 }
 
 TEST(LLMQueueRuntime, FailuresAreSharedAsBackoff) {
-  SharedBudgetHarness h({}, std::make_shared<ThrottledExecutor>("chat-a"),
-                        std::function<std::shared_ptr<CappedSharedBudget>(
-                            std::shared_ptr<llmq::Clock>)>([](auto clock) {
-                          return std::make_shared<CappedSharedBudget>(clock, 100);
-                        }));
+  SharedBudgetHarness h(
+      {}, std::make_shared<ThrottledExecutor>("chat-a"),
+      std::function<std::shared_ptr<CappedSharedBudget>(std::shared_ptr<llmq::Clock>)>(
+          [](auto clock) { return std::make_shared<CappedSharedBudget>(clock, 100); }));
   h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     for (int i = 0; i < 3; ++i)
@@ -1328,8 +1324,8 @@ TEST(LLMQueueRuntime, CallersRequestIdIsUsedAndABadOneRefused) {
     o.request_id = "client-7f3a";
     mine = co_await h.queue->execute_request("chat_completion", chat_body(), "u", {}, o);
     o.request_id = "has space";
-    auto [ec, r] = co_await h.queue->async_execute_request(
-        "chat_completion", chat_body(), "u", {}, o, asio::as_tuple(asio::use_awaitable));
+    auto [ec, r] = co_await h.queue->async_execute_request("chat_completion", chat_body(), "u", {},
+                                                           o, asio::as_tuple(asio::use_awaitable));
     bad_ec = ec;
     co_await h.queue->graceful_shutdown();
   });
@@ -1524,7 +1520,7 @@ TEST(LLMQueueRuntime, ShutdownIsBoundedWhenTheTelemetryStoreHangs) {
     co_await h.queue->graceful_shutdown();
     dropped = (co_await h.queue->stats()).telemetry_dropped;
   });
-  EXPECT_EQ(h.elapsed(), 3s);  // the flush deadline, not a year
+  EXPECT_EQ(h.elapsed(), 3s);       // the flush deadline, not a year
   EXPECT_EQ(store->attempted, 2u);  // the first batch hangs; the rest never got written
   EXPECT_EQ(dropped, 3u);
 }

@@ -146,7 +146,7 @@ TEST(RequestLifecycle, AbandonAnswersEveryStateOnce) {
   for (int stage = 0; stage < 5; ++stage) {
     RequestLifecycle l;
     if (stage >= 1) l.queued();
-    if (stage >= 2) l.dispatched(stage == 2);  // 2: confirming, 3+: running
+    if (stage >= 2) l.dispatched(stage == 2);   // 2: confirming, 3+: running
     if (stage == 4) l.executor_finished(true);  // waiting to retry
     auto a = l.abandon(errc::queue_closed);
     EXPECT_NE(a.answer, Answer::none) << "stage " << stage;

@@ -10,7 +10,9 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
 #include <boost/asio/associated_executor.hpp>
+#include <boost/asio/execution/context.hpp>
 #include <boost/asio/execution/outstanding_work.hpp>
+#include <boost/asio/query.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/prefer.hpp>
 #include <boost/system/error_code.hpp>
@@ -41,8 +43,12 @@ class ErasedHandler {
   template <class H>
   ErasedHandler(H&& handler, const boost::asio::any_io_executor& fallback) {
     using Impl = Holder<std::decay_t<H>>;
-    auto ex = boost::asio::prefer(boost::asio::get_associated_executor(handler, fallback),
-                                  boost::asio::execution::outstanding_work.tracked);
+    boost::asio::any_io_executor ex = boost::asio::get_associated_executor(handler, fallback);
+    // The queue's own context has work pending (its dispatcher's wait, the executor's
+    // operations) for as long as a request is; another context is told explicitly.
+    if (&boost::asio::query(ex, boost::asio::execution::context) !=
+        &boost::asio::query(fallback, boost::asio::execution::context))
+      ex = boost::asio::prefer(ex, boost::asio::execution::outstanding_work.tracked);
     if constexpr (sizeof(Impl) <= kInline && alignof(Impl) <= alignof(std::max_align_t) &&
                   std::is_nothrow_move_constructible_v<std::decay_t<H>>)
       impl_ = ::new (static_cast<void*>(inline_)) Impl(std::forward<H>(handler), std::move(ex));

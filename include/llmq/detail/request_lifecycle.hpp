@@ -37,12 +37,18 @@ enum class RequestState : std::uint8_t {
 
 [[nodiscard]] constexpr std::string_view to_string(RequestState s) noexcept {
   switch (s) {
-    case RequestState::admitted: return "admitted";
-    case RequestState::queued: return "queued";
-    case RequestState::confirming: return "confirming";
-    case RequestState::running: return "running";
-    case RequestState::waiting_to_retry: return "waiting_to_retry";
-    case RequestState::done: return "done";
+    case RequestState::admitted:
+      return "admitted";
+    case RequestState::queued:
+      return "queued";
+    case RequestState::confirming:
+      return "confirming";
+    case RequestState::running:
+      return "running";
+    case RequestState::waiting_to_retry:
+      return "waiting_to_retry";
+    case RequestState::done:
+      return "done";
   }
   return "unknown";
 }
@@ -56,11 +62,15 @@ enum class RequestState : std::uint8_t {
   using ct = boost::asio::cancellation_type;
   switch (s) {
     case RequestState::admitted:
-    case RequestState::queued: return ct::terminal | ct::partial | ct::total;
+    case RequestState::queued:
+      return ct::terminal | ct::partial | ct::total;
     case RequestState::confirming:
-    case RequestState::waiting_to_retry: return ct::terminal | ct::partial;
-    case RequestState::running: return ct::terminal;
-    case RequestState::done: return ct::none;
+    case RequestState::waiting_to_retry:
+      return ct::terminal | ct::partial;
+    case RequestState::running:
+      return ct::terminal;
+    case RequestState::done:
+      return ct::none;
   }
   return ct::none;
 }
@@ -222,7 +232,8 @@ class RequestLifecycle {
   /// (see supported_cancellation).
   Actions cancel(boost::asio::cancellation_type_t type) {
     Actions a;
-    if (answered_ || (type & supported_cancellation(state_)) == boost::asio::cancellation_type::none)
+    if (answered_ ||
+        (type & supported_cancellation(state_)) == boost::asio::cancellation_type::none)
       return a;
     answer(a, Answer::cancelled);
     return stop(a);
@@ -257,16 +268,19 @@ class RequestLifecycle {
   /// After an answer given from outside the normal flow: end what can end now.
   Actions& stop(Actions& a) {
     switch (state_) {
-      case RequestState::admitted: return finish_unrun(a);
+      case RequestState::admitted:
+        return finish_unrun(a);
       case RequestState::queued:
       case RequestState::waiting_to_retry:
         a.remove_from_queue = true;
         return finish_unrun(a);
-      case RequestState::confirming: return a;  // finishes when the store answers
+      case RequestState::confirming:
+        return a;  // finishes when the store answers
       case RequestState::running:
         a.cancel_executor = true;  // finishes when the executor returns
         return a;
-      case RequestState::done: return a;
+      case RequestState::done:
+        return a;
     }
     return a;
   }
