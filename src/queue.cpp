@@ -9,6 +9,7 @@
 #include <llmq/load_balancer.hpp>
 #include <llmq/log.hpp>
 #include <llmq/queue.hpp>
+#include <llmq/request_validation.hpp>
 #include <llmq/token_estimator.hpp>
 
 #include "block_pool.hpp"
@@ -23,7 +24,6 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/system/system_error.hpp>
 
-#include <array>
 #include <atomic>
 #include <cassert>
 #include <deque>
@@ -100,61 +100,8 @@ std::string printable_prefix(std::string_view id) {
 bool valid_request_id(std::string_view id) {
   if (id.empty() || id.size() > 128) return false;
   for (unsigned char c : id)
-    if (c < 0x21 || c > 0x7e) return false;
+    if (c < 0x20 || c > 0x7e) return false;
   return true;
-}
-
-/// True when `j` nests arrays and objects deeper than `max_depth` (a scalar is depth 0).
-/// Iterative: the depth of the input decides nothing but the size of a stack, kept inline
-/// for the depths real bodies have. Walks the containers directly (nlohmann's generic
-/// iterators cost several times more per step).
-bool nests_deeper_than(const nlohmann::json& j, std::size_t max_depth) {
-  using json = nlohmann::json;
-  struct Frame {
-    const json::array_t* array = nullptr;  // else an object
-    std::size_t index = 0;
-    json::object_t::const_iterator it{};
-    json::object_t::const_iterator end{};
-  };
-  constexpr std::size_t kInline = 8;
-  std::array<Frame, kInline> inline_frames{};
-  std::vector<Frame> more;  // beyond kInline levels
-  std::size_t depth = 0;
-  auto push = [&](const json& node) {
-    if (!node.is_structured() || node.empty()) return true;
-    if (++depth > max_depth) return false;
-    Frame f;
-    if (node.is_array()) {
-      f.array = &node.get_ref<const json::array_t&>();
-    } else {
-      const auto& obj = node.get_ref<const json::object_t&>();
-      f.it = obj.cbegin();
-      f.end = obj.cend();
-    }
-    if (depth <= kInline)
-      inline_frames[depth - 1] = f;
-    else
-      more.push_back(f);
-    return true;
-  };
-  if (!push(j)) return true;
-  while (depth > 0) {
-    Frame& f = depth <= kInline ? inline_frames[depth - 1] : more[depth - 1 - kInline];
-    const json* child = nullptr;
-    if (f.array != nullptr) {
-      if (f.index < f.array->size()) child = &(*f.array)[f.index++];
-    } else if (f.it != f.end) {
-      child = &f.it->second;
-      ++f.it;
-    }
-    if (child == nullptr) {
-      if (depth > kInline) more.pop_back();
-      --depth;
-      continue;
-    }
-    if (!push(*child)) return true;
-  }
-  return false;
 }
 
 /// a * b for a token estimate and a call count; a negative estimate (an overflow in the
@@ -539,7 +486,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       req.id = next_request_id();
       t.request_id = req.id;
       return refuse(e, errc::invalid_request,
-                    "request_id must be 1 to 128 printable ASCII characters without spaces");
+                    "request_id must be 1 to 128 printable ASCII characters");
     }
     t.request_id = req.id;
     if (!accepting_.load(std::memory_order_relaxed))
@@ -556,7 +503,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     if (auto* why = std::get_if<std::string>(&resolved))
       return refuse(e, errc::unsatisfiable_preferences, *why);
     e->cls = std::get<const ResourceClass*>(resolved);
-    if (nests_deeper_than(req.body, options_.max_json_depth))
+    if (options_.max_json_depth > 0 && !json_within_depth(req.body, options_.max_json_depth))
       return refuse(e, errc::invalid_request,
                     "request body nests arrays and objects deeper than " +
                         std::to_string(options_.max_json_depth) + " levels");
@@ -601,9 +548,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     return std::clamp<std::size_t>(c.scheduler_limits.max_queue_size, 256, 16384);
   }
 
-  EntryPtr new_entry() {
-    return std::allocate_shared<Entry>(PoolAllocator<Entry>(entry_pool_));
-  }
+  EntryPtr new_entry() { return std::allocate_shared<Entry>(PoolAllocator<Entry>(entry_pool_)); }
 
   static std::vector<DeploymentLimits> make_limits(const std::vector<Deployment>& ds,
                                                    const QueueOptions& o) {

@@ -5,7 +5,9 @@
 #include <llmq/request.hpp>
 #include <llmq/request_validation.hpp>
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/error.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/system/system_error.hpp>
 
 #include <algorithm>
@@ -276,56 +278,85 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
     co_return reject(400, p->message, "invalid_request_error", p->code, "bad_request", p->param);
 
   const std::string req_type = chat ? "chat_completion" : "embeddings";
-  try {
-    Response r = co_await queue_.execute_request(req_type, std::move(body), std::move(user), prefs);
-    if (request_id.empty()) request_id = r.request_id;
-    HttpAnswer a;
-    a.status = r.status;
-    if (r.status >= 400 && !is_raw_body(r.body) && is_error_envelope(r.body))
-      a.error = std::move(r.body);  // serialised with the request id added
-    else
-      a.body = response_body_text(r.body);  // raw upstream bytes are sent as they came
-    if (r.status == 429 || r.status == 503) add_retry_after(a, r.retry_after);
-    co_return a;
-  } catch (const UserIdHeaderMissingError& e) {
-    co_return reject(400, e.what(), "invalid_request_error", "missing_user_id", "missing_user",
-                     config_.user_header);
-  } catch (const UserRateLimitExceededError& e) {
-    HttpAnswer a =
-        reject(429, e.what(), "rate_limit_error", "user_rate_limit_exceeded", "user_limit");
-    a.headers.emplace_back("retry-after", retry_after_seconds(e.retry_after()));
-    co_return a;
-  } catch (const SchedulerQueueFullError& e) {
-    HttpAnswer a = reject(503, e.what(), "server_overloaded", "queue_full", "queue_full");
-    a.headers.emplace_back("retry-after", "1");
-    co_return a;
-  } catch (const QueueTimeoutError& e) {
-    co_return reject(504, e.what(), "timeout", "queue_timeout", "queue_timeout");
-  } catch (const QueueClosedError& e) {
-    HttpAnswer a = reject(503, e.what(), "unavailable", "shutting_down", "shutting_down");
-    a.headers.emplace_back("retry-after", "1");
-    co_return a;
-  } catch (const Error& e) {
-    // E.g. the shared limit store is unavailable (503). Its message may name internal
-    // hosts: it goes to the log only.
-    logger()->warn("gateway: request failed ({}): {}", e.http_status(), e.what());
-    HttpAnswer a = reject(e.http_status(),
-                          e.http_status() == 503
-                              ? std::string("a service llmq-gateway depends on is unavailable")
-                              : std::string("the request could not be served"),
-                          "server_error", "llmq_error", "error");
-    if (e.http_status() == 503) a.headers.emplace_back("retry-after", "1");
-    co_return a;
-  } catch (const boost::system::system_error& e) {
-    if (e.code() == boost::asio::error::operation_aborted)  // the client disconnected
-      co_return reject(499, "the client closed the connection", "invalid_request_error",
-                       "client_closed_request", "client_disconnected");
-    logger()->error("gateway: unexpected error: {}", e.what());
-    co_return reject(500, "internal error", "server_error", "internal_error", "error");
-  } catch (const std::exception& e) {
-    logger()->error("gateway: unexpected error: {}", e.what());
-    co_return reject(500, "internal error", "server_error", "internal_error", "error");
+  RequestOptions options;
+  options.request_id = request_id;  // the client's, when it sent a sane one
+  auto [ec, r] = co_await queue_.async_execute_request(
+      req_type, std::move(body), std::move(user), std::move(prefs), std::move(options),
+      boost::asio::as_tuple(boost::asio::use_awaitable));
+  if (request_id.empty()) request_id = r.request_id;
+  if (ec == boost::asio::error::operation_aborted)  // the client disconnected
+    co_return reject(499, "the client closed the connection", "invalid_request_error",
+                     "client_closed_request", "client_disconnected");
+  if (ec) co_return refusal(ec, r);
+  HttpAnswer a;
+  a.status = r.status;
+  if (r.status >= 400 && !is_raw_body(r.body) && is_error_envelope(r.body))
+    a.error = std::move(r.body);  // serialised with the request id added
+  else
+    a.body = response_body_text(r.body);  // raw upstream bytes are sent as they came
+  if (r.status == 429 || r.status == 503) add_retry_after(a, r.retry_after);
+  co_return a;
+}
+
+HttpAnswer Gateway::refusal(const boost::system::error_code& ec, const Response& r) {
+  if (ec.category() != error_category()) {
+    logger()->error("gateway: unexpected error: {}", ec.message());
+    return reject(500, "internal error", "server_error", "internal_error", "error");
   }
+  const auto e = static_cast<errc>(ec.value());
+  std::string message = "the request could not be served";
+  if (is_error_envelope(r.body)) {
+    const auto m = r.body["error"].find("message");
+    if (m != r.body["error"].end() && m->is_string()) message = m->get<std::string>();
+  }
+  // The gateway's codes and metric reasons (a client-visible contract), by refusal.
+  std::string_view code = to_string(e);
+  std::string_view reason = "bad_request";
+  std::string_view param;
+  switch (e) {
+    case errc::user_id_missing:
+      code = "missing_user_id";
+      reason = "missing_user";
+      param = config_.user_header;
+      break;
+    case errc::invalid_user_id:
+      param = config_.user_header;
+      break;
+    case errc::user_rate_limited:
+      code = "user_rate_limit_exceeded";
+      reason = "user_limit";
+      break;
+    case errc::queue_full:
+      reason = "queue_full";
+      break;
+    case errc::queue_timeout:
+      reason = "queue_timeout";
+      break;
+    case errc::queue_closed:
+    case errc::queue_failed:
+      code = "shutting_down";
+      reason = "shutting_down";
+      break;
+    case errc::execution_timeout:
+      reason = "execution_timeout";
+      break;
+    case errc::user_limit_store_unavailable:
+    case errc::budget_store_unavailable:
+      // The store's message may name internal hosts: it goes to the log only.
+      logger()->warn("gateway: request refused ({}): {}", to_string(e), message);
+      message = "a service llmq-gateway depends on is unavailable";
+      reason = "store_unavailable";
+      break;
+    default:
+      break;
+  }
+  HttpAnswer a = reject(r.status, message, error_type_of(e), code, reason, param);
+  if (e == errc::user_rate_limited)
+    a.headers.emplace_back("retry-after",
+                           retry_after_seconds(r.retry_after.value_or(std::chrono::seconds(1))));
+  else if (r.status == 503)
+    add_retry_after(a, r.retry_after);
+  return a;
 }
 
 }  // namespace llmq::gateway

@@ -79,6 +79,8 @@ class Gateway {
                                                       std::string& request_id);
   HttpAnswer reject(int status, std::string_view message, std::string_view type,
                     std::string_view code, std::string_view reason, std::string_view param = {});
+  /// The answer to a request llmq refused or ended (`ec`, an llmq::errc, with its Response).
+  HttpAnswer refusal(const boost::system::error_code& ec, const Response& r);
 
   LLMQueue& queue_;
   GatewayConfig config_;

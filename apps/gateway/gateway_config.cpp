@@ -166,6 +166,7 @@ QueueOptions queue_options(const GatewayConfig& config) {
   o.retry_budget =
       std::max<milliseconds>(o.retry_budget, config.upstream_timeout + std::chrono::seconds(30));
   o.execution_timeout = config.upstream_timeout + std::chrono::seconds(10);
+  o.max_json_depth = 0;  // bodies are parsed with gateway.max_json_depth already
   return o;
 }
 

@@ -34,7 +34,7 @@ namespace llmq {
 namespace detail {
 class QueueCore;
 struct Entry;
-}
+}  // namespace detail
 
 /// Tunables of an LLMQueue, each with its default.
 struct QueueOptions {
@@ -84,7 +84,9 @@ struct QueueOptions {
   /// Completion budget assumed for a chat body without max_tokens. Default: Azure's 4096.
   std::int64_t default_max_tokens = 4096;
   /// Request bodies nested deeper than this (arrays and objects) are refused with
-  /// errc::invalid_request before anything is queued. Default 64.
+  /// errc::invalid_request before anything is queued (checked without recursion). Zero
+  /// disables the check, for callers that parsed the body with a depth limit already
+  /// (parse_json_bounded in <llmq/request_validation.hpp>, as llmq-gateway does). Default 64.
   std::size_t max_json_depth = 64;
   /// How long graceful_shutdown() waits, after the queue is done, for the telemetry
   /// store's last writes and for the stores to close. Records not written by then are

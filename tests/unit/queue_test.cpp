@@ -1323,7 +1323,7 @@ TEST(LLMQueueRuntime, CallersRequestIdIsUsedAndABadOneRefused) {
     llmq::RequestOptions o;
     o.request_id = "client-7f3a";
     mine = co_await h.queue->execute_request("chat_completion", chat_body(), "u", {}, o);
-    o.request_id = "has space";
+    o.request_id = "bad\x01id";
     auto [ec, r] = co_await h.queue->async_execute_request("chat_completion", chat_body(), "u", {},
                                                            o, asio::as_tuple(asio::use_awaitable));
     bad_ec = ec;
