@@ -90,7 +90,8 @@ GatewayConfig parse_section(const YAML::Node& g) {
                                               "share_deployment_budgets",
                                               "allow_unknown_keys"};
   for (const auto& kv : g) {
-    const std::string key = kv.first.as<std::string>();
+    if (!kv.first.IsScalar()) fail("gateway", "mapping keys must be plain strings", kv.first);
+    const std::string key = kv.first.Scalar();
     const std::string path = "gateway." + key;
     const YAML::Node& v = kv.second;
     if (!known.count(key)) {
@@ -179,7 +180,12 @@ GatewaySettings parse_gateway_settings(std::string_view yaml) {
   } catch (const YAML::Exception& e) {
     throw ConfigError(std::string("config: ") + e.what());
   }
-  s.gateway = parse_section(root["gateway"]);
+  try {
+    s.gateway = parse_section(root["gateway"]);
+  } catch (const YAML::Exception& e) {
+    // Not expected: every access is type-checked. Never let yaml-cpp's exceptions leak.
+    throw ConfigError(std::string("gateway: cannot read YAML: ") + e.what());
+  }
   return s;
 }
 

@@ -424,6 +424,23 @@ TEST(GatewayConfig, UpstreamMaxConnections) {
                llmq::ConfigError);
 }
 
+TEST(GatewayConfig, KeysThatAreNotStringsAreConfigErrors) {
+  // yaml-cpp's conversion of a list or mapping key to a string threw its own exception
+  // past parse_gateway_settings (llmq-gateway died with std::terminate).
+  for (const char* section :
+       {"gateway:\n  [a, b]: 1\n", "gateway:\n  {a: b}: 1\n", "gateway:\n  ? - x\n  : 1\n"}) {
+    SCOPED_TRACE(section);
+    try {
+      (void)llmq::gateway::parse_gateway_settings(std::string(kConfig) + section);
+      ADD_FAILURE() << "accepted";
+    } catch (const llmq::ConfigError& e) {
+      EXPECT_EQ(std::string(e.what()), "gateway: mapping keys must be plain strings (line 14)");
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "not a ConfigError: " << e.what();
+    }
+  }
+}
+
 TEST_F(GatewayTest, MalformedAndOversizeRequestsAreRefusedAndClosed) {
   llmq::gateway::GatewayConfig gc;
   gc.max_body_bytes = 1024;
