@@ -131,6 +131,18 @@ class BoundedDomBuilder {
 
 std::string in_quotes(std::string_view field) { return "'" + std::string(field) + "'"; }
 
+/// True for a member name that may be repeated to the client as a field name: 1..64
+/// bytes of letters, digits, '_', '-' and '.'. Other names are the client's own text.
+bool is_field_name(std::string_view name) {
+  if (name.empty() || name.size() > 64) return false;
+  for (char c : name) {
+    const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                    c == '_' || c == '-' || c == '.';
+    if (!ok) return false;
+  }
+  return true;
+}
+
 std::optional<RequestProblem> check_optional_integer(const json& body, const char* key,
                                                      std::int64_t lo, std::int64_t hi) {
   const auto it = body.find(key);
@@ -216,13 +228,14 @@ std::optional<RequestProblem> parse_json_bounded(std::string_view text, std::siz
   const bool ok = json::sax_parse(text.begin(), text.end(), &builder);
   if (ok) return std::nullopt;
   out = json();  // a partial tree (bounded by max_depth) is discarded
-  if (builder.too_deep())
-    return problem(builder.top_key(),
+  if (builder.too_deep()) {
+    const std::string field = is_field_name(builder.top_key()) ? builder.top_key() : "";
+    return problem(field,
                    "the request body nests JSON deeper than " + std::to_string(max_depth) +
                        " levels" +
-                       (builder.top_key().empty() ? std::string()
-                                                  : " (in " + in_quotes(builder.top_key()) + ")"),
+                       (field.empty() ? std::string() : " (in " + in_quotes(field) + ")"),
                    "json_too_deep");
+  }
   return problem(
       "",
       builder.error().empty() ? std::string("the request body is not valid JSON") : builder.error(),

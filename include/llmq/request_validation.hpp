@@ -45,8 +45,9 @@ struct RequestProblem {
 /// Parses `text` as one JSON value into `out`, refusing nesting deeper than `max_depth`
 /// while parsing (the parse stops at the first container past the limit; no tree of that
 /// depth is ever built). Returns the problem (code `invalid_json` or `json_too_deep`;
-/// `param` names the top-level member under which the limit was passed, if any), or
-/// nullopt on success. `out` is unspecified after a failure.
+/// `param` names the top-level member under which the limit was passed, if any and if
+/// its name is a plain field name: 1..64 letters, digits, '_', '-', '.'), or nullopt on
+/// success. `out` is unspecified after a failure.
 ///
 /// Throws only std::bad_alloc.
 [[nodiscard]] std::optional<RequestProblem> parse_json_bounded(std::string_view text,

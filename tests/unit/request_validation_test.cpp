@@ -73,6 +73,22 @@ TEST(ParseJsonBounded, RefusesHostileNestingAndNamesTheField) {
   EXPECT_EQ(tools->param, "tools");
 }
 
+TEST(ParseJsonBounded, AMemberNameThatIsNoFieldNameIsNotEchoed) {
+  // The member under which the limit was passed is named only when it looks like a
+  // field name: any other text is the client's, of any length and bytes.
+  const std::string key = std::string(1000, 'k') + "\\r\\n<script>";  // escaped CR LF
+  json out;
+  const auto p = parse_json_bounded("{\"" + key + "\":" + nested_arrays(100) + "}", 64, out);
+  ASSERT_TRUE(p.has_value());
+  EXPECT_EQ(p->code, "json_too_deep");
+  EXPECT_EQ(p->param, "");
+  EXPECT_EQ(p->message, "the request body nests JSON deeper than 64 levels");
+  const auto named =
+      parse_json_bounded(R"({"response_format":)" + nested_arrays(100) + "}", 64, out);
+  ASSERT_TRUE(named.has_value());
+  EXPECT_EQ(named->param, "response_format");
+}
+
 TEST(ParseJsonBounded, InvalidJsonIsNamedWithoutEchoingTheInput) {
   json out;
   for (const char* text : {"", "{", R"({"k": secret-value})", R"({"k":"secret-value)", "[1,]",
