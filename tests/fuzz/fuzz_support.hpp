@@ -4,6 +4,7 @@
 // depth-bounded JSON parse.
 
 #include <llmq/log.hpp>
+#include <llmq/request_validation.hpp>
 
 #include <spdlog/logger.h>
 #include <nlohmann/json.hpp>
@@ -55,28 +56,13 @@ inline std::vector<std::string_view> split(std::string_view stream, std::uint8_t
 /// errors would otherwise fill the fuzzer's output.
 inline void quiet_logs() { llmq::set_logger(std::make_shared<spdlog::logger>("llmq-fuzz")); }
 
-/// Nesting the targets accept in JSON they parse themselves.
-inline constexpr int kMaxJsonDepth = 64;
-
-/// Parses `text`, refusing (nullopt) invalid JSON and nesting deeper than `max_depth`
-/// while parsing: nlohmann's parser accepts any depth, and dump(), copies and comparisons
-/// of what it returns recurse.
-inline std::optional<nlohmann::json> parse_json(std::string_view text,
-                                                int max_depth = kMaxJsonDepth) {
-  struct TooDeep {};
-  try {
-    nlohmann::json j = nlohmann::json::parse(
-        text,
-        [max_depth](int depth, nlohmann::json::parse_event_t, nlohmann::json&) {
-          if (depth > max_depth) throw TooDeep{};
-          return true;
-        },
-        false);
-    if (j.is_discarded()) return std::nullopt;
-    return j;
-  } catch (const TooDeep&) {
-    return std::nullopt;
-  }
+/// Parses `text` with the library's depth-bounded parser (nlohmann's own accepts any
+/// depth, and dump(), copies and comparisons of what it returns recurse): nullopt for
+/// invalid JSON and for nesting deeper than kDefaultMaxJsonDepth.
+inline std::optional<nlohmann::json> parse_json(std::string_view text) {
+  nlohmann::json j;
+  if (llmq::parse_json_bounded(text, llmq::kDefaultMaxJsonDepth, j)) return std::nullopt;
+  return j;
 }
 
 }  // namespace llmq::fuzz

@@ -120,14 +120,33 @@ std::vector<llmq::gateway::HttpExchange> read_requests(std::string_view bytes,
   return out;
 }
 
+/// True when the client sent `text` itself somewhere the gateway may repeat it (the body,
+/// the target, a header other than the credentials).
+bool client_sent(const llmq::gateway::HttpExchange& request, std::string_view text) {
+  if (request.body.find(text) != std::string::npos) return true;
+  if (request.target.find(text) != std::string::npos) return true;
+  for (const auto& [name, value] : request.headers) {
+    if (name != "api-key" && name != "authorization" && value.find(text) != std::string::npos)
+      return true;
+  }
+  return false;
+}
+
 void check_answer(const llmq::gateway::HttpExchange& request,
                   const llmq::gateway::HttpAnswer& answer) {
   LLMQ_FUZZ_CHECK(answer.status >= 100 && answer.status <= 599);
-  if (request.body.find(kUpstreamKey) == std::string::npos)
-    LLMQ_FUZZ_CHECK(answer.body.find(kUpstreamKey) == std::string::npos);
-  if (request.body.find(kClientKey) == std::string::npos &&
-      request.target.find(kClientKey) == std::string::npos)
-    LLMQ_FUZZ_CHECK(answer.body.find(kClientKey) == std::string::npos);
+  for (std::string_view secret : {kUpstreamKey, kClientKey}) {
+    if (client_sent(request, secret)) continue;
+    LLMQ_FUZZ_CHECK(answer.body.find(secret) == std::string::npos);
+    for (const auto& header : answer.headers)
+      LLMQ_FUZZ_CHECK(header.second.find(secret) == std::string::npos);
+  }
+  // Every answer carries a request id.
+  std::string request_id;
+  for (const auto& [name, value] : answer.headers) {
+    if (name == "x-request-id") request_id = value;
+  }
+  LLMQ_FUZZ_CHECK(!request_id.empty());
   if (answer.content_type != "application/json") return;
   const auto body = llmq::fuzz::parse_json(answer.body);
   if (request.body.find("raw_reply") != std::string::npos) return;  // raw bytes, any text
@@ -137,6 +156,7 @@ void check_answer(const llmq::gateway::HttpExchange& request,
     LLMQ_FUZZ_CHECK(error != body->end() && error->is_object());
     LLMQ_FUZZ_CHECK(error->contains("message") && error->at("message").is_string());
     LLMQ_FUZZ_CHECK(error->contains("type") && error->at("type").is_string());
+    LLMQ_FUZZ_CHECK(error->contains("request_id") && error->at("request_id") == request_id);
   }
 }
 

@@ -15,7 +15,7 @@ set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 all_targets=(sse rate_limit_headers redis_reply config gateway_settings redis_url http_url
-             token_estimate gateway_http)
+             token_estimate body_validation gateway_http)
 
 if [ $# -lt 2 ]; then
   echo "usage: $0 BUILD_DIR SECONDS_PER_TARGET [TARGET...]" >&2
@@ -57,7 +57,7 @@ run_one() {
   local dict
   case "$t" in
     config | gateway_settings) dict=yaml.dict ;;
-    token_estimate) dict=json.dict ;;
+    token_estimate | body_validation) dict=json.dict ;;
     gateway_http) dict=http.dict ;;
     *) dict="$t.dict" ;;
   esac
