@@ -1,14 +1,17 @@
 include(GNUInstallDirs)
 
-if(NOT CMAKE_BUILD_TYPE AND NOT CMAKE_CONFIGURATION_TYPES)
-  set(CMAKE_BUILD_TYPE Release CACHE STRING "Build type" FORCE)
+# Choices that belong to whoever builds the whole tree: made only when llmq is the
+# top-level project, never imposed on a project that embeds llmq.
+if(PROJECT_IS_TOP_LEVEL)
+  if(NOT CMAKE_BUILD_TYPE AND NOT CMAKE_CONFIGURATION_TYPES)
+    set(CMAKE_BUILD_TYPE Release CACHE STRING "Build type" FORCE)
+  endif()
+  find_program(LLMQ_CCACHE ccache)
+  if(LLMQ_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
+    set(CMAKE_CXX_COMPILER_LAUNCHER "${LLMQ_CCACHE}")
+  endif()
 endif()
-set(CMAKE_CXX_EXTENSIONS OFF)
-
-find_program(LLMQ_CCACHE ccache)
-if(LLMQ_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)
-  set(CMAKE_CXX_COMPILER_LAUNCHER "${LLMQ_CCACHE}")
-endif()
+set(CMAKE_CXX_EXTENSIONS OFF)  # this directory and below
 
 # Warnings for llmq's own targets; dependencies live in system include dirs.
 function(llmq_set_warnings target)
