@@ -72,6 +72,8 @@ endfunction()
 # <target> is not built, so that llmq_check_public_headers() knows every header's owner.
 function(llmq_public_headers target)
   set_property(GLOBAL APPEND PROPERTY LLMQ_CLAIMED_HEADERS ${ARGN})
+  set_property(GLOBAL APPEND PROPERTY LLMQ_HEADER_OWNERS ${target})
+  set_property(GLOBAL PROPERTY LLMQ_HEADERS_OF_${target} ${ARGN})
   if(TARGET ${target})
     set_property(GLOBAL APPEND PROPERTY LLMQ_BUILT_HEADERS ${ARGN})
     list(TRANSFORM ARGN PREPEND "${PROJECT_SOURCE_DIR}/include/llmq/" OUTPUT_VARIABLE files)
@@ -81,9 +83,27 @@ function(llmq_public_headers target)
 endfunction()
 
 # Every file under include/llmq/ is a public header of exactly one part, and every listed
-# header exists: a header that only src/ and tests use belongs under src/.
+# header exists: a header that only src/ and tests use belongs under src/. A part's
+# headers include llmq headers of their own part or of the core only, so that each part
+# installs without the others.
 function(llmq_check_public_headers)
   get_property(claimed GLOBAL PROPERTY LLMQ_CLAIMED_HEADERS)
+  get_property(owners GLOBAL PROPERTY LLMQ_HEADER_OWNERS)
+  get_property(core GLOBAL PROPERTY LLMQ_HEADERS_OF_llmq)
+  foreach(owner IN LISTS owners)
+    get_property(own GLOBAL PROPERTY LLMQ_HEADERS_OF_${owner})
+    foreach(header IN LISTS own)
+      file(STRINGS "${PROJECT_SOURCE_DIR}/include/llmq/${header}" lines
+           REGEX "^[ \t]*#[ \t]*include[ \t]*<llmq/")
+      foreach(line IN LISTS lines)
+        string(REGEX REPLACE ".*<llmq/([^>]+)>.*" "\\1" included "${line}")
+        if(NOT included IN_LIST own AND NOT included IN_LIST core)
+          message(FATAL_ERROR "llmq: include/llmq/${header} (${owner}) includes "
+                              "llmq/${included}, which belongs to another part")
+        endif()
+      endforeach()
+    endforeach()
+  endforeach()
   file(GLOB_RECURSE present RELATIVE "${PROJECT_SOURCE_DIR}/include/llmq"
        "${PROJECT_SOURCE_DIR}/include/llmq/*")
   foreach(header IN LISTS present)

@@ -81,7 +81,7 @@ endif()
 
 if(MODE STREQUAL "install_core")
   configure_app(probe_required probe_required FAIL ARGS ${without_optional_packages}
-                MATCH "component redis needs hiredis \\(>= 0\\.14\\), which was not found")
+                MATCH "component redis needs packages that were not found: hiredis \\(>= 0\\.14\\), OpenSSL")
   configure_app(probe_optional probe_optional ARGS ${without_optional_packages}
                 MATCH "probe: llmq::llmq 1 redis FALSE providers FALSE jsonl TRUE")
   configure_app(package package ARGS ${without_optional_packages})
@@ -135,6 +135,20 @@ elseif(MODE MATCHES "^(subdirectory|fetchcontent|own_asio)$")
   set(status "llmq: building llmq::llmq. not building llmq::providers \\(LLMQ_WITH_PROVIDERS=OFF\\)")
   configure_app(${MODE} ${MODE} MATCH "${status}")
   build_and_run_app(${MODE} "${answer}")
+  # Asio's functions are defined (T: not inline) in the one implementation unit, if any:
+  # llmq's with fetchcontent, the application's with own_asio, none header-only.
+  load_cache("${WORK_DIR}/${MODE}" READ_WITH_PREFIX consumer_ CMAKE_NM)
+  file(GLOB_RECURSE archive "${WORK_DIR}/${MODE}/libllmq.a")
+  execute_process(COMMAND "${consumer_CMAKE_NM}" --defined-only -C "${archive}"
+                  OUTPUT_VARIABLE symbols COMMAND_ERROR_IS_FATAL ANY)
+  string(REGEX MATCHALL "\n[0-9a-f]+ T boost::asio::[^\n]*" asio_definitions "${symbols}")
+  list(LENGTH asio_definitions count)
+  if(MODE STREQUAL "fetchcontent" AND count EQUAL 0)
+    message(FATAL_ERROR "libllmq.a defines no Asio function; it should compile Asio here")
+  elseif(NOT MODE STREQUAL "fetchcontent" AND count GREATER 0)
+    message(FATAL_ERROR "libllmq.a defines ${count} Asio functions, e.g. ${asio_definitions}")
+  endif()
+  message(STATUS "libllmq.a defines ${count} Asio functions")
 elseif(MODE STREQUAL "source_options")
   set(source_args -S "${LLMQ_SOURCE_DIR}" ${generator} -DLLMQ_BUILD_TESTS=ON
                   -DLLMQ_BUILD_BENCH=ON -DLLMQ_BUILD_APPS=ON -DLLMQ_INSTALL=ON)
