@@ -64,6 +64,12 @@ constexpr std::string_view kMinSeconds = "must be at least 0.001 seconds";
 constexpr std::string_view kMaxSecondsText = "must be at most 1000000000 seconds";
 constexpr std::string_view kNotEmpty = "must not be empty";
 constexpr std::string_view kHttpUrl = "must start with http:// or https://";
+constexpr std::string_view kNonNegativeInt = "must be a non-negative integer";
+constexpr std::string_view kMaxWeightText = "must be at most 4294967296";
+constexpr std::string_view kTierWeightText = "must be an integer from 1 to 1000000";
+constexpr std::string_view kPolicyChoices = "fifo, fair";
+constexpr std::string_view kPriorityChoices = "high, normal, low";
+constexpr std::string_view kBoolean = "must be true or false";
 
 /// Formats the common error text: `<path>: <problem>` plus ` (line N)` when N > 0.
 std::string format_problem(std::string_view path, std::string_view problem, int line) {
@@ -137,7 +143,7 @@ class InvariantChecker {
                           child_path(mp, "deployment_name_in_azure"));
         check_model_type(model.model_type, child_path(mp, "model_type"));
         check_limits(model.req_per_min, model.tokens_per_min, model.error_backoff, model.weight,
-                     mp);
+                     model.priority, mp);
         check_unique(model.unique_model_id, mp);
       }
     }
@@ -149,7 +155,8 @@ class InvariantChecker {
       require_non_empty(model.base_url, child_path(cp, "base_url"));
       if (!has_http_scheme(model.base_url)) fail(child_path(cp, "base_url"), kHttpUrl);
       check_model_type(model.model_type, child_path(cp, "model_type"));
-      check_limits(model.req_per_min, model.tokens_per_min, model.error_backoff, model.weight, cp);
+      check_limits(model.req_per_min, model.tokens_per_min, model.error_backoff, model.weight,
+                   model.priority, cp);
       check_unique(model.unique_model_id.empty() ? model.model : model.unique_model_id, cp);
     }
 
@@ -167,6 +174,13 @@ class InvariantChecker {
     }
     check_positive_duration(cfg.scheduler_limits.request_timeout,
                             "scheduler_limits.request_timeout_seconds");
+    if (cfg.scheduler_limits.policy != SchedulingPolicy::fifo &&
+        cfg.scheduler_limits.policy != SchedulingPolicy::fair) {
+      fail("scheduler_limits.policy", std::string("must be one of ").append(kPolicyChoices));
+    }
+    check_positive_duration(cfg.scheduler_limits.priority_aging,
+                            "scheduler_limits.priority_aging_seconds");
+    check_tiers(cfg.user_tiers);
   }
 
  private:
@@ -197,7 +211,7 @@ class InvariantChecker {
   }
 
   void check_limits(std::int64_t rpm, std::int64_t tpm, std::chrono::milliseconds backoff,
-                    std::int64_t weight, const std::string& entry) const {
+                    std::int64_t weight, std::int64_t priority, const std::string& entry) const {
     if (rpm <= 0) fail(child_path(entry, "req_per_min"), kPositiveInt);
     if (tpm <= 0) fail(child_path(entry, "tokens_per_min"), kPositiveInt);
     const std::string bp = child_path(entry, "error_backoff_in_seconds");
@@ -205,6 +219,42 @@ class InvariantChecker {
     if (backoff > kMaxDuration) fail(bp, kMaxSecondsText);
     // 0 means "not set" (use req_per_min); the parser rejects an explicit 0.
     if (weight < 0) fail(child_path(entry, "weight"), kPositiveInt);
+    if (weight > kMaxDeploymentWeight) fail(child_path(entry, "weight"), kMaxWeightText);
+    if (priority < 0) fail(child_path(entry, "priority"), kNonNegativeInt);
+  }
+
+  void check_tiers(const std::vector<UserTier>& tiers) const {
+    // Where each user id was first listed, for the duplicate error.
+    std::map<std::string, std::string, std::less<>> seen_users;
+    std::map<std::string, bool, std::less<>> seen_names;
+    for (const UserTier& tier : tiers) {
+      const std::string tp = child_path("user_tiers", tier.name);
+      if (tier.name.empty()) fail("user_tiers", "tier names must not be empty");
+      if (!seen_names.emplace(tier.name, true).second) fail(tp, "duplicate tier name");
+      if (tier.max_num_requests_in_time_window && *tier.max_num_requests_in_time_window <= 0) {
+        fail(child_path(tp, "max_num_requests_in_time_window"), kPositiveInt);
+      }
+      if (tier.time_window)
+        check_positive_duration(*tier.time_window, child_path(tp, "time_window_in_seconds"));
+      if (tier.weight == 0 || tier.weight > kMaxTierWeight) {
+        fail(child_path(tp, "weight"), kTierWeightText);
+      }
+      if (static_cast<std::size_t>(tier.priority) >= kPriorityLevels) {
+        fail(child_path(tp, "priority"), std::string("must be one of ").append(kPriorityChoices));
+      }
+      for (std::size_t i = 0; i < tier.users.size(); ++i) {
+        const std::string up = item_path(child_path(tp, "users"), i);
+        require_non_empty(tier.users[i], up);
+        auto [it, inserted] = seen_users.emplace(tier.users[i], up);
+        if (!inserted) {
+          std::string problem = "user '" + tier.users[i] + "' is already in " + it->second;
+          if (const int first_line = line_of(it->second); first_line > 0) {
+            problem += " at line " + std::to_string(first_line);
+          }
+          fail(up, problem);
+        }
+      }
+    }
   }
 
   void check_positive_duration(std::chrono::milliseconds d, const std::string& path) const {
@@ -424,7 +474,18 @@ class YamlConfigParser {
 
   std::int64_t read_positive_int(const MappingView& map, std::string_view key,
                                  const MappingView::Entry& entry) {
-    const std::string text = scalar_text(map, key, entry, kPositiveInt);
+    return read_integer(map, key, entry, /*allow_zero=*/false);
+  }
+
+  std::int64_t read_non_negative_int(const MappingView& map, std::string_view key,
+                                     const MappingView::Entry& entry) {
+    return read_integer(map, key, entry, /*allow_zero=*/true);
+  }
+
+  std::int64_t read_integer(const MappingView& map, std::string_view key,
+                            const MappingView::Entry& entry, bool allow_zero) {
+    const std::string_view problem = allow_zero ? kNonNegativeInt : kPositiveInt;
+    const std::string text = scalar_text(map, key, entry, problem);
     const std::string path = child_path(map.path, key);
     const int line = line_of(entry.key);
     std::string_view digits = text;
@@ -434,10 +495,39 @@ class YamlConfigParser {
     if (ec == std::errc::result_out_of_range) {
       fail(path, "is too large (must fit in a signed 64-bit integer)", line);
     }
-    if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty() || value <= 0) {
-      fail(path, kPositiveInt, line);
+    if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty() || value < 0 ||
+        (!allow_zero && value == 0)) {
+      fail(path, problem, line);
     }
     return value;
+  }
+
+  /// One of `choices` (their spelling, exact); returns its index.
+  std::size_t read_choice(const MappingView& map, std::string_view key,
+                          const MappingView::Entry& entry,
+                          std::initializer_list<std::string_view> choices,
+                          std::string_view choice_text) {
+    const std::string problem = std::string("must be one of ").append(choice_text);
+    const std::string text = scalar_text(map, key, entry, problem);
+    std::size_t index = 0;
+    for (std::string_view c : choices) {
+      if (text == c) return index;
+      ++index;
+    }
+    fail(child_path(map.path, key), problem, line_of(entry.key));
+  }
+
+  Priority read_priority(const MappingView& map, std::string_view key,
+                         const MappingView::Entry& entry) {
+    return static_cast<Priority>(
+        read_choice(map, key, entry, {"high", "normal", "low"}, kPriorityChoices));
+  }
+
+  bool read_bool(const MappingView& map, std::string_view key, const MappingView::Entry& entry) {
+    const std::string text = scalar_text(map, key, entry, kBoolean);
+    if (text == "true") return true;
+    if (text == "false") return false;
+    fail(child_path(map.path, key), kBoolean, line_of(entry.key));
   }
 
   /// A number of seconds (fractions allowed), rounded to milliseconds.
@@ -506,6 +596,10 @@ class YamlConfigParser {
       const std::string path = key_path(map, "scheduler_limits", *e);
       read_scheduler_limits(e->value, path, line_of(e->key), cfg.scheduler_limits);
     }
+    if (MappingView::Entry* e = map.find("user_tiers")) {
+      const std::string path = key_path(map, "user_tiers", *e);
+      read_user_tiers(e->value, path, line_of(e->key), cfg.user_tiers);
+    }
     map.find("gateway");  // reserved for llmq-gateway: accepted, not read here
     warn_unknown(map);
   }
@@ -537,6 +631,8 @@ class YamlConfigParser {
     }
     if (MappingView::Entry* e = map.find("weight"))
       out.weight = read_positive_int(map, "weight", *e);
+    if (MappingView::Entry* e = map.find("priority"))
+      out.priority = read_non_negative_int(map, "priority", *e);
   }
 
   AzureModelConfig read_azure_model(const YAML::Node& node, const std::string& path) {
@@ -609,7 +705,69 @@ class YamlConfigParser {
             find_with_alias(map, "request_timeout_seconds", "ttl_in_seconds", &key)) {
       out.request_timeout = read_seconds(map, key, *e, /*allow_zero=*/false);
     }
+    if (MappingView::Entry* e = map.find("policy")) {
+      out.policy = static_cast<SchedulingPolicy>(
+          read_choice(map, "policy", *e, {"fifo", "fair"}, kPolicyChoices));
+    }
+    if (MappingView::Entry* e = map.find("max_queued_per_user")) {
+      out.max_queued_per_user =
+          static_cast<std::size_t>(read_non_negative_int(map, "max_queued_per_user", *e));
+    }
+    if (MappingView::Entry* e = map.find("priority_aging_seconds")) {
+      out.priority_aging = read_seconds(map, "priority_aging_seconds", *e, /*allow_zero=*/false);
+    }
+    if (MappingView::Entry* e = map.find("predictive_admission")) {
+      out.predictive_admission = read_bool(map, "predictive_admission", *e);
+    }
     warn_unknown(map);
+  }
+
+  /// `user_tiers`: a mapping of tier name -> settings.
+  void read_user_tiers(const YAML::Node& node, const std::string& path, int line,
+                       std::vector<UserTier>& out) {
+    MappingView tiers = view_mapping(node, path, line);
+    for (auto& [name, entry] : tiers.entries) {
+      entry.used = true;
+      const std::string tp = key_path(tiers, name, entry);
+      if (name.empty()) fail(path, "tier names must not be empty", line_of(entry.key));
+      MappingView map = view_mapping(entry.value, tp, line_of(entry.key));
+      UserTier tier;
+      tier.name = name;
+      if (MappingView::Entry* e = map.find("users")) {
+        const std::string up = key_path(map, "users", *e);
+        if (!e->value.IsSequence()) fail(up, "must be a list of user ids", line_of(e->key));
+        std::size_t index = 0;
+        for (const auto& item : e->value) {
+          const std::string ip = item_path(up, index++);
+          lines_[ip] = line_of(item);
+          if (!item.IsScalar()) fail(ip, "must be a string", line_of(item));
+          tier.users.push_back(expand_env(item.Scalar(), ip, line_of(item)));
+        }
+      }
+      if (MappingView::Entry* e = map.find("max_num_requests_in_time_window")) {
+        tier.max_num_requests_in_time_window =
+            read_positive_int(map, "max_num_requests_in_time_window", *e);
+      }
+      std::string_view key;
+      if (MappingView::Entry* e = find_with_alias(map, "time_window_in_seconds",
+                                                  "time_window_length_in_seconds", &key)) {
+        tier.time_window = read_seconds(map, key, *e, /*allow_zero=*/false);
+      }
+      if (MappingView::Entry* e = map.find("weight")) {
+        const std::int64_t w = read_positive_int(map, "weight", *e);
+        if (w > kMaxTierWeight) fail(child_path(tp, "weight"), kTierWeightText, line_of(e->key));
+        tier.weight = static_cast<std::uint32_t>(w);
+      }
+      if (MappingView::Entry* e = map.find("priority")) {
+        tier.priority = read_priority(map, "priority", *e);
+      }
+      if (MappingView::Entry* e = map.find("max_queued_per_user")) {
+        tier.max_queued_per_user =
+            static_cast<std::size_t>(read_non_negative_int(map, "max_queued_per_user", *e));
+      }
+      warn_unknown(map);
+      out.push_back(std::move(tier));
+    }
   }
 
   LineTable lines_;
@@ -642,7 +800,9 @@ std::vector<Deployment> LLMConfig::deployments() const {
       d.req_per_min = model.req_per_min;
       d.tokens_per_min = model.tokens_per_min;
       d.error_backoff = model.error_backoff;
-      d.weight = model.weight > 0 ? model.weight : model.req_per_min;
+      d.weight =
+          model.weight > 0 ? model.weight : std::min(model.req_per_min, kMaxDeploymentWeight);
+      d.priority = model.priority;
       out.push_back(std::move(d));
     }
   }
@@ -658,7 +818,8 @@ std::vector<Deployment> LLMConfig::deployments() const {
     d.req_per_min = model.req_per_min;
     d.tokens_per_min = model.tokens_per_min;
     d.error_backoff = model.error_backoff;
-    d.weight = model.weight > 0 ? model.weight : model.req_per_min;
+    d.weight = model.weight > 0 ? model.weight : std::min(model.req_per_min, kMaxDeploymentWeight);
+    d.priority = model.priority;
     out.push_back(std::move(d));
   }
   return out;

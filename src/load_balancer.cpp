@@ -1,16 +1,36 @@
 #include <llmq/load_balancer.hpp>
 
 #include <algorithm>
+#include <bit>
+#include <limits>
 #include <stdexcept>
 
 namespace llmq {
 namespace {
 using std::chrono::seconds;
 
+constexpr std::int64_t kInf = std::numeric_limits<std::int64_t>::max();
+constexpr std::uint32_t kNone = std::numeric_limits<std::uint32_t>::max();
+// Rounds are rebased before weight * round can approach the int64 range.
+constexpr std::int64_t kRoundBudget = std::int64_t{1} << 50;
+
 // A window admits `need` when it fits under the limit, or when the window is empty
 // (a request larger than a whole window is sent alone rather than never).
 bool fits(std::int64_t used, std::int64_t need, std::int64_t limit) {
   return used == 0 || used + need <= limit;
+}
+
+// The largest need `fits` admits.
+std::int64_t room(std::int64_t used, std::int64_t limit) { return used == 0 ? kInf : limit - used; }
+
+std::int64_t floor_div(std::int64_t a, std::int64_t b) {  // b > 0
+  const std::int64_t q = a / b;
+  return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+std::int64_t ceil_div(std::int64_t a, std::int64_t b) {  // b > 0
+  const std::int64_t q = a / b;
+  return (a % b != 0 && a > 0) ? q + 1 : q;
 }
 }  // namespace
 
@@ -19,6 +39,8 @@ WeightedRoundRobinBalancer::WeightedRoundRobinBalancer(std::vector<DeploymentLim
   for (const DeploymentLimits& l : limits) {
     if (l.req_per_min <= 0 || l.tokens_per_min <= 0 || l.weight <= 0)
       throw std::invalid_argument("deployment limits and weight must be positive");
+    if (l.weight > kMaxWeight) throw std::invalid_argument("deployment weight is too large");
+    if (l.priority < 0) throw std::invalid_argument("deployment priority must be >= 0");
     State s;
     s.limits = l;
     const auto margin = std::chrono::duration_cast<clock::duration>(l.window_margin);
@@ -29,9 +51,285 @@ WeightedRoundRobinBalancer::WeightedRoundRobinBalancer(std::vector<DeploymentLim
       s.windows.push_back(
           Window{seconds(1) + margin, std::max<std::int64_t>(1, l.req_per_min / 60)});
     }
+    s.call_room = kInf;
+    s.token_room = kInf;
     states_.push_back(std::move(s));
   }
 }
+
+// ---------------------------------------------------------------------------------------
+// Candidate sets
+
+std::size_t WeightedRoundRobinBalancer::SpanHash::operator()(
+    std::span<const std::size_t> s) const noexcept {
+  std::size_t h = 0x9e3779b97f4a7c15ULL ^ s.size();
+  for (std::size_t x : s) h ^= x + 0x9e3779b97f4a7c15ULL + (h << 6) + (h >> 2);
+  return h;
+}
+
+bool WeightedRoundRobinBalancer::SpanEqual::operator()(
+    std::span<const std::size_t> a, std::span<const std::size_t> b) const noexcept {
+  return std::equal(a.begin(), a.end(), b.begin(), b.end());
+}
+
+WeightedRoundRobinBalancer::CandidateSet WeightedRoundRobinBalancer::candidate_set(
+    std::span<const std::size_t> candidates) {
+  return CandidateSet{find_or_add_set(candidates, /*pin=*/true)};
+}
+
+std::uint32_t WeightedRoundRobinBalancer::find_or_add_set(std::span<const std::size_t> candidates,
+                                                          bool pin) {
+  if (auto it = set_index_.find(candidates); it != set_index_.end()) {
+    Set& s = sets_[it->second];
+    if (pin && !s.pinned) {
+      s.pinned = true;
+      --cached_sets_;
+    }
+    return it->second;
+  }
+  for (std::size_t d : candidates)
+    if (d >= states_.size()) throw std::out_of_range("candidate deployment out of range");
+  if (!pin && cached_sets_ >= kMaxCachedSets) {
+    std::uint32_t oldest = kNone;
+    for (std::uint32_t i = 0; i < sets_.size(); ++i) {
+      const Set& s = sets_[i];
+      if (s.live && !s.pinned && (oldest == kNone || s.last_used < sets_[oldest].last_used))
+        oldest = i;
+    }
+    drop_set(oldest);
+  }
+  std::uint32_t id;
+  if (!free_sets_.empty()) {
+    id = free_sets_.back();
+    free_sets_.pop_back();
+  } else {
+    if (sets_.size() >= kNone) throw std::length_error("too many candidate sets");
+    id = static_cast<std::uint32_t>(sets_.size());
+    sets_.emplace_back();
+  }
+  Set& set = sets_[id];
+  set.key.assign(candidates.begin(), candidates.end());
+  set.live = true;
+  set.pinned = pin;
+  set.last_used = epoch_;
+  if (!pin) ++cached_sets_;
+
+  // Groups by priority, members in candidate order, each deployment once.
+  std::vector<char> seen(states_.size(), 0);
+  std::vector<std::size_t> unique;
+  for (std::size_t d : candidates) {
+    if (seen[d]) continue;
+    seen[d] = 1;
+    unique.push_back(d);
+  }
+  std::vector<std::int64_t> priorities;
+  for (std::size_t d : unique) priorities.push_back(states_[d].limits.priority);
+  std::sort(priorities.begin(), priorities.end());
+  priorities.erase(std::unique(priorities.begin(), priorities.end()), priorities.end());
+  set.groups.assign(priorities.size(), Group{});
+  for (std::uint32_t gi = 0; gi < priorities.size(); ++gi) {
+    Group& g = set.groups[gi];
+    g.priority = priorities[gi];
+    for (std::size_t d : unique) {
+      if (states_[d].limits.priority != g.priority) continue;
+      Member m;
+      m.deployment = d;
+      m.weight = states_[d].limits.weight;
+      g.max_weight = std::max(g.max_weight, m.weight);
+      states_[d].memberships.push_back(
+          Membership{id, gi, static_cast<std::uint32_t>(g.members.size())});
+      g.members.push_back(m);
+    }
+    g.leaves = std::bit_ceil(static_cast<std::uint32_t>(g.members.size()));
+    g.tree.assign(2 * static_cast<std::size_t>(g.leaves), Node{kNone, kInf, kInf, kInf, kInf});
+    for (std::uint32_t leaf = 0; leaf < g.members.size(); ++leaf) {
+      Member& m = g.members[leaf];
+      if (!states_[m.deployment].out) {
+        m.in = true;
+        ++g.in_count;
+        g.in_weight += m.weight;
+        Node& n = g.tree[g.leaves + leaf];
+        n.winner = leaf;
+        n.min_call = states_[m.deployment].call_room;
+        n.min_token = states_[m.deployment].token_room;
+      }
+    }
+    for (std::uint32_t k = g.leaves; k-- > 1;) recompute(g, k, g.round + 1);
+  }
+  set_index_.emplace(set.key, id);
+  return id;
+}
+
+void WeightedRoundRobinBalancer::drop_set(std::uint32_t id) {
+  Set& set = sets_[id];
+  for (const Group& g : set.groups) {
+    for (const Member& m : g.members) {
+      auto& ms = states_[m.deployment].memberships;
+      for (std::size_t i = 0; i < ms.size(); ++i) {
+        if (ms[i].set == id) {
+          ms[i] = ms.back();
+          ms.pop_back();
+          break;
+        }
+      }
+    }
+  }
+  set_index_.erase(set.key);
+  if (!set.pinned) --cached_sets_;
+  set.groups.clear();
+  set.key.clear();
+  set.live = false;
+  set.pinned = false;
+  ++set.generation;
+  free_sets_.push_back(id);
+}
+
+// ---------------------------------------------------------------------------------------
+// Round-robin trees. Member i's smooth-WRR `current` is weight_i * round + offset_i; a
+// pick compares current + weight, i.e. the lines weight_i * t + offset_i at t = round + 1.
+// Every node keeps the winner of its two children at the current t and the round at
+// which the loser's line overtakes (ties go to the earlier candidate), so advancing t
+// only revisits nodes whose certificate has failed.
+
+void WeightedRoundRobinBalancer::recompute(Group& g, std::uint32_t k, std::int64_t t) const {
+  const Node& l = g.tree[2 * k];
+  const Node& r = g.tree[2 * k + 1];
+  Node& n = g.tree[k];
+  n.min_call = std::min(l.min_call, r.min_call);
+  n.min_token = std::min(l.min_token, r.min_token);
+  if (l.winner == kNone || r.winner == kNone) {
+    n.winner = l.winner == kNone ? r.winner : l.winner;
+    n.fail = kInf;
+  } else {
+    const Member& a = g.members[l.winner];
+    const Member& b = g.members[r.winner];
+    const std::int64_t sa = a.weight * t + a.offset;
+    const std::int64_t sb = b.weight * t + b.offset;
+    // Left members come earlier in candidate order: the left wins ties.
+    const bool left_wins = sa >= sb;
+    const Member& win = left_wins ? a : b;
+    const Member& lose = left_wins ? b : a;
+    n.winner = left_wins ? l.winner : r.winner;
+    const std::int64_t slope = lose.weight - win.weight;
+    if (slope <= 0) {
+      n.fail = kInf;
+    } else {
+      // The loser leads once slope * t' > offset gap (>= when it comes earlier).
+      const std::int64_t gap = win.offset - lose.offset;
+      n.fail = left_wins ? floor_div(gap, slope) + 1 : ceil_div(gap, slope);
+    }
+  }
+  n.sub_fail = std::min({n.fail, l.sub_fail, r.sub_fail});
+}
+
+void WeightedRoundRobinBalancer::update_leaf(Group& g, std::uint32_t leaf) {
+  std::uint32_t k = g.leaves + leaf;
+  Node& n = g.tree[k];
+  const Member& m = g.members[leaf];
+  if (m.in) {
+    n.winner = leaf;
+    n.min_call = states_[m.deployment].call_room;
+    n.min_token = states_[m.deployment].token_room;
+  } else {
+    n.winner = kNone;
+    n.min_call = n.min_token = kInf;
+  }
+  const std::int64_t t = g.round + 1;
+  for (k /= 2; k >= 1; k /= 2) recompute(g, k, t);
+}
+
+void WeightedRoundRobinBalancer::catch_up(Group& g, std::int64_t t) {
+  if (g.tree[1].sub_fail > t) return;
+  stack_.clear();
+  stack_.push_back(1);
+  while (!stack_.empty()) {
+    const std::uint32_t k = stack_.back();
+    if (k >= g.leaves) {
+      stack_.pop_back();
+    } else if (g.tree[2 * k].sub_fail <= t) {
+      stack_.push_back(2 * k);
+    } else if (g.tree[2 * k + 1].sub_fail <= t) {
+      stack_.push_back(2 * k + 1);
+    } else {
+      recompute(g, k, t);  // its certificate now holds past t
+      stack_.pop_back();
+    }
+  }
+}
+
+void WeightedRoundRobinBalancer::rebase(Group& g) {
+  for (Member& m : g.members)
+    if (m.in) m.offset += m.weight * g.round;
+  g.round = 0;
+  for (std::uint32_t k = g.leaves; k-- > 1;) recompute(g, k, 1);
+}
+
+// Marks (with `epoch`) and lists the members in the tree that cannot take `need`. Room
+// minima can only understate (windows empty between refreshes), so a member that
+// seems too full is refreshed and looked at again; one that seems to fit does.
+void WeightedRoundRobinBalancer::collect_failing(Group& g, DeploymentNeed need, time_point now,
+                                                 std::uint64_t epoch) {
+  g.failing.clear();
+  g.failing_weight = 0;
+  g.failing_epoch = epoch;
+  auto all_fit = [&](const Node& n) {
+    return n.min_call >= need.calls && n.min_token >= need.tokens;
+  };
+  if (all_fit(g.tree[1])) return;
+  stack_.clear();
+  stack_.push_back(1);
+  while (!stack_.empty()) {
+    const std::uint32_t k = stack_.back();
+    stack_.pop_back();
+    if (all_fit(g.tree[k])) continue;
+    if (k < g.leaves) {
+      stack_.push_back(2 * k + 1);
+      stack_.push_back(2 * k);
+      continue;
+    }
+    const std::uint32_t leaf = k - g.leaves;
+    Member& m = g.members[leaf];
+    refresh(m.deployment, now);
+    const State& s = states_[m.deployment];
+    if (s.call_room >= need.calls && s.token_room >= need.tokens) continue;
+    m.failing_epoch = epoch;
+    g.failing.push_back(leaf);
+    g.failing_weight += m.weight;
+  }
+}
+
+// The best member not marked failing: a node's winner bounds its whole subtree.
+std::uint32_t WeightedRoundRobinBalancer::best_fitting(const Group& g, std::uint64_t epoch) const {
+  const std::int64_t t = g.round + 1;
+  auto score = [&](std::uint32_t i) { return g.members[i].weight * t + g.members[i].offset; };
+  auto better = [&](std::uint32_t a, std::uint32_t b) {
+    const std::int64_t sa = score(a);
+    const std::int64_t sb = score(b);
+    return sa > sb || (sa == sb && a < b);
+  };
+  std::uint32_t best = kNone;
+  // A walk needs at most one pending sibling per level.
+  std::uint32_t pending[64];
+  std::size_t top = 0;
+  pending[top++] = 1;
+  while (top > 0) {
+    const std::uint32_t k = pending[--top];
+    const std::uint32_t w = g.tree[k].winner;
+    if (w == kNone || (best != kNone && !better(w, best))) continue;
+    if (g.members[w].failing_epoch != epoch) {
+      best = w;
+      continue;
+    }
+    if (k < g.leaves) {
+      pending[top++] = 2 * k + 1;
+      pending[top++] = 2 * k;
+    }
+  }
+  return best;
+}
+
+// ---------------------------------------------------------------------------------------
+// Deployment state
 
 void WeightedRoundRobinBalancer::advance(State& s, time_point now) {
   if (now <= s.advanced_to) return;  // nothing can have left the windows since
@@ -53,60 +351,266 @@ void WeightedRoundRobinBalancer::advance(State& s, time_point now) {
   }
 }
 
-bool WeightedRoundRobinBalancer::eligible(State& s, DeploymentNeed need, time_point now) {
-  if (now < s.backoff_until) return false;
-  advance(s, now);
-  const Window& minute = s.windows.front();
-  if (!fits(minute.tokens, need.tokens, s.limits.tokens_per_min)) return false;
-  return std::all_of(s.windows.begin(), s.windows.end(),
-                     [&](const Window& w) { return fits(w.calls, need.calls, w.call_limit); });
+void WeightedRoundRobinBalancer::update_rooms(std::size_t d) {
+  State& s = states_[d];
+  std::int64_t calls = kInf;
+  for (const Window& w : s.windows) calls = std::min(calls, room(w.calls, w.call_limit));
+  const std::int64_t tokens = room(s.windows.front().tokens, s.limits.tokens_per_min);
+  if (calls == s.call_room && tokens == s.token_room) return;
+  s.call_room = calls;
+  s.token_room = tokens;
+  for (const Membership& ms : s.memberships) {
+    Group& g = sets_[ms.set].groups[ms.group];
+    if (!g.members[ms.leaf].in) continue;
+    std::uint32_t k = g.leaves + ms.leaf;
+    g.tree[k].min_call = calls;
+    g.tree[k].min_token = tokens;
+    for (k /= 2; k >= 1; k /= 2) {
+      Node& n = g.tree[k];
+      n.min_call = std::min(g.tree[2 * k].min_call, g.tree[2 * k + 1].min_call);
+      n.min_token = std::min(g.tree[2 * k].min_token, g.tree[2 * k + 1].min_token);
+    }
+  }
+}
+
+void WeightedRoundRobinBalancer::refresh(std::size_t d, time_point now) {
+  advance(states_[d], now);
+  update_rooms(d);
+}
+
+// Out of every tree while in backoff or without room for one call; back in when that
+// ends (a wake-up is scheduled for the moment it can).
+void WeightedRoundRobinBalancer::update_standing(std::size_t d) {
+  State& s = states_[d];
+  const bool out = s.in_backoff || s.call_room < 1;
+  if (out != s.out) {
+    s.out = out;
+    set_in(d, !out);
+  }
+  if (!out) {
+    wake_erase(d);
+    return;
+  }
+  if (s.in_backoff) {
+    schedule_wake(d, s.backoff_until);
+    return;
+  }
+  // The earliest moment a full call window loses its oldest charge.
+  time_point at = time_point::max();
+  for (const Window& w : s.windows) {
+    if (room(w.calls, w.call_limit) >= 1) continue;
+    at = std::min(at, s.log[w.cursor - s.base_seq].at + w.length);
+  }
+  schedule_wake(d, at);
+}
+
+void WeightedRoundRobinBalancer::set_in(std::size_t d, bool in) {
+  for (const Membership& ms : states_[d].memberships) {
+    Group& g = sets_[ms.set].groups[ms.group];
+    Member& m = g.members[ms.leaf];
+    if (m.in == in) continue;
+    if (in) {
+      m.offset = m.current - m.weight * g.round;
+      ++g.in_count;
+      g.in_weight += m.weight;
+    } else {
+      m.current = m.weight * g.round + m.offset;
+      --g.in_count;
+      g.in_weight -= m.weight;
+    }
+    m.in = in;
+    update_leaf(g, ms.leaf);
+  }
+}
+
+void WeightedRoundRobinBalancer::sync(time_point now) {
+  while (!wake_heap_.empty()) {
+    const std::size_t d = wake_heap_.front();
+    State& s = states_[d];
+    if (s.wake_at > now) break;
+    wake_erase(d);
+    advance(s, now);
+    if (s.in_backoff && now >= s.backoff_until) s.in_backoff = false;
+    update_rooms(d);
+    update_standing(d);
+  }
+}
+
+// Wake heap: a binary min-heap of deployments by wake_at; wake_pos is 1-based.
+void WeightedRoundRobinBalancer::wake_swap(std::uint32_t a, std::uint32_t b) {
+  std::swap(wake_heap_[a], wake_heap_[b]);
+  states_[wake_heap_[a]].wake_pos = a + 1;
+  states_[wake_heap_[b]].wake_pos = b + 1;
+}
+
+void WeightedRoundRobinBalancer::wake_sift_up(std::uint32_t pos) {
+  while (pos > 0) {
+    const std::uint32_t parent = (pos - 1) / 2;
+    if (!(states_[wake_heap_[pos]].wake_at < states_[wake_heap_[parent]].wake_at)) break;
+    wake_swap(pos, parent);
+    pos = parent;
+  }
+}
+
+void WeightedRoundRobinBalancer::wake_sift_down(std::uint32_t pos) {
+  const auto n = static_cast<std::uint32_t>(wake_heap_.size());
+  for (;;) {
+    const std::uint32_t l = 2 * pos + 1;
+    if (l >= n) return;
+    std::uint32_t m = l;
+    if (l + 1 < n && states_[wake_heap_[l + 1]].wake_at < states_[wake_heap_[l]].wake_at) m = l + 1;
+    if (!(states_[wake_heap_[m]].wake_at < states_[wake_heap_[pos]].wake_at)) return;
+    wake_swap(pos, m);
+    pos = m;
+  }
+}
+
+void WeightedRoundRobinBalancer::schedule_wake(std::size_t d, std::optional<time_point> at) {
+  State& s = states_[d];
+  if (!at) {
+    wake_erase(d);
+    return;
+  }
+  s.wake_at = *at;
+  if (s.wake_pos == 0) {
+    wake_heap_.push_back(static_cast<std::uint32_t>(d));
+    s.wake_pos = static_cast<std::uint32_t>(wake_heap_.size());
+  }
+  wake_sift_up(s.wake_pos - 1);
+  wake_sift_down(s.wake_pos - 1);
+}
+
+void WeightedRoundRobinBalancer::wake_erase(std::size_t d) {
+  State& s = states_[d];
+  if (s.wake_pos == 0) return;
+  const std::uint32_t pos = s.wake_pos - 1;
+  const auto last = static_cast<std::uint32_t>(wake_heap_.size() - 1);
+  if (pos != last) wake_swap(pos, last);
+  wake_heap_.pop_back();
+  s.wake_pos = 0;
+  if (pos < wake_heap_.size()) {
+    const std::uint32_t moved = wake_heap_[pos];
+    wake_sift_up(pos);
+    wake_sift_down(states_[moved].wake_pos - 1);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Decisions
+
+std::optional<WeightedRoundRobinBalancer::Selection> WeightedRoundRobinBalancer::pick(
+    CandidateSet set, DeploymentNeed need, time_point now) {
+  if (set.id >= sets_.size() || !sets_[set.id].live)
+    throw std::invalid_argument("unknown candidate set");
+  return pick_in(set.id, need, now);
 }
 
 std::optional<WeightedRoundRobinBalancer::Selection> WeightedRoundRobinBalancer::pick(
     std::span<const std::size_t> candidates, DeploymentNeed need, time_point now) {
-  const std::uint64_t epoch = ++epoch_;
-  std::optional<Selection> best;
-  std::int64_t best_score = 0;
-  std::int64_t total = 0;
-  for (std::size_t d : candidates) {
-    State& s = states_.at(d);
-    if (!eligible(s, need, now)) continue;
-    s.eligible_epoch = epoch;
-    total += s.limits.weight;
-    const std::int64_t score = s.current + s.limits.weight;
-    if (!best || score > best_score) {
-      best = Selection{d, epoch, 0};
-      best_score = score;
-    }
-  }
-  if (best) best->eligible_weight = total;
-  return best;
+  return pick_in(find_or_add_set(candidates, /*pin=*/false), need, now);
 }
 
-DeploymentGrant WeightedRoundRobinBalancer::commit(std::span<const std::size_t> candidates,
+std::optional<WeightedRoundRobinBalancer::Selection> WeightedRoundRobinBalancer::pick_in(
+    std::uint32_t id, DeploymentNeed need, time_point now) {
+  sync(now);
+  need.calls = std::max<std::int64_t>(1, need.calls);
+  const std::uint64_t epoch = ++epoch_;
+  sets_[id].last_used = epoch;
+  for (std::uint32_t gi = 0; gi < sets_[id].groups.size(); ++gi) {
+    Group& g = sets_[id].groups[gi];
+    if (g.in_count == 0) continue;
+    collect_failing(g, need, now, epoch);
+    if (g.failing.size() == g.in_count) continue;
+    catch_up(g, g.round + 1);
+    const std::uint32_t leaf = best_fitting(g, epoch);
+    Selection sel;
+    sel.deployment = g.members[leaf].deployment;
+    sel.epoch = epoch;
+    sel.eligible_weight = g.in_weight - g.failing_weight;
+    sel.spilled = gi > 0;
+    sel.set = id;
+    sel.set_generation = sets_[id].generation;
+    sel.group = gi;
+    return sel;
+  }
+  return std::nullopt;
+}
+
+DeploymentGrant WeightedRoundRobinBalancer::commit(const Selection& sel, DeploymentNeed need,
+                                                   time_point now) {
+  if (sel.deployment >= states_.size()) throw std::out_of_range("deployment out of range");
+  if (sel.set < sets_.size() && sets_[sel.set].live &&
+      sets_[sel.set].generation == sel.set_generation && sel.group < sets_[sel.set].groups.size()) {
+    Group& g = sets_[sel.set].groups[sel.group];
+    if (g.failing_epoch != sel.epoch) {
+      DeploymentNeed n = need;
+      n.calls = std::max<std::int64_t>(1, n.calls);
+      collect_failing(g, n, now, sel.epoch);
+    }
+    // Smooth WRR: every eligible member gains its weight (the round), except those that
+    // could not take this request; the chosen one gives back the eligible total.
+    const std::int64_t eligible_weight = g.in_weight - g.failing_weight;
+    ++g.round;
+    for (std::uint32_t leaf : g.failing) {
+      Member& m = g.members[leaf];
+      if (!m.in) continue;
+      m.offset -= m.weight;
+      update_leaf(g, leaf);
+    }
+    for (const Membership& ms : states_[sel.deployment].memberships) {
+      if (ms.set != sel.set || ms.group != sel.group) continue;
+      Member& m = g.members[ms.leaf];
+      if (m.in) {
+        m.offset -= eligible_weight;
+        update_leaf(g, ms.leaf);
+      } else {
+        m.current += m.weight - eligible_weight;
+      }
+      break;
+    }
+    g.failing.clear();
+    g.failing_epoch = 0;
+    if (g.round >= std::max<std::int64_t>(1, kRoundBudget / g.max_weight)) rebase(g);
+  }
+  return charge(sel.deployment, need, now, sel.spilled);
+}
+
+DeploymentGrant WeightedRoundRobinBalancer::commit(std::span<const std::size_t> /*candidates*/,
                                                    const Selection& sel, DeploymentNeed need,
                                                    time_point now) {
-  for (std::size_t d : candidates) {
-    State& s = states_[d];
-    if (s.eligible_epoch == sel.epoch) s.current += s.limits.weight;
-  }
-  State& chosen = states_.at(sel.deployment);
-  chosen.current -= sel.eligible_weight;
-  const std::uint64_t seq = chosen.base_seq + chosen.log.size();
-  chosen.log.push_back(Charge{now, need.calls, need.tokens});
-  for (Window& w : chosen.windows) {
+  return commit(sel, need, now);
+}
+
+DeploymentGrant WeightedRoundRobinBalancer::charge(std::size_t d, DeploymentNeed need,
+                                                   time_point now, bool spilled) {
+  State& s = states_[d];
+  advance(s, now);
+  const std::uint64_t seq = s.base_seq + s.log.size();
+  s.log.push_back(Charge{now, need.calls, need.tokens});
+  for (Window& w : s.windows) {
     w.calls += need.calls;
     w.tokens += need.tokens;
   }
-  ++chosen.counters.granted;
-  return DeploymentGrant{sel.deployment, seq, need};
+  ++s.counters.granted;
+  if (spilled) ++s.counters.spilled;
+  update_rooms(d);
+  update_standing(d);
+  return DeploymentGrant{d, seq, need, spilled};
+}
+
+std::optional<DeploymentGrant> WeightedRoundRobinBalancer::acquire(CandidateSet set,
+                                                                   DeploymentNeed need,
+                                                                   time_point now) {
+  auto sel = pick(set, need, now);
+  if (!sel) return std::nullopt;
+  return commit(*sel, need, now);
 }
 
 std::optional<DeploymentGrant> WeightedRoundRobinBalancer::acquire(
     std::span<const std::size_t> candidates, DeploymentNeed need, time_point now) {
   auto sel = pick(candidates, need, now);
   if (!sel) return std::nullopt;
-  return commit(candidates, *sel, need, now);
+  return commit(*sel, need, now);
 }
 
 void WeightedRoundRobinBalancer::reconcile(const DeploymentGrant& g, std::int64_t actual_tokens) {
@@ -118,6 +622,7 @@ void WeightedRoundRobinBalancer::reconcile(const DeploymentGrant& g, std::int64_
   c.tokens = actual_tokens;
   for (Window& w : s.windows)
     if (g.seq >= w.cursor) w.tokens += delta;
+  update_rooms(g.deployment);
 }
 
 void WeightedRoundRobinBalancer::refund(const DeploymentGrant& g) {
@@ -131,6 +636,8 @@ void WeightedRoundRobinBalancer::refund(const DeploymentGrant& g) {
   }
   c.calls = 0;
   c.tokens = 0;
+  update_rooms(g.deployment);
+  update_standing(g.deployment);
 }
 
 void WeightedRoundRobinBalancer::report_failure(std::size_t deployment, time_point now,
@@ -143,11 +650,18 @@ void WeightedRoundRobinBalancer::report_failure(std::size_t deployment, time_poi
   s.backoff_until = std::max(s.backoff_until, now + wait);
   ++s.counters.failures;
   if (throttled) ++s.counters.throttled;
+  if (now < s.backoff_until) {
+    s.in_backoff = true;
+    update_standing(deployment);
+  }
 }
 
 void WeightedRoundRobinBalancer::hold(std::size_t deployment, time_point until) {
   State& s = states_.at(deployment);
   s.backoff_until = std::max(s.backoff_until, until);
+  // Out until the next sync at or after `until` (the hold may already be over then).
+  s.in_backoff = true;
+  update_standing(deployment);
 }
 
 WeightedRoundRobinBalancer::time_point WeightedRoundRobinBalancer::next_fit(State& s,
@@ -176,6 +690,7 @@ WeightedRoundRobinBalancer::time_point WeightedRoundRobinBalancer::next_fit(Stat
 
 WeightedRoundRobinBalancer::time_point WeightedRoundRobinBalancer::next_eligible(
     std::span<const std::size_t> candidates, DeploymentNeed need, time_point now) {
+  need.calls = std::max<std::int64_t>(1, need.calls);
   time_point best = time_point::max();
   for (std::size_t d : candidates) best = std::min(best, next_fit(states_.at(d), need, now));
   return best;

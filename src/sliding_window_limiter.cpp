@@ -45,18 +45,25 @@ void SlidingWindowLimiter::push(User& u, std::int64_t t, std::int64_t max_reques
 
 RateLimitDecision SlidingWindowLimiter::acquire(std::string_view user_id, time_point now,
                                                 std::int64_t max_requests, clock::duration window) {
-  evict_idle(now, window);
+  evict_idle(now);
   if (max_requests <= 0) return RateLimitDecision{false, window, 0};
   const std::int64_t t_now = ticks(now);
   const std::int64_t w = std::chrono::duration_cast<std::chrono::nanoseconds>(window).count();
   auto it = users_.find(user_id);
-  if (it == users_.end()) {
-    it = users_.emplace(std::string(user_id), User{}).first;
+  if (it != users_.end()) {
+    lru_unlink(it->second);
+  } else if (!spare_.empty()) {
+    Map::node_type node = std::move(spare_.back());
+    spare_.pop_back();
+    node.key().assign(user_id.data(), user_id.size());
+    it = users_.insert(std::move(node)).position;
     it->second.key = &it->first;
   } else {
-    lru_unlink(it->second);
+    it = users_.emplace(std::string(user_id), User{}).first;
+    it->second.key = &it->first;
   }
   User& u = it->second;
+  u.window = w;
   // Keep time monotonic per user so the ring stays sorted.
   const std::int64_t t = u.count > 0 ? std::max(t_now, newest(u)) : t_now;
   while (u.count > 0 && u.ring[u.start] <= t - w) {
@@ -78,20 +85,33 @@ RateLimitDecision SlidingWindowLimiter::acquire(std::string_view user_id, time_p
     d.remaining = max_requests - static_cast<std::int64_t>(u.count);
   }
   if (u.count == 0) {
-    users_.erase(it);
+    release(it);
   } else {
     lru_push_back(u);
   }
   return d;
 }
 
+void SlidingWindowLimiter::release(Map::iterator it) {
+  if (spare_.size() >= kMaxSpareUsers) {
+    users_.erase(it);
+    return;
+  }
+  Map::node_type node = users_.extract(it);
+  User& u = node.mapped();
+  u.start = 0;
+  u.count = 0;
+  u.lru_prev = u.lru_next = nullptr;
+  spare_.push_back(std::move(node));
+}
+
 void SlidingWindowLimiter::evict_idle(time_point now, clock::duration window) {
-  const std::int64_t cutoff =
-      ticks(now) - std::chrono::duration_cast<std::chrono::nanoseconds>(window).count();
-  while (lru_head_ != nullptr && newest(*lru_head_) <= cutoff) {
+  const std::int64_t t_now = ticks(now);
+  const std::int64_t floor = std::chrono::duration_cast<std::chrono::nanoseconds>(window).count();
+  while (lru_head_ != nullptr && newest(*lru_head_) <= t_now - std::max(floor, lru_head_->window)) {
     User* u = lru_head_;
     lru_unlink(*u);
-    users_.erase(*u->key);
+    release(users_.find(*u->key));
   }
 }
 
@@ -104,6 +124,12 @@ std::size_t SlidingWindowLimiter::memory_bytes() const noexcept {
     if (key.capacity() > 15) bytes += key.capacity() + 1;
     bytes += u.capacity * sizeof(std::int64_t);
   }
+  for (const Map::node_type& node : spare_) {
+    bytes += sizeof(std::string) + sizeof(User) + 2 * sizeof(void*);
+    if (node.key().capacity() > 15) bytes += node.key().capacity() + 1;
+    bytes += node.mapped().capacity * sizeof(std::int64_t);
+  }
+  bytes += spare_.capacity() * sizeof(Map::node_type);
   return bytes;
 }
 

@@ -1,12 +1,15 @@
 #pragma once
 /// @file config.hpp
 /// Configuration: the seed's YAML format (`azure_open_ai`, `user_limits`,
-/// `scheduler_limits`) plus `custom_models` for OpenAI-compatible servers.
-/// Full reference: docs/configuration.md.
+/// `scheduler_limits`) plus `custom_models` for OpenAI-compatible servers and
+/// `user_tiers`. Full reference: docs/configuration.md.
+
+#include <llmq/scheduler.hpp>
 
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -45,9 +48,16 @@ struct Deployment {
   std::int64_t tokens_per_min = 0;  ///< tokens per minute this deployment accepts (> 0)
   /// How long the deployment is skipped after a failure that carried no Retry-After.
   std::chrono::milliseconds error_backoff{std::chrono::seconds(60)};
-  /// Share of traffic relative to its peers; defaults to `req_per_min`.
+  /// Share of traffic relative to its peers of the same priority; defaults to
+  /// `req_per_min` (at most kMaxDeploymentWeight).
   std::int64_t weight = 0;
+  /// Priority group (>= 0, lower first): requests go to the best group with room and
+  /// spill over to the next only when it has none.
+  std::int64_t priority = 0;
 };
+
+/// Largest deployment weight (explicit, or `req_per_min` when absent).
+inline constexpr std::int64_t kMaxDeploymentWeight = std::int64_t{1} << 32;
 
 /// One `azure_oai_models[]` entry.
 struct AzureModelConfig {
@@ -58,7 +68,8 @@ struct AzureModelConfig {
   std::int64_t req_per_min = 0;
   std::int64_t tokens_per_min = 0;
   std::chrono::milliseconds error_backoff{std::chrono::seconds(60)};
-  std::int64_t weight = 0;  ///< 0 in the YAML is rejected; absent means req_per_min
+  std::int64_t weight = 0;    ///< 0 in the YAML is rejected; absent means req_per_min
+  std::int64_t priority = 0;  ///< priority group, >= 0, lower first
 };
 
 /// One `azure_open_ai[]` entry: an Azure OpenAI resource and its deployments.
@@ -82,6 +93,7 @@ struct CustomModelConfig {
   std::int64_t tokens_per_min = 0;
   std::chrono::milliseconds error_backoff{std::chrono::seconds(60)};
   std::int64_t weight = 0;
+  std::int64_t priority = 0;  ///< priority group, >= 0, lower first
 };
 
 /// Per-user sliding-window limit (`user_limits`).
@@ -100,6 +112,39 @@ struct SchedulerLimits {
   /// How long a request may wait before QueueTimeoutError (`request_timeout_seconds`,
   /// also read as `ttl_in_seconds`; fractions allowed). Default 300 s.
   std::chrono::milliseconds request_timeout{std::chrono::seconds(300)};
+  /// `policy`: `fifo` (arrival order) or `fair` (deficit round-robin across users by
+  /// their tier's weight, FIFO per user). Default fifo.
+  SchedulingPolicy policy = SchedulingPolicy::fifo;
+  /// Requests one user may have waiting at once; one more is refused for that user
+  /// alone. 0 (the default): no cap.
+  std::size_t max_queued_per_user = 0;
+  /// A waiting request moves up one priority level per this much waiting
+  /// (`priority_aging_seconds`; a low request reaches high after twice this). > 0.
+  /// Default 30 s.
+  std::chrono::milliseconds priority_aging{std::chrono::seconds(30)};
+  /// Refuse at admission a request whose predicted wait (its place in line over its
+  /// class's measured dispatch rate) exceeds request_timeout. Default false.
+  bool predictive_admission = false;
+};
+
+/// Largest fair-share weight of a tier.
+inline constexpr std::uint32_t kMaxTierWeight = 1'000'000;
+
+/// One `user_tiers` entry: the users it holds and what applies to them. Absent values
+/// are those of the default tier (`user_limits`, `scheduler_limits`).
+struct UserTier {
+  std::string name;                ///< the key in `user_tiers`
+  std::vector<std::string> users;  ///< user ids (each in one tier at most)
+  /// `max_num_requests_in_time_window`; absent: user_limits'.
+  std::optional<std::int64_t> max_num_requests_in_time_window;
+  /// `time_window_in_seconds`; absent: user_limits'.
+  std::optional<std::chrono::milliseconds> time_window;
+  /// Fair-share `weight` under the fair policy, 1..kMaxTierWeight. Default 1.
+  std::uint32_t weight = 1;
+  /// Default `priority` of the tier's requests. Default normal.
+  Priority priority = Priority::normal;
+  /// `max_queued_per_user`; absent: scheduler_limits'; 0: no cap.
+  std::optional<std::size_t> max_queued_per_user;
 };
 
 /// The whole configuration.
@@ -108,6 +153,8 @@ struct LLMConfig {
   std::vector<CustomModelConfig> custom_models;
   UserLimits user_limits;
   SchedulerLimits scheduler_limits;
+  /// Tenant tiers, in config order (see user_tiers.hpp for the lookup by user id).
+  std::vector<UserTier> user_tiers;
   /// Warnings found while parsing (unknown keys); each was also logged.
   std::vector<std::string> warnings;
 

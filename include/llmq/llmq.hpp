@@ -6,6 +6,7 @@
 #include <llmq/deployment_budget_store.hpp>
 #include <llmq/errors.hpp>
 #include <llmq/executor.hpp>
+#include <llmq/fair_scheduler.hpp>
 #include <llmq/fifo_scheduler.hpp>
 #include <llmq/load_balancer.hpp>
 #include <llmq/log.hpp>
@@ -13,6 +14,9 @@
 #include <llmq/rate_limit_store.hpp>
 #include <llmq/request.hpp>
 #include <llmq/request_validation.hpp>
+#include <llmq/scheduler.hpp>
 #include <llmq/sliding_window_limiter.hpp>
 #include <llmq/telemetry.hpp>
 #include <llmq/token_estimator.hpp>
+#include <llmq/user_tiers.hpp>
+#include <llmq/wait_predictor.hpp>

@@ -1090,4 +1090,227 @@ TEST(ErrorMessages, QueueTimeout) {
   EXPECT_EQ(std::string(fractional.what()).substr(0, 21), "request waited 1.500 ");
 }
 
+// --- Scheduling: policy, per-user cap, aging, predictive admission, tiers, priorities. ---
+
+TEST(ConfigScheduling, DefaultsWhenAbsent) {
+  const LLMConfig cfg = parse_config(kSeedExample);
+  EXPECT_EQ(cfg.scheduler_limits.policy, llmq::SchedulingPolicy::fifo);
+  EXPECT_EQ(cfg.scheduler_limits.max_queued_per_user, 0u);
+  EXPECT_EQ(cfg.scheduler_limits.priority_aging, 30s);
+  EXPECT_FALSE(cfg.scheduler_limits.predictive_admission);
+  EXPECT_TRUE(cfg.user_tiers.empty());
+  for (const llmq::Deployment& d : cfg.deployments()) EXPECT_EQ(d.priority, 0);
+}
+
+TEST(ConfigScheduling, ReadsSchedulerKeys) {
+  const LLMConfig cfg = parse_config(std::string(kMinimalAzure) +
+                                     "scheduler_limits:\n"
+                                     "  policy: fair\n"
+                                     "  max_queued_per_user: 5\n"
+                                     "  priority_aging_seconds: 12.5\n"
+                                     "  predictive_admission: true\n");
+  EXPECT_EQ(cfg.scheduler_limits.policy, llmq::SchedulingPolicy::fair);
+  EXPECT_EQ(cfg.scheduler_limits.max_queued_per_user, 5u);
+  EXPECT_EQ(cfg.scheduler_limits.priority_aging, 12500ms);
+  EXPECT_TRUE(cfg.scheduler_limits.predictive_admission);
+  EXPECT_TRUE(cfg.warnings.empty());
+}
+
+TEST(ConfigScheduling, SchedulerKeyErrors) {
+  const std::string base = std::string(kMinimalAzure) + "scheduler_limits:\n";  // line 12
+  EXPECT_EQ(parse_error(base + "  policy: round_robin\n"),
+            "scheduler_limits.policy: must be one of fifo, fair (line 13)");
+  EXPECT_EQ(parse_error(base + "  policy: FAIR\n"),
+            "scheduler_limits.policy: must be one of fifo, fair (line 13)");
+  EXPECT_EQ(parse_error(base + "  max_queued_per_user: -1\n"),
+            "scheduler_limits.max_queued_per_user: must be a non-negative integer (line 13)");
+  EXPECT_EQ(parse_error(base + "  priority_aging_seconds: 0\n"),
+            "scheduler_limits.priority_aging_seconds: must be a positive number of seconds "
+            "(line 13)");
+  EXPECT_EQ(parse_error(base + "  predictive_admission: yes\n"),
+            "scheduler_limits.predictive_admission: must be true or false (line 13)");
+  EXPECT_EQ(parse_error(base + "  predictive_admission: [true]\n"),
+            "scheduler_limits.predictive_admission: must be true or false (line 13)");
+}
+
+TEST(ConfigScheduling, DeploymentPriority) {
+  const std::string yaml = std::string(kMinimalAzure) + "        priority: 2\n" +
+                           "custom_models:\n"
+                           "  - model: local\n"
+                           "    base_url: http://localhost:8000\n"
+                           "    model_type: chat\n"
+                           "    req_per_min: 5\n"
+                           "    tokens_per_min: 500\n";
+  const LLMConfig cfg = parse_config(yaml);
+  EXPECT_EQ(cfg.azure_open_ai[0].azure_oai_models[0].priority, 2);
+  EXPECT_EQ(cfg.custom_models[0].priority, 0);
+  const auto ds = cfg.deployments();
+  EXPECT_EQ(ds[0].priority, 2);
+  EXPECT_EQ(ds[1].priority, 0);
+  EXPECT_EQ(parse_error(std::string(kMinimalAzure) + "        priority: -1\n"),
+            "azure_open_ai[0].azure_oai_models[0].priority: must be a non-negative integer "
+            "(line 12)");
+  EXPECT_EQ(parse_error(std::string(kMinimalAzure) + "        priority: high\n"),
+            "azure_open_ai[0].azure_oai_models[0].priority: must be a non-negative integer "
+            "(line 12)");
+  EXPECT_EQ(parse_error(std::string(kMinimalAzure) + "        weight: 4294967297\n"),
+            "azure_open_ai[0].azure_oai_models[0].weight: must be at most 4294967296 (line 12)");
+}
+
+TEST(ConfigScheduling, DefaultWeightIsCapped) {
+  const LLMConfig cfg =
+      parse_config(replace_once(kMinimalAzure, "req_per_min: 10", "req_per_min: 9000000000000"));
+  EXPECT_EQ(cfg.deployments()[0].weight, llmq::kMaxDeploymentWeight);
+}
+
+TEST(ConfigScheduling, ReadsUserTiers) {
+  const std::string yaml = std::string(kMinimalAzure) +
+                           "user_tiers:\n"
+                           "  premium:\n"
+                           "    users: [alice, \"bob\"]\n"
+                           "    max_num_requests_in_time_window: 400\n"
+                           "    time_window_length_in_seconds: 30\n"
+                           "    weight: 4\n"
+                           "    priority: high\n"
+                           "    max_queued_per_user: 20\n"
+                           "  batch:\n"
+                           "    users:\n"
+                           "      - etl\n"
+                           "    priority: low\n"
+                           "  empty: {}\n";
+  const LLMConfig cfg = parse_config(yaml);
+  ASSERT_EQ(cfg.user_tiers.size(), 3u);
+  const llmq::UserTier& p = cfg.user_tiers[0];
+  EXPECT_EQ(p.name, "premium");
+  EXPECT_EQ(p.users, (std::vector<std::string>{"alice", "bob"}));
+  EXPECT_EQ(p.max_num_requests_in_time_window, 400);
+  EXPECT_EQ(p.time_window, 30s);
+  EXPECT_EQ(p.weight, 4u);
+  EXPECT_EQ(p.priority, llmq::Priority::high);
+  EXPECT_EQ(p.max_queued_per_user, 20u);
+  const llmq::UserTier& b = cfg.user_tiers[1];
+  EXPECT_EQ(b.name, "batch");
+  EXPECT_EQ(b.users, std::vector<std::string>{"etl"});
+  EXPECT_FALSE(b.max_num_requests_in_time_window.has_value());
+  EXPECT_FALSE(b.time_window.has_value());
+  EXPECT_EQ(b.weight, 1u);
+  EXPECT_EQ(b.priority, llmq::Priority::low);
+  EXPECT_FALSE(b.max_queued_per_user.has_value());
+  EXPECT_TRUE(cfg.user_tiers[2].users.empty());
+  EXPECT_TRUE(cfg.warnings.empty());
+}
+
+TEST(ConfigScheduling, UserTierErrors) {
+  const std::string base = std::string(kMinimalAzure) + "user_tiers:\n";  // line 12
+  EXPECT_EQ(parse_error(base + "  - premium\n"), "user_tiers: must be a mapping (line 12)");
+  EXPECT_EQ(parse_error(base + "  premium: 3\n"),
+            "user_tiers.premium: must be a mapping (line 13)");
+  EXPECT_EQ(parse_error(base + "  premium:\n    users: alice\n"),
+            "user_tiers.premium.users: must be a list of user ids (line 14)");
+  EXPECT_EQ(parse_error(base + "  premium:\n    users: [[a]]\n"),
+            "user_tiers.premium.users[0]: must be a string (line 14)");
+  EXPECT_EQ(parse_error(base + "  premium:\n    users: [\"\"]\n"),
+            "user_tiers.premium.users[0]: must not be empty (line 14)");
+  EXPECT_EQ(parse_error(base + "  premium:\n    weight: 0\n"),
+            "user_tiers.premium.weight: must be a positive integer (line 14)");
+  EXPECT_EQ(parse_error(base + "  premium:\n    weight: 1000001\n"),
+            "user_tiers.premium.weight: must be an integer from 1 to 1000000 (line 14)");
+  EXPECT_EQ(parse_error(base + "  premium:\n    priority: urgent\n"),
+            "user_tiers.premium.priority: must be one of high, normal, low (line 14)");
+  EXPECT_EQ(parse_error(base + "  premium:\n    max_num_requests_in_time_window: 0\n"),
+            "user_tiers.premium.max_num_requests_in_time_window: must be a positive integer "
+            "(line 14)");
+  EXPECT_EQ(parse_error(base + "  premium:\n    time_window_in_seconds: -3\n"),
+            "user_tiers.premium.time_window_in_seconds: must be a positive number of seconds "
+            "(line 14)");
+  EXPECT_EQ(parse_error(base + "  premium:\n"
+                               "    users: [alice]\n"
+                               "  batch:\n"
+                               "    users: [bob, alice]\n"),
+            "user_tiers.batch.users[1]: user 'alice' is already in user_tiers.premium.users[0] "
+            "at line 14 (line 16)");
+  EXPECT_EQ(parse_error(base + "  premium:\n  premium:\n"),
+            "user_tiers.premium: duplicate key (first given at line 13) (line 14)");
+}
+
+TEST(ConfigScheduling, UnknownTierKeyIsAWarning) {
+  const LLMConfig cfg =
+      parse_config(std::string(kMinimalAzure) + "user_tiers:\n  premium:\n    wieght: 3\n");
+  ASSERT_EQ(cfg.warnings.size(), 1u);
+  EXPECT_EQ(cfg.warnings[0], "user_tiers.premium.wieght: unknown key (line 14)");
+}
+
+llmq::UserTier tier(std::string name, std::vector<std::string> users = {}) {
+  llmq::UserTier t;
+  t.name = std::move(name);
+  t.users = std::move(users);
+  return t;
+}
+
+TEST(ConfigScheduling, ValidateChecksTheNewFields) {
+  {
+    LLMConfig cfg = built_config();
+    cfg.scheduler_limits.priority_aging = 0ms;
+    EXPECT_EQ(validate_error(cfg),
+              "scheduler_limits.priority_aging_seconds: must be a positive number of seconds");
+  }
+  {
+    LLMConfig cfg = built_config();
+    cfg.scheduler_limits.policy = static_cast<llmq::SchedulingPolicy>(9);
+    EXPECT_EQ(validate_error(cfg), "scheduler_limits.policy: must be one of fifo, fair");
+  }
+  {
+    LLMConfig cfg = built_config();
+    cfg.custom_models[0].priority = -1;
+    EXPECT_EQ(validate_error(cfg), "custom_models[0].priority: must be a non-negative integer");
+  }
+  {
+    LLMConfig cfg = built_config();
+    cfg.azure_open_ai[0].azure_oai_models[0].weight = llmq::kMaxDeploymentWeight + 1;
+    EXPECT_EQ(validate_error(cfg),
+              "azure_open_ai[0].azure_oai_models[0].weight: must be at most 4294967296");
+  }
+  {
+    LLMConfig cfg = built_config();
+    cfg.user_tiers.push_back(tier("gold", {"u1"}));
+    cfg.user_tiers.push_back(tier("silver", {"u2", "u1"}));
+    EXPECT_EQ(validate_error(cfg),
+              "user_tiers.silver.users[1]: user 'u1' is already in user_tiers.gold.users[0]");
+  }
+  {
+    LLMConfig cfg = built_config();
+    cfg.user_tiers.push_back(tier("gold"));
+    cfg.user_tiers.push_back(tier("gold"));
+    EXPECT_EQ(validate_error(cfg), "user_tiers.gold: duplicate tier name");
+  }
+  {
+    LLMConfig cfg = built_config();
+    cfg.user_tiers.push_back(tier(""));
+    EXPECT_EQ(validate_error(cfg), "user_tiers: tier names must not be empty");
+  }
+  {
+    LLMConfig cfg = built_config();
+    llmq::UserTier t = tier("gold");
+    t.weight = 0;
+    cfg.user_tiers.push_back(t);
+    EXPECT_EQ(validate_error(cfg), "user_tiers.gold.weight: must be an integer from 1 to 1000000");
+  }
+  {
+    LLMConfig cfg = built_config();
+    llmq::UserTier t = tier("gold");
+    t.priority = static_cast<llmq::Priority>(7);
+    cfg.user_tiers.push_back(t);
+    EXPECT_EQ(validate_error(cfg), "user_tiers.gold.priority: must be one of high, normal, low");
+  }
+  {
+    LLMConfig cfg = built_config();
+    llmq::UserTier t = tier("gold");
+    t.max_num_requests_in_time_window = 0;
+    t.time_window = 5s;
+    cfg.user_tiers.push_back(t);
+    EXPECT_EQ(validate_error(cfg),
+              "user_tiers.gold.max_num_requests_in_time_window: must be a positive integer");
+  }
+}
+
 }  // namespace

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <map>
 #include <vector>
 
 namespace {
@@ -216,6 +217,309 @@ TEST(WeightedRoundRobinBalancer, RejectsNonPositiveLimits) {
                std::invalid_argument);
   EXPECT_THROW(WeightedRoundRobinBalancer({DeploymentLimits{1, 1, seconds(1), 0, true}}),
                std::invalid_argument);
+}
+
+}  // namespace
+
+namespace {
+using llmq::DeploymentGrant;
+
+// --- Priority groups and spillover. ---
+
+DeploymentLimits limited(std::int64_t rpm, std::int64_t priority, std::int64_t weight = 1) {
+  DeploymentLimits l{rpm, 1'000'000, seconds(60), weight, false};
+  l.priority = priority;
+  return l;
+}
+
+TEST(WeightedRoundRobinBalancer, SpillsToTheNextGroupOnlyWhenTheBestHasNoRoom) {
+  // Two provisioned deployments (priority 0, 2 requests a minute each) and one
+  // pay-as-you-go (priority 1).
+  WeightedRoundRobinBalancer b({limited(2, 0), limited(2, 0), limited(1000, 1)});
+  const std::vector<std::size_t> all{2, 0, 1};
+  std::vector<std::size_t> chosen;
+  for (int i = 0; i < 4; ++i) {
+    auto g = b.acquire(all, {1, 1}, t0 + seconds(i));
+    ASSERT_TRUE(g);
+    EXPECT_FALSE(g->spilled);
+    chosen.push_back(g->deployment);
+  }
+  EXPECT_EQ(chosen, (std::vector<std::size_t>{0, 1, 0, 1}));
+  for (int i = 4; i < 7; ++i) {
+    auto g = b.acquire(all, {1, 1}, t0 + seconds(i));
+    ASSERT_TRUE(g);
+    EXPECT_EQ(g->deployment, 2u);
+    EXPECT_TRUE(g->spilled);
+  }
+  EXPECT_EQ(b.state(2, t0 + seconds(7)).spilled, 3u);
+  EXPECT_EQ(b.state(0, t0 + seconds(7)).spilled, 0u);
+  // The first provisioned charge leaves its window at 60 s: back to the best group.
+  auto g = b.acquire(all, {1, 1}, t0 + seconds(60));
+  ASSERT_TRUE(g);
+  EXPECT_EQ(g->deployment, 0u);
+  EXPECT_FALSE(g->spilled);
+  g = b.acquire(all, {1, 1}, t0 + seconds(61));
+  ASSERT_TRUE(g);
+  EXPECT_EQ(g->deployment, 1u);
+}
+
+TEST(WeightedRoundRobinBalancer, BackoffOfTheBestGroupSpillsUntilItEnds) {
+  DeploymentLimits overflow = big(1);
+  overflow.priority = 3;
+  WeightedRoundRobinBalancer b({big(1), overflow});
+  const std::vector<std::size_t> both{0, 1};
+  const auto set = b.candidate_set(both);
+  EXPECT_EQ(b.acquire(set, {1, 1}, t0)->deployment, 0u);
+  b.report_failure(0, t0, seconds(5), true);
+  auto g = b.acquire(set, {1, 1}, t0 + seconds(1));
+  ASSERT_TRUE(g);
+  EXPECT_EQ(g->deployment, 1u);
+  EXPECT_TRUE(g->spilled);
+  EXPECT_EQ(b.acquire(set, {1, 1}, t0 + seconds(5) - milliseconds(1))->deployment, 1u);
+  g = b.acquire(set, {1, 1}, t0 + seconds(5));
+  ASSERT_TRUE(g);
+  EXPECT_EQ(g->deployment, 0u);
+  EXPECT_FALSE(g->spilled);
+}
+
+TEST(WeightedRoundRobinBalancer, ARequestTooLargeForTheBestGroupSpillsAlone) {
+  DeploymentLimits small{1000, 1000, seconds(60), 1, false};
+  DeploymentLimits large{1000, 100'000, seconds(60), 1, false};
+  large.priority = 1;
+  WeightedRoundRobinBalancer b({small, large});
+  const std::vector<std::size_t> both{0, 1};
+  ASSERT_EQ(b.acquire(both, {1, 900}, t0)->deployment, 0u);
+  auto g = b.acquire(both, {1, 500}, t0);  // 900 + 500 > 1000
+  ASSERT_TRUE(g);
+  EXPECT_EQ(g->deployment, 1u);
+  EXPECT_TRUE(g->spilled);
+  g = b.acquire(both, {1, 100}, t0);  // still fits the best group
+  ASSERT_TRUE(g);
+  EXPECT_EQ(g->deployment, 0u);
+  EXPECT_FALSE(g->spilled);
+}
+
+TEST(WeightedRoundRobinBalancer, WeightsApplyWithinTheServingGroup) {
+  DeploymentLimits a = big(3);
+  DeploymentLimits c = big(1);
+  DeploymentLimits spare = big(100);
+  spare.priority = 1;
+  WeightedRoundRobinBalancer b({a, c, spare});
+  const std::vector<std::size_t> all{0, 1, 2};
+  std::array<int, 3> counts{};
+  for (int i = 0; i < 4000; ++i) ++counts[b.acquire(all, {1, 1}, t0 + milliseconds(i))->deployment];
+  EXPECT_EQ(counts[0], 3000);
+  EXPECT_EQ(counts[1], 1000);
+  EXPECT_EQ(counts[2], 0);
+}
+
+TEST(WeightedRoundRobinBalancer, RegisteredSetsAndSpansAgree) {
+  WeightedRoundRobinBalancer b1({big(5), big(1), big(1)});
+  WeightedRoundRobinBalancer b2({big(5), big(1), big(1)});
+  const std::vector<std::size_t> all{0, 1, 2};
+  const auto set = b2.candidate_set(all);
+  EXPECT_EQ(b2.candidate_set(all).id, set.id);
+  for (int i = 0; i < 50; ++i)
+    EXPECT_EQ(b1.acquire(all, {1, 1}, t0)->deployment, b2.acquire(set, {1, 1}, t0)->deployment);
+}
+
+TEST(WeightedRoundRobinBalancer, CandidateOutOfRangeThrows) {
+  WeightedRoundRobinBalancer b({big(1)});
+  const std::vector<std::size_t> bad{3};
+  EXPECT_THROW((void)b.pick(bad, {1, 1}, t0), std::out_of_range);
+  EXPECT_THROW((void)b.pick(WeightedRoundRobinBalancer::CandidateSet{7}, {1, 1}, t0),
+               std::invalid_argument);
+}
+
+TEST(WeightedRoundRobinBalancer, ManyDistinctSpansAreCachedWithinABound) {
+  std::vector<DeploymentLimits> limits(20, big(1));
+  WeightedRoundRobinBalancer b(limits);
+  // Every pair of deployments, as a separate span: more than the cache keeps.
+  int picks = 0;
+  for (std::size_t i = 0; i < 20; ++i)
+    for (std::size_t j = 0; j < 20; ++j) {
+      if (i == j) continue;
+      const std::vector<std::size_t> pair{i, j};
+      auto g = b.acquire(pair, {1, 1}, t0);
+      ASSERT_TRUE(g);
+      EXPECT_TRUE(g->deployment == i || g->deployment == j);
+      ++picks;
+    }
+  EXPECT_EQ(picks, 380);
+}
+
+// --- The balancer against a direct model of its rules, over random operations. ---
+
+// Direct model: every decision recomputed from the full charge history.
+class ModelBalancer {
+ public:
+  explicit ModelBalancer(std::vector<DeploymentLimits> limits) : limits_(std::move(limits)) {
+    backoff_until_.assign(limits_.size(), Clock::time_point{});
+    charges_.resize(limits_.size());
+  }
+
+  bool eligible(std::size_t d, DeploymentNeed need, Clock::time_point now) const {
+    if (now < backoff_until_[d]) return false;
+    const DeploymentLimits& l = limits_[d];
+    struct W {
+      Clock::duration len;
+      std::int64_t limit;
+    };
+    std::vector<W> windows{{seconds(60), l.req_per_min}};
+    if (l.pace_short_windows) {
+      windows.push_back({seconds(10), std::max<std::int64_t>(1, l.req_per_min / 6)});
+      windows.push_back({seconds(1), std::max<std::int64_t>(1, l.req_per_min / 60)});
+    }
+    for (std::size_t wi = 0; wi < windows.size(); ++wi) {
+      std::int64_t calls = 0;
+      std::int64_t tokens = 0;
+      for (const Charge& c : charges_[d]) {
+        if (c.at > now - windows[wi].len) {
+          calls += c.calls;
+          tokens += c.tokens;
+        }
+      }
+      if (calls != 0 && calls + need.calls > windows[wi].limit) return false;
+      if (wi == 0 && tokens != 0 && tokens + need.tokens > l.tokens_per_min) return false;
+    }
+    return true;
+  }
+
+  std::optional<std::pair<std::size_t, bool>> acquire(const std::vector<std::size_t>& cands,
+                                                      DeploymentNeed need, Clock::time_point now,
+                                                      std::vector<std::int64_t>& current) {
+    std::vector<std::int64_t> prios;
+    for (std::size_t d : cands) prios.push_back(limits_[d].priority);
+    std::sort(prios.begin(), prios.end());
+    prios.erase(std::unique(prios.begin(), prios.end()), prios.end());
+    for (std::size_t gi = 0; gi < prios.size(); ++gi) {
+      std::int64_t total = 0;
+      std::optional<std::size_t> best;
+      std::vector<std::size_t> eligible_members;
+      for (std::size_t i = 0; i < cands.size(); ++i) {
+        const std::size_t d = cands[i];
+        if (limits_[d].priority != prios[gi] || !eligible(d, need, now)) continue;
+        eligible_members.push_back(i);
+        total += limits_[d].weight;
+        if (!best || current[i] + limits_[d].weight > current[*best] + limits_[cands[*best]].weight)
+          best = i;
+      }
+      if (!best) continue;
+      for (std::size_t i : eligible_members) current[i] += limits_[cands[i]].weight;
+      current[*best] -= total;
+      charges_[cands[*best]].push_back(Charge{now, need.calls, need.tokens});
+      return std::make_pair(cands[*best], gi > 0);
+    }
+    return std::nullopt;
+  }
+
+  void fail(std::size_t d, Clock::time_point until) {
+    backoff_until_[d] = std::max(backoff_until_[d], until);
+  }
+  void refund(std::size_t d, std::size_t index) {
+    charges_[d][index].calls = charges_[d][index].tokens = 0;
+  }
+  void reconcile(std::size_t d, std::size_t index, std::int64_t tokens) {
+    charges_[d][index].tokens = tokens;
+  }
+  std::size_t charge_count(std::size_t d) const { return charges_[d].size(); }
+
+ private:
+  struct Charge {
+    Clock::time_point at;
+    std::int64_t calls;
+    std::int64_t tokens;
+  };
+  std::vector<DeploymentLimits> limits_;
+  std::vector<Clock::time_point> backoff_until_;
+  std::vector<std::vector<Charge>> charges_;
+};
+
+TEST(WeightedRoundRobinBalancer, MatchesTheDirectModelOverRandomOperations) {
+  std::uint64_t x = 0x5eed;
+  auto rnd = [&](std::uint64_t n) {
+    x = x * 6364136223846793005ULL + 1442695040888963407ULL;
+    return (x >> 33) % n;
+  };
+  for (int round = 0; round < 40; ++round) {
+    std::vector<DeploymentLimits> limits;
+    const std::size_t n = 2 + rnd(round < 20 ? 9 : 40);
+    for (std::size_t i = 0; i < n; ++i) {
+      DeploymentLimits l{
+          static_cast<std::int64_t>(5 + rnd(120)), static_cast<std::int64_t>(500 + rnd(5000)),
+          seconds(60), static_cast<std::int64_t>(1 + rnd(round % 2 == 0 ? 6 : 1000)), rnd(2) == 0};
+      l.priority = static_cast<std::int64_t>(rnd(3));
+      limits.push_back(l);
+    }
+    WeightedRoundRobinBalancer b(limits);
+    ModelBalancer model(limits);
+    // Three overlapping candidate lists, each with its own round-robin state.
+    std::vector<std::vector<std::size_t>> sets;
+    for (int s = 0; s < 3; ++s) {
+      std::vector<std::size_t> c;
+      for (std::size_t d = 0; d < n; ++d)
+        if (rnd(3) != 0) c.push_back(d);
+      if (c.empty()) c.push_back(rnd(n));
+      std::reverse(c.begin(), c.end());
+      sets.push_back(c);
+    }
+    // Equal lists are one candidate set (one round-robin state).
+    std::map<std::vector<std::size_t>, std::vector<std::int64_t>> current;
+    for (const auto& c : sets) current.emplace(c, std::vector<std::int64_t>(c.size(), 0));
+    std::vector<DeploymentGrant> grants;
+    std::vector<std::size_t> grant_index;  // charge index in the model
+    Clock::time_point now = t0;
+    for (int op = 0; op < 1500; ++op) {
+      now += milliseconds(rnd(4) == 0 ? rnd(20'000) : rnd(400));
+      const std::uint64_t kind = rnd(20);
+      if (kind == 0) {
+        const std::size_t d = rnd(n);
+        const auto wait = milliseconds(rnd(8000));
+        b.report_failure(d, now, wait, false);
+        model.fail(d, now + wait);
+      } else if (kind == 1) {
+        const std::size_t d = rnd(n);
+        const auto until = now + milliseconds(rnd(5000));
+        b.hold(d, until);
+        model.fail(d, until);
+      } else if (kind == 2 && !grants.empty()) {
+        const std::size_t i = rnd(grants.size());
+        b.refund(grants[i]);
+        model.refund(grants[i].deployment, grant_index[i]);
+      } else if (kind == 3 && !grants.empty()) {
+        const std::size_t i = rnd(grants.size());
+        const auto tokens = static_cast<std::int64_t>(1 + rnd(900));
+        b.reconcile(grants[i], tokens);
+        model.reconcile(grants[i].deployment, grant_index[i], tokens);
+      } else {
+        const std::size_t s = rnd(sets.size());
+        const DeploymentNeed need{static_cast<std::int64_t>(1 + rnd(3) / 2),
+                                  static_cast<std::int64_t>(rnd(700))};
+        const auto peek = b.pick(sets[s], need, now);
+        const auto again = b.pick(sets[s], need, now);  // a pick alone changes nothing
+        ASSERT_EQ(peek.has_value(), again.has_value());
+        if (peek) {
+          ASSERT_EQ(peek->deployment, again->deployment);
+        }
+        const auto expected = model.acquire(sets[s], need, now, current[sets[s]]);
+        const auto got = b.acquire(sets[s], need, now);
+        ASSERT_EQ(got.has_value(), expected.has_value()) << "round " << round << " op " << op;
+        if (!got) {
+          const auto at = b.next_eligible(sets[s], need, now);
+          EXPECT_GT(at, now);
+          continue;
+        }
+        ASSERT_EQ(got->deployment, expected->first) << "round " << round << " op " << op;
+        ASSERT_EQ(got->spilled, expected->second);
+        grants.push_back(*got);
+        grant_index.push_back(model.charge_count(got->deployment) - 1);
+        if (grants.size() > 64) {
+          grants.erase(grants.begin());
+          grant_index.erase(grant_index.begin());
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

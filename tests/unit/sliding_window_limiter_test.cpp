@@ -1,6 +1,8 @@
 #include <llmq/rate_limit_store.hpp>
 #include <llmq/sliding_window_limiter.hpp>
 
+#include "allocation_counter.hpp"
+
 #include <gtest/gtest.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
@@ -85,6 +87,42 @@ TEST(SlidingWindowLimiter, LoweredLimitWaitsForEnoughEntries) {
   auto d = l.acquire("u", t0 + seconds(4), 2, seconds(10));
   EXPECT_FALSE(d.allowed);
   EXPECT_EQ(d.retry_after, seconds(8));  // entries at 0 s, 1 s and 2 s must leave
+}
+
+TEST(SlidingWindowLimiter, UsersWithALongerWindowAreNotEvictedByAShorterOne) {
+  SlidingWindowLimiter l;
+  ASSERT_TRUE(l.acquire("long", t0, 1, seconds(60)).allowed);
+  // Another user's decision with a 1 s window must not drop the first user's history.
+  ASSERT_TRUE(l.acquire("short", t0 + seconds(5), 1, seconds(1)).allowed);
+  EXPECT_EQ(l.user_count(), 2u);
+  const auto d = l.acquire("long", t0 + seconds(10), 1, seconds(60));
+  EXPECT_FALSE(d.allowed);
+  EXPECT_EQ(d.retry_after, seconds(50));
+  // The short-window user is evicted once its own window has passed.
+  l.acquire("long", t0 + seconds(20), 1, seconds(60));
+  EXPECT_EQ(l.user_count(), 1u);
+}
+
+TEST(SlidingWindowLimiter, UsersComingAndGoingDoNotAllocate) {
+  SlidingWindowLimiter l;
+  // Warm up: 200 users at the limit, then let them all leave their windows.
+  auto fill = [&](Clock::time_point at, int first) {
+    for (int i = first; i < first + 200; ++i) {
+      const std::string id = "user-" + std::to_string(i) + "@tenant.example";
+      for (int k = 0; k < 40; ++k) l.acquire(id, at, 40, seconds(60));
+    }
+  };
+  fill(t0, 1000);
+  // New users (ids of the same length) reuse the departed users' storage.
+  std::vector<std::string> ids;
+  for (int i = 2000; i < 2200; ++i) ids.push_back("user-" + std::to_string(i) + "@tenant.example");
+  const auto later = t0 + seconds(61);
+  const std::size_t before = llmq::test::allocations_on_this_thread();
+  for (const std::string& id : ids)
+    for (int k = 0; k < 40; ++k) ASSERT_TRUE(l.acquire(id, later, 40, seconds(60)).allowed);
+  EXPECT_EQ(llmq::test::allocations_on_this_thread() - before, 0u);
+  EXPECT_EQ(l.user_count(), 200u);
+  EXPECT_FALSE(l.acquire(ids.front(), later, 40, seconds(60)).allowed);
 }
 
 TEST(InMemoryUserRateLimitStore, UsesInjectedClock) {
