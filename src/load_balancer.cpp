@@ -23,16 +23,28 @@ bool fits(std::int64_t used, std::int64_t need, std::int64_t limit) {
 // The largest need `fits` admits.
 std::int64_t room(std::int64_t used, std::int64_t limit) { return used == 0 ? kInf : limit - used; }
 
-std::int64_t floor_div(std::int64_t a, std::int64_t b) {  // b > 0
-  const std::int64_t q = a / b;
-  return (a % b != 0 && a < 0) ? q - 1 : q;
+// floor(a / b) for b > 0: a floating-point estimate (an integer division is several
+// times slower), corrected exactly.
+std::int64_t floor_div(std::int64_t a, std::int64_t b) {
+  auto q = static_cast<std::int64_t>(static_cast<double>(a) / static_cast<double>(b));
+  while (q * b > a) --q;
+  while ((q + 1) * b <= a) ++q;
+  return q;
 }
 
-std::int64_t ceil_div(std::int64_t a, std::int64_t b) {  // b > 0
-  const std::int64_t q = a / b;
-  return (a % b != 0 && a > 0) ? q + 1 : q;
-}
 }  // namespace
+
+void WeightedRoundRobinBalancer::ChargeLog::push_back(const Charge& c) {
+  if (size_ == ring_.size()) {
+    const std::size_t capacity = std::max<std::size_t>(16, 2 * ring_.size());
+    std::vector<Charge> bigger(capacity);
+    for (std::uint64_t seq = base_; seq < end(); ++seq) bigger[seq & (capacity - 1)] = (*this)[seq];
+    ring_.swap(bigger);
+    mask_ = capacity - 1;
+  }
+  ring_[end() & mask_] = c;
+  ++size_;
+}
 
 WeightedRoundRobinBalancer::WeightedRoundRobinBalancer(std::vector<DeploymentLimits> limits) {
   states_.reserve(limits.size());
@@ -140,8 +152,10 @@ std::uint32_t WeightedRoundRobinBalancer::find_or_add_set(std::span<const std::s
           Membership{id, gi, static_cast<std::uint32_t>(g.members.size())});
       g.members.push_back(m);
     }
+    g.rebase_at = std::max<std::int64_t>(1, kRoundBudget / g.max_weight);
     g.leaves = std::bit_ceil(static_cast<std::uint32_t>(g.members.size()));
-    g.tree.assign(2 * static_cast<std::size_t>(g.leaves), Node{kNone, kInf, kInf, kInf, kInf});
+    g.tree.assign(2 * static_cast<std::size_t>(g.leaves),
+                  Node{kNone, 0, 0, kInf, kInf, kInf, kInf});
     for (std::uint32_t leaf = 0; leaf < g.members.size(); ++leaf) {
       Member& m = g.members[leaf];
       if (!states_[m.deployment].out) {
@@ -150,6 +164,8 @@ std::uint32_t WeightedRoundRobinBalancer::find_or_add_set(std::span<const std::s
         g.in_weight += m.weight;
         Node& n = g.tree[g.leaves + leaf];
         n.winner = leaf;
+        n.weight = m.weight;
+        n.offset = m.offset;
         n.min_call = states_[m.deployment].call_room;
         n.min_token = states_[m.deployment].token_room;
       }
@@ -192,34 +208,37 @@ void WeightedRoundRobinBalancer::drop_set(std::uint32_t id) {
 // only revisits nodes whose certificate has failed.
 
 void WeightedRoundRobinBalancer::recompute(Group& g, std::uint32_t k, std::int64_t t) const {
+  certify(g, k, t);
+  Node& n = g.tree[k];
+  n.sub_fail = std::min({n.fail, g.tree[2 * k].sub_fail, g.tree[2 * k + 1].sub_fail});
+}
+
+// Node k's minima, winner and certificate from its children (not its sub_fail).
+void WeightedRoundRobinBalancer::certify(Group& g, std::uint32_t k, std::int64_t t) {
   const Node& l = g.tree[2 * k];
   const Node& r = g.tree[2 * k + 1];
   Node& n = g.tree[k];
   n.min_call = std::min(l.min_call, r.min_call);
   n.min_token = std::min(l.min_token, r.min_token);
   if (l.winner == kNone || r.winner == kNone) {
-    n.winner = l.winner == kNone ? r.winner : l.winner;
+    const Node& only = l.winner == kNone ? r : l;
+    n.winner = only.winner;
+    n.weight = only.weight;
+    n.offset = only.offset;
     n.fail = kInf;
   } else {
-    const Member& a = g.members[l.winner];
-    const Member& b = g.members[r.winner];
-    const std::int64_t sa = a.weight * t + a.offset;
-    const std::int64_t sb = b.weight * t + b.offset;
     // Left members come earlier in candidate order: the left wins ties.
-    const bool left_wins = sa >= sb;
-    const Member& win = left_wins ? a : b;
-    const Member& lose = left_wins ? b : a;
-    n.winner = left_wins ? l.winner : r.winner;
+    const bool left_wins = l.weight * t + l.offset >= r.weight * t + r.offset;
+    const Node& win = left_wins ? l : r;
+    const Node& lose = left_wins ? r : l;
+    n.winner = win.winner;
+    n.weight = win.weight;
+    n.offset = win.offset;
+    // The loser leads once slope * t' > gap (>= when it comes earlier: it is the left).
     const std::int64_t slope = lose.weight - win.weight;
-    if (slope <= 0) {
-      n.fail = kInf;
-    } else {
-      // The loser leads once slope * t' > offset gap (>= when it comes earlier).
-      const std::int64_t gap = win.offset - lose.offset;
-      n.fail = left_wins ? floor_div(gap, slope) + 1 : ceil_div(gap, slope);
-    }
+    const std::int64_t gap = win.offset - lose.offset - (left_wins ? 0 : 1);
+    n.fail = slope > 0 ? floor_div(gap, slope) + 1 : kInf;
   }
-  n.sub_fail = std::min({n.fail, l.sub_fail, r.sub_fail});
 }
 
 void WeightedRoundRobinBalancer::update_leaf(Group& g, std::uint32_t leaf) {
@@ -228,6 +247,8 @@ void WeightedRoundRobinBalancer::update_leaf(Group& g, std::uint32_t leaf) {
   const Member& m = g.members[leaf];
   if (m.in) {
     n.winner = leaf;
+    n.weight = m.weight;
+    n.offset = m.offset;
     n.min_call = states_[m.deployment].call_room;
     n.min_token = states_[m.deployment].token_room;
   } else {
@@ -235,7 +256,13 @@ void WeightedRoundRobinBalancer::update_leaf(Group& g, std::uint32_t leaf) {
     n.min_call = n.min_token = kInf;
   }
   const std::int64_t t = g.round + 1;
-  for (k /= 2; k >= 1; k /= 2) recompute(g, k, t);
+  // Winners and certificates first, then the subtree minima of the certificates: the
+  // divisions of successive levels do not wait for one another.
+  for (std::uint32_t up = k / 2; up >= 1; up /= 2) certify(g, up, t);
+  for (std::uint32_t up = k / 2; up >= 1; up /= 2) {
+    Node& p = g.tree[up];
+    p.sub_fail = std::min({p.fail, g.tree[2 * up].sub_fail, g.tree[2 * up + 1].sub_fail});
+  }
 }
 
 void WeightedRoundRobinBalancer::catch_up(Group& g, std::int64_t t) {
@@ -258,8 +285,12 @@ void WeightedRoundRobinBalancer::catch_up(Group& g, std::int64_t t) {
 }
 
 void WeightedRoundRobinBalancer::rebase(Group& g) {
-  for (Member& m : g.members)
-    if (m.in) m.offset += m.weight * g.round;
+  for (std::uint32_t leaf = 0; leaf < g.members.size(); ++leaf) {
+    Member& m = g.members[leaf];
+    if (!m.in) continue;
+    m.offset += m.weight * g.round;
+    g.tree[g.leaves + leaf].offset = m.offset;
+  }
   g.round = 0;
   for (std::uint32_t k = g.leaves; k-- > 1;) recompute(g, k, 1);
 }
@@ -334,24 +365,31 @@ std::uint32_t WeightedRoundRobinBalancer::best_fitting(const Group& g, std::uint
 void WeightedRoundRobinBalancer::advance(State& s, time_point now) {
   if (now <= s.advanced_to) return;  // nothing can have left the windows since
   s.advanced_to = now;
-  const std::uint64_t end = s.base_seq + s.log.size();
+  const std::uint64_t end = s.log.end();
   for (Window& w : s.windows) {
+    if (now < w.next_leave) continue;
+    w.next_leave = time_point::max();
     while (w.cursor < end) {
-      const Charge& c = s.log[w.cursor - s.base_seq];
-      if (c.at > now - w.length) break;
+      const Charge& c = s.log[w.cursor];
+      if (c.at + w.length > now) {
+        w.next_leave = c.at + w.length;
+        break;
+      }
       w.calls -= c.calls;
       w.tokens -= c.tokens;
       ++w.cursor;
     }
   }
   // Charges behind the longest (60 s) window are no longer needed.
-  while (s.base_seq < s.windows.front().cursor) {
-    s.log.pop_front();
-    ++s.base_seq;
+  while (s.log.base() < s.windows.front().cursor) s.log.pop_front();
+  // The next charges to leave are read on a later visit, long after they were written:
+  // fetch them now, ahead of that (many deployments' logs defeat hardware prefetching).
+  for (const Window& w : s.windows) {
+    if (w.cursor + 2 < end) __builtin_prefetch(&s.log[w.cursor + 2]);
   }
 }
 
-void WeightedRoundRobinBalancer::update_rooms(std::size_t d) {
+void WeightedRoundRobinBalancer::update_rooms(std::size_t d, const Membership* skip) {
   State& s = states_[d];
   std::int64_t calls = kInf;
   for (const Window& w : s.windows) calls = std::min(calls, room(w.calls, w.call_limit));
@@ -360,6 +398,7 @@ void WeightedRoundRobinBalancer::update_rooms(std::size_t d) {
   s.call_room = calls;
   s.token_room = tokens;
   for (const Membership& ms : s.memberships) {
+    if (skip != nullptr && ms.set == skip->set && ms.group == skip->group) continue;
     Group& g = sets_[ms.set].groups[ms.group];
     if (!g.members[ms.leaf].in) continue;
     std::uint32_t k = g.leaves + ms.leaf;
@@ -399,7 +438,7 @@ void WeightedRoundRobinBalancer::update_standing(std::size_t d) {
   time_point at = time_point::max();
   for (const Window& w : s.windows) {
     if (room(w.calls, w.call_limit) >= 1) continue;
-    at = std::min(at, s.log[w.cursor - s.base_seq].at + w.length);
+    at = std::min(at, w.next_leave);
   }
   schedule_wake(d, at);
 }
@@ -539,14 +578,11 @@ std::optional<WeightedRoundRobinBalancer::Selection> WeightedRoundRobinBalancer:
 DeploymentGrant WeightedRoundRobinBalancer::commit(const Selection& sel, DeploymentNeed need,
                                                    time_point now) {
   if (sel.deployment >= states_.size()) throw std::out_of_range("deployment out of range");
+  need.calls = std::max<std::int64_t>(1, need.calls);
   if (sel.set < sets_.size() && sets_[sel.set].live &&
       sets_[sel.set].generation == sel.set_generation && sel.group < sets_[sel.set].groups.size()) {
     Group& g = sets_[sel.set].groups[sel.group];
-    if (g.failing_epoch != sel.epoch) {
-      DeploymentNeed n = need;
-      n.calls = std::max<std::int64_t>(1, n.calls);
-      collect_failing(g, n, now, sel.epoch);
-    }
+    if (g.failing_epoch != sel.epoch) collect_failing(g, need, now, sel.epoch);
     // Smooth WRR: every eligible member gains its weight (the round), except those that
     // could not take this request; the chosen one gives back the eligible total.
     const std::int64_t eligible_weight = g.in_weight - g.failing_weight;
@@ -557,22 +593,27 @@ DeploymentGrant WeightedRoundRobinBalancer::commit(const Selection& sel, Deploym
       m.offset -= m.weight;
       update_leaf(g, leaf);
     }
+    const Membership* chosen = nullptr;
     for (const Membership& ms : states_[sel.deployment].memberships) {
-      if (ms.set != sel.set || ms.group != sel.group) continue;
-      Member& m = g.members[ms.leaf];
-      if (m.in) {
-        m.offset -= eligible_weight;
-        update_leaf(g, ms.leaf);
-      } else {
-        m.current += m.weight - eligible_weight;
-      }
-      break;
+      if (ms.set == sel.set && ms.group == sel.group) chosen = &ms;
     }
     g.failing.clear();
     g.failing_epoch = 0;
-    if (g.round >= std::max<std::int64_t>(1, kRoundBudget / g.max_weight)) rebase(g);
+    if (chosen == nullptr) return charge(sel.deployment, need, now, sel.spilled, nullptr);
+    const Membership where = *chosen;
+    Member& m = g.members[where.leaf];
+    if (m.in) {
+      m.offset -= eligible_weight;
+    } else {
+      m.current += m.weight - eligible_weight;
+    }
+    // The charge updates the chosen leaf's rooms with its new offset, in one walk up.
+    DeploymentGrant grant = charge(sel.deployment, need, now, sel.spilled, &where);
+    if (g.members[where.leaf].in) update_leaf(g, where.leaf);
+    if (g.round >= g.rebase_at) rebase(g);
+    return grant;
   }
-  return charge(sel.deployment, need, now, sel.spilled);
+  return charge(sel.deployment, need, now, sel.spilled, nullptr);
 }
 
 DeploymentGrant WeightedRoundRobinBalancer::commit(std::span<const std::size_t> /*candidates*/,
@@ -582,18 +623,20 @@ DeploymentGrant WeightedRoundRobinBalancer::commit(std::span<const std::size_t> 
 }
 
 DeploymentGrant WeightedRoundRobinBalancer::charge(std::size_t d, DeploymentNeed need,
-                                                   time_point now, bool spilled) {
+                                                   time_point now, bool spilled,
+                                                   const Membership* updated_by_caller) {
   State& s = states_[d];
   advance(s, now);
-  const std::uint64_t seq = s.base_seq + s.log.size();
+  const std::uint64_t seq = s.log.end();
   s.log.push_back(Charge{now, need.calls, need.tokens});
   for (Window& w : s.windows) {
     w.calls += need.calls;
     w.tokens += need.tokens;
+    if (w.next_leave == time_point::max()) w.next_leave = now + w.length;
   }
   ++s.counters.granted;
   if (spilled) ++s.counters.spilled;
-  update_rooms(d);
+  update_rooms(d, updated_by_caller);
   update_standing(d);
   return DeploymentGrant{d, seq, need, spilled};
 }
@@ -616,8 +659,8 @@ std::optional<DeploymentGrant> WeightedRoundRobinBalancer::acquire(
 void WeightedRoundRobinBalancer::reconcile(const DeploymentGrant& g, std::int64_t actual_tokens) {
   if (actual_tokens <= 0) return;
   State& s = states_.at(g.deployment);
-  if (g.seq < s.base_seq || g.seq >= s.base_seq + s.log.size()) return;
-  Charge& c = s.log[g.seq - s.base_seq];
+  if (!s.log.holds(g.seq)) return;
+  Charge& c = s.log[g.seq];
   const std::int64_t delta = actual_tokens - c.tokens;
   c.tokens = actual_tokens;
   for (Window& w : s.windows)
@@ -627,8 +670,8 @@ void WeightedRoundRobinBalancer::reconcile(const DeploymentGrant& g, std::int64_
 
 void WeightedRoundRobinBalancer::refund(const DeploymentGrant& g) {
   State& s = states_.at(g.deployment);
-  if (g.seq < s.base_seq || g.seq >= s.base_seq + s.log.size()) return;
-  Charge& c = s.log[g.seq - s.base_seq];
+  if (!s.log.holds(g.seq)) return;
+  Charge& c = s.log[g.seq];
   for (Window& w : s.windows) {
     if (g.seq < w.cursor) continue;
     w.calls -= c.calls;
@@ -669,7 +712,7 @@ WeightedRoundRobinBalancer::time_point WeightedRoundRobinBalancer::next_fit(Stat
                                                                             time_point now) {
   advance(s, now);
   time_point t = std::max(now, s.backoff_until);
-  const std::uint64_t end = s.base_seq + s.log.size();
+  const std::uint64_t end = s.log.end();
   // For each window, walk its oldest charges until enough have left for `need` to fit.
   auto when_fits = [&](const Window& w, bool tokens) {
     std::int64_t used = tokens ? w.tokens : w.calls;
@@ -677,7 +720,7 @@ WeightedRoundRobinBalancer::time_point WeightedRoundRobinBalancer::next_fit(Stat
     const std::int64_t limit = tokens ? s.limits.tokens_per_min : w.call_limit;
     time_point at = now;
     for (std::uint64_t q = w.cursor; q < end && !fits(used, needed, limit); ++q) {
-      const Charge& c = s.log[q - s.base_seq];
+      const Charge& c = s.log[q];
       used -= tokens ? c.tokens : c.calls;
       at = c.at + w.length;
     }

@@ -8,7 +8,6 @@
 
 #include <chrono>
 #include <cstdint>
-#include <deque>
 #include <optional>
 #include <span>
 #include <unordered_map>
@@ -159,6 +158,28 @@ class WeightedRoundRobinBalancer {
     std::int64_t calls;
     std::int64_t tokens;
   };
+  // Charges by sequence number, oldest first: a ring of power-of-two capacity.
+  class ChargeLog {
+   public:
+    [[nodiscard]] std::uint64_t base() const noexcept { return base_; }
+    [[nodiscard]] std::uint64_t end() const noexcept { return base_ + size_; }
+    [[nodiscard]] bool holds(std::uint64_t seq) const noexcept {
+      return seq >= base_ && seq < end();
+    }
+    Charge& operator[](std::uint64_t seq) noexcept { return ring_[seq & mask_]; }
+    const Charge& operator[](std::uint64_t seq) const noexcept { return ring_[seq & mask_]; }
+    void push_back(const Charge& c);
+    void pop_front() noexcept {
+      ++base_;
+      --size_;
+    }
+
+   private:
+    std::vector<Charge> ring_;
+    std::uint64_t mask_ = 0;
+    std::uint64_t base_ = 0;
+    std::uint64_t size_ = 0;
+  };
   // A sliding window over the deployment's charge log.
   struct Window {
     clock::duration length;
@@ -166,6 +187,7 @@ class WeightedRoundRobinBalancer {
     std::uint64_t cursor = 0;  // seq of the oldest charge inside
     std::int64_t calls = 0;
     std::int64_t tokens = 0;
+    time_point next_leave = time_point::max();  // when the charge at cursor leaves
   };
   struct Membership {
     std::uint32_t set;
@@ -174,8 +196,7 @@ class WeightedRoundRobinBalancer {
   };
   struct State {
     DeploymentLimits limits;
-    std::deque<Charge> log;  // log.front() has seq == base_seq
-    std::uint64_t base_seq = 0;
+    ChargeLog log;
     std::vector<Window> windows;  // windows[0] is the 60 s window (also holds tokens)
     time_point backoff_until{};
     time_point advanced_to{};  // windows are current as of this time
@@ -200,6 +221,8 @@ class WeightedRoundRobinBalancer {
   };
   struct Node {
     std::uint32_t winner;
+    std::int64_t weight;  // the winner's line: weight * t + offset
+    std::int64_t offset;
     std::int64_t fail;      // round at which the loser overtakes the winner
     std::int64_t sub_fail;  // min of fail over the subtree
     std::int64_t min_call;  // min call_room over the subtree's members in the tree
@@ -214,6 +237,7 @@ class WeightedRoundRobinBalancer {
     std::int64_t in_weight = 0;
     std::uint32_t in_count = 0;
     std::int64_t max_weight = 1;
+    std::int64_t rebase_at = 1;       // round at which offsets are rebased
     std::uint64_t failing_epoch = 0;  // epoch of `failing`
     std::vector<std::uint32_t> failing;
     std::int64_t failing_weight = 0;
@@ -241,14 +265,15 @@ class WeightedRoundRobinBalancer {
   std::uint32_t find_or_add_set(std::span<const std::size_t> candidates, bool pin);
   void drop_set(std::uint32_t id);
   std::optional<Selection> pick_in(std::uint32_t set, DeploymentNeed need, time_point now);
-  DeploymentGrant charge(std::size_t deployment, DeploymentNeed need, time_point now, bool spilled);
+  DeploymentGrant charge(std::size_t deployment, DeploymentNeed need, time_point now, bool spilled,
+                         const Membership* updated_by_caller);
   void collect_failing(Group& g, DeploymentNeed need, time_point now, std::uint64_t epoch);
   std::uint32_t best_fitting(const Group& g, std::uint64_t epoch) const;
 
   void sync(time_point now);
   void advance(State& s, time_point now);
   void refresh(std::size_t d, time_point now);
-  void update_rooms(std::size_t d);
+  void update_rooms(std::size_t d, const Membership* skip = nullptr);
   void update_standing(std::size_t d);
   void set_in(std::size_t d, bool in);
   void schedule_wake(std::size_t d, std::optional<time_point> at);
@@ -256,6 +281,7 @@ class WeightedRoundRobinBalancer {
 
   void update_leaf(Group& g, std::uint32_t leaf);
   void recompute(Group& g, std::uint32_t node, std::int64_t t) const;
+  static void certify(Group& g, std::uint32_t node, std::int64_t t);
   void catch_up(Group& g, std::int64_t t);
   void rebase(Group& g);
 

@@ -86,6 +86,9 @@ struct QueuedRequest {
   std::string_view user;
   /// Fair-share weight of the user (its tier's), >= 1. Ignored by FifoScheduler.
   std::uint32_t weight = 1;
+  /// This user's cap on queued requests (its tier's); nullopt: the scheduler's
+  /// max_queued_per_user; 0: no cap.
+  std::optional<std::size_t> max_queued_for_user;
 };
 
 /// Why `push` refused a request.
@@ -141,19 +144,21 @@ class Scheduler {
   [[nodiscard]] virtual std::size_t size() const noexcept = 0;
   [[nodiscard]] bool empty() const noexcept { return size() == 0; }
   [[nodiscard]] virtual std::size_t max_size() const noexcept = 0;
-  /// Requests `user` has queued.
+  /// Requests `user` has queued. FifoScheduler counts only requests pushed under a
+  /// per-user cap (it does not track users otherwise); FairScheduler counts all.
   [[nodiscard]] virtual std::size_t queued_for(std::string_view user) const = 0;
   /// Requests queued in `resource_class`.
   [[nodiscard]] virtual std::size_t queued_in(std::uint32_t resource_class) const = 0;
-  /// Estimated number of requests of its class that would be dispatched before `r`, were
-  /// it pushed now (its place in line, for a wait prediction): everything queued at a
-  /// better or equal effective priority for FifoScheduler; for FairScheduler the better
-  /// levels plus what deficit round-robin serves of the other users before this user's
-  /// next turns. Ignores later arrivals.
+  /// Requests of its class that would be dispatched before `r`, were it pushed now (its
+  /// place in line, for a wait prediction), not counting requests that arrive later.
+  /// FifoScheduler: everything queued at a better or equal effective priority, O(1).
+  /// FairScheduler: the better levels, this user's own queued requests and, for each
+  /// other user of the level, what deficit round-robin serves it in the rounds until
+  /// this user's turn (to within one round), O(users with requests at that level).
   [[nodiscard]] virtual std::size_t ahead_of(const QueuedRequest& r) const = 0;
 
-  /// Queues `item`. Refused (item untouched) when this user has max_queued_per_user
-  /// requests queued (`user_queue_full`, checked first) or the scheduler is full.
+  /// Queues `item`. Refused (item untouched) when this user has its cap of requests
+  /// queued (`user_queue_full`, checked first) or the scheduler is full.
   SchedulerPushResult push(const QueuedRequest& r, Item&& item) {
     return do_push(r, item, /*front=*/false, /*ages=*/true);
   }

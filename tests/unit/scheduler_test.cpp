@@ -363,6 +363,24 @@ TYPED_TEST(Schedulers, MaxQueuedPerUserRefusesOnlyThatUser) {
   EXPECT_TRUE(s.push(queued(0, d, t0, Priority::normal, "alice"), 8));
 }
 
+TYPED_TEST(Schedulers, ARequestCarriesItsTiersCap) {
+  SchedulerOptions o{100};
+  o.max_queued_per_user = 1;
+  auto s = TestFixture::make(o);
+  const auto d = t0 + seconds(100);
+  auto vip = queued(0, d, t0, Priority::normal, "vip");
+  vip.max_queued_for_user = 0;  // uncapped tier
+  for (int i = 0; i < 3; ++i) ASSERT_TRUE(s.push(vip, int{i}));
+  auto batch = queued(0, d, t0, Priority::low, "etl");
+  batch.max_queued_for_user = 2;
+  ASSERT_TRUE(s.push(batch, 3));
+  ASSERT_TRUE(s.push(batch, 4));
+  EXPECT_EQ(s.push(batch, 5).refusal, SchedulerRefusal::user_queue_full);
+  ASSERT_TRUE(s.push(queued(0, d, t0, Priority::normal, "plain"), 6));
+  EXPECT_EQ(s.push(queued(0, d, t0, Priority::normal, "plain"), 7).refusal,
+            SchedulerRefusal::user_queue_full);
+}
+
 TYPED_TEST(Schedulers, RefusedPushLeavesTheItemUntouched) {
   SchedulerOptions o{1};
   auto s = TestFixture::make(o);

@@ -159,30 +159,36 @@ class ClassedScheduler : public Scheduler<Item> {
     const Lane& lane = c.lanes[level];
     if (!fair_) return ahead + lane.count;
     // Deficit round-robin: the user's own k queued requests go first, then this one, at
-    // `w` per round; each round serves up to the others' total weight of theirs.
+    // `w` per round, so it leaves in round ceil((k + 1) / w); by then each other user
+    // has had up to its weight per round of what it has queued.
     std::uint64_t own = 0;
-    std::uint64_t own_weight = 0;
+    std::uint32_t own_flow = kNil;
     if (auto it = user_index_.find(r.user); it != user_index_.end()) {
-      const std::uint32_t f = find_flow(users_[it->second], r.resource_class, level);
-      if (f != kNil) {
-        own = flows_[f].count;
-        own_weight = flows_[f].weight;
-      }
+      own_flow = find_flow(users_[it->second], r.resource_class, level);
+      if (own_flow != kNil) own = flows_[own_flow].count;
     }
     const std::uint64_t w = std::max<std::uint32_t>(1, r.weight);
-    const std::uint64_t rounds = (own + w) / w;  // ceil((own + 1) / w)
-    const std::uint64_t others_weight = lane.weight - own_weight;
-    const std::uint64_t others = lane.count - own;
-    return ahead + static_cast<std::size_t>(own + std::min(others, rounds * others_weight));
+    const std::uint64_t rounds = (own + w) / w;
+    std::uint64_t others = 0;
+    if (lane.current != kNil) {
+      std::uint32_t f = lane.current;
+      do {
+        if (f != own_flow)
+          others += std::min<std::uint64_t>(flows_[f].count, rounds * flows_[f].weight);
+        f = flows_[f].next;
+      } while (f != lane.current);
+    }
+    return ahead + static_cast<std::size_t>(own + others);
   }
 
  protected:
   SchedulerPushResult do_push(const QueuedRequest& r, Item& item, bool front, bool ages) override {
     SchedulerPushResult out;
-    const bool tracked = fair_ || !r.user.empty();
+    const std::size_t cap = r.max_queued_for_user.value_or(options_.max_queued_per_user);
+    // FIFO order needs no users: they are tracked only to enforce a cap.
+    const bool tracked = fair_ || (cap > 0 && !r.user.empty());
     if (!front) {
-      if (options_.max_queued_per_user > 0 && tracked &&
-          queued_for(r.user) >= options_.max_queued_per_user) {
+      if (cap > 0 && tracked && queued_for(r.user) >= cap) {
         out.refusal = SchedulerRefusal::user_queue_full;
         return out;
       }
