@@ -8,25 +8,52 @@
 #include <benchmark/benchmark.h>
 #include <nlohmann/json.hpp>
 
+#include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
 namespace {
 using Clock = std::chrono::steady_clock;
 
-void BM_BalancerAcquire(benchmark::State& state) {
-  const auto n = static_cast<std::size_t>(state.range(0));
+// Deployments 0..n-1 at `rpm`, weights 1..n.
+std::vector<llmq::DeploymentLimits> weighted(std::size_t n, std::int64_t rpm) {
   std::vector<llmq::DeploymentLimits> limits(
-      n, llmq::DeploymentLimits{600'000, 100'000'000, std::chrono::seconds(60), 1, true});
+      n, llmq::DeploymentLimits{rpm, 100'000'000, std::chrono::seconds(60), 1, true});
   for (std::size_t i = 0; i < n; ++i) limits[i].weight = static_cast<std::int64_t>(i + 1);
-  llmq::WeightedRoundRobinBalancer b(limits);
+  return limits;
+}
+
+std::vector<std::size_t> indexes(std::size_t n) {
   std::vector<std::size_t> all(n);
   for (std::size_t i = 0; i < n; ++i) all[i] = i;
+  return all;
+}
+
+// One acquire per 100 us of simulated time; `count(grant)` feeds the reported counter.
+template <class Candidates, class Count>
+void acquire_loop(benchmark::State& state, llmq::WeightedRoundRobinBalancer& b,
+                  const Candidates& candidates, const char* counter, Count count) {
   auto now = Clock::now();
+  std::int64_t counted = 0;
   for (auto _ : state) {
     now += std::chrono::microseconds(100);
-    benchmark::DoNotOptimize(b.acquire(all, {1, 100}, now));
+    auto g = b.acquire(candidates, {1, 100}, now);
+    counted += count(g);
+    benchmark::DoNotOptimize(g);
   }
+  state.counters[counter] =
+      benchmark::Counter(static_cast<double>(counted) / static_cast<double>(state.iterations()));
+}
+
+const auto granted = [](const std::optional<llmq::DeploymentGrant>& g) { return g.has_value(); };
+
+// Candidates passed as a span (looked up in the balancer's cache of lists).
+void BM_BalancerAcquire(benchmark::State& state) {
+  const auto n = static_cast<std::size_t>(state.range(0));
+  llmq::WeightedRoundRobinBalancer b(weighted(n, 600'000));
+  const std::vector<std::size_t> all = indexes(n);
+  acquire_loop(state, b, std::span<const std::size_t>(all), "granted", granted);
 }
 BENCHMARK(BM_BalancerAcquire)->Arg(2)->Arg(16)->Arg(64);
 
@@ -35,23 +62,8 @@ BENCHMARK(BM_BalancerAcquire)->Arg(2)->Arg(16)->Arg(64);
 // heaviest deployments fill their 1 s window, leave rotation and come back.
 void BM_BalancerAcquireSet(benchmark::State& state) {
   const auto n = static_cast<std::size_t>(state.range(0));
-  std::vector<llmq::DeploymentLimits> limits(
-      n, llmq::DeploymentLimits{state.range(1), 100'000'000, std::chrono::seconds(60), 1, true});
-  for (std::size_t i = 0; i < n; ++i) limits[i].weight = static_cast<std::int64_t>(i + 1);
-  llmq::WeightedRoundRobinBalancer b(limits);
-  std::vector<std::size_t> all(n);
-  for (std::size_t i = 0; i < n; ++i) all[i] = i;
-  const auto set = b.candidate_set(all);
-  auto now = Clock::now();
-  std::int64_t granted = 0;
-  for (auto _ : state) {
-    now += std::chrono::microseconds(100);
-    auto g = b.acquire(set, {1, 100}, now);
-    granted += g.has_value();
-    benchmark::DoNotOptimize(g);
-  }
-  state.counters["granted"] =
-      benchmark::Counter(static_cast<double>(granted) / static_cast<double>(state.iterations()));
+  llmq::WeightedRoundRobinBalancer b(weighted(n, state.range(1)));
+  acquire_loop(state, b, b.candidate_set(indexes(n)), "granted", granted);
 }
 BENCHMARK(BM_BalancerAcquireSet)
     ->Args({2, 600'000})
@@ -62,27 +74,15 @@ BENCHMARK(BM_BalancerAcquireSet)
 // Two priority groups of 32: the first fills its token windows (10 requests a minute
 // each), so most requests spill over to the second.
 void BM_BalancerAcquireSpill(benchmark::State& state) {
-  std::vector<llmq::DeploymentLimits> limits;
-  for (int i = 0; i < 64; ++i) {
-    llmq::DeploymentLimits l{600'000, i < 32 ? 1'000 : 100'000'000, std::chrono::seconds(60), 1,
-                             true};
-    l.priority = i < 32 ? 0 : 1;
-    limits.push_back(l);
+  std::vector<llmq::DeploymentLimits> limits = weighted(64, 600'000);
+  for (std::size_t i = 0; i < 64; ++i) {
+    limits[i].weight = 1;
+    limits[i].tokens_per_min = i < 32 ? 1'000 : 100'000'000;
+    limits[i].priority = i < 32 ? 0 : 1;
   }
   llmq::WeightedRoundRobinBalancer b(limits);
-  std::vector<std::size_t> all(64);
-  for (std::size_t i = 0; i < 64; ++i) all[i] = i;
-  const auto set = b.candidate_set(all);
-  auto now = Clock::now();
-  std::int64_t spilled = 0;
-  for (auto _ : state) {
-    now += std::chrono::microseconds(100);
-    auto g = b.acquire(set, {1, 100}, now);
-    spilled += g && g->spilled;
-    benchmark::DoNotOptimize(g);
-  }
-  state.counters["spilled"] =
-      benchmark::Counter(static_cast<double>(spilled) / static_cast<double>(state.iterations()));
+  acquire_loop(state, b, b.candidate_set(indexes(64)), "spilled",
+               [](const std::optional<llmq::DeploymentGrant>& g) { return g && g->spilled; });
 }
 BENCHMARK(BM_BalancerAcquireSpill);
 
