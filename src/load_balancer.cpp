@@ -329,6 +329,18 @@ void WeightedRoundRobinBalancer::collect_failing(Group& g, DeploymentNeed need, 
   }
 }
 
+// No member of `g` can take `need`: nor a larger one until a window of one of them loses
+// a charge.
+void WeightedRoundRobinBalancer::remember_full(Group& g, DeploymentNeed need) {
+  time_point until = time_point::max();
+  for (std::uint32_t leaf : g.failing) {
+    for (const Window& w : states_[g.members[leaf].deployment].windows)
+      until = std::min(until, w.next_leave);
+  }
+  g.full_until = until;
+  g.full_need = need;
+}
+
 // The best member not marked failing: a node's winner bounds its whole subtree.
 std::uint32_t WeightedRoundRobinBalancer::best_fitting(const Group& g, std::uint64_t epoch) const {
   const std::int64_t t = g.round + 1;
@@ -395,9 +407,11 @@ void WeightedRoundRobinBalancer::update_rooms(std::size_t d, const Membership* s
   for (const Window& w : s.windows) calls = std::min(calls, room(w.calls, w.call_limit));
   const std::int64_t tokens = room(s.windows.front().tokens, s.limits.tokens_per_min);
   if (calls == s.call_room && tokens == s.token_room) return;
+  const bool grew = calls > s.call_room || tokens > s.token_room;
   s.call_room = calls;
   s.token_room = tokens;
   for (const Membership& ms : s.memberships) {
+    if (grew) sets_[ms.set].groups[ms.group].full_until = time_point{};
     if (skip != nullptr && ms.set == skip->set && ms.group == skip->group) continue;
     Group& g = sets_[ms.set].groups[ms.group];
     if (!g.members[ms.leaf].in) continue;
@@ -449,6 +463,7 @@ void WeightedRoundRobinBalancer::set_in(std::size_t d, bool in) {
     Member& m = g.members[ms.leaf];
     if (m.in == in) continue;
     if (in) {
+      g.full_until = time_point{};
       m.offset = m.current - m.weight * g.round;
       ++g.in_count;
       g.in_weight += m.weight;
@@ -558,8 +573,15 @@ std::optional<WeightedRoundRobinBalancer::Selection> WeightedRoundRobinBalancer:
   for (std::uint32_t gi = 0; gi < sets_[id].groups.size(); ++gi) {
     Group& g = sets_[id].groups[gi];
     if (g.in_count == 0) continue;
+    if (now < g.full_until && need.calls >= g.full_need.calls &&
+        need.tokens >= g.full_need.tokens) {
+      continue;
+    }
     collect_failing(g, need, now, epoch);
-    if (g.failing.size() == g.in_count) continue;
+    if (g.failing.size() == g.in_count) {
+      remember_full(g, need);
+      continue;
+    }
     catch_up(g, g.round + 1);
     const std::uint32_t leaf = best_fitting(g, epoch);
     Selection sel;

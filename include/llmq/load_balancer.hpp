@@ -241,6 +241,10 @@ class WeightedRoundRobinBalancer {
     std::uint64_t failing_epoch = 0;  // epoch of `failing`
     std::vector<std::uint32_t> failing;
     std::int64_t failing_weight = 0;
+    // Before this time no member can take a need as large as full_need (none could, and
+    // no window of theirs has emptied since; anything else that frees room resets it).
+    time_point full_until{};
+    DeploymentNeed full_need;
   };
   struct Set {
     std::vector<std::size_t> key;  // as registered (lookup key)
@@ -269,6 +273,7 @@ class WeightedRoundRobinBalancer {
                          const Membership* updated_by_caller);
   void collect_failing(Group& g, DeploymentNeed need, time_point now, std::uint64_t epoch);
   std::uint32_t best_fitting(const Group& g, std::uint64_t epoch) const;
+  void remember_full(Group& g, DeploymentNeed need);
 
   void sync(time_point now);
   void advance(State& s, time_point now);
