@@ -557,7 +557,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     for (const Deployment& d : ds)
       out.push_back(DeploymentLimits{d.req_per_min, d.tokens_per_min, d.error_backoff,
                                      d.weight > 0 ? d.weight : d.req_per_min, o.pace_short_windows,
-                                     o.pacing_margin});
+                                     o.pacing_margin, d.priority});
     return out;
   }
 

@@ -962,6 +962,27 @@ TEST(LLMQueueRuntime, ARetryWaitsExactlyForTheRetryAfterOfTheOnlyDeployment) {
   EXPECT_EQ(records[0].execution_time, 2'500ms);
 }
 
+TEST(LLMQueueRuntime, DeploymentPriorityFillsTheBestGroupThenSpillsOver) {
+  // A provisioned deployment that takes one request per 30 s (2 a minute, paced) at
+  // priority 0, pay-as-you-go at priority 1.
+  auto ptu = model("ptu", llmq::ModelType::chat, 2);
+  auto paygo = model("paygo", llmq::ModelType::chat);
+  paygo.priority = 1;
+  auto echo = std::make_shared<EchoExecutor>();
+  Harness h(make_config({paygo, ptu}), {{"chat_completion", echo}});
+  std::vector<std::string> served;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    for (int i = 0; i < 3; ++i) {
+      auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+      served.push_back(r.body["llm"].get<std::string>());
+    }
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(served, (std::vector<std::string>{"ptu", "paygo", "paygo"}));
+  EXPECT_EQ(h.elapsed(), 0ms);  // spilling over never waits for the best group's pacing
+}
+
 TEST(LLMQueueRuntime, TransientFailureIsRetriedOnAnotherDeployment) {
   auto flaky = std::make_shared<FlakyExecutor>(std::set<std::string>{"chat-a"}, 503);
   Harness h(default_config(), {{"chat_completion", flaky}});
