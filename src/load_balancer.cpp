@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bit>
+#include <cstdint>
 #include <limits>
 #include <stdexcept>
 
@@ -18,6 +19,12 @@ constexpr std::int64_t kRoundBudget = std::int64_t{1} << 50;
 // (a request larger than a whole window is sent alone rather than never).
 bool fits(std::int64_t used, std::int64_t need, std::int64_t limit) {
   return used == 0 || used + need <= limit;
+}
+
+// What one Charge records of a count: clamped to [0, 2^31 - 1].
+std::int32_t charge_count(std::int64_t n) {
+  return static_cast<std::int32_t>(
+      std::clamp<std::int64_t>(n, 0, std::numeric_limits<std::int32_t>::max()));
 }
 
 // The largest need `fits` admits.
@@ -155,7 +162,7 @@ std::uint32_t WeightedRoundRobinBalancer::find_or_add_set(std::span<const std::s
     g.rebase_at = std::max<std::int64_t>(1, kRoundBudget / g.max_weight);
     g.leaves = std::bit_ceil(static_cast<std::uint32_t>(g.members.size()));
     g.tree.assign(2 * static_cast<std::size_t>(g.leaves),
-                  Node{kNone, 0, 0, kInf, kInf, kInf, kInf});
+                  Node{kNone, kNone, 0, 0, kInf, kInf, kInf, kInf});
     for (std::uint32_t leaf = 0; leaf < g.members.size(); ++leaf) {
       Member& m = g.members[leaf];
       if (!states_[m.deployment].out) {
@@ -223,6 +230,7 @@ void WeightedRoundRobinBalancer::certify(Group& g, std::uint32_t k, std::int64_t
   if (l.winner == kNone || r.winner == kNone) {
     const Node& only = l.winner == kNone ? r : l;
     n.winner = only.winner;
+    n.loser = kNone;
     n.weight = only.weight;
     n.offset = only.offset;
     n.fail = kInf;
@@ -232,6 +240,7 @@ void WeightedRoundRobinBalancer::certify(Group& g, std::uint32_t k, std::int64_t
     const Node& win = left_wins ? l : r;
     const Node& lose = left_wins ? r : l;
     n.winner = win.winner;
+    n.loser = lose.winner;
     n.weight = win.weight;
     n.offset = win.offset;
     // The loser leads once slope * t' > gap (>= when it comes earlier: it is the left).
@@ -278,7 +287,18 @@ void WeightedRoundRobinBalancer::catch_up(Group& g, std::int64_t t) {
     } else if (g.tree[2 * k + 1].sub_fail <= t) {
       stack_.push_back(2 * k + 1);
     } else {
-      recompute(g, k, t);  // its certificate now holds past t
+      // Children are current. Unless this node's own certificate failed or a child's
+      // winner changed, only its subtree minimum moves (lines change only in update_leaf,
+      // which recomputes the whole path).
+      Node& n = g.tree[k];
+      const std::uint32_t a = g.tree[2 * k].winner;
+      const std::uint32_t b = g.tree[2 * k + 1].winner;
+      const bool same = (a == n.winner && b == n.loser) || (a == n.loser && b == n.winner);
+      if (n.fail > t && same) {
+        n.sub_fail = std::min({n.fail, g.tree[2 * k].sub_fail, g.tree[2 * k + 1].sub_fail});
+      } else {
+        recompute(g, k, t);  // its certificate now holds past t
+      }
       stack_.pop_back();
     }
   }
@@ -650,10 +670,11 @@ DeploymentGrant WeightedRoundRobinBalancer::charge(std::size_t d, DeploymentNeed
   State& s = states_[d];
   advance(s, now);
   const std::uint64_t seq = s.log.end();
-  s.log.push_back(Charge{now, need.calls, need.tokens});
+  const Charge c{now, charge_count(need.calls), charge_count(need.tokens)};
+  s.log.push_back(c);
   for (Window& w : s.windows) {
-    w.calls += need.calls;
-    w.tokens += need.tokens;
+    w.calls += c.calls;
+    w.tokens += c.tokens;
     if (w.next_leave == time_point::max()) w.next_leave = now + w.length;
   }
   ++s.counters.granted;
@@ -683,8 +704,9 @@ void WeightedRoundRobinBalancer::reconcile(const DeploymentGrant& g, std::int64_
   State& s = states_.at(g.deployment);
   if (!s.log.holds(g.seq)) return;
   Charge& c = s.log[g.seq];
-  const std::int64_t delta = actual_tokens - c.tokens;
-  c.tokens = actual_tokens;
+  const std::int32_t actual = charge_count(actual_tokens);
+  const std::int64_t delta = std::int64_t{actual} - c.tokens;
+  c.tokens = actual;
   for (Window& w : s.windows)
     if (g.seq >= w.cursor) w.tokens += delta;
   update_rooms(g.deployment);

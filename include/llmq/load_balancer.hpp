@@ -153,10 +153,13 @@ class WeightedRoundRobinBalancer {
   static constexpr std::size_t kMaxCachedSets = 256;
 
  private:
+  // 16 bytes: a deployment's last minute of charges is read back as they leave their
+  // windows, so the log's size in cache lines matters. One charge holds at most
+  // 2^31 - 1 calls and tokens (larger values are clamped).
   struct Charge {
     time_point at;
-    std::int64_t calls;
-    std::int64_t tokens;
+    std::int32_t calls;
+    std::int32_t tokens;
   };
   // Charges by sequence number, oldest first: a ring of power-of-two capacity.
   class ChargeLog {
@@ -221,6 +224,7 @@ class WeightedRoundRobinBalancer {
   };
   struct Node {
     std::uint32_t winner;
+    std::uint32_t loser;  // the other child's winner (kNone if that side is empty)
     std::int64_t weight;  // the winner's line: weight * t + offset
     std::int64_t offset;
     std::int64_t fail;      // round at which the loser overtakes the winner
