@@ -105,7 +105,10 @@ struct UserLimits {
   std::chrono::milliseconds time_window{std::chrono::seconds(60)};
 };
 
-/// Queue bounds (`scheduler_limits`).
+/// Queue bounds and scheduling (`scheduler_limits`). LLMQueue applies max_queue_size and
+/// request_timeout; policy, max_queued_per_user, priority_aging and predictive_admission
+/// configure the scheduling cores (make_scheduler, SchedulerOptions,
+/// DispatchRateEstimator), which LLMQueue does not use yet.
 struct SchedulerLimits {
   /// Requests that may wait at once; one more gets SchedulerQueueFullError. Default 1000.
   std::size_t max_queue_size = 1000;
