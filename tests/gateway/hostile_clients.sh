@@ -158,7 +158,15 @@ lowfd() {  # lowfd MAX_TIME: status of one chat request to the low-descriptor ga
 }
 # Warm up: its upstream connection is pooled before descriptors run out.
 check "the low-descriptor gateway serves" test "$(lowfd 10)" = 200
-ticks() { awk '{print $14 + $15}' "/proc/$lowfd_pid/stat"; }
+# The gateway's CPU ticks (user + system); a gateway that is gone fails the test with its log.
+ticks() {
+  if ! awk '{print $14 + $15}' "/proc/$lowfd_pid/stat" 2>/dev/null; then
+    echo "FAILED: the low-descriptor gateway exited; its log:" >&2
+    cat "$work/lowfd.log" >&2
+    wait "$lowfd_pid" 2>/dev/null || echo "its exit status: $?" >&2
+    exit 1
+  fi
+}
 held=()
 for _ in $(seq 1 80); do
   exec {fd}<>"/dev/tcp/127.0.0.1/$lowfd_port" || break

@@ -784,6 +784,43 @@ TEST(LLMQueueRuntime, AQueuedRequestTimesOutAtExactlyItsDeadline) {
   EXPECT_EQ(records[1].queue_wait, 50ms);
 }
 
+TEST(LLMQueueRuntime, ARequestBehindARetriedOneTimesOutAtItsOwnDeadline) {
+  // A fails once (503, retry in 30 s) and goes back to the front of the line with the
+  // retry budget (120 s) as its deadline. B, queued behind it with the 10 s request
+  // timeout, must time out at 10 s, not when A finally leaves the head of the class.
+  auto flaky = std::make_shared<FlakyExecutor>(std::set<std::string>{"only"}, 503, false, 30s);
+  flaky->fail_first(1);
+  auto config = make_config({model("only", llmq::ModelType::chat)});
+  config.scheduler_limits.request_timeout = 10s;
+  llmq::QueueOptions options;
+  options.retry_budget = 120s;
+  Harness h(std::move(config), {{"chat_completion", flaky}}, std::move(options));
+  std::optional<llmq::QueueTimeoutError> b_error;
+  steady::duration a_answered{}, b_answered{};
+  int a_status = 0;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    co_await h.run_all(2, [&](int i) -> awaitable<void> {
+      if (i == 0) {
+        auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "a");
+        a_status = r.status;
+        a_answered = h.elapsed();
+      } else {
+        b_error = co_await catch_error<llmq::QueueTimeoutError>([&]() -> awaitable<void> {
+          co_await h.queue->execute_request("chat_completion", chat_body(), "b");
+        });
+        b_answered = h.elapsed();
+      }
+    });
+    co_await h.queue->graceful_shutdown();
+  });
+  ASSERT_TRUE(b_error.has_value());
+  EXPECT_EQ(b_answered, 10s);
+  EXPECT_EQ(a_status, 200);
+  EXPECT_GE(a_answered, 30s);
+  EXPECT_EQ(flaky->tried.size(), 2u);  // A twice; B never ran
+}
+
 TEST(LLMQueueRuntime, BusyPinnedModelDoesNotBlockOthers) {
   auto config = make_config(
       {model("pinned", llmq::ModelType::chat, 1), model("free", llmq::ModelType::chat)});

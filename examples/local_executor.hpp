@@ -1,0 +1,59 @@
+#pragma once
+// A stand-in for the upstream call, shared by the examples so that they run anywhere:
+// it answers a chat request with the last message's content, after `latency`, and fills
+// the telemetry record as a real executor would. A real service registers the ready-made
+// executors instead (llmq/providers.hpp: register_default_executors).
+
+#include <llmq/llmq.hpp>
+
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <chrono>
+#include <string>
+
+namespace examples {
+
+class LocalChatExecutor : public llmq::RequestExecutor {
+ public:
+  explicit LocalChatExecutor(std::chrono::milliseconds latency = std::chrono::milliseconds(1))
+      : latency_(latency) {}
+
+  boost::asio::awaitable<llmq::Response> process_request(const llmq::Request& req,
+                                                         const llmq::ChosenDeployments& chosen,
+                                                         llmq::TelemetryData& telemetry) override {
+    boost::asio::steady_timer timer(co_await boost::asio::this_coro::executor, latency_);
+    co_await timer.async_wait(boost::asio::use_awaitable);
+    const std::string text = last_message(req.body);
+    telemetry.prompt_tokens = llmq::estimate_text_tokens(text);
+    telemetry.completion_tokens = 3;
+    telemetry.llm_outcome.status = 200;
+    co_return llmq::Response{reply(chosen.llm->unique_model_id, text), 200};
+  }
+
+ private:
+  static std::string last_message(const nlohmann::json& body) {
+    const auto& messages = body.at("messages");
+    return messages.empty() ? std::string() : messages.back().value("content", std::string());
+  }
+
+  static nlohmann::json reply(const std::string& deployment, const std::string& text) {
+    nlohmann::json message = {{"role", "assistant"}, {"content", "echo: " + text}};
+    return nlohmann::json{
+        {"object", "chat.completion"},
+        {"model", deployment},
+        {"choices",
+         nlohmann::json::array({{{"index", 0}, {"message", message}, {"finish_reason", "stop"}}})}};
+  }
+
+  std::chrono::milliseconds latency_;
+};
+
+/// A chat request body with one user message.
+inline nlohmann::json chat_request(const std::string& content) {
+  nlohmann::json message = {{"role", "user"}, {"content", content}};
+  return nlohmann::json{{"messages", nlohmann::json::array({message})}, {"max_tokens", 16}};
+}
+
+}  // namespace examples
