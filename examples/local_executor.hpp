@@ -11,6 +11,8 @@
 #include <boost/asio/use_awaitable.hpp>
 
 #include <chrono>
+#include <map>
+#include <memory>
 #include <string>
 
 namespace examples {
@@ -54,6 +56,13 @@ class LocalChatExecutor : public llmq::RequestExecutor {
 inline nlohmann::json chat_request(const std::string& content) {
   nlohmann::json message = {{"role", "user"}, {"content", content}};
   return nlohmann::json{{"messages", nlohmann::json::array({message})}, {"max_tokens", 16}};
+}
+
+/// The executors of a queue whose chat requests the LocalChatExecutor answers (built
+/// outside coroutines: g++ 12 rejects some braced lists of string literals inside them).
+inline std::map<std::string, std::shared_ptr<llmq::RequestExecutor>> local_executors(
+    std::chrono::milliseconds latency = std::chrono::milliseconds(1)) {
+  return {{"chat_completion", std::make_shared<LocalChatExecutor>(latency)}};
 }
 
 }  // namespace examples

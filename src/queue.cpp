@@ -5,12 +5,15 @@
 
 #include <llmq/detail/request_lifecycle.hpp>
 #include <llmq/errors.hpp>
+#include <llmq/fair_scheduler.hpp>
 #include <llmq/fifo_scheduler.hpp>
 #include <llmq/load_balancer.hpp>
 #include <llmq/log.hpp>
 #include <llmq/queue.hpp>
 #include <llmq/request_validation.hpp>
 #include <llmq/token_estimator.hpp>
+#include <llmq/user_tiers.hpp>
+#include <llmq/wait_predictor.hpp>
 
 #include "block_pool.hpp"
 #include "light_strand.hpp"
@@ -145,7 +148,11 @@ struct Entry {
   DeploymentNeed emb_need;
   RequestLifecycle life;
   SchedulerTicket ticket;
-  bool holds_slot = false;  // counts against max_queue_size
+  bool holds_slot = false;             // counts against max_queue_size
+  bool in_scheduler = false;           // counted in the per-tier and per-priority depths
+  const TierSettings* tier = nullptr;  // null: RequestOptions named an unknown tier
+  std::uint32_t tier_index = 0;
+  Priority priority = Priority::normal;
   time_point queued_at{};
   time_point deadline{};  // of its current wait in the scheduler
   time_point dispatched_at{};
@@ -389,8 +396,11 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
         clock_(options_.clock),
         deployments_((config_.validate(), config_.deployments())),
         limits_(make_limits(deployments_, options_)),
+        tiers_(config_),
         balancer_(limits_),
-        scheduler_(config_.scheduler_limits.max_queue_size),
+        scheduler_(make_scheduler<EntryPtr>(config_.scheduler_limits.policy,
+                                            scheduler_options(config_.scheduler_limits))),
+        tier_counts_(tiers_.tiers().size()),
         poll_timer_(strand_, clock_),
         idle_timer_(strand_, clock_),
         id_prefix_(random_prefix()),
@@ -466,6 +476,16 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     e->request.user_id = std::move(user_id);
     e->request.preferences = std::move(prefs);
     e->request.id = std::move(options.request_id);  // checked in admit()
+    // The tier: named by the caller, else the user's; an unknown name is refused in admit().
+    if (options.tier.empty()) {
+      e->tier = &tiers_.lookup(e->request.user_id);
+    } else if ((e->tier = tiers_.find_tier(options.tier)) == nullptr) {
+      e->error_text = std::move(options.tier);
+    }
+    if (e->tier) {
+      e->tier_index = static_cast<std::uint32_t>(e->tier - tiers_.tiers().data());
+      e->priority = options.priority.value_or(e->tier->priority);
+    }
     return e;
   }
 
@@ -496,6 +516,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     if (!user_ok)
       return refuse(e, errc::invalid_user_id,
                     "user id must be 1 to 256 bytes without control characters");
+    if (!e->tier) return refuse(e, errc::invalid_request, "unknown tier '" + e->error_text + "'");
     e->executor = find_executor(req.req_type);
     if (!e->executor)
       return refuse(e, errc::unknown_request_type, "unknown request type '" + req.req_type + "'");
@@ -518,7 +539,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     if (slot.is_connected()) slot.emplace<CancelHandler>(CancelHandler{weak_from_this(), e});
     // The user limit comes last, so that a refused request is not counted against it.
     UserRateLimitStore& store = *options_.user_rate_limit_store;
-    if (auto decision = store.try_acquire_now(req.user_id, config_.user_limits)) {
+    if (auto decision = store.try_acquire_now(req.user_id, e->tier->limits)) {
       limit_decided(e, *decision);
       return;
     }
@@ -549,6 +570,14 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   }
 
   EntryPtr new_entry() { return std::allocate_shared<Entry>(PoolAllocator<Entry>(entry_pool_)); }
+
+  static SchedulerOptions scheduler_options(const SchedulerLimits& l) {
+    SchedulerOptions o;
+    o.max_size = l.max_queue_size;
+    o.max_queued_per_user = l.max_queued_per_user;
+    o.priority_aging = l.priority_aging;
+    return o;
+  }
 
   static std::vector<DeploymentLimits> make_limits(const std::vector<Deployment>& ds,
                                                    const QueueOptions& o) {
@@ -732,7 +761,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     std::optional<std::chrono::milliseconds> hint;
     try {
       decision = co_await self->options_.user_rate_limit_store->acquire(e->request.user_id,
-                                                                        self->config_.user_limits);
+                                                                        e->tier->limits);
     } catch (const Error& ex) {
       failure = ex.what();
       hint = ex.retry_after_hint();
@@ -820,7 +849,10 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   void perform(Entry& e, const EntryPtr* owner, const Actions& a, time_point t, Response* current,
                bool on_strand) {
     if (a.remove_from_queue) {
-      scheduler_.cancel(e.ticket);  // a no-op for one waiting in retry_pending_
+      if (e.in_scheduler) {
+        scheduler_->cancel(e.ticket);
+        unscheduled(e);
+      }
       release_slot(e);
     }
     if (a.refund_grants) refund(e);
@@ -887,7 +919,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     if (e.first_dispatch) t.execution_time = duration_cast<microseconds>(at - *e.first_dispatch);
     telemetry_->record(std::move(e.telemetry));
     if (!on_strand) return;
-    if (!scheduler_.empty()) wake();
+    if (!scheduler_->empty()) wake();
     notify_idle();
   }
 
@@ -911,14 +943,37 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     e->telemetry->queued_at = wall_at(t);
     e->queued_at = t;
     e->deadline = t + config_.scheduler_limits.request_timeout;
-    auto ticket = scheduler_.push(e->cls->index, EntryPtr(e), e->deadline);
-    if (!ticket) {  // cannot happen while reservations bound the queue; kept as a guard
-      refuse(e, errc::queue_full, "scheduler queue is full");
+    const QueuedRequest qr = queued_request(*e, t);
+    if (config_.scheduler_limits.predictive_admission) {
+      const DispatchRateEstimator& rate = class_rate(e->cls->index);
+      const std::uint64_t ahead = scheduler_->ahead_of(qr);
+      if (!admit_by_prediction(rate, ahead, config_.scheduler_limits.request_timeout)) {
+        const auto wait = predict_wait(rate, ahead).value_or(std::chrono::nanoseconds(0));
+        ++rejected_predicted_;
+        refuse(e, errc::queue_full,
+               "the queue would not reach this request within request_timeout_seconds (" +
+                   std::to_string(ahead) + " ahead of it)",
+               std::chrono::ceil<std::chrono::seconds>(wait));
+        return;
+      }
+    }
+    SchedulerPushResult pushed = scheduler_->push(qr, EntryPtr(e));
+    if (!pushed) {
+      if (pushed.refusal == SchedulerRefusal::user_queue_full) {
+        ++rejected_user_queue_full_;
+        refuse(e, errc::queue_full,
+               "user has max_queued_per_user (" + std::to_string(e->tier->max_queued_per_user) +
+                   ") requests queued");
+      } else {  // cannot happen while reservations bound the queue; kept as a guard
+        refuse(e, errc::queue_full, "scheduler queue is full");
+      }
       return;
     }
-    e->ticket = *ticket;
+    e->ticket = *pushed.ticket;
+    scheduled(*e);
     e->life.queued();
     ++admitted_;
+    ++tier_counts_[e->tier_index].admitted;
     wake();
   }
 
@@ -927,6 +982,37 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       wake_pending_ = true;
       poll_timer_.cancel();
     }
+  }
+
+  /// What the scheduler needs to know of a request queued at `enqueued`.
+  static QueuedRequest queued_request(const Entry& e, time_point enqueued) {
+    QueuedRequest r;
+    r.resource_class = e.cls->index;
+    r.deadline = e.deadline;
+    r.enqueued = enqueued;
+    r.priority = e.priority;
+    r.user = e.request.user_id;
+    r.weight = std::max<std::uint32_t>(1, e.tier->weight);
+    r.max_queued_for_user = e.tier->max_queued_per_user;
+    return r;
+  }
+
+  /// The entry entered (scheduled) or left (unscheduled) the scheduler.
+  void scheduled(Entry& e) {
+    e.in_scheduler = true;
+    ++tier_counts_[e.tier_index].queued;
+    ++priority_counts_[static_cast<std::size_t>(e.priority)];
+  }
+  void unscheduled(Entry& e) {
+    if (!e.in_scheduler) return;
+    e.in_scheduler = false;
+    --tier_counts_[e.tier_index].queued;
+    --priority_counts_[static_cast<std::size_t>(e.priority)];
+  }
+
+  DispatchRateEstimator& class_rate(std::uint32_t cls) {
+    if (cls >= class_rates_.size()) class_rates_.resize(cls + 1);
+    return class_rates_[cls];
   }
 
   /// Requests dispatched per dispatcher turn at most.
@@ -939,9 +1025,12 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
         wake_pending_ = false;
         const time_point t = now();
         queue_pending_retries();
-        scheduler_.expire(t, [&](EntryPtr&& e) { apply(e, e->life.deadline(), t); });
+        scheduler_->expire(t, [&](EntryPtr&& e) {
+          unscheduled(*e);
+          apply(e, e->life.deadline(), t);
+        });
         expire_running(t);
-        const std::size_t dispatched = scheduler_.dispatch(
+        const std::size_t dispatched = scheduler_->dispatch(
             [&](std::uint32_t, EntryPtr& e) { return try_dispatch(e, t); }, kDispatchSlice);
         if (!retry_pending_.empty()) continue;
         if (dispatched == kDispatchSlice) {
@@ -979,9 +1068,9 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
 
   time_point next_wake(time_point t) {
     time_point next = time_point::max();
-    if (auto d = scheduler_.next_deadline()) next = std::min(next, *d);
+    if (auto d = scheduler_->next_deadline()) next = std::min(next, *d);
     if (Entry* r = running_.head()) next = std::min(next, r->exec_deadline);
-    scheduler_.for_each_head([&](std::uint32_t, const EntryPtr& e) {
+    scheduler_->for_each_head([&](std::uint32_t, const EntryPtr& e) {
       time_point at = t;
       if (e->cls->need_llm) at = std::max(at, balancer_.next_eligible(e->cls->llm, e->llm_need, t));
       if (e->cls->need_emb) at = std::max(at, balancer_.next_eligible(e->cls->emb, e->emb_need, t));
@@ -1008,6 +1097,11 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       e->telemetry->embedding_deployment = e->chosen.embedding->unique_model_id;
     }
     release_slot(*e);
+    unscheduled(*e);
+    if (config_.scheduler_limits.predictive_admission) {
+      const std::uint32_t cls = rc.index;
+      class_rate(cls).record(t, 1, scheduler_->queued_in(cls) - 1);
+    }
     EntryPtr entry = std::move(e);
     apply(entry, entry->life.dispatched(options_.deployment_budget_store != nullptr), t);
     return true;
@@ -1036,7 +1130,8 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       // back before its first run keeps its queue deadline.
       e->deadline = e->first_dispatch ? *e->first_dispatch + options_.retry_budget
                                       : e->queued_at + config_.scheduler_limits.request_timeout;
-      e->ticket = scheduler_.push_front(e->cls->index, e, e->deadline);
+      e->ticket = scheduler_->push_front(queued_request(*e, e->queued_at), EntryPtr(e));
+      scheduled(*e);
     }
     retry_pending_.clear();
   }
@@ -1269,7 +1364,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     co_return;
   }
 
-  bool idle() const { return scheduler_.empty() && retry_pending_.empty() && in_flight_ == 0; }
+  bool idle() const { return scheduler_->empty() && retry_pending_.empty() && in_flight_ == 0; }
 
   void notify_idle() {
     if (shutting_down_ && idle()) idle_timer_.cancel();
@@ -1294,7 +1389,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     }
     if (!idle()) {
       logger()->warn("shutdown deadline passed with {} queued and {} running requests",
-                     scheduler_.size() + retry_pending_.size(), in_flight_);
+                     scheduler_->size() + retry_pending_.size(), in_flight_);
       abandon_all(errc::queue_closed, "queue shut down before the request could finish");
       // Give cancelled executors a moment to unwind.
       const time_point grace = now() + std::chrono::seconds(1);
@@ -1335,7 +1430,10 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     abandon_reason_ = std::move(reason);
     queue_pending_retries();
     std::vector<EntryPtr> queued;
-    scheduler_.drain([&](EntryPtr&& e) { queued.push_back(std::move(e)); });
+    scheduler_->drain([&](EntryPtr&& e) {
+      unscheduled(*e);
+      queued.push_back(std::move(e));
+    });
     const time_point t = now();
     for (EntryPtr& e : queued) apply(e, e->life.abandon(why), t);
     for (Entry* e : confirming_.snapshot()) apply(*e, e->life.abandon(why), t);
@@ -1350,7 +1448,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
 
   QueueStats stats_now() {
     QueueStats s;
-    s.queue_depth = scheduler_.size() + retry_pending_.size();
+    s.queue_depth = scheduler_->size() + retry_pending_.size();
     s.in_flight = in_flight_;
     s.admitted = admitted_.load();
     s.completed = completed_.load();
@@ -1366,6 +1464,13 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     s.telemetry_failed = telemetry_->failed();
     s.budget_refusals = budget_refusals_.load();
     s.budget_store_errors = budget_store_errors_.load();
+    s.rejected_predicted = rejected_predicted_.load();
+    s.rejected_user_queue_full = rejected_user_queue_full_.load();
+    s.queued_by_priority = priority_counts_;
+    s.tiers.reserve(tier_counts_.size());
+    for (std::size_t i = 0; i < tier_counts_.size(); ++i)
+      s.tiers.push_back(
+          TierStats{tiers_.tiers()[i].name, tier_counts_[i].queued, tier_counts_[i].admitted});
     const time_point t = now();
     for (std::size_t i = 0; i < deployments_.size(); ++i) {
       const DeploymentState st = balancer_.state(i, t);
@@ -1379,6 +1484,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
         d.backoff_remaining = std::chrono::ceil<std::chrono::milliseconds>(*st.backoff_until - t);
       d.granted = st.granted;
       d.failures = st.failures;
+      d.spilled = st.spilled;
       d.throttled = st.throttled;
       s.deployments.push_back(std::move(d));
     }
@@ -1409,11 +1515,19 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   std::atomic<std::uint64_t> admitted_{0}, completed_{0}, rejected_user_limit_{0},
       rejected_queue_full_{0}, rejected_invalid_{0}, rejected_closed_{0}, rejected_store_{0},
       timed_out_{0}, cancelled_{0}, execution_timeouts_{0}, budget_refusals_{0},
-      budget_store_errors_{0};
+      budget_store_errors_{0}, rejected_predicted_{0}, rejected_user_queue_full_{0};
+  const UserTierTable tiers_;  // immutable: read on any thread
 
   // Strand only:
   WeightedRoundRobinBalancer balancer_;
-  FifoScheduler<EntryPtr> scheduler_;
+  std::unique_ptr<Scheduler<EntryPtr>> scheduler_;
+  std::vector<DispatchRateEstimator> class_rates_;  // by resource class (predictive admission)
+  struct TierCounts {
+    std::size_t queued = 0;
+    std::uint64_t admitted = 0;
+  };
+  std::vector<TierCounts> tier_counts_;
+  std::array<std::size_t, kPriorityLevels> priority_counts_{};
   ClockTimer poll_timer_;
   ClockTimer idle_timer_;
   ClockTimer done_signal_{strand_, nullptr};  // a signal: never expires, only cancelled

@@ -190,8 +190,10 @@ boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request,
     co_return a;
   }
 
-  // Client authentication, then the user.
+  // Client authentication, then the user, the tier and the priority.
   std::string user;
+  RequestOptions options;
+  std::optional<Priority> max_priority;
   if (!config_.client_keys.empty()) {
     std::string presented;
     if (const std::string* k = request.header("api-key")) {
@@ -206,6 +208,21 @@ boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request,
       co_return reject(401, "invalid or missing API key (send api-key or Authorization: Bearer)",
                        "invalid_request_error", "invalid_api_key", "unauthorized");
     user = match->user;
+    options.tier = match->tier;
+    max_priority = match->max_priority;
+  }
+  // The request's priority: `x-llmq-priority`, within what the client key allows.
+  if (const std::string* p = request.header("x-llmq-priority")) {
+    options.priority = parse_priority(*p);
+    if (!options.priority)
+      co_return reject(400, "header x-llmq-priority: must be one of: high, normal, low",
+                       "invalid_request_error", "invalid_priority", "bad_request",
+                       "x-llmq-priority");
+    if (max_priority && *options.priority < *max_priority)
+      co_return reject(403,
+                       "header x-llmq-priority: this API key may not ask for priority " +
+                           std::string(to_string(*options.priority)),
+                       "permission_error", "priority_not_allowed", "forbidden", "x-llmq-priority");
   }
   if (user.empty()) {
     if (const std::string* u = request.header(config_.user_header)) {
@@ -216,11 +233,13 @@ boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request,
       user = *u;
     }
   }
-  co_return co_await handle_inference(request, route, std::move(user), request_id);
+  co_return co_await handle_inference(request, route, std::move(user), std::move(options),
+                                      request_id);
 }
 
 boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange& request,
                                                              const Route& route, std::string user,
+                                                             RequestOptions options,
                                                              std::string& request_id) {
   // Everything the client sent is checked before anything is queued: nesting while
   // parsing, the model, then the fields that decide cost and routing.
@@ -278,7 +297,6 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
     co_return reject(400, p->message, "invalid_request_error", p->code, "bad_request", p->param);
 
   const std::string req_type = chat ? "chat_completion" : "embeddings";
-  RequestOptions options;
   options.request_id = request_id;  // the client's, when it sent a sane one
   auto [ec, r] = co_await queue_.async_execute_request(
       req_type, std::move(body), std::move(user), std::move(prefs), std::move(options),

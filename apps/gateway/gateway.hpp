@@ -76,6 +76,7 @@ class Gateway {
   boost::asio::awaitable<HttpAnswer> answer(const HttpExchange& request, std::string& request_id);
   boost::asio::awaitable<HttpAnswer> handle_inference(const HttpExchange& request,
                                                       const Route& route, std::string user,
+                                                      RequestOptions options,
                                                       std::string& request_id);
   HttpAnswer reject(int status, std::string_view message, std::string_view type,
                     std::string_view code, std::string_view reason, std::string_view param = {});

@@ -151,6 +151,20 @@ GatewayConfig parse_section(const YAML::Node& g) {
         k.key = text(e["key"], item + ".key");
         if (k.key.empty()) fail(item + ".key", "must not be empty", e["key"]);
         if (e["user"]) k.user = text(e["user"], item + ".user");
+        if (e["tier"]) {
+          k.tier = text(e["tier"], item + ".tier");
+          if (k.tier.empty()) fail(item + ".tier", "must not be empty", e["tier"]);
+        }
+        if (e["max_priority"]) {
+          k.max_priority = parse_priority(text(e["max_priority"], item + ".max_priority"));
+          if (!k.max_priority)
+            fail(item + ".max_priority", "must be one of: high, normal, low", e["max_priority"]);
+        }
+        for (const auto& field : e)
+          if (!field.first.IsScalar() ||
+              !std::set<std::string>{"key", "user", "tier", "max_priority"}.count(
+                  field.first.Scalar()))
+            fail(item, "unknown key (known: key, user, tier, max_priority)", field.first);
         c.client_keys.push_back(std::move(k));
       }
     }
@@ -159,6 +173,12 @@ GatewayConfig parse_section(const YAML::Node& g) {
 }
 
 }  // namespace
+
+std::optional<Priority> parse_priority(std::string_view text) {
+  for (const Priority p : {Priority::high, Priority::normal, Priority::low})
+    if (text == to_string(p)) return p;
+  return std::nullopt;
+}
 
 QueueOptions queue_options(const GatewayConfig& config) {
   using std::chrono::milliseconds;
@@ -185,6 +205,15 @@ GatewaySettings parse_gateway_settings(std::string_view yaml) {
   } catch (const YAML::Exception& e) {
     // Not expected: every access is type-checked. Never let yaml-cpp's exceptions leak.
     throw ConfigError(std::string("gateway: cannot read YAML: ") + e.what());
+  }
+  for (std::size_t i = 0; i < s.gateway.client_keys.size(); ++i) {
+    const std::string& tier = s.gateway.client_keys[i].tier;
+    if (tier.empty()) continue;
+    bool found = false;
+    for (const UserTier& t : s.llm.user_tiers) found = found || t.name == tier;
+    if (!found)
+      throw ConfigError("gateway.client_keys[" + std::to_string(i) +
+                        "].tier: no user tier named '" + tier + "' in user_tiers");
   }
   return s;
 }

@@ -18,7 +18,16 @@ namespace llmq::gateway {
 struct ClientKey {
   std::string key;   ///< secret: never logged
   std::string user;  ///< empty: the user comes from the user header
+  /// `tier`: the user tier (a name in `user_tiers`) of this key's requests; empty: the
+  /// user's own tier (its `users` list), else the default tier.
+  std::string tier;
+  /// `max_priority`: the highest `x-llmq-priority` this key may ask for (high, normal or
+  /// low); a higher one is refused with 403. Absent: any.
+  std::optional<Priority> max_priority;
 };
+
+/// The priority named by `text` ("high", "normal", "low"), or nullopt.
+[[nodiscard]] std::optional<Priority> parse_priority(std::string_view text);
 
 struct GatewayConfig {
   std::string listen_address = "127.0.0.1";

@@ -129,6 +129,20 @@ std::string Metrics::render(const QueueStats& s) const {
   out.reserve(8192);
   header(out, "llmq_queue_depth", "gauge", "Requests waiting in the queue.");
   sample(out, "llmq_queue_depth", "", static_cast<double>(s.queue_depth));
+  header(out, "llmq_queue_depth_by_priority", "gauge",
+         "Requests waiting in the queue, by the priority they were given.");
+  for (const Priority p : {Priority::high, Priority::normal, Priority::low})
+    sample(out, "llmq_queue_depth_by_priority", "priority=\"" + std::string(to_string(p)) + "\"",
+           static_cast<double>(s.queued_by_priority[static_cast<std::size_t>(p)]));
+  header(out, "llmq_queue_depth_by_tier", "gauge",
+         "Requests waiting in the queue, by user tier (\"\" for the default tier).");
+  for (const TierStats& t : s.tiers)
+    sample(out, "llmq_queue_depth_by_tier", "tier=\"" + label(t.name) + "\"",
+           static_cast<double>(t.queued));
+  header(out, "llmq_admitted_by_tier_total", "counter", "Requests admitted, by user tier.");
+  for (const TierStats& t : s.tiers)
+    sample(out, "llmq_admitted_by_tier_total", "tier=\"" + label(t.name) + "\"",
+           static_cast<double>(t.admitted));
   header(out, "llmq_in_flight", "gauge", "Requests being executed.");
   sample(out, "llmq_in_flight", "", static_cast<double>(s.in_flight));
   header(out, "llmq_admitted_total", "counter", "Requests admitted into the queue.");
@@ -138,8 +152,14 @@ std::string Metrics::render(const QueueStats& s) const {
   header(out, "llmq_rejected_total", "counter", "Requests refused, by reason.");
   sample(out, "llmq_rejected_total", "reason=\"user_limit\"",
          static_cast<double>(s.rejected_user_limit));
+  sample(out, "llmq_rejected_total", "reason=\"user_queue_full\"",
+         static_cast<double>(s.rejected_user_queue_full));
+  sample(out, "llmq_rejected_total", "reason=\"predicted_timeout\"",
+         static_cast<double>(s.rejected_predicted));
+  // The reasons are disjoint: queue_full counts the refusals for the queue's size alone.
   sample(out, "llmq_rejected_total", "reason=\"queue_full\"",
-         static_cast<double>(s.rejected_queue_full));
+         static_cast<double>(s.rejected_queue_full - s.rejected_user_queue_full -
+                             s.rejected_predicted));
   sample(out, "llmq_rejected_total", "reason=\"invalid\"", static_cast<double>(s.rejected_invalid));
   sample(out, "llmq_rejected_total", "reason=\"queue_timeout\"", static_cast<double>(s.timed_out));
   sample(out, "llmq_rejected_total", "reason=\"cancelled\"", static_cast<double>(s.cancelled));
@@ -169,6 +189,11 @@ std::string Metrics::render(const QueueStats& s) const {
   for (const auto& d : s.deployments)
     sample(out, "llmq_deployment_failures_total", "deployment=\"" + label(d.unique_model_id) + "\"",
            static_cast<double>(d.failures));
+  header(out, "llmq_deployment_spilled_total", "counter",
+         "Requests a deployment got because a better priority group had no room.");
+  for (const auto& d : s.deployments)
+    sample(out, "llmq_deployment_spilled_total", "deployment=\"" + label(d.unique_model_id) + "\"",
+           static_cast<double>(d.spilled));
   header(out, "llmq_deployment_backoff_seconds", "gauge", "Remaining backoff (0 = in rotation).");
   for (const auto& d : s.deployments)
     sample(out, "llmq_deployment_backoff_seconds",

@@ -105,10 +105,8 @@ struct UserLimits {
   std::chrono::milliseconds time_window{std::chrono::seconds(60)};
 };
 
-/// Queue bounds and scheduling (`scheduler_limits`). LLMQueue applies max_queue_size and
-/// request_timeout; policy, max_queued_per_user, priority_aging and predictive_admission
-/// configure the scheduling cores (make_scheduler, SchedulerOptions,
-/// DispatchRateEstimator), which LLMQueue does not use yet.
+/// Queue bounds and scheduling (`scheduler_limits`), all applied by LLMQueue (through
+/// make_scheduler, SchedulerOptions and DispatchRateEstimator).
 struct SchedulerLimits {
   /// Requests that may wait at once; one more gets SchedulerQueueFullError. Default 1000.
   std::size_t max_queue_size = 1000;

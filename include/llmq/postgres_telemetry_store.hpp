@@ -32,6 +32,10 @@ struct PostgresTelemetryOptions {
   /// on one statement's round trip, after which the connection is dropped. Zero
   /// disables both. Default 10 s.
   std::chrono::milliseconds statement_timeout{std::chrono::seconds(10)};
+  /// When the connection breaks after a batch's commit was sent, how long to keep trying
+  /// to reconnect and look whether the batch was committed after all (then it counts as
+  /// written, not lost). 0: do not look; the batch is reported failed.
+  std::chrono::milliseconds commit_check_timeout{std::chrono::seconds(5)};
   /// Run `CREATE TABLE IF NOT EXISTS` after connecting. Default true.
   bool create_table = true;
   /// Rows per INSERT statement; a larger batch is split into several statements inside
@@ -75,6 +79,9 @@ class PostgresTelemetryStore : public TelemetryStore {
   [[nodiscard]] bool is_connected() const noexcept;
   /// Rows written since construction.
   [[nodiscard]] std::uint64_t rows_written() const noexcept;
+  /// Batches whose connection broke while their commit was in flight and that were found
+  /// committed afterwards (counted in rows_written, not reported as failed).
+  [[nodiscard]] std::uint64_t batches_committed_despite_errors() const noexcept;
 
  private:
   class Session;

@@ -10,6 +10,7 @@
 #include <llmq/executor.hpp>
 #include <llmq/rate_limit_store.hpp>
 #include <llmq/request.hpp>
+#include <llmq/scheduler.hpp>
 #include <llmq/telemetry.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
@@ -20,6 +21,7 @@
 #include <boost/system/error_code.hpp>
 #include <nlohmann/json.hpp>
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -104,6 +106,20 @@ struct RequestOptions {
   /// 1..128 printable ASCII characters, e.g. a client's x-request-id. Empty (default):
   /// the queue makes one. Another value is refused with errc::invalid_request.
   std::string request_id;
+  /// The request's priority; absent: its tier's default (normal unless configured).
+  std::optional<Priority> priority;
+  /// The tier whose limits, fair-share weight, default priority and queued cap apply
+  /// (a name in `user_tiers`, e.g. from a client key); empty (default): the tier whose
+  /// `users` list holds the user id, else the default tier. An unknown name is refused
+  /// with errc::invalid_request.
+  std::string tier;
+};
+
+/// One tier in a stats snapshot.
+struct TierStats {
+  std::string name;            ///< empty for the default tier
+  std::size_t queued = 0;      ///< its requests waiting in the scheduler
+  std::uint64_t admitted = 0;  ///< its requests that entered the queue
 };
 
 /// One deployment in a stats snapshot.
@@ -118,6 +134,7 @@ struct DeploymentStats {
   std::uint64_t granted = 0;    ///< requests dispatched to it since start
   std::uint64_t failures = 0;   ///< failures reported since start
   std::uint64_t throttled = 0;  ///< of which 429s
+  std::uint64_t spilled = 0;    ///< grants it got because a better priority group had no room
 };
 
 /// A snapshot of an LLMQueue.
@@ -138,6 +155,13 @@ struct QueueStats {
   std::uint64_t telemetry_failed = 0;     ///< records the store failed to write
   std::uint64_t budget_refusals = 0;      ///< grants the shared budget store refused
   std::uint64_t budget_store_errors = 0;  ///< shared budget store failures
+  std::uint64_t rejected_predicted =
+      0;  ///< refused by predictive_admission (of rejected_queue_full)
+  std::uint64_t rejected_user_queue_full =
+      0;  ///< over max_queued_per_user (of rejected_queue_full)
+  /// Requests waiting in the scheduler by the priority they were given (high, normal, low).
+  std::array<std::size_t, kPriorityLevels> queued_by_priority{};
+  std::vector<TierStats> tiers;  ///< the default tier first, then in config order
   std::vector<DeploymentStats> deployments;
 };
 

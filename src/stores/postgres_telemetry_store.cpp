@@ -147,7 +147,8 @@ class PostgresTelemetryStore::Session : public std::enable_shared_from_this<Sess
         table_(rows::quoted_table_name(options_.table, "postgres telemetry store")),
         socket_(strand_),
         resolver_(strand_),
-        deadline_(strand_) {
+        deadline_(strand_),
+        pause_(strand_) {
     if (options_.rows_per_statement == 0 || options_.rows_per_statement > 3000)
       throw ConfigError("postgres telemetry store: rows_per_statement must be 1..3000");
   }
@@ -172,16 +173,78 @@ class PostgresTelemetryStore::Session : public std::enable_shared_from_this<Sess
   static asio::awaitable<void> insert_op(std::shared_ptr<Session> self,
                                          std::span<const TelemetryData> batch) {
     std::exception_ptr failure;
+    self->final_sent_ = false;
     try {
       if (!self->healthy()) co_await self->open();  // one reconnect attempt
       co_await self->insert_rows(batch);
     } catch (...) {
       failure = std::current_exception();
     }
-    if (failure) {
-      self->drop();  // whatever broke, the next batch starts on a fresh connection
-      std::rethrow_exception(failure);
+    if (!failure) co_return;
+    self->drop();  // whatever broke, the next batch starts on a fresh connection
+    // The connection broke after the statement that commits the batch was sent: the
+    // server may have committed it. Find out, so that a written batch is not reported
+    // lost (nor, by a retry, written twice).
+    if (self->final_sent_ && !is_cancellation(failure) &&
+        co_await self->committed_after_all(batch.back().request_id)) {
+      self->rows_written_ += batch.size();
+      self->resolved_ += 1;
+      co_return;
     }
+    std::rethrow_exception(failure);
+  }
+
+  static bool is_cancellation(const std::exception_ptr& e) {
+    try {
+      std::rethrow_exception(e);
+    } catch (const boost::system::system_error& se) {
+      return se.code() == asio::error::operation_aborted;
+    } catch (...) {
+    }
+    return false;
+  }
+
+  // (Outside the coroutine: g++ 12 rejects some initializers inside coroutine bodies.)
+  [[nodiscard]] std::string find_row_sql() const {
+    return "SELECT 1 FROM " + table_ + " WHERE request_id = $1 LIMIT 1";
+  }
+  static std::vector<Param> find_row_params(const std::string& request_id) {
+    std::vector<Param> params;
+    params.emplace_back(rows::valid_utf8(request_id, true));
+    return params;
+  }
+  static void log_committed_after_all() {
+    logger()->info(
+        "postgres telemetry store: a batch whose commit was cut off by a lost connection was "
+        "committed after all");
+  }
+
+  /// After a connection that broke while a batch's commit was in flight: reconnects
+  /// (every 200 ms, within `commit_check_timeout`) and looks for the batch's last row.
+  /// True when it is there; false when it is not or the server stays unreachable.
+  asio::awaitable<bool> committed_after_all(const std::string& last_request_id) {
+    const auto deadline = std::chrono::steady_clock::now() + options_.commit_check_timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+      std::optional<bool> found;
+      try {
+        co_await open();
+        std::size_t tuples = 0;
+        co_await query(find_row_sql(), find_row_params(last_request_id), true, &tuples);
+        found = tuples > 0;
+      } catch (const boost::system::system_error& e) {
+        if (e.code() == asio::error::operation_aborted) throw;
+        drop();
+      } catch (const std::exception&) {
+        drop();
+      }
+      if (found) {
+        if (*found) log_committed_after_all();
+        co_return *found;
+      }
+      pause_.expires_after(std::chrono::milliseconds(200));
+      co_await pause_.async_wait(asio::as_tuple(asio::use_awaitable));
+    }
+    co_return false;
   }
 
   static asio::awaitable<void> close_op(std::shared_ptr<Session> self) {
@@ -191,6 +254,7 @@ class PostgresTelemetryStore::Session : public std::enable_shared_from_this<Sess
 
   [[nodiscard]] bool connected() const noexcept { return connected_.load(); }
   [[nodiscard]] std::uint64_t rows_written() const noexcept { return rows_written_.load(); }
+  [[nodiscard]] std::uint64_t batches_resolved() const noexcept { return resolved_.load(); }
 
  private:
   /// True if the connection looks usable. Reading what arrived while idle (libpq's socket
@@ -347,8 +411,8 @@ class PostgresTelemetryStore::Session : public std::enable_shared_from_this<Sess
 
   /// Sends one statement and reads all its results. `guard`: bound it by
   /// statement_timeout + 1 s (false while the connect deadline is armed).
-  asio::awaitable<void> query(const std::string& sql, const std::vector<Param>& params,
-                              bool guard) {
+  asio::awaitable<void> query(const std::string& sql, const std::vector<Param>& params, bool guard,
+                              std::size_t* tuples = nullptr) {
     if (guard && options_.statement_timeout.count() > 0)
       arm(options_.statement_timeout + std::chrono::seconds(1), "statement");
     std::vector<const char*> values;
@@ -376,6 +440,8 @@ class PostgresTelemetryStore::Session : public std::enable_shared_from_this<Sess
         const ExecStatusType st = PQresultStatus(r);
         if (st != PGRES_COMMAND_OK && st != PGRES_TUPLES_OK && error.empty())
           error = trimmed(PQresultErrorMessage(r));
+        if (st == PGRES_TUPLES_OK && tuples != nullptr)
+          *tuples += static_cast<std::size_t>(PQntuples(r));
         PQclear(r);
       }
       if (finished) break;
@@ -391,6 +457,8 @@ class PostgresTelemetryStore::Session : public std::enable_shared_from_this<Sess
     const bool several = batch.size() > per;
     if (several) co_await query("BEGIN", {}, true);
     for (std::size_t start = 0; start < batch.size(); start += per) {
+      // Without BEGIN the last (only) INSERT commits the batch by itself.
+      if (!several) final_sent_ = true;
       const std::size_t n = std::min(per, batch.size() - start);
       std::vector<Param> params;
       params.reserve(n * column_count);
@@ -401,7 +469,10 @@ class PostgresTelemetryStore::Session : public std::enable_shared_from_this<Sess
       }
       co_await query(cached_sql_, params, true);
     }
-    if (several) co_await query("COMMIT", {}, true);
+    if (several) {
+      final_sent_ = true;
+      co_await query("COMMIT", {}, true);
+    }
     rows_written_ += batch.size();
   }
 
@@ -411,6 +482,7 @@ class PostgresTelemetryStore::Session : public std::enable_shared_from_this<Sess
   asio::posix::stream_descriptor socket_;
   asio::ip::tcp::resolver resolver_;
   asio::steady_timer deadline_;
+  asio::steady_timer pause_;  // between the reconnects of committed_after_all
   PGconn* conn_ = nullptr;
   std::uint64_t guard_gen_ = 0;
   bool timed_out_ = false;
@@ -420,6 +492,8 @@ class PostgresTelemetryStore::Session : public std::enable_shared_from_this<Sess
   std::size_t cached_rows_ = 0;
   std::atomic<bool> connected_{false};
   std::atomic<std::uint64_t> rows_written_{0};
+  std::atomic<std::uint64_t> resolved_{0};
+  bool final_sent_ = false;  // this batch's committing statement went out
 };
 
 PostgresTelemetryStore::PostgresTelemetryStore(asio::any_io_executor ex,
@@ -447,6 +521,10 @@ bool PostgresTelemetryStore::is_connected() const noexcept { return session_->co
 
 std::uint64_t PostgresTelemetryStore::rows_written() const noexcept {
   return session_->rows_written();
+}
+
+std::uint64_t PostgresTelemetryStore::batches_committed_despite_errors() const noexcept {
+  return session_->batches_resolved();
 }
 
 }  // namespace llmq

@@ -43,6 +43,16 @@ user_limits:
   time_window_in_seconds: 60
 )";
 
+llmq::gateway::ClientKey client_key(std::string key, std::string user, std::string tier = "",
+                                    std::optional<llmq::Priority> max_priority = std::nullopt) {
+  llmq::gateway::ClientKey k;
+  k.key = std::move(key);
+  k.user = std::move(user);
+  k.tier = std::move(tier);
+  k.max_priority = max_priority;
+  return k;
+}
+
 class FakeUpstream : public llmq::RequestExecutor {
  public:
   explicit FakeUpstream(std::chrono::milliseconds delay = 0ms) : delay_(delay) {}
@@ -469,8 +479,8 @@ TEST_F(GatewayTest, MalformedAndOversizeRequestsAreRefusedAndClosed) {
 
 TEST_F(GatewayTest, ClientKeysAuthenticateAndMayBindUsers) {
   llmq::gateway::GatewayConfig gc;
-  gc.client_keys.push_back({"key-free", ""});
-  gc.client_keys.push_back({"key-dave", "dave"});
+  gc.client_keys.push_back(client_key("key-free", ""));
+  gc.client_keys.push_back(client_key("key-dave", "dave"));
   start(gc);
   EXPECT_EQ(post("/v1/chat/completions", chat("gpt-4o")).status, 401);
   EXPECT_EQ(post("/v1/chat/completions", chat("gpt-4o"), {{"x-user-id", "a"}, {"api-key", "nope"}})
@@ -828,3 +838,91 @@ TEST(GatewayConfig, HardeningKeysAndTheRetryBudget) {
 }
 
 }  // namespace
+
+// ---- multi-tenant keys: tiers through client keys, x-llmq-priority ----------------------
+
+constexpr const char* kTieredConfig = R"(
+azure_open_ai:
+  - api_key: "sk-UPSTREAM-SECRET"
+    api_version: "2024-10-21"
+    azure_endpoint: "http://127.0.0.1:1/"
+    azure_oai_models:
+      - {unique_model_id: "gpt-4o-east", model_name_in_azure: "gpt-4o", deployment_name_in_azure: "east", model_type: "chat", req_per_min: 100000, tokens_per_min: 100000000}
+user_limits:
+  max_num_requests_in_time_window: 2
+  time_window_in_seconds: 60
+user_tiers:
+  partner:
+    max_num_requests_in_time_window: 4
+)";
+
+TEST_F(GatewayTest, ClientKeysPutRequestsInTheirTier) {
+  llmq::gateway::GatewayConfig gc;
+  gc.client_keys.push_back(client_key("key-default", ""));
+  gc.client_keys.push_back(client_key("key-partner", "", "partner"));
+  start(gc, 0ms, kTieredConfig);
+  auto count_ok = [&](const std::string& key, const std::string& user) {
+    int ok = 0;
+    for (int i = 0; i < 6; ++i)
+      ok += post("/v1/chat/completions", chat("gpt-4o"), {{"x-user-id", user}, {"api-key", key}})
+                .status == 200;
+    return ok;
+  };
+  EXPECT_EQ(count_ok("key-default", "u1"), 2);  // user_limits
+  EXPECT_EQ(count_ok("key-partner", "u2"), 4);  // the partner tier's limit
+  const std::string text = get("/metrics").body;
+  EXPECT_NE(text.find("llmq_admitted_by_tier_total{tier=\"partner\"} 4\n"), std::string::npos)
+      << text;
+  EXPECT_NE(text.find("llmq_queue_depth_by_tier{tier=\"\"} 0\n"), std::string::npos);
+  EXPECT_NE(text.find("llmq_queue_depth_by_priority{priority=\"high\"} 0\n"), std::string::npos);
+}
+
+TEST_F(GatewayTest, PriorityHeaderIsCheckedAndBoundedByTheKey) {
+  llmq::gateway::GatewayConfig gc;
+  gc.client_keys.push_back(client_key("key-any", ""));
+  gc.client_keys.push_back(client_key("key-batch", "", "", llmq::Priority::normal));
+  start(gc);
+  auto status = [&](const std::string& key, const std::string& priority) {
+    return post("/v1/chat/completions", chat("gpt-4o"),
+                {{"x-user-id", "p-" + key + priority},
+                 {"api-key", key},
+                 {"x-llmq-priority", priority}})
+        .status;
+  };
+  EXPECT_EQ(status("key-any", "high"), 200);
+  EXPECT_EQ(status("key-any", "low"), 200);
+  EXPECT_EQ(status("key-batch", "normal"), 200);
+  EXPECT_EQ(status("key-batch", "low"), 200);
+  auto raised = post("/v1/chat/completions", chat("gpt-4o"),
+                     {{"x-user-id", "b"}, {"api-key", "key-batch"}, {"x-llmq-priority", "high"}});
+  EXPECT_EQ(raised.status, 403);
+  EXPECT_EQ(raised.j()["error"]["code"], "priority_not_allowed");
+  auto bad = post("/v1/chat/completions", chat("gpt-4o"),
+                  {{"x-user-id", "b"}, {"api-key", "key-any"}, {"x-llmq-priority", "urgent"}});
+  EXPECT_EQ(bad.status, 400);
+  EXPECT_EQ(bad.j()["error"]["code"], "invalid_priority");
+  EXPECT_EQ(bad.j()["error"]["param"], "x-llmq-priority");
+}
+
+TEST(GatewayConfig, ClientKeyTiersAndPriorities) {
+  const std::string base(kTieredConfig);
+  auto s = llmq::gateway::parse_gateway_settings(
+      base + "gateway:\n  client_keys:\n    - {key: k1, tier: partner, max_priority: low}\n");
+  ASSERT_EQ(s.gateway.client_keys.size(), 1u);
+  EXPECT_EQ(s.gateway.client_keys[0].tier, "partner");
+  EXPECT_EQ(s.gateway.client_keys[0].max_priority, llmq::Priority::low);
+  auto error_of = [&](const std::string& keys) {
+    try {
+      (void)llmq::gateway::parse_gateway_settings(base + "gateway:\n  client_keys:\n" + keys);
+    } catch (const llmq::ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  EXPECT_NE(error_of("    - {key: k1, tier: gold}\n")
+                .find("client_keys[0].tier: no user tier named 'gold'"),
+            std::string::npos);
+  EXPECT_NE(error_of("    - {key: k1, max_priority: urgent}\n").find("client_keys[0].max_priority"),
+            std::string::npos);
+  EXPECT_NE(error_of("    - {key: k1, teir: partner}\n").find("unknown key"), std::string::npos);
+}

@@ -148,43 +148,48 @@ check "every error body carries a request id" grep -q '"request_id"' "$work/body
 check "no body names 127.0.0.1:PORT" bash -c "! grep -q '127\.0\.0\.1:[0-9]' '$bodies'"
 
 # 6. Out of file descriptors: a gateway with few of them, flooded with idle connections.
-start_server lowfd bash -c 'ulimit -n 40; exec "$0" "$@"' "$gateway_bin" --config "$work/gateway.yaml"
-lowfd_pid=${pids[-1]}
-lowfd_port=$(cat "$work/lowfd.port")
-lowfd() {  # lowfd MAX_TIME: status of one chat request to the low-descriptor gateway
-  curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' \
-       -H 'x-user-id: hostile' --data-binary "@$(chat west)" --max-time "$1" \
-       "http://127.0.0.1:$lowfd_port/v1/chat/completions" || true
-}
-# Warm up: its upstream connection is pooled before descriptors run out.
-check "the low-descriptor gateway serves" test "$(lowfd 10)" = 200
-# The gateway's CPU ticks (user + system); a gateway that is gone fails the test with its log.
-ticks() {
-  if ! awk '{print $14 + $15}' "/proc/$lowfd_pid/stat" 2>/dev/null; then
-    echo "FAILED: the low-descriptor gateway exited; its log:" >&2
-    cat "$work/lowfd.log" >&2
-    wait "$lowfd_pid" 2>/dev/null || echo "its exit status: $?" >&2
-    exit 1
-  fi
-}
-held=()
-for _ in $(seq 1 80); do
-  exec {fd}<>"/dev/tcp/127.0.0.1/$lowfd_port" || break
-  held+=("$fd")
-done
-before=$(ticks)
-sleep 2
-used=$(( $(ticks) - before ))
-check "no busy accept loop while out of descriptors (${used} ticks in 2 s)" test "$used" -lt 20
-# Idle connections are closed to make room, one per back-off, so this one gets in.
-code=$(lowfd 20)
-check "a client still gets served while descriptors are short ($code)" test "$code" = 200
-for fd in "${held[@]}"; do exec {fd}>&-; done
-code=$(lowfd 10)
-check "served once the connections are gone ($code)" test "$code" = 200
-errors=$(curl -s "http://127.0.0.1:$lowfd_port/metrics" |
-         awk '$1 == "llmq_gateway_accept_errors_total" {print $2}')
-check "accept errors were counted ($errors)" test "${errors:-0}" -ge 1
+if [ -n "${LLMQ_SANITIZED:-}" ]; then
+  # The sanitizers' runtime opens descriptors itself (UBSan's vptr check probes memory
+  # through a pipe): out of descriptors, it reports errors that are not there.
+  echo "skipped: out of file descriptors (a sanitized build; the release build runs it)"
+else
+  start_server lowfd bash -c 'ulimit -n 40; exec "$0" "$@"' "$gateway_bin" --config "$work/gateway.yaml"
+  lowfd_pid=${pids[-1]}
+  lowfd_port=$(cat "$work/lowfd.port")
+  lowfd() {  # lowfd MAX_TIME: status of one chat request to the low-descriptor gateway
+    curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' \
+         -H 'x-user-id: hostile' --data-binary "@$(chat west)" --max-time "$1" \
+         "http://127.0.0.1:$lowfd_port/v1/chat/completions" || true
+  }
+  # Warm up: its upstream connection is pooled before descriptors run out.
+  check "the low-descriptor gateway serves" test "$(lowfd 10)" = 200
+  # The gateway's CPU ticks (user + system); a gateway that is gone fails the test with its log.
+  ticks() {
+    if ! awk '{print $14 + $15}' "/proc/$lowfd_pid/stat" 2>/dev/null; then
+      echo "FAILED: the low-descriptor gateway exited; its log:" >&2
+      cat "$work/lowfd.log" >&2
+      exit 1
+    fi
+  }
+  held=()
+  for _ in $(seq 1 80); do
+    exec {fd}<>"/dev/tcp/127.0.0.1/$lowfd_port" || break
+    held+=("$fd")
+  done
+  before=$(ticks)
+  sleep 2
+  used=$(( $(ticks) - before ))
+  check "no busy accept loop while out of descriptors (${used} ticks in 2 s)" test "$used" -lt 20
+  # Idle connections are closed to make room, one per back-off, so this one gets in.
+  code=$(lowfd 20)
+  check "a client still gets served while descriptors are short ($code)" test "$code" = 200
+  for fd in "${held[@]}"; do exec {fd}>&-; done
+  code=$(lowfd 10)
+  check "served once the connections are gone ($code)" test "$code" = 200
+  errors=$(curl -s "http://127.0.0.1:$lowfd_port/metrics" |
+           awk '$1 == "llmq_gateway_accept_errors_total" {print $2}')
+  check "accept errors were counted ($errors)" test "${errors:-0}" -ge 1
+fi
 
 echo "hostile clients: $failures failed"
 [ "$failures" = 0 ]

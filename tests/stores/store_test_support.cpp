@@ -162,14 +162,17 @@ struct TcpProxy::State {
   std::uint16_t port = 0;
   std::optional<tcp::acceptor> acceptor;
   std::vector<std::weak_ptr<tcp::socket>> sockets;
+  // Per connection and direction: drop what arrives instead of forwarding it.
+  std::vector<std::shared_ptr<bool>> to_server_flags, to_client_flags;
 
   static asio::awaitable<void> pump(std::shared_ptr<tcp::socket> from,
-                                    std::shared_ptr<tcp::socket> to) {
+                                    std::shared_ptr<tcp::socket> to, std::shared_ptr<bool> drop) {
     std::array<char, 8192> buf{};
     for (;;) {
       auto [ec, n] =
           co_await from->async_read_some(asio::buffer(buf), asio::as_tuple(asio::use_awaitable));
       if (ec) break;
+      if (*drop) continue;
       auto [wec, w] = co_await asio::async_write(*to, asio::buffer(buf.data(), n),
                                                  asio::as_tuple(asio::use_awaitable));
       if (wec) break;
@@ -199,8 +202,12 @@ struct TcpProxy::State {
       client->close(ignored);
       co_return;
     }
-    asio::co_spawn(self->io, pump(client, upstream), asio::detached);
-    asio::co_spawn(self->io, pump(upstream, client), asio::detached);
+    auto to_server = std::make_shared<bool>(false);
+    auto to_client = std::make_shared<bool>(false);
+    self->to_server_flags.push_back(to_server);
+    self->to_client_flags.push_back(to_client);
+    asio::co_spawn(self->io, pump(client, upstream, to_server), asio::detached);
+    asio::co_spawn(self->io, pump(upstream, client, to_client), asio::detached);
   }
 
   static asio::awaitable<void> accept_loop(State* self) {
@@ -240,6 +247,8 @@ struct TcpProxy::State {
       }
     }
     sockets.clear();
+    to_server_flags.clear();
+    to_client_flags.clear();
   }
 
   template <class F>
@@ -277,6 +286,15 @@ void TcpProxy::start() {
 
 void TcpProxy::stop() {
   state_->on_thread([s = state_] { s->do_stop(); });
+}
+
+void TcpProxy::drop_on_open_connections(bool to_server, bool to_client) {
+  state_->on_thread([s = state_, to_server, to_client] {
+    for (auto& f : s->to_server_flags) *f = *f || to_server;
+    for (auto& f : s->to_client_flags) *f = *f || to_client;
+    s->to_server_flags.clear();  // connections made from now on forward normally
+    s->to_client_flags.clear();
+  });
 }
 
 // --- Redis -----------------------------------------------------------------------------

@@ -181,6 +181,10 @@ class TcpProxy {
 
   void start();
   void stop();
+  /// The connections open now silently drop what they would forward to the server
+  /// and/or to the client (a server that got a statement but whose answer is lost, or one
+  /// that never got it); connections made later forward normally.
+  void drop_on_open_connections(bool to_server, bool to_client);
   [[nodiscard]] std::uint16_t port() const { return port_; }
 
   struct State;

@@ -343,6 +343,60 @@ TEST_F(PostgresTest, CreatesTypedTableAndInsertsBatches) {
   EXPECT_EQ(rows[2][9], "hi \xEF\xBF\xBD there");  // jsonb cannot hold NUL
 }
 
+/// The http_status() of the llmq::Error `f` throws; 0 when it throws none.
+template <class F>
+int error_status(F&& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.http_status();
+  }
+  return 0;
+}
+
+/// A store connected through `proxy`, statement timeouts short, and its first rows in.
+PostgresTelemetryOptions proxied(const std::string& conninfo, const test::TcpProxy& proxy,
+                                 PostgresTelemetryOptions o) {
+  o.conninfo = conninfo + " host=127.0.0.1 port=" + std::to_string(proxy.port());
+  o.connect_timeout = 1s;
+  o.statement_timeout = 1s;
+  return o;
+}
+
+TEST_F(PostgresTest, ABatchCommittedWhileTheConnectionBrokeCountsAsWrittenOnce) {
+  const std::string port = test::pg_conninfo_value(conninfo_, "port");
+  if (port.empty()) GTEST_SKIP() << "the proxy test needs a port in LLMQ_TEST_PG_CONNINFO";
+  test::TcpProxy proxy(static_cast<std::uint16_t>(std::stoi(port)));
+  PostgresTelemetryStore store(pool_.get_executor(), proxied(conninfo_, proxy, store_options()));
+  test::run(pool_, store.connect());
+  test::run(pool_, store.insert_batch(lvalue(records(0, 5))));
+  // The server gets the INSERT (and commits it); its answer never arrives.
+  proxy.drop_on_open_connections(false, true);
+  test::run(pool_, store.insert_batch(lvalue(records(5, 10))), 15s);  // no error: it was written
+  EXPECT_EQ(store.rows_written(), 10U);
+  EXPECT_EQ(store.batches_committed_despite_errors(), 1U);
+  test::run(pool_, store.close());
+  test::PgConnection pg(conninfo_);
+  EXPECT_EQ(pg.query("SELECT count(*) FROM " + table_).at(0).at(0), "10");
+}
+
+TEST_F(PostgresTest, ABatchTheServerNeverGotIsReportedLost) {
+  const std::string port = test::pg_conninfo_value(conninfo_, "port");
+  if (port.empty()) GTEST_SKIP() << "the proxy test needs a port in LLMQ_TEST_PG_CONNINFO";
+  test::TcpProxy proxy(static_cast<std::uint16_t>(std::stoi(port)));
+  PostgresTelemetryStore store(pool_.get_executor(), proxied(conninfo_, proxy, store_options()));
+  test::run(pool_, store.connect());
+  test::run(pool_, store.insert_batch(lvalue(records(0, 5))));
+  proxy.drop_on_open_connections(true, false);  // the INSERT never reaches the server
+  EXPECT_EQ(
+      error_status([&] { test::run(pool_, store.insert_batch(lvalue(records(5, 10))), 15s); }),
+      503);
+  EXPECT_EQ(store.rows_written(), 5U);
+  EXPECT_EQ(store.batches_committed_despite_errors(), 0U);
+  test::PgConnection pg(conninfo_);
+  EXPECT_EQ(pg.query("SELECT count(*) FROM " + table_).at(0).at(0), "5");
+}
+
 TEST_F(PostgresTest, ReconnectsAfterTheServerGoesAwayAndNothingHangs) {
   const std::string host = test::pg_conninfo_value(conninfo_, "host");
   const std::string port = test::pg_conninfo_value(conninfo_, "port");
@@ -416,14 +470,8 @@ TEST(PostgresTelemetryStore, DeadPortFailsFastAndResolvesHostNamesAsynchronously
   o.connect_timeout = 2s;
   PostgresTelemetryStore store(pool.get_executor(), o);
   const auto t0 = steady::now();
-  bool threw = false;
-  try {
-    test::run(pool, store.insert_batch(lvalue(records(0, 1))), 10s);
-  } catch (const Error& e) {
-    threw = true;
-    EXPECT_EQ(e.http_status(), 503);
-  }
-  EXPECT_TRUE(threw);
+  EXPECT_EQ(error_status([&] { test::run(pool, store.insert_batch(lvalue(records(0, 1))), 10s); }),
+            503);
   EXPECT_LT(steady::now() - t0, 1500ms);
 }
 

@@ -1008,16 +1008,21 @@ TEST(LLMQueueRuntime, DeploymentPriorityFillsTheBestGroupThenSpillsOver) {
   auto echo = std::make_shared<EchoExecutor>();
   Harness h(make_config({paygo, ptu}), {{"chat_completion", echo}});
   std::vector<std::string> served;
+  std::uint64_t spilled_to_paygo = 0;
   h.run([&]() -> awaitable<void> {
     co_await h.queue->initiate();
     for (int i = 0; i < 3; ++i) {
       auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
       served.push_back(r.body["llm"].get<std::string>());
     }
+    auto s = co_await h.queue->stats();
+    for (const auto& d : s.deployments)
+      if (d.unique_model_id == "paygo") spilled_to_paygo = d.spilled;
     co_await h.queue->graceful_shutdown();
   });
   EXPECT_EQ(served, (std::vector<std::string>{"ptu", "paygo", "paygo"}));
   EXPECT_EQ(h.elapsed(), 0ms);  // spilling over never waits for the best group's pacing
+  EXPECT_EQ(spilled_to_paygo, 2u);
 }
 
 TEST(LLMQueueRuntime, TransientFailureIsRetriedOnAnotherDeployment) {
@@ -1738,3 +1743,268 @@ TEST(LLMQueueRuntime, RejectsNullExecutor) {
 }
 
 }  // namespace
+
+// ---- multi-tenant scheduling: policies, priorities, tiers, predictive admission --------
+
+/// Records which user each call served, in order.
+class UserOrderExecutor : public llmq::RequestExecutor {
+ public:
+  awaitable<llmq::Response> process_request(const llmq::Request& req,
+                                            const llmq::ChosenDeployments& chosen,
+                                            llmq::TelemetryData&) override {
+    served.push_back(req.user_id);
+    co_return llmq::Response{echo_body(req, chosen), 200};
+  }
+  std::vector<std::string> served;  // single-threaded tests only
+};
+
+/// `first` for i < split, else `second` (outside the coroutines: see STYLE on g++ 12).
+std::string pick_user(int i, int split, const char* first, const char* second) {
+  return std::string(i < split ? first : second);
+}
+
+std::vector<std::string> tier_test_users() { return {"alice", "bob", "carol"}; }
+
+llmq::RequestOptions with_priority(llmq::Priority p) {
+  llmq::RequestOptions o;
+  o.priority = p;
+  return o;
+}
+
+llmq::RequestOptions in_tier(std::string tier) {
+  llmq::RequestOptions o;
+  o.tier = std::move(tier);
+  return o;
+}
+
+/// Where `user`'s requests were served, 0-based.
+std::vector<std::size_t> places_of(const std::vector<std::string>& served,
+                                   const std::string& user) {
+  std::vector<std::size_t> at;
+  for (std::size_t i = 0; i < served.size(); ++i)
+    if (served[i] == user) at.push_back(i);
+  return at;
+}
+
+/// A heavy user queues 20 requests, then a light user 2, on a deployment that takes one
+/// request a second. Returns the order in which users were served.
+std::vector<std::string> heavy_then_light(llmq::SchedulingPolicy policy) {
+  auto config = make_config({model("slow", llmq::ModelType::chat, 60)});
+  config.scheduler_limits.policy = policy;
+  auto exec = std::make_shared<UserOrderExecutor>();
+  Harness h(std::move(config), {{"chat_completion", exec}});
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    co_await h.run_all(22, [&](int i) -> awaitable<void> {
+      const std::string user = pick_user(i, 20, "heavy", "light");
+      co_await h.queue->execute_request("chat_completion", chat_body(), user);
+    });
+    co_await h.queue->graceful_shutdown();
+  });
+  return exec->served;
+}
+
+TEST(LLMQueueRuntime, FifoServesTheLightUserAfterTheHeavyUsersFlood) {
+  const auto served = heavy_then_light(llmq::SchedulingPolicy::fifo);
+  ASSERT_EQ(served.size(), 22u);
+  EXPECT_EQ(places_of(served, "light"), (std::vector<std::size_t>{20, 21}));
+}
+
+TEST(LLMQueueRuntime, FairPolicyServesTheLightUserBetweenTheHeavyUsersRequests) {
+  const auto served = heavy_then_light(llmq::SchedulingPolicy::fair);
+  ASSERT_EQ(served.size(), 22u);
+  const auto light = places_of(served, "light");
+  ASSERT_EQ(light.size(), 2u);
+  // Deficit round-robin with equal weights: one each per round once both are queued.
+  EXPECT_LE(light[1], 4u) << "light served at " << light[0] << " and " << light[1];
+}
+
+TEST(LLMQueueRuntime, FairSharesFollowTheTiersWeights) {
+  // Two users flood one paced deployment (10 requests a second); gold's weight is 3,
+  // the default tier's 1.
+  auto config = make_config({model("slow", llmq::ModelType::chat, 600)});
+  config.scheduler_limits.policy = llmq::SchedulingPolicy::fair;
+  llmq::UserTier gold;
+  gold.name = "gold";
+  gold.users = {"g"};
+  gold.weight = 3;
+  config.user_tiers.push_back(gold);
+  auto exec = std::make_shared<UserOrderExecutor>();
+  Harness h(std::move(config), {{"chat_completion", exec}});
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    co_await h.run_all(80, [&](int i) -> awaitable<void> {
+      const std::string user = pick_user(i % 2, 1, "g", "b");
+      co_await h.queue->execute_request("chat_completion", chat_body(), user);
+    });
+    co_await h.queue->graceful_shutdown();
+  });
+  ASSERT_EQ(exec->served.size(), 80u);
+  // While both have requests queued (the first 40 dispatches: gold's 40 last longer at
+  // 3:1), the dispatches split 30:10, within 5 %.
+  const std::vector<std::string> first(exec->served.begin(), exec->served.begin() + 40);
+  const auto gold_share = static_cast<double>(places_of(first, "g").size()) / 40.0;
+  EXPECT_NEAR(gold_share, 0.75, 0.05);
+}
+
+TEST(LLMQueueRuntime, HighPriorityOvertakesALowPriorityFlood) {
+  auto exec = std::make_shared<UserOrderExecutor>();
+  Harness h(make_config({model("slow", llmq::ModelType::chat, 60)}), {{"chat_completion", exec}});
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    co_await h.run_all(11, [&](int i) -> awaitable<void> {
+      if (i < 10) {
+        co_await h.queue->execute_request("chat_completion", chat_body(), "batch", {},
+                                          with_priority(llmq::Priority::low));
+      } else {
+        co_await h.queue->execute_request("chat_completion", chat_body(), "ui", {},
+                                          with_priority(llmq::Priority::high));
+      }
+    });
+    co_await h.queue->graceful_shutdown();
+  });
+  ASSERT_EQ(exec->served.size(), 11u);
+  // The first low one may already run when the high one arrives; none other goes first.
+  EXPECT_LE(places_of(exec->served, "ui").at(0), 1u);
+}
+
+TEST(LLMQueueRuntime, TiersSetTheUserLimitByUserListOrByName) {
+  auto config = make_config({model("chat-a", llmq::ModelType::chat)});
+  config.user_limits.max_num_requests_in_time_window = 2;
+  llmq::UserTier gold;
+  gold.name = "gold";
+  gold.users = {"alice"};
+  gold.max_num_requests_in_time_window = 5;
+  config.user_tiers.push_back(gold);
+  Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}});
+  std::map<std::string, int> admitted;
+  std::optional<llmq::InvalidRequestError> unknown;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    for (const std::string& user : tier_test_users()) {
+      for (int i = 0; i < 7; ++i) {
+        try {
+          if (user == "carol")
+            co_await h.queue->execute_request("chat_completion", chat_body(), user, {},
+                                              in_tier("gold"));
+          else
+            co_await h.queue->execute_request("chat_completion", chat_body(), user);
+          ++admitted[user];
+        } catch (const llmq::UserRateLimitExceededError&) {
+        }
+      }
+    }
+    unknown = co_await catch_error<llmq::InvalidRequestError>([&]() -> awaitable<void> {
+      co_await h.queue->execute_request("chat_completion", chat_body(), "dave", {},
+                                        in_tier("platinum"));
+    });
+    auto s = co_await h.queue->stats();
+    EXPECT_EQ(s.tiers.size(), 2u);
+    EXPECT_EQ(s.tiers.at(0).admitted, 2u);  // bob, in the default tier
+    EXPECT_EQ(s.tiers.at(1).name, "gold");
+    EXPECT_EQ(s.tiers.at(1).admitted, 10u);  // alice and carol
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(admitted["alice"], 5);
+  EXPECT_EQ(admitted["bob"], 2);
+  EXPECT_EQ(admitted["carol"], 5);
+  ASSERT_TRUE(unknown.has_value());
+  EXPECT_EQ(unknown->code(), llmq::errc::invalid_request);
+  EXPECT_NE(std::string(unknown->what()).find("platinum"), std::string::npos);
+}
+
+TEST(LLMQueueRuntime, MaxQueuedPerUserRefusesThatUserAlone) {
+  auto config = make_config({model("slow", llmq::ModelType::chat, 1)});
+  config.scheduler_limits.max_queued_per_user = 2;
+  config.scheduler_limits.request_timeout = 5s;
+  Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}});
+  int flood_full = 0, other_ok = 0, other_timeouts = 0;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    co_await h.queue->execute_request("chat_completion", chat_body(), "first");  // uses the 1 RPM
+    co_await h.run_all(6, [&](int i) -> awaitable<void> {
+      const std::string user = pick_user(i, 5, "flood", "other");
+      try {
+        co_await h.queue->execute_request("chat_completion", chat_body(), user);
+        other_ok += user == "other";
+      } catch (const llmq::SchedulerQueueFullError& e) {
+        flood_full += user == "flood" && e.code() == llmq::errc::queue_full;
+      } catch (const llmq::QueueTimeoutError&) {
+        other_timeouts += user == "other";
+      }
+    });
+    auto s = co_await h.queue->stats();
+    EXPECT_EQ(s.rejected_user_queue_full, 3u);
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(flood_full, 3);      // 2 of the flood's 5 wait; 3 are refused
+  EXPECT_EQ(other_timeouts, 1);  // the other user was admitted (and timed out waiting)
+  EXPECT_EQ(other_ok, 0);
+}
+
+TEST(LLMQueueRuntime, QueuedByPriorityAndTierAreInStats) {
+  auto config = make_config({model("slow", llmq::ModelType::chat, 1)});
+  config.scheduler_limits.request_timeout = 10s;
+  Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}});
+  llmq::QueueStats during;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    co_await h.queue->execute_request("chat_completion", chat_body(), "u");  // uses the 1 RPM
+    co_await h.run_all(4, [&](int i) -> awaitable<void> {
+      if (i == 3) {
+        co_await sleep_for(h.clock, 1s);
+        during = co_await h.queue->stats();
+        co_return;
+      }
+      const auto p = i == 0 ? llmq::Priority::high : llmq::Priority::low;
+      try {
+        co_await h.queue->execute_request("chat_completion", chat_body(), "u", {},
+                                          with_priority(p));
+      } catch (const llmq::QueueTimeoutError&) {
+      }
+    });
+    auto after = co_await h.queue->stats();
+    EXPECT_EQ(after.queued_by_priority, (std::array<std::size_t, 3>{0, 0, 0}));
+    EXPECT_EQ(after.tiers.at(0).queued, 0u);
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(during.queued_by_priority, (std::array<std::size_t, 3>{1, 0, 2}));
+  ASSERT_EQ(during.tiers.size(), 1u);
+  EXPECT_EQ(during.tiers[0].queued, 3u);
+}
+
+TEST(LLMQueueRuntime, PredictiveAdmissionRefusesAtOnceWhatWouldTimeOut) {
+  // One request a second; 60 queued at once with a 30 s timeout. Once the dispatch rate is
+  // measured, a newcomer with ~50 ahead of it is refused at once, told when to come back.
+  auto config = make_config({model("slow", llmq::ModelType::chat, 60)});
+  config.scheduler_limits.request_timeout = 30s;
+  config.scheduler_limits.predictive_admission = true;
+  config.scheduler_limits.max_queue_size = 100;
+  Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}});
+  std::optional<llmq::SchedulerQueueFullError> refused;
+  steady::duration refused_at{};
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    co_await h.run_all(61, [&](int i) -> awaitable<void> {
+      if (i == 60) {
+        co_await sleep_for(h.clock, 10s);
+        refused = co_await catch_error<llmq::SchedulerQueueFullError>([&]() -> awaitable<void> {
+          co_await h.queue->execute_request("chat_completion", chat_body(), "late");
+        });
+        refused_at = h.elapsed();
+        co_return;
+      }
+      try {
+        co_await h.queue->execute_request("chat_completion", chat_body(), "u" + std::to_string(i));
+      } catch (const llmq::QueueTimeoutError&) {
+      }
+    });
+    auto s = co_await h.queue->stats();
+    EXPECT_EQ(s.rejected_predicted, 1u);
+    co_await h.queue->graceful_shutdown();
+  });
+  ASSERT_TRUE(refused.has_value());
+  EXPECT_EQ(refused_at, 10s);  // at once, not after waiting 30 s
+  ASSERT_TRUE(refused->retry_after_hint().has_value());
+  EXPECT_GT(*refused->retry_after_hint(), 30s);
+}
