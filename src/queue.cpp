@@ -4,6 +4,7 @@
 // the thin loop that feeds it events and performs its actions.
 
 #include <llmq/detail/request_lifecycle.hpp>
+#include <llmq/detail/string_hash.hpp>
 #include <llmq/errors.hpp>
 #include <llmq/fair_scheduler.hpp>
 #include <llmq/fifo_scheduler.hpp>
@@ -27,6 +28,7 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/system/system_error.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cassert>
 #include <deque>
@@ -1002,12 +1004,21 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     e.in_scheduler = true;
     ++tier_counts_[e.tier_index].queued;
     ++priority_counts_[static_cast<std::size_t>(e.priority)];
+    if (options_.stats_top_users > 0) {
+      auto it = user_queued_.find(std::string_view(e.request.user_id));
+      if (it == user_queued_.end()) it = user_queued_.emplace(e.request.user_id, 0).first;
+      ++it->second;
+    }
   }
   void unscheduled(Entry& e) {
     if (!e.in_scheduler) return;
     e.in_scheduler = false;
     --tier_counts_[e.tier_index].queued;
     --priority_counts_[static_cast<std::size_t>(e.priority)];
+    if (options_.stats_top_users > 0) {
+      auto it = user_queued_.find(std::string_view(e.request.user_id));
+      if (it != user_queued_.end() && --it->second == 0) user_queued_.erase(it);
+    }
   }
 
   DispatchRateEstimator& class_rate(std::uint32_t cls) {
@@ -1467,6 +1478,16 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     s.rejected_predicted = rejected_predicted_.load();
     s.rejected_user_queue_full = rejected_user_queue_full_.load();
     s.queued_by_priority = priority_counts_;
+    if (options_.stats_top_users > 0) {
+      s.users.reserve(user_queued_.size());
+      for (const auto& [user, n] : user_queued_) s.users.push_back(UserQueueStats{user, n});
+      const std::size_t top = std::min(options_.stats_top_users, s.users.size());
+      std::partial_sort(s.users.begin(), s.users.begin() + static_cast<std::ptrdiff_t>(top),
+                        s.users.end(), [](const UserQueueStats& a, const UserQueueStats& b) {
+                          return a.queued != b.queued ? a.queued > b.queued : a.user < b.user;
+                        });
+      s.users.resize(top);
+    }
     s.tiers.reserve(tier_counts_.size());
     for (std::size_t i = 0; i < tier_counts_.size(); ++i)
       s.tiers.push_back(
@@ -1528,6 +1549,8 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   };
   std::vector<TierCounts> tier_counts_;
   std::array<std::size_t, kPriorityLevels> priority_counts_{};
+  // Requests waiting per user (only with QueueOptions::stats_top_users).
+  std::unordered_map<std::string, std::size_t, StringHash, std::equal_to<>> user_queued_;
   ClockTimer poll_timer_;
   ClockTimer idle_timer_;
   ClockTimer done_signal_{strand_, nullptr};  // a signal: never expires, only cancelled

@@ -187,7 +187,8 @@ QueueOptions queue_options(const GatewayConfig& config) {
   o.retry_budget =
       std::max<milliseconds>(o.retry_budget, config.upstream_timeout + std::chrono::seconds(30));
   o.execution_timeout = config.upstream_timeout + std::chrono::seconds(10);
-  o.max_json_depth = 0;  // bodies are parsed with gateway.max_json_depth already
+  o.max_json_depth = 0;                  // bodies are parsed with gateway.max_json_depth already
+  o.stats_top_users = kMetricsTopUsers;  // llmq_queue_depth_by_user
   return o;
 }
 

@@ -29,6 +29,10 @@ struct ClientKey {
 /// The priority named by `text` ("high", "normal", "low"), or nullopt.
 [[nodiscard]] std::optional<Priority> parse_priority(std::string_view text);
 
+/// How many users /metrics shows by queue depth (those with the most requests waiting),
+/// so the label set stays bounded however many users there are.
+inline constexpr std::size_t kMetricsTopUsers = 10;
+
 struct GatewayConfig {
   std::string listen_address = "127.0.0.1";
   unsigned short port = 8080;

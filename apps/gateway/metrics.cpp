@@ -139,6 +139,11 @@ std::string Metrics::render(const QueueStats& s) const {
   for (const TierStats& t : s.tiers)
     sample(out, "llmq_queue_depth_by_tier", "tier=\"" + label(t.name) + "\"",
            static_cast<double>(t.queued));
+  header(out, "llmq_queue_depth_by_user", "gauge",
+         "Requests waiting in the queue, for the users with the most waiting (at most 10).");
+  for (const UserQueueStats& u : s.users)
+    sample(out, "llmq_queue_depth_by_user", "user=\"" + label(u.user) + "\"",
+           static_cast<double>(u.queued));
   header(out, "llmq_admitted_by_tier_total", "counter", "Requests admitted, by user tier.");
   for (const TierStats& t : s.tiers)
     sample(out, "llmq_admitted_by_tier_total", "tier=\"" + label(t.name) + "\"",

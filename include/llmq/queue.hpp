@@ -94,6 +94,10 @@ struct QueueOptions {
   /// store's last writes and for the stores to close. Records not written by then are
   /// counted in QueueStats::telemetry_dropped. Default 5 s.
   std::chrono::milliseconds shutdown_flush_timeout{std::chrono::seconds(5)};
+  /// How many users QueueStats::users lists (those with the most requests waiting). 0
+  /// (default): none, and the queue keeps no per-user count (one hash lookup per push
+  /// and per dispatch otherwise).
+  std::size_t stats_top_users = 0;
   /// Where the queue reads the time and waits (deadlines, timeouts, backoffs, pacing,
   /// telemetry intervals, the shutdown deadline). Null (default): the steady clock. Tests
   /// pass a ManualClock to run all of these in virtual time.
@@ -113,6 +117,12 @@ struct RequestOptions {
   /// `users` list holds the user id, else the default tier. An unknown name is refused
   /// with errc::invalid_request.
   std::string tier;
+};
+
+/// One user in a stats snapshot.
+struct UserQueueStats {
+  std::string user;
+  std::size_t queued = 0;  ///< its requests waiting in the scheduler
 };
 
 /// One tier in a stats snapshot.
@@ -162,6 +172,8 @@ struct QueueStats {
   /// Requests waiting in the scheduler by the priority they were given (high, normal, low).
   std::array<std::size_t, kPriorityLevels> queued_by_priority{};
   std::vector<TierStats> tiers;  ///< the default tier first, then in config order
+  /// The QueueOptions::stats_top_users users with the most requests waiting, most first.
+  std::vector<UserQueueStats> users;
   std::vector<DeploymentStats> deployments;
 };
 

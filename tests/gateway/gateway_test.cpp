@@ -875,6 +875,9 @@ TEST_F(GatewayTest, ClientKeysPutRequestsInTheirTier) {
       << text;
   EXPECT_NE(text.find("llmq_queue_depth_by_tier{tier=\"\"} 0\n"), std::string::npos);
   EXPECT_NE(text.find("llmq_queue_depth_by_priority{priority=\"high\"} 0\n"), std::string::npos);
+  EXPECT_NE(text.find("# TYPE llmq_queue_depth_by_user gauge\n"), std::string::npos);
+  EXPECT_NE(text.find("llmq_deployment_spilled_total{deployment=\"gpt-4o-east\"} 0\n"),
+            std::string::npos);
 }
 
 TEST_F(GatewayTest, PriorityHeaderIsCheckedAndBoundedByTheKey) {

@@ -304,7 +304,10 @@ TEST(HttpClient, WaitingForAFreeConnectionIsBoundedByRequestTimeout) {
     EXPECT_EQ(a->error_status, 504);
     EXPECT_LT(a->elapsed, 3s);
   }
-  EXPECT_EQ(server.accepted(), 1u);  // the waiter never opened a second connection
+  // Never two connections at once. (The waiter may open one after the first request's
+  // timeout frees the slot, if its own timeout has not fired yet: a loaded machine.)
+  EXPECT_EQ(server.max_open(), 1u);
+  EXPECT_LE(server.accepted(), 2u);
 }
 
 TEST(HttpClient, ServerClosingBetweenRequestsIsTransparent) {

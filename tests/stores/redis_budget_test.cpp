@@ -476,9 +476,10 @@ TEST_F(RedisBudgetTest, TwoQueuesShareOneDeploymentsPacing) {
     admitted.emplace_back(std::chrono::microseconds(std::stoll(log_entries.elements[i].str)));
   EXPECT_LE(busiest_window(admitted, 1s), 10U);
   // At the executors: admission happened on Redis's clock and dispatch a little later in
-  // two processes, so batches 1 s apart can land a fraction of a millisecond closer.
-  // Allow 100 ms of jitter (without the shared store, 20 land within a few ms).
-  EXPECT_LE(busiest_window(times, 900ms), 10U)
+  // two processes, so batches 1 s apart can land closer (by over 100 ms on a loaded
+  // machine under ASan). Allow 500 ms of jitter: without the shared store, 20 land
+  // within a few ms.
+  EXPECT_LE(busiest_window(times, 500ms), 10U)
       << "busiest 1 s window held " << busiest_window(times, 1s) << " dispatches";
   EXPECT_GE(took, 6s) << "80 dispatches at 10 per second cannot finish sooner";
 

@@ -1763,6 +1763,9 @@ std::string pick_user(int i, int split, const char* first, const char* second) {
   return std::string(i < split ? first : second);
 }
 
+/// "a" for 0..2, "b" for 3..4, "c" after.
+std::string abc_user(int i) { return std::string(i < 3 ? "a" : i < 5 ? "b" : "c"); }
+
 std::vector<std::string> tier_test_users() { return {"alice", "bob", "carol"}; }
 
 llmq::RequestOptions with_priority(llmq::Priority p) {
@@ -1971,6 +1974,41 @@ TEST(LLMQueueRuntime, QueuedByPriorityAndTierAreInStats) {
   EXPECT_EQ(during.queued_by_priority, (std::array<std::size_t, 3>{1, 0, 2}));
   ASSERT_EQ(during.tiers.size(), 1u);
   EXPECT_EQ(during.tiers[0].queued, 3u);
+}
+
+TEST(LLMQueueRuntime, StatsListTheUsersWithTheMostRequestsWaiting) {
+  auto config = make_config({model("slow", llmq::ModelType::chat, 1)});
+  config.scheduler_limits.request_timeout = 10s;
+  llmq::QueueOptions options;
+  options.stats_top_users = 2;
+  Harness h(std::move(config), {{"chat_completion", std::make_shared<EchoExecutor>()}},
+            std::move(options));
+  llmq::QueueStats during, after;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    co_await h.queue->execute_request("chat_completion", chat_body(), "first");  // the 1 RPM
+    co_await h.run_all(7, [&](int i) -> awaitable<void> {
+      if (i == 6) {
+        co_await sleep_for(h.clock, 1s);
+        during = co_await h.queue->stats();
+        co_return;
+      }
+      // a: 3 waiting, b: 2, c: 1
+      const std::string user = abc_user(i);
+      try {
+        co_await h.queue->execute_request("chat_completion", chat_body(), user);
+      } catch (const llmq::QueueTimeoutError&) {
+      }
+    });
+    after = co_await h.queue->stats();
+    co_await h.queue->graceful_shutdown();
+  });
+  ASSERT_EQ(during.users.size(), 2u);
+  EXPECT_EQ(during.users[0].user, "a");
+  EXPECT_EQ(during.users[0].queued, 3u);
+  EXPECT_EQ(during.users[1].user, "b");
+  EXPECT_EQ(during.users[1].queued, 2u);
+  EXPECT_TRUE(after.users.empty());
 }
 
 TEST(LLMQueueRuntime, PredictiveAdmissionRefusesAtOnceWhatWouldTimeOut) {
