@@ -34,8 +34,11 @@ struct PostgresTelemetryOptions {
   std::chrono::milliseconds statement_timeout{std::chrono::seconds(10)};
   /// When the connection breaks after a batch's commit was sent, how long to keep trying
   /// to reconnect and look whether the batch was committed after all (then it counts as
-  /// written, not lost). 0: do not look; the batch is reported failed.
-  std::chrono::milliseconds commit_check_timeout{std::chrono::seconds(5)};
+  /// written, not lost). Long enough for a server restart: meanwhile new records wait in
+  /// the queue's telemetry buffer (those past its capacity are counted as dropped, as
+  /// they would fail against a server that is down). 0: do not look; the batch is
+  /// reported failed.
+  std::chrono::milliseconds commit_check_timeout{std::chrono::seconds(30)};
   /// Run `CREATE TABLE IF NOT EXISTS` after connecting. Default true.
   bool create_table = true;
   /// Rows per INSERT statement; a larger batch is split into several statements inside
