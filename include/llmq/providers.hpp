@@ -25,7 +25,8 @@
 /// or a caller that gave up) cancels the HTTP request; the awaitable then throws
 /// `boost::system::system_error(operation_aborted)` and reports no outcome.
 ///
-/// Composing a RAG executor from the calls:
+/// Composing a RAG executor from the calls (examples/rag_pipeline.cpp is a complete one,
+/// run as a test against llmq-mock-azure):
 /// @code
 /// class RagExecutor : public llmq::RequestExecutor {
 ///  public:
@@ -34,15 +35,17 @@
 ///       const llmq::Request& req, const llmq::ChosenDeployments& chosen,
 ///       llmq::TelemetryData& telemetry) override {
 ///     llmq::Response emb = co_await llmq::call_embeddings(
-///         *client_, *chosen.embedding, make_embedding_body(req.body), telemetry);
+///         *client_, *chosen.embedding, embedding_body(req.body), telemetry);
 ///     if (emb.status != 200) co_return emb;
 ///     co_return co_await llmq::call_chat(*client_, *chosen.llm,
-///                                        make_chat_body(req.body, emb.body), telemetry);
+///                                        chat_body(req.body, emb.body), telemetry);
 ///   }
 ///  private:
 ///   std::shared_ptr<llmq::HttpClient> client_;
 /// };
 /// @endcode
+/// where embedding_body and chat_body are the application's own (the example's pick the
+/// passage closest to the question).
 
 #include <llmq/config.hpp>
 #include <llmq/executor.hpp>
@@ -180,7 +183,17 @@ class ChatStreamAssembler {
                                                          const Deployment& deployment,
                                                          nlohmann::json body,
                                                          TelemetryData& telemetry,
-                                                         ProviderOptions options = {});
+                                                         ProviderOptions options);
+
+/// call_chat with the default ProviderOptions. (An overload, not a default argument:
+/// g++ 12 copies a defaulted class-type argument of a coroutine bytewise, which frees
+/// its strings twice.)
+[[nodiscard]] inline boost::asio::awaitable<Response> call_chat(HttpClient& client,
+                                                                const Deployment& deployment,
+                                                                nlohmann::json body,
+                                                                TelemetryData& telemetry) {
+  return call_chat(client, deployment, std::move(body), telemetry, ProviderOptions{});
+}
 
 /// Makes one embeddings call to `deployment`. Records `telemetry.embedding_outcome` and
 /// adds `usage.prompt_tokens` (else `usage.total_tokens`) to `telemetry.embedding_tokens`.
@@ -189,7 +202,15 @@ class ChatStreamAssembler {
                                                                const Deployment& deployment,
                                                                nlohmann::json body,
                                                                TelemetryData& telemetry,
-                                                               ProviderOptions options = {});
+                                                               ProviderOptions options);
+
+/// call_embeddings with the default ProviderOptions (an overload: see call_chat).
+[[nodiscard]] inline boost::asio::awaitable<Response> call_embeddings(HttpClient& client,
+                                                                      const Deployment& deployment,
+                                                                      nlohmann::json body,
+                                                                      TelemetryData& telemetry) {
+  return call_embeddings(client, deployment, std::move(body), telemetry, ProviderOptions{});
+}
 
 /// The shared implementation of the executors below: sends the request body to the
 /// deployment chosen for `op` (`chosen.llm` for chat, `chosen.embedding` for embeddings)
