@@ -929,3 +929,39 @@ TEST(GatewayConfig, ClientKeyTiersAndPriorities) {
             std::string::npos);
   EXPECT_NE(error_of("    - {key: k1, teir: partner}\n").find("unknown key"), std::string::npos);
 }
+
+constexpr const char* kCappedConfig = R"(
+azure_open_ai:
+  - api_key: "sk-UPSTREAM-SECRET"
+    api_version: "2024-10-21"
+    azure_endpoint: "http://127.0.0.1:1/"
+    azure_oai_models:
+      - {unique_model_id: "gpt-4o-east", model_name_in_azure: "gpt-4o", deployment_name_in_azure: "east", model_type: "chat", req_per_min: 1, tokens_per_min: 100000000}
+scheduler_limits:
+  request_timeout_seconds: 1
+  max_queued_per_user: 1
+)";
+
+TEST_F(GatewayTest, MaxQueuedPerUserRefusesThatUsersNextRequestWith503) {
+  start({}, 0ms, kCappedConfig);
+  // The deployment takes one request a minute: the first runs, the second waits.
+  ASSERT_EQ(post("/v1/chat/completions", chat("gpt-4o"), {{"x-user-id", "u"}}).status, 200);
+  auto waiting = connect();
+  http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+  req.set(http::field::host, "127.0.0.1");
+  req.set(http::field::content_type, "application/json");
+  req.set("x-user-id", "u");
+  req.body() = chat("gpt-4o").dump();
+  req.prepare_payload();
+  http::write(waiting, req);
+  ASSERT_TRUE(wait_metric("llmq_queue_depth", 1));
+  // The same user's next one is over its cap: refused at once; another user still queues.
+  auto over = post("/v1/chat/completions", chat("gpt-4o"), {{"x-user-id", "u"}});
+  EXPECT_EQ(over.status, 503);
+  EXPECT_EQ(over.j()["error"]["code"], "queue_full");
+  EXPECT_NE(over.j()["error"]["message"].get<std::string>().find("max_queued_per_user"),
+            std::string::npos);
+  EXPECT_EQ(post("/v1/chat/completions", chat("gpt-4o"), {{"x-user-id", "v"}}).status, 504);
+  EXPECT_EQ(read_reply(waiting).status, 504);  // its request timeout (1 s) passed
+  EXPECT_EQ(metric("llmq_rejected_total{reason=\"user_queue_full\"}"), 1);
+}
