@@ -418,6 +418,32 @@ void redis_killed_and_restarted(RateLimitFailurePolicy policy) {
   EXPECT_LT(p.shutdown(), 5s);
 }
 
+TEST_F(QueueStoreRedis, TierLimitsApplyThroughRedis) {
+  // The default tier allows 2 requests per window; the gold tier 5. The queue hands each
+  // user's tier limit to the Redis store, which enforces it.
+  LLMConfig config = queue_config(2);
+  UserTier gold;
+  gold.name = "gold";
+  gold.users = {"gold-user"};
+  gold.max_num_requests_in_time_window = 5;
+  config.user_tiers.push_back(gold);
+  QueueProcess q;
+  auto store =
+      std::make_shared<RedisUserRateLimitStore>(q.executor(), shared_store_options(port_, prefix_));
+  QueueOptions o = fast_flush_options();
+  o.user_rate_limit_store = store;
+  q.start(config, chat_executors(std::make_shared<EchoIdExecutor>()), o);
+  std::map<std::string, int> admitted;
+  for (const std::string user : {"plain-user", "gold-user"}) {
+    std::vector<std::future<Outcome>> futures;
+    for (int i = 0; i < 8; ++i) futures.push_back(q.fire("chat", user));
+    for (const Outcome& out : collect(futures, 30s))
+      admitted[user] += out.kind == Outcome::Kind::answered && out.status == 200;
+  }
+  EXPECT_EQ(admitted["plain-user"], 2);
+  EXPECT_EQ(admitted["gold-user"], 5);
+}
+
 TEST(QueueStoreRedisOutage, FailClosedRefusesWith503QuicklyWhileDownAndAdmitsAfterRestart) {
   if (!test::RedisProcess::available()) LLMQ_SKIP_OR_FAIL("redis-server is not installed");
   redis_killed_and_restarted(RateLimitFailurePolicy::fail_closed);
