@@ -965,3 +965,38 @@ TEST_F(GatewayTest, MaxQueuedPerUserRefusesThatUsersNextRequestWith503) {
   EXPECT_EQ(read_reply(waiting).status, 504);  // its request timeout (1 s) passed
   EXPECT_EQ(metric("llmq_rejected_total{reason=\"user_queue_full\"}"), 1);
 }
+
+constexpr const char* kFairConfig = R"(
+azure_open_ai:
+  - api_key: "sk-UPSTREAM-SECRET"
+    api_version: "2024-10-21"
+    azure_endpoint: "http://127.0.0.1:1/"
+    azure_oai_models:
+      - {unique_model_id: "gpt-4o-east", model_name_in_azure: "gpt-4o", deployment_name_in_azure: "east", model_type: "chat", req_per_min: 600, tokens_per_min: 100000000}
+user_limits:
+  max_num_requests_in_time_window: 1000
+scheduler_limits:
+  policy: fair
+)";
+
+TEST_F(GatewayTest, FairPolicyServesALightUserBeforeAHeavyUsersBacklog) {
+  start({}, 0ms, kFairConfig);
+  // 40 requests of one user on a deployment that takes 10 a second: 30 wait.
+  std::vector<tcp::socket> heavy;
+  for (int i = 0; i < 40; ++i) {
+    heavy.push_back(connect(10s));
+    http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+    req.set(http::field::host, "127.0.0.1");
+    req.set(http::field::content_type, "application/json");
+    req.set("x-user-id", "heavy");
+    req.body() = chat("gpt-4o").dump();
+    req.prepare_payload();
+    http::write(heavy.back(), req);
+  }
+  ASSERT_TRUE(wait_metric("llmq_queue_depth", 30));
+  // The light user's request is served in the next round, not after the backlog (under
+  // fifo it would be the 41st).
+  ASSERT_EQ(post("/v1/chat/completions", chat("gpt-4o"), {{"x-user-id", "light"}}).status, 200);
+  EXPECT_LT(upstream_->calls.load(), 25) << "the light request waited for the heavy backlog";
+  for (auto& s : heavy) EXPECT_EQ(read_reply(s).status, 200);
+}
