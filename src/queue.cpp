@@ -920,6 +920,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     if (t.completed_at == WallTime{}) t.completed_at = wall_at(at);
     if (e.first_dispatch) t.execution_time = duration_cast<microseconds>(at - *e.first_dispatch);
     telemetry_->record(std::move(e.telemetry));
+    records_.fetch_add(1, std::memory_order_relaxed);
     if (!on_strand) return;
     if (!scheduler_->empty()) wake();
     notify_idle();
@@ -1475,6 +1476,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     s.telemetry_failed = telemetry_->failed();
     s.budget_refusals = budget_refusals_.load();
     s.budget_store_errors = budget_store_errors_.load();
+    s.telemetry_records = records_.load();
     s.rejected_predicted = rejected_predicted_.load();
     s.rejected_user_queue_full = rejected_user_queue_full_.load();
     s.queued_by_priority = priority_counts_;
@@ -1536,7 +1538,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   std::atomic<std::uint64_t> admitted_{0}, completed_{0}, rejected_user_limit_{0},
       rejected_queue_full_{0}, rejected_invalid_{0}, rejected_closed_{0}, rejected_store_{0},
       timed_out_{0}, cancelled_{0}, execution_timeouts_{0}, budget_refusals_{0},
-      budget_store_errors_{0}, rejected_predicted_{0}, rejected_user_queue_full_{0};
+      budget_store_errors_{0}, rejected_predicted_{0}, rejected_user_queue_full_{0}, records_{0};
   const UserTierTable tiers_;  // immutable: read on any thread
 
   // Strand only:

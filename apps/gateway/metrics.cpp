@@ -168,6 +168,9 @@ std::string Metrics::render(const QueueStats& s) const {
   sample(out, "llmq_rejected_total", "reason=\"invalid\"", static_cast<double>(s.rejected_invalid));
   sample(out, "llmq_rejected_total", "reason=\"queue_timeout\"", static_cast<double>(s.timed_out));
   sample(out, "llmq_rejected_total", "reason=\"cancelled\"", static_cast<double>(s.cancelled));
+  header(out, "llmq_telemetry_records_total", "counter",
+         "Requests that ended, each with its telemetry record (admitted or not).");
+  sample(out, "llmq_telemetry_records_total", "", static_cast<double>(s.telemetry_records));
   header(out, "llmq_telemetry_dropped_total", "counter",
          "Telemetry records dropped (buffer full).");
   sample(out, "llmq_telemetry_dropped_total", "", static_cast<double>(s.telemetry_dropped));

@@ -161,6 +161,9 @@ struct QueueStats {
   std::uint64_t timed_out = 0;            ///< QueueTimeoutError
   std::uint64_t cancelled = 0;            ///< callers that gave up
   std::uint64_t execution_timeouts = 0;   ///< executors stopped by execution_timeout
+  /// Requests that ended, each with its one telemetry record (admitted or not, cancelled
+  /// ones included): the rows a store holds are telemetry_records - dropped - failed.
+  std::uint64_t telemetry_records = 0;
   std::uint64_t telemetry_dropped = 0;    ///< records not buffered (buffer full)
   std::uint64_t telemetry_failed = 0;     ///< records the store failed to write
   std::uint64_t budget_refusals = 0;      ///< grants the shared budget store refused

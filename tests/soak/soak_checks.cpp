@@ -415,15 +415,23 @@ std::vector<std::string> check(const Tally& t, const Observed& o) {
                   count(most) + " requests the clients left");
   }
 
-  // PostgreSQL: one row per request the queue saw, minus the records it counted as lost.
+  // PostgreSQL: one row per request that ended in the queue, minus the records it counted
+  // as lost. The requests that ended are those it saw (admitted or refused) plus those
+  // cancelled before admission (a client that left while the user limit was being
+  // decided, e.g. with Redis paused): llmq_telemetry_records_total counts them all.
   const double lost = telemetry_lost(o.metrics);
+  const double records = o.metrics.get("llmq_telemetry_records_total").value_or(seen);
+  if (records < seen)
+    v.push_back("the queue counted " + count(records) + " records for the " + count(seen) +
+                " requests it saw");
   if (!o.pg_rows) {
     v.push_back("the telemetry rows could not be counted");
   } else {
     const auto rows = static_cast<double>(*o.pg_rows);
-    if (rows != seen - lost)
-      v.push_back("PostgreSQL holds " + count(rows) + " rows; the queue saw " + count(seen) +
-                  " requests and counted " + count(lost) + " records lost");
+    if (rows != records - lost)
+      v.push_back("PostgreSQL holds " + count(rows) + " rows; the queue ended " + count(records) +
+                  " requests (" + count(seen) + " admitted or refused) and counted " + count(lost) +
+                  " records lost");
     if (o.pg_rows_200) {
       const auto ok = static_cast<double>(t.statuses.count(200) != 0 ? t.statuses.at(200) : 0);
       const auto rows200 = static_cast<double>(*o.pg_rows_200);
