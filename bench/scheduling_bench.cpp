@@ -104,7 +104,6 @@ std::map<std::string, std::vector<double>> simulate(llmq::SchedulingPolicy polic
                                                     std::size_t flood) {
   asio::io_context io;
   auto clock = std::make_shared<llmq::ManualClock>();
-  const steady::time_point start = clock->now();
   llmq::QueueOptions o;
   o.clock = clock;
   std::map<std::string, std::shared_ptr<llmq::RequestExecutor>> execs;
@@ -137,7 +136,6 @@ std::map<std::string, std::vector<double>> simulate(llmq::SchedulingPolicy polic
     if (!next) break;
     clock->set(*next);
   }
-  (void)start;
   return waits;
 }
 

@@ -6,11 +6,15 @@
 
 #include <llmq/llmq.hpp>
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <chrono>
+#include <exception>
+#include <iostream>
 #include <map>
 #include <memory>
 #include <string>
@@ -51,6 +55,26 @@ class LocalChatExecutor : public llmq::RequestExecutor {
 
   std::chrono::milliseconds latency_;
 };
+
+/// Runs `program` (its result: the number of failed checks) on a fresh io_context; the
+/// process exit code: 0 when none failed, 1 otherwise or when it threw.
+inline int run_example(const char* name, boost::asio::awaitable<int> (*program)()) {
+  boost::asio::io_context io;
+  int failures = 1;
+  boost::asio::co_spawn(io, program(), [&](std::exception_ptr ep, int n) {
+    if (ep) {
+      try {
+        std::rethrow_exception(ep);
+      } catch (const std::exception& e) {
+        std::cerr << name << " failed: " << e.what() << "\n";
+      }
+      return;
+    }
+    failures = n;
+  });
+  io.run();
+  return failures == 0 ? 0 : 1;
+}
 
 /// A chat request body with one user message.
 inline nlohmann::json chat_request(const std::string& content) {

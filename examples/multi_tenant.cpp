@@ -129,20 +129,4 @@ asio::awaitable<int> run() {
 
 }  // namespace
 
-int main() {
-  asio::io_context io;
-  int failures = 1;
-  asio::co_spawn(io, run(), [&](std::exception_ptr ep, int n) {
-    if (ep) {
-      try {
-        std::rethrow_exception(ep);
-      } catch (const std::exception& e) {
-        std::cerr << "multi_tenant failed: " << e.what() << "\n";
-      }
-      return;
-    }
-    failures = n;
-  });
-  io.run();
-  return failures == 0 ? 0 : 1;
-}
+int main() { return examples::run_example("multi_tenant", &run); }

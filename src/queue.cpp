@@ -950,13 +950,13 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     if (config_.scheduler_limits.predictive_admission) {
       const DispatchRateEstimator& rate = class_rate(e->cls->index);
       const std::uint64_t ahead = scheduler_->ahead_of(qr);
-      if (!admit_by_prediction(rate, ahead, config_.scheduler_limits.request_timeout)) {
-        const auto wait = predict_wait(rate, ahead).value_or(std::chrono::nanoseconds(0));
+      const std::optional<std::chrono::nanoseconds> wait = predict_wait(rate, ahead);
+      if (wait && *wait > config_.scheduler_limits.request_timeout) {
         ++rejected_predicted_;
         refuse(e, errc::queue_full,
                "the queue would not reach this request within request_timeout_seconds (" +
                    std::to_string(ahead) + " ahead of it)",
-               std::chrono::ceil<std::chrono::seconds>(wait));
+               std::chrono::ceil<std::chrono::seconds>(*wait));
         return;
       }
     }
