@@ -258,6 +258,17 @@ class GatewayTest : public ::testing::Test {
     return send(s, http::verb::get, target, "", {});
   }
 
+  /// Sends a gpt-4o chat request of `user` on `s` without reading the answer.
+  static void write_chat(tcp::socket& s, const std::string& user) {
+    http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+    req.set(http::field::host, "127.0.0.1");
+    req.set(http::field::content_type, "application/json");
+    req.set("x-user-id", user);
+    req.body() = chat("gpt-4o").dump();
+    req.prepare_payload();
+    http::write(s, req);
+  }
+
   static json chat(std::string model) {
     json b = json::object();
     b["model"] = std::move(model);
@@ -947,13 +958,7 @@ TEST_F(GatewayTest, MaxQueuedPerUserRefusesThatUsersNextRequestWith503) {
   // The deployment takes one request a minute: the first runs, the second waits.
   ASSERT_EQ(post("/v1/chat/completions", chat("gpt-4o"), {{"x-user-id", "u"}}).status, 200);
   auto waiting = connect();
-  http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
-  req.set(http::field::host, "127.0.0.1");
-  req.set(http::field::content_type, "application/json");
-  req.set("x-user-id", "u");
-  req.body() = chat("gpt-4o").dump();
-  req.prepare_payload();
-  http::write(waiting, req);
+  write_chat(waiting, "u");
   ASSERT_TRUE(wait_metric("llmq_queue_depth", 1));
   // The same user's next one is over its cap: refused at once; another user still queues.
   auto over = post("/v1/chat/completions", chat("gpt-4o"), {{"x-user-id", "u"}});
@@ -985,13 +990,7 @@ TEST_F(GatewayTest, FairPolicyServesALightUserBeforeAHeavyUsersBacklog) {
   std::vector<tcp::socket> heavy;
   for (int i = 0; i < 40; ++i) {
     heavy.push_back(connect(10s));
-    http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
-    req.set(http::field::host, "127.0.0.1");
-    req.set(http::field::content_type, "application/json");
-    req.set("x-user-id", "heavy");
-    req.body() = chat("gpt-4o").dump();
-    req.prepare_payload();
-    http::write(heavy.back(), req);
+    write_chat(heavy.back(), "heavy");
   }
   ASSERT_TRUE(wait_metric("llmq_queue_depth", 30));
   // The light user's request is served in the next round, not after the backlog (under
