@@ -35,6 +35,20 @@ nlohmann::json outcome_json(const UpstreamOutcome& o) {
 }
 }  // namespace
 
+nlohmann::json to_json(const std::vector<AttemptRecord>& log) {
+  nlohmann::json arr = nlohmann::json::array();
+  for (const AttemptRecord& a : log) {
+    nlohmann::json r = nlohmann::json::object();
+    r["llm_deployment"] = a.llm_deployment;
+    r["embedding_deployment"] = a.embedding_deployment;
+    r["status"] = a.status;
+    r["duration_us"] = a.duration.count();
+    r["spilled"] = a.spilled;
+    arr.push_back(std::move(r));
+  }
+  return arr;
+}
+
 nlohmann::json to_json(const TelemetryData& t) {
   nlohmann::json j = nlohmann::json::object();
   j["request_id"] = t.request_id;
@@ -55,16 +69,8 @@ nlohmann::json to_json(const TelemetryData& t) {
   j["llm_outcome"] = outcome_json(t.llm_outcome);
   j["embedding_outcome"] = outcome_json(t.embedding_outcome);
   j["attempts"] = t.attempts;
-  nlohmann::json log = nlohmann::json::array();
-  for (const AttemptRecord& a : t.attempt_log) {
-    nlohmann::json r = nlohmann::json::object();
-    r["llm_deployment"] = a.llm_deployment;
-    r["embedding_deployment"] = a.embedding_deployment;
-    r["status"] = a.status;
-    r["duration_us"] = a.duration.count();
-    log.push_back(std::move(r));
-  }
-  j["attempt_log"] = std::move(log);
+  j["attempt_log"] = to_json(t.attempt_log);
+  j["spillovers"] = t.spillovers;
   j["status"] = t.status;
   j["error"] = t.error;
   if (t.payload) j["payload"] = *t.payload;

@@ -45,6 +45,9 @@ struct AttemptRecord {
   std::string embedding_deployment;
   int status = 0;
   std::chrono::microseconds duration{0};
+  /// Served by a worse priority group because a better one among the request's
+  /// candidates had no room (see DeploymentConfig::priority).
+  bool spilled = false;
 };
 
 /// One record per request, for every outcome (rejections included).
@@ -72,11 +75,15 @@ struct TelemetryData {
   UpstreamOutcome embedding_outcome;       ///< filled by the executor, feeds the balancer
   int attempts = 0;                        ///< executor runs (1 + retries)
   std::vector<AttemptRecord> attempt_log;  ///< one entry per executor run, in order
+  int spillovers = 0;                      ///< attempts whose grant spilled over
 
   int status = 0;     ///< the status the caller received (rejections: the error's status)
   std::string error;  ///< error message, empty on success; never contains a key
   std::optional<nlohmann::json> payload;  ///< request body, only if QueueOptions::record_payload
 };
+
+/// Converts an attempt log to a JSON array (durations in microseconds).
+[[nodiscard]] nlohmann::json to_json(const std::vector<AttemptRecord>& log);
 
 /// Converts a record to JSON (timestamps as microseconds since the Unix epoch).
 [[nodiscard]] nlohmann::json to_json(const TelemetryData& t);

@@ -33,14 +33,26 @@ class DispatchRateEstimator {
 
   /// `n` requests of the class were dispatched at `at` (non-decreasing); `still_queued`
   /// of the class wait after them. The time since the previous dispatch counts as
-  /// service time only if requests were waiting throughout it.
+  /// service time only if requests were waiting throughout it. The dispatches that open
+  /// a busy spell (those within kBurst of its first) took no service time of the spell,
+  /// so they are left out: a deployment that releases its budget in bursts (ten at each
+  /// 1 s window) is measured at ten a second, not at twice that after its first burst.
   void record(time_point at, std::uint64_t n, std::uint64_t still_queued) {
-    if (have_last_ && backlogged_ && at >= last_) {
+    const bool in_spell = have_last_ && backlogged_ && at >= last_;
+    if (!in_spell) {
+      spell_start_ = at;
+    } else if (at - spell_start_ >= kBurst) {
       const auto dt = static_cast<double>((at - last_).count());
       const double keep = std::exp(-dt / tau_ns_);
       dispatched_ = dispatched_ * keep + static_cast<double>(n);
       busy_ns_ = busy_ns_ * keep + dt;
-      ++intervals_;
+      // A busy interval is a stretch of at least kBurst of service time, so that the
+      // dispatches of one burst count once.
+      pending_ns_ += dt;
+      if (pending_ns_ >= static_cast<double>(kBurst.count())) {
+        ++intervals_;
+        pending_ns_ = 0;
+      }
     }
     if (!have_last_ || at >= last_) last_ = at;
     have_last_ = true;
@@ -57,8 +69,12 @@ class DispatchRateEstimator {
   [[nodiscard]] std::uint64_t intervals() const noexcept { return intervals_; }
 
  private:
+  static constexpr std::chrono::nanoseconds kBurst = std::chrono::milliseconds(1);
+
   double tau_ns_;
   std::uint32_t min_intervals_;
+  double pending_ns_ = 0;
+  time_point spell_start_{};
   double dispatched_ = 0;
   double busy_ns_ = 0;
   std::uint64_t intervals_ = 0;

@@ -45,9 +45,7 @@ struct JsonlTelemetryStore::Impl {
     open_file();
     std::string buf;
     for (const TelemetryData& t : batch) {
-      nlohmann::json j = to_json(t);
-      if (!j.contains("attempt_log")) j["attempt_log"] = rows::attempt_log_json(t.attempt_log);
-      buf += rows::json_text(j);
+      buf += rows::json_text(to_json(t));
       buf += '\n';
     }
     std::size_t off = 0;

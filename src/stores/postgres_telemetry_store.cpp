@@ -28,7 +28,7 @@ namespace rows = detail::stores;
 
 namespace {
 
-constexpr std::size_t column_count = 20;
+constexpr std::size_t column_count = 21;
 constexpr std::string_view error_prefix = "postgres telemetry store: ";
 
 std::string trimmed(std::string s) {
@@ -51,17 +51,33 @@ std::string create_table_sql(const std::string& table) {
          "payload jsonb, attempt_log jsonb NOT NULL)";
 }
 
+/// Adds the columns a table created by an earlier version lacks.
+std::string upgrade_table_sql(const std::string& table) {
+  std::string sql = "ALTER TABLE " + table;
+  bool first = true;
+  for (const rows::AddedColumn& c : rows::added_columns) {
+    sql += first ? " " : ", ";
+    first = false;
+    sql += "ADD COLUMN IF NOT EXISTS ";
+    sql += c.name;
+    sql += ' ';
+    sql += c.postgres_type;
+  }
+  return sql;
+}
+
 /// `INSERT ... VALUES (...), (...)` for `n` rows with typed placeholders.
 std::string insert_sql(const std::string& table, std::size_t n) {
   static constexpr const char* casts[column_count] = {
       "text",   "text",    "text",    "text",   "text",   "ts",     "ts",
       "ts",     "ts",      "bigint",  "bigint", "bigint", "bigint", "bigint",
-      "bigint", "integer", "integer", "text",   "jsonb",  "jsonb"};
-  std::string sql = "INSERT INTO " + table +
-                    " (request_id, user_id, req_type, llm_deployment, embedding_deployment, "
-                    "received_at, queued_at, dispatched_at, completed_at, queue_wait_us, "
-                    "execution_time_us, estimated_tokens, prompt_tokens, completion_tokens, "
-                    "embedding_tokens, attempts, status, error, payload, attempt_log) VALUES ";
+      "bigint", "integer", "integer", "text",   "jsonb",  "jsonb",  "integer"};
+  std::string sql =
+      "INSERT INTO " + table +
+      " (request_id, user_id, req_type, llm_deployment, embedding_deployment, "
+      "received_at, queued_at, dispatched_at, completed_at, queue_wait_us, "
+      "execution_time_us, estimated_tokens, prompt_tokens, completion_tokens, "
+      "embedding_tokens, attempts, status, error, payload, attempt_log, spillovers) VALUES ";
   std::size_t param = 1;
   for (std::size_t row = 0; row < n; ++row) {
     sql += row == 0 ? "(" : ", (";
@@ -132,7 +148,8 @@ void append_row(std::vector<Param>& params, const TelemetryData& t) {
   } else {
     params.emplace_back(std::nullopt);
   }
-  params.emplace_back(jsonb_safe(rows::json_text(rows::attempt_log_json(t.attempt_log))));
+  params.emplace_back(jsonb_safe(rows::json_text(to_json(t.attempt_log))));
+  params.emplace_back(std::to_string(t.spillovers));
 }
 
 }  // namespace
@@ -404,7 +421,10 @@ class PostgresTelemetryStore::Session : public std::enable_shared_from_this<Sess
           "SET statement_timeout = " + std::to_string(options_.statement_timeout.count()), {},
           false);
     }
-    if (options_.create_table) co_await query(create_table_sql(table_), {}, false);
+    if (options_.create_table) {
+      co_await query(create_table_sql(table_), {}, false);
+      co_await query(upgrade_table_sql(table_), {}, false);
+    }
     disarm();
     connected_ = true;
   }

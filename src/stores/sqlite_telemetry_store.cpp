@@ -10,6 +10,7 @@
 
 #include <sqlite3.h>
 
+#include <algorithm>
 #include <atomic>
 
 namespace llmq {
@@ -19,7 +20,7 @@ namespace rows = detail::stores;
 
 namespace {
 
-constexpr int column_count = 20;
+constexpr int column_count = 21;
 
 std::string create_table_sql(const std::string& table) {
   return "CREATE TABLE IF NOT EXISTS " + table +
@@ -36,11 +37,12 @@ std::string create_table_sql(const std::string& table) {
 }
 
 std::string insert_sql(const std::string& table) {
-  std::string sql = "INSERT INTO " + table +
-                    " (request_id, user_id, req_type, llm_deployment, embedding_deployment, "
-                    "received_at, queued_at, dispatched_at, completed_at, queue_wait_us, "
-                    "execution_time_us, estimated_tokens, prompt_tokens, completion_tokens, "
-                    "embedding_tokens, attempts, status, error, payload, attempt_log) VALUES (";
+  std::string sql =
+      "INSERT INTO " + table +
+      " (request_id, user_id, req_type, llm_deployment, embedding_deployment, "
+      "received_at, queued_at, dispatched_at, completed_at, queue_wait_us, "
+      "execution_time_us, estimated_tokens, prompt_tokens, completion_tokens, "
+      "embedding_tokens, attempts, status, error, payload, attempt_log, spillovers) VALUES (";
   for (int i = 1; i <= column_count; ++i) {
     if (i > 1) sql += ", ";
     sql += "?" + std::to_string(i);
@@ -96,6 +98,7 @@ struct SqliteTelemetryStore::Impl {
                        options.path.string(), mode);
       exec(options.synchronous_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL");
       exec(create_table_sql(table));
+      upgrade_table();
       const std::string sql = insert_sql(table);
       if (sqlite3_prepare_v2(db, sql.c_str(), static_cast<int>(sql.size()), &insert, nullptr) !=
           SQLITE_OK)
@@ -103,6 +106,30 @@ struct SqliteTelemetryStore::Impl {
     } catch (...) {
       close_db();
       throw;
+    }
+  }
+
+  /// Adds the columns a table created by an earlier version lacks.
+  void upgrade_table() const {
+    std::vector<std::string> present;
+    sqlite3_stmt* st = nullptr;
+    // `"schema"."name"` becomes `PRAGMA "schema".table_info("name")`.
+    const std::size_t dot = table.find("\".\"");
+    const std::string info =
+        dot == std::string::npos
+            ? "PRAGMA table_info(" + table + ")"
+            : "PRAGMA " + table.substr(0, dot + 1) + ".table_info(" + table.substr(dot + 2) + ")";
+    if (sqlite3_prepare_v2(db, info.c_str(), -1, &st, nullptr) != SQLITE_OK)
+      fail("PRAGMA table_info");
+    while (sqlite3_step(st) == SQLITE_ROW) {
+      const unsigned char* name = sqlite3_column_text(st, 1);
+      if (name != nullptr) present.emplace_back(reinterpret_cast<const char*>(name));
+    }
+    sqlite3_finalize(st);
+    for (const rows::AddedColumn& c : rows::added_columns) {
+      if (std::find(present.begin(), present.end(), c.name) != present.end()) continue;
+      exec("ALTER TABLE " + table + " ADD COLUMN " + std::string(c.name) + " " +
+           std::string(c.sqlite_type));
     }
   }
 
@@ -163,7 +190,8 @@ struct SqliteTelemetryStore::Impl {
     } else if (sqlite3_bind_null(insert, 19) != SQLITE_OK) {
       fail("bind");
     }
-    bind_text(20, rows::json_text(rows::attempt_log_json(t.attempt_log)));
+    bind_text(20, rows::json_text(to_json(t.attempt_log)));
+    bind_int(21, t.spillovers);
   }
 
   void write(std::span<const TelemetryData> batch) {

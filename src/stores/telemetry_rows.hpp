@@ -85,19 +85,18 @@ inline std::string json_text(const nlohmann::json& j) {
   return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
-/// The attempt log as a JSON array.
-inline nlohmann::json attempt_log_json(const std::vector<AttemptRecord>& log) {
-  nlohmann::json arr = nlohmann::json::array();
-  for (const AttemptRecord& a : log) {
-    nlohmann::json e = nlohmann::json::object();
-    e["llm_deployment"] = a.llm_deployment;
-    e["embedding_deployment"] = a.embedding_deployment;
-    e["status"] = a.status;
-    e["duration_us"] = a.duration.count();
-    arr.push_back(std::move(e));
-  }
-  return arr;
-}
+/// Columns added to the telemetry table after its first version. The stores create the
+/// table with the first version's columns and then add each of these that is missing, so
+/// a table made by an earlier llmq is upgraded in place (its rows get the default) and a
+/// new one takes the same path.
+struct AddedColumn {
+  std::string_view name;
+  std::string_view postgres_type;
+  std::string_view sqlite_type;
+};
+inline constexpr AddedColumn added_columns[] = {
+    {"spillovers", "integer NOT NULL DEFAULT 0", "INTEGER NOT NULL DEFAULT 0"},
+};
 
 /// Checks `[schema.]table` (letters, digits, `_`; not starting with a digit; at most 63
 /// bytes a part) and returns it double-quoted per part. Throws ConfigError.

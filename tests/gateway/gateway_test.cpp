@@ -18,6 +18,7 @@
 
 #include <atomic>
 #include <future>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -60,6 +61,10 @@ class FakeUpstream : public llmq::RequestExecutor {
                                                          const llmq::ChosenDeployments& chosen,
                                                          llmq::TelemetryData& t) override {
     ++calls;
+    {
+      std::lock_guard lock(mutex_);
+      users_.push_back(req.user_id);
+    }
     if (delay_.count() > 0) {
       asio::steady_timer timer(co_await asio::this_coro::executor, delay_);
       try {
@@ -96,11 +101,19 @@ class FakeUpstream : public llmq::RequestExecutor {
     return j;
   }
 
+  /// The users of the calls so far, in the order they reached the upstream.
+  std::vector<std::string> users() const {
+    std::lock_guard lock(mutex_);
+    return users_;
+  }
+
   std::atomic<int> calls{0};
   std::atomic<int> cancelled{0};
 
  private:
   std::chrono::milliseconds delay_;
+  mutable std::mutex mutex_;
+  std::vector<std::string> users_;
 };
 
 struct Reply {
@@ -258,12 +271,15 @@ class GatewayTest : public ::testing::Test {
     return send(s, http::verb::get, target, "", {});
   }
 
-  /// Sends a gpt-4o chat request of `user` on `s` without reading the answer.
-  static void write_chat(tcp::socket& s, const std::string& user) {
+  /// Sends a gpt-4o chat request of `user` (at `priority`, if given) on `s` without
+  /// reading the answer.
+  static void write_chat(tcp::socket& s, const std::string& user,
+                         const std::string& priority = {}) {
     http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
     req.set(http::field::host, "127.0.0.1");
     req.set(http::field::content_type, "application/json");
     req.set("x-user-id", user);
+    if (!priority.empty()) req.set("x-llmq-priority", priority);
     req.body() = chat("gpt-4o").dump();
     req.prepare_payload();
     http::write(s, req);
@@ -998,4 +1014,90 @@ TEST_F(GatewayTest, FairPolicyServesALightUserBeforeAHeavyUsersBacklog) {
   ASSERT_EQ(post("/v1/chat/completions", chat("gpt-4o"), {{"x-user-id", "light"}}).status, 200);
   EXPECT_LT(upstream_->calls.load(), 25) << "the light request waited for the heavy backlog";
   for (auto& s : heavy) EXPECT_EQ(read_reply(s).status, 200);
+}
+
+namespace {
+
+/// One deployment of `rpm` requests a minute (paced: one every 60/rpm s), user limits out
+/// of the way, and `scheduling` appended to scheduler_limits.
+std::string paced_config(int rpm, const std::string& scheduling) {
+  return std::string(R"(
+azure_open_ai:
+  - api_key: "sk-UPSTREAM-SECRET"
+    api_version: "2024-10-21"
+    azure_endpoint: "http://127.0.0.1:1/"
+    azure_oai_models:
+      - {unique_model_id: "gpt-4o-east", model_name_in_azure: "gpt-4o", deployment_name_in_azure: "east", model_type: "chat", req_per_min: )") +
+         std::to_string(rpm) + R"(, tokens_per_min: 100000000}
+user_limits:
+  max_num_requests_in_time_window: 1000
+scheduler_limits:
+)" + scheduling;
+}
+
+class GatewaySchedulingTest : public GatewayTest {
+ protected:
+  /// The order in which the upstream sees: one request that runs at once, then a low
+  /// request, then two high ones, queued behind a deployment that takes one a second.
+  std::vector<std::string> low_then_high_order(const std::string& scheduling) {
+    const std::string cfg = paced_config(60, "  request_timeout_seconds: 10\n" + scheduling);
+    start({}, 0ms, cfg.c_str());
+    EXPECT_EQ(post("/v1/chat/completions", chat("gpt-4o"), {{"x-user-id", "first"}}).status, 200);
+    auto low = connect(10s);
+    write_chat(low, "low", "low");
+    EXPECT_TRUE(wait_metric("llmq_queue_depth", 1));
+    std::vector<tcp::socket> high;
+    for (const char* user : {"high-1", "high-2"}) {
+      high.push_back(connect(10s));
+      write_chat(high.back(), user, "high");
+    }
+    EXPECT_TRUE(wait_metric("llmq_queue_depth", 3));
+    EXPECT_EQ(read_reply(low).status, 200);
+    for (auto& s : high) EXPECT_EQ(read_reply(s).status, 200);
+    return upstream_->users();
+  }
+};
+
+}  // namespace
+
+TEST_F(GatewaySchedulingTest, WithoutAgingHighRequestsGoBeforeAnOlderLowOne) {
+  EXPECT_EQ(low_then_high_order(""),
+            (std::vector<std::string>{"first", "high-1", "high-2", "low"}));
+}
+
+TEST_F(GatewaySchedulingTest, PriorityAgingSecondsLetsAWaitingLowRequestOvertakeNewerHighOnes) {
+  // The low request reaches high after 2 x 0.2 s and, older than the high ones, leaves
+  // first at the next dispatch (about 1 s after the first request).
+  EXPECT_EQ(low_then_high_order("  priority_aging_seconds: 0.2\n"),
+            (std::vector<std::string>{"first", "low", "high-1", "high-2"}));
+}
+
+TEST_F(GatewayTest, PredictiveAdmissionRefusesAtOnceWithTheWaitAsRetryAfter) {
+  const std::string cfg =
+      paced_config(600, "  request_timeout_seconds: 10\n  predictive_admission: true\n");
+  start({}, 0ms, cfg.c_str());
+  // 220 requests on a deployment that takes 10 at each second: admitted (no rate is
+  // measured yet); 100 of them are served before the other 120 time out at 10 s.
+  std::vector<tcp::socket> backlog;
+  for (int i = 0; i < 220; ++i) {
+    backlog.push_back(connect(15s));
+    write_chat(backlog.back(), "u" + std::to_string(i));
+  }
+  // The rate is known after 8 busy seconds. A newcomer then has more than 120 ahead of
+  // it: its predicted wait (over 12 s) is past the 10 s timeout, so it is refused at once.
+  const auto deadline = std::chrono::steady_clock::now() + 12s;
+  while (upstream_->calls.load() < 90 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(10ms);
+  const auto sent = std::chrono::steady_clock::now();
+  auto r = post("/v1/chat/completions", chat("gpt-4o"), {{"x-user-id", "late"}});
+  EXPECT_LT(std::chrono::steady_clock::now() - sent, 500ms) << "it was queued, not refused";
+  EXPECT_EQ(r.status, 503) << r.body;
+  EXPECT_EQ(r.j()["error"]["code"], "queue_full");
+  const int retry_after = std::atoi(r.header("retry-after").c_str());
+  EXPECT_GE(retry_after, 11);
+  EXPECT_LE(retry_after, 15);
+  EXPECT_EQ(metric("llmq_rejected_total{reason=\"predicted_timeout\"}"), 1);
+  std::map<int, int> statuses;
+  for (auto& s : backlog) ++statuses[read_reply(s).status];
+  EXPECT_EQ(statuses, (std::map<int, int>{{200, 100}, {504, 120}}));
 }

@@ -69,6 +69,8 @@ TelemetryData record(int i) {
     r.llm_deployment = "gpt-4o-east";
     r.status = a + 1 == t.attempts ? 200 : 429;
     r.duration = std::chrono::microseconds(1000 * (a + 1));
+    r.spilled = a == 0 && i % 4 == 1;  // req-21: its only attempt spilled over
+    t.spillovers += r.spilled ? 1 : 0;
     t.attempt_log.push_back(r);
   }
   t.status = rejected(i) ? 429 : 200;
@@ -135,6 +137,10 @@ TEST(JsonlTelemetryStore, AppendsOneParsableObjectPerRecord) {
     EXPECT_EQ(j.at("status"), t.status);
     EXPECT_EQ(j.at("error"), t.error);
     EXPECT_EQ(j.at("attempt_log").size(), t.attempt_log.size());
+    EXPECT_EQ(j.at("spillovers"), t.spillovers);
+    if (!t.attempt_log.empty()) {
+      EXPECT_EQ(j.at("attempt_log").at(0).at("spilled"), i % 4 == 1);
+    }
     EXPECT_EQ(j.contains("payload"), t.payload.has_value());
     if (t.payload) {
       EXPECT_EQ(j.at("payload").at("messages").at(0).at("content"), std::string("hi \0 there", 10));
@@ -159,8 +165,9 @@ TEST(JsonlTelemetryStore, UnwritablePathThrows503) {
 // --- SQLite ----------------------------------------------------------------------------
 
 struct SqliteDb {
-  explicit SqliteDb(const std::filesystem::path& p) {
-    if (sqlite3_open_v2(p.c_str(), &db, SQLITE_OPEN_READONLY, nullptr) != SQLITE_OK)
+  explicit SqliteDb(const std::filesystem::path& p, bool create = false) {
+    const int flags = create ? SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE : SQLITE_OPEN_READONLY;
+    if (sqlite3_open_v2(p.c_str(), &db, flags, nullptr) != SQLITE_OK)
       throw std::runtime_error("cannot open " + p.string());
   }
   ~SqliteDb() { sqlite3_close(db); }
@@ -213,8 +220,8 @@ TEST(SqliteTelemetryStore, WritesRowsInWalMode) {
   EXPECT_EQ(db.query("SELECT count(*) FROM llmq_telemetry").at(0).at(0), "110");
   const auto rows = db.query(
       "SELECT request_id, user_id, received_at, queued_at, completed_at, execution_time_us, "
-      "attempts, status, error, payload, attempt_log, embedding_deployment FROM llmq_telemetry "
-      "WHERE request_id IN ('req-7', 'req-9', 'req-21') ORDER BY id");
+      "attempts, status, error, payload, attempt_log, embedding_deployment, spillovers "
+      "FROM llmq_telemetry WHERE request_id IN ('req-7', 'req-9', 'req-21') ORDER BY id");
   ASSERT_EQ(rows.size(), 3U);
   // req-7: odd user id, made valid UTF-8
   EXPECT_EQ(rows[0][0], "req-7");
@@ -231,8 +238,51 @@ TEST(SqliteTelemetryStore, WritesRowsInWalMode) {
   EXPECT_EQ(rows[1][3], "NULL");
   EXPECT_EQ(rows[1][7], "429");
   EXPECT_EQ(rows[1][8], "rate limit exceeded for user");
-  // req-21: a payload
+  EXPECT_EQ(rows[0][12], "0");
+  // req-21: a payload, and its attempt spilled over
   EXPECT_EQ(nlohmann::json::parse(rows[2][9]).at("messages").at(0).at("role"), "user");
+  EXPECT_EQ(rows[2][12], "1");
+  EXPECT_EQ(nlohmann::json::parse(rows[2][10]).at(0).at("spilled"), true);
+}
+
+/// The telemetry table as the first llmq versions created it (no spillovers column).
+constexpr const char* first_version_sqlite_table =
+    "CREATE TABLE llmq_telemetry (id INTEGER PRIMARY KEY, "
+    "request_id TEXT NOT NULL, user_id TEXT NOT NULL, req_type TEXT NOT NULL, "
+    "llm_deployment TEXT NOT NULL, embedding_deployment TEXT NOT NULL, "
+    "received_at INTEGER, queued_at INTEGER, dispatched_at INTEGER, completed_at INTEGER, "
+    "queue_wait_us INTEGER NOT NULL, execution_time_us INTEGER NOT NULL, "
+    "estimated_tokens INTEGER NOT NULL, prompt_tokens INTEGER NOT NULL, "
+    "completion_tokens INTEGER NOT NULL, embedding_tokens INTEGER NOT NULL, "
+    "attempts INTEGER NOT NULL, status INTEGER NOT NULL, error TEXT NOT NULL, "
+    "payload TEXT, attempt_log TEXT NOT NULL)";
+
+TEST(SqliteTelemetryStore, UpgradesATableMadeByAnEarlierVersionInPlace) {
+  test::TempDir dir;
+  const auto path = dir.path() / "old.sqlite3";
+  {
+    SqliteDb old(path, true);
+    old.query(first_version_sqlite_table);
+    old.query(
+        "INSERT INTO llmq_telemetry (request_id, user_id, req_type, llm_deployment, "
+        "embedding_deployment, queue_wait_us, execution_time_us, estimated_tokens, "
+        "prompt_tokens, completion_tokens, embedding_tokens, attempts, status, error, "
+        "attempt_log) VALUES ('old-1', 'u', 'chat', 'd', '', 0, 0, 0, 0, 0, 0, 1, 200, '', '[]')");
+  }
+  asio::thread_pool pool(2);
+  SqliteTelemetryOptions o;
+  o.path = path;
+  SqliteTelemetryStore store(pool.get_executor(), o);
+  test::run(pool, store.insert_batch(lvalue(records(20, 22))));
+  test::run(pool, store.close());
+  // Opening again finds the column and adds nothing.
+  test::run(pool, store.insert_batch(lvalue(records(22, 23))));
+  test::run(pool, store.close());
+
+  SqliteDb db(path);
+  EXPECT_EQ(db.query("SELECT request_id, spillovers FROM llmq_telemetry ORDER BY id"),
+            (std::vector<std::vector<std::string>>{
+                {"old-1", "0"}, {"req-20", "0"}, {"req-21", "1"}, {"req-22", "0"}}));
 }
 
 asio::awaitable<bool> insert_and_check_thread(SqliteTelemetryStore& store, std::thread::id caller) {
@@ -312,7 +362,8 @@ TEST_F(PostgresTest, CreatesTypedTableAndInsertsBatches) {
       {"status", "integer"},
       {"error", "text"},
       {"payload", "jsonb"},
-      {"attempt_log", "jsonb"}};
+      {"attempt_log", "jsonb"},
+      {"spillovers", "integer"}};
   EXPECT_EQ(types, expected);
 
   EXPECT_EQ(pg.query("SELECT count(*), count(DISTINCT request_id) FROM " + table_).at(0),
@@ -321,8 +372,8 @@ TEST_F(PostgresTest, CreatesTypedTableAndInsertsBatches) {
       "SELECT request_id, user_id, (extract(epoch FROM received_at) * 1000000)::bigint, "
       "queued_at IS NULL, (extract(epoch FROM completed_at) * 1000000)::bigint, "
       "execution_time_us, attempts, status, error, payload->'messages'->0->>'content', "
-      "jsonb_array_length(attempt_log), attempt_log->0->>'status', prompt_tokens "
-      "FROM " +
+      "jsonb_array_length(attempt_log), attempt_log->0->>'status', prompt_tokens, spillovers, "
+      "attempt_log->0->>'spilled' FROM " +
       table_ + " WHERE request_id IN ('req-7', 'req-9', 'req-21') ORDER BY id");
   ASSERT_EQ(rows.size(), 3U);
   EXPECT_EQ(rows[0][0], "req-7");
@@ -341,6 +392,42 @@ TEST_F(PostgresTest, CreatesTypedTableAndInsertsBatches) {
   EXPECT_EQ(rows[1][8], "rate limit exceeded for user");
   EXPECT_EQ(rows[1][10], "0");
   EXPECT_EQ(rows[2][9], "hi \xEF\xBF\xBD there");  // jsonb cannot hold NUL
+  EXPECT_EQ(rows[0][13], "0");
+  EXPECT_EQ(rows[0][14], "false");
+  EXPECT_EQ(rows[2][13], "1");
+  EXPECT_EQ(rows[2][14], "true");
+}
+
+TEST_F(PostgresTest, UpgradesATableMadeByAnEarlierVersionInPlace) {
+  {
+    test::PgConnection pg(conninfo_);
+    pg.query("CREATE TABLE " + table_ +
+             " (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+             "request_id text NOT NULL, user_id text NOT NULL, req_type text NOT NULL, "
+             "llm_deployment text NOT NULL, embedding_deployment text NOT NULL, "
+             "received_at timestamptz, queued_at timestamptz, dispatched_at timestamptz, "
+             "completed_at timestamptz, queue_wait_us bigint NOT NULL, "
+             "execution_time_us bigint NOT NULL, estimated_tokens bigint NOT NULL, "
+             "prompt_tokens bigint NOT NULL, completion_tokens bigint NOT NULL, "
+             "embedding_tokens bigint NOT NULL, attempts integer NOT NULL, "
+             "status integer NOT NULL, error text NOT NULL, payload jsonb, "
+             "attempt_log jsonb NOT NULL)");
+    pg.query("INSERT INTO " + table_ +
+             " (request_id, user_id, req_type, llm_deployment, embedding_deployment, "
+             "queue_wait_us, execution_time_us, estimated_tokens, prompt_tokens, "
+             "completion_tokens, embedding_tokens, attempts, status, error, attempt_log) "
+             "VALUES ('old-1', 'u', 'chat', 'd', '', 0, 0, 0, 0, 0, 0, 1, 200, '', '[]')");
+  }
+  for (int round = 0; round < 2; ++round) {  // the second connect finds the column
+    PostgresTelemetryStore store(pool_.get_executor(), store_options());
+    test::run(pool_, store.insert_batch(lvalue(records(20 + round * 2, 22 + round * 2))));
+    test::run(pool_, store.close());
+  }
+  test::PgConnection pg(conninfo_);
+  EXPECT_EQ(
+      pg.query("SELECT request_id, spillovers FROM " + table_ + " ORDER BY id"),
+      (std::vector<std::vector<std::string>>{
+          {"old-1", "0"}, {"req-20", "0"}, {"req-21", "1"}, {"req-22", "0"}, {"req-23", "0"}}));
 }
 
 /// The http_status() of the llmq::Error `f` throws; 0 when it throws none.

@@ -1023,6 +1023,16 @@ TEST(LLMQueueRuntime, DeploymentPriorityFillsTheBestGroupThenSpillsOver) {
   EXPECT_EQ(served, (std::vector<std::string>{"ptu", "paygo", "paygo"}));
   EXPECT_EQ(h.elapsed(), 0ms);  // spilling over never waits for the best group's pacing
   EXPECT_EQ(spilled_to_paygo, 2u);
+  // Telemetry: the record of each spilled request says so, per attempt and in total.
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 3u);
+  std::vector<int> spillovers;
+  for (const auto& rec : records) {
+    ASSERT_EQ(rec.attempt_log.size(), 1u);
+    EXPECT_EQ(rec.attempt_log[0].spilled, rec.spillovers == 1);
+    spillovers.push_back(rec.spillovers);
+  }
+  EXPECT_EQ(spillovers, (std::vector<int>{0, 1, 1}));
 }
 
 TEST(LLMQueueRuntime, TransientFailureIsRetriedOnAnotherDeployment) {

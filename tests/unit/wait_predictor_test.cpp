@@ -38,6 +38,32 @@ TEST(DispatchRateEstimator, IdleTimeIsNotServiceTime) {
   EXPECT_NEAR(*e.rate(), 20.0, 1e-6);
 }
 
+TEST(DispatchRateEstimator, BurstsAreMeasuredAtTheirAverageRate) {
+  // Ten dispatches at the start of each second (a deployment whose 1 s window refills),
+  // each burst spread over a few microseconds as on a real clock.
+  DispatchRateEstimator e(seconds(10), 1);
+  EXPECT_FALSE(e.rate());
+  int queued = 100;
+  for (int burst = 0; burst < 2; ++burst)
+    for (int i = 0; i < 10; ++i)
+      e.record(t0 + seconds(burst) + std::chrono::microseconds(3 * i), 1, --queued);
+  // The first burst opened the busy spell and took none of its time: 10 in the second.
+  ASSERT_TRUE(e.rate());
+  EXPECT_NEAR(*e.rate(), 10.0, 0.01);
+  EXPECT_EQ(e.intervals(), 1u);  // one burst, one busy interval
+  for (int burst = 2; burst < 6; ++burst)
+    for (int i = 0; i < 10; ++i) e.record(t0 + seconds(burst), 1, --queued);  // exact ties
+  EXPECT_NEAR(*e.rate(), 10.0, 0.01);
+  EXPECT_EQ(e.intervals(), 5u);
+}
+
+TEST(DispatchRateEstimator, DispatchesCloserThanAMillisecondStillAddUp) {
+  DispatchRateEstimator e(seconds(10), 8);
+  for (int i = 0; i < 200; ++i) e.record(t0 + std::chrono::microseconds(100 * i), 1, 50);
+  ASSERT_TRUE(e.rate());  // 20 ms of busy time: more than 8 intervals of 1 ms
+  EXPECT_NEAR(*e.rate(), 10'000.0, 10.0);
+}
+
 TEST(DispatchRateEstimator, FollowsAChangeOfRate) {
   DispatchRateEstimator e(seconds(2), 1);
   Clock::time_point now = t0;
