@@ -187,7 +187,8 @@ function(llmq_add_component component)
   endif()
 endfunction()
 
-# llmq_install_part(<target> <export>): the library, its headers and its export file.
+# llmq_install_part(<target> <export> [<interface target>...]): the library, its headers,
+# the export file, and further INTERFACE targets of the same part.
 function(llmq_install_part target export)
   get_target_property(header_sets ${target} HEADER_SETS)
   set(headers)
@@ -199,5 +200,9 @@ function(llmq_install_part target export)
     LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
     ${headers})
   set_property(GLOBAL APPEND PROPERTY LLMQ_INSTALLED_LIBRARIES ${target})
+  # Further targets of the same part without files of their own (INTERFACE libraries).
+  foreach(extra IN LISTS ARGN)
+    install(TARGETS ${extra} EXPORT ${export})
+  endforeach()
   install(EXPORT ${export} NAMESPACE llmq:: DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/llmq)
 endfunction()

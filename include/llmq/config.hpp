@@ -182,3 +182,7 @@ struct LLMConfig {
 [[nodiscard]] LLMConfig load_config(const std::filesystem::path& path);
 
 }  // namespace llmq
+
+#ifdef LLMQ_HEADER_ONLY
+#include <llmq/impl/config-inl.hpp>
+#endif

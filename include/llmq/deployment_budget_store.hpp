@@ -48,3 +48,7 @@ class DeploymentBudgetStore {
 };
 
 }  // namespace llmq
+
+#ifdef LLMQ_HEADER_ONLY
+#include <llmq/impl/deployment_budget_store-inl.hpp>
+#endif

@@ -191,3 +191,7 @@ class StoreUnavailableError : public Error {
 
 template <>
 struct boost::system::is_error_code_enum<llmq::errc> : std::true_type {};
+
+#ifdef LLMQ_HEADER_ONLY
+#include <llmq/impl/errors-inl.hpp>
+#endif

@@ -310,3 +310,7 @@ class WeightedRoundRobinBalancer {
 };
 
 }  // namespace llmq
+
+#ifdef LLMQ_HEADER_ONLY
+#include <llmq/impl/load_balancer-inl.hpp>
+#endif

@@ -16,3 +16,7 @@ namespace llmq {
 void set_logger(std::shared_ptr<spdlog::logger> replacement);
 
 }  // namespace llmq
+
+#ifdef LLMQ_HEADER_ONLY
+#include <llmq/impl/log-inl.hpp>
+#endif

@@ -314,3 +314,7 @@ class LLMQueue {
 };
 
 }  // namespace llmq
+
+#ifdef LLMQ_HEADER_ONLY
+#include <llmq/impl/queue-inl.hpp>
+#endif

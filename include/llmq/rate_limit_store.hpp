@@ -60,3 +60,7 @@ class InMemoryUserRateLimitStore : public UserRateLimitStore {
 };
 
 }  // namespace llmq
+
+#ifdef LLMQ_HEADER_ONLY
+#include <llmq/impl/rate_limit_store-inl.hpp>
+#endif

@@ -119,3 +119,7 @@ template <>
 struct std::tuple_element<1, llmq::Response> {
   using type = int;
 };
+
+#ifdef LLMQ_HEADER_ONLY
+#include <llmq/impl/request-inl.hpp>
+#endif

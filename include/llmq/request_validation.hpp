@@ -81,3 +81,7 @@ struct RequestProblem {
 [[nodiscard]] std::optional<RequestProblem> validate_user_id(std::string_view user_id);
 
 }  // namespace llmq
+
+#ifdef LLMQ_HEADER_ONLY
+#include <llmq/impl/request_validation-inl.hpp>
+#endif

@@ -83,3 +83,7 @@ class SlidingWindowLimiter {
 };
 
 }  // namespace llmq
+
+#ifdef LLMQ_HEADER_ONLY
+#include <llmq/impl/sliding_window_limiter-inl.hpp>
+#endif

@@ -128,3 +128,7 @@ class InMemoryTelemetryStore : public TelemetryStore {
 };
 
 }  // namespace llmq
+
+#ifdef LLMQ_HEADER_ONLY
+#include <llmq/impl/telemetry-inl.hpp>
+#endif

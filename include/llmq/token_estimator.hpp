@@ -42,3 +42,7 @@ inline constexpr std::int64_t kMaxTokenEstimate = std::int64_t{1} << 40;
 [[nodiscard]] std::int64_t estimate_embedding_tokens(const nlohmann::json& body);
 
 }  // namespace llmq
+
+#ifdef LLMQ_HEADER_ONLY
+#include <llmq/impl/token_estimator-inl.hpp>
+#endif

@@ -51,3 +51,7 @@ class UserTierTable {
 };
 
 }  // namespace llmq
+
+#ifdef LLMQ_HEADER_ONLY
+#include <llmq/impl/user_tiers-inl.hpp>
+#endif

@@ -9,7 +9,7 @@
 #include <llmq/log.hpp>
 #include "http_url.hpp"
 
-#include "../light_strand.hpp"
+#include <llmq/detail/light_strand.hpp>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>

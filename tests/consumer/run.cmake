@@ -2,6 +2,9 @@
 #   install_core        install the build; find_package(llmq) with hiredis, PostgreSQL,
 #                       SQLite3 and OpenSSL unfindable: the core builds and runs, a REQUIRED
 #                       component fails naming its package, OPTIONAL ones report FALSE
+#   install_header_only install the build; find_package(llmq) with the optional packages
+#                       unfindable, llmq::llmq_header_only in two translation units, no
+#                       llmq library linked
 #   install_components  install the build; find_package with every component, build, run
 #   install_layout      install the build; exactly the public headers of the built parts,
 #                       self-contained, and the programs in bin/
@@ -86,6 +89,13 @@ if(MODE STREQUAL "install_core")
                 MATCH "probe: llmq::llmq 1 redis FALSE providers FALSE jsonl TRUE")
   configure_app(package package ARGS ${without_optional_packages})
   build_and_run_app(package "${answer}")
+elseif(MODE STREQUAL "install_header_only")
+  configure_app(header_only header_only ARGS ${without_optional_packages})
+  build_and_run_app(header_only "${answer}" "second unit: ok")
+  file(STRINGS "${WORK_DIR}/header_only/build.ninja" link_lines REGEX "libllmq")
+  if(link_lines)
+    message(FATAL_ERROR "the header-only consumer links an llmq library: ${link_lines}")
+  endif()
 elseif(MODE STREQUAL "install_components")
   configure_app(components components)
   build_and_run_app(components "${answer}" "components: ok")

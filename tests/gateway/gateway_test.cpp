@@ -1101,3 +1101,30 @@ TEST_F(GatewayTest, PredictiveAdmissionRefusesAtOnceWithTheWaitAsRetryAfter) {
   for (auto& s : backlog) ++statuses[read_reply(s).status];
   EXPECT_EQ(statuses, (std::map<int, int>{{200, 100}, {504, 120}}));
 }
+
+constexpr const char* kSpilloverConfig = R"(
+azure_open_ai:
+  - api_key: "sk-UPSTREAM-SECRET"
+    api_version: "2024-10-21"
+    azure_endpoint: "http://127.0.0.1:1/"
+    azure_oai_models:
+      - {unique_model_id: "gpt-4o-ptu", model_name_in_azure: "gpt-4o", deployment_name_in_azure: "ptu", model_type: "chat", req_per_min: 60, tokens_per_min: 100000000}
+      - {unique_model_id: "gpt-4o-paygo", model_name_in_azure: "gpt-4o", deployment_name_in_azure: "paygo", model_type: "chat", req_per_min: 6000, tokens_per_min: 100000000, priority: 1}
+user_limits:
+  max_num_requests_in_time_window: 1000
+)";
+
+TEST_F(GatewayTest, DeploymentPriorityServesTheProvisionedOneFirstAndSpillsOver) {
+  start({}, 0ms, kSpilloverConfig);
+  // The provisioned deployment (priority 0) takes one request a second; the rest of a
+  // burst spills over to pay-as-you-go at once, though its weight (6000 RPM) is larger.
+  std::vector<std::string> served;
+  for (int i = 0; i < 3; ++i) {
+    auto r = post("/v1/chat/completions", chat("gpt-4o"));
+    ASSERT_EQ(r.status, 200) << r.body;
+    served.push_back(r.j()["deployment"].get<std::string>());
+  }
+  EXPECT_EQ(served, (std::vector<std::string>{"gpt-4o-ptu", "gpt-4o-paygo", "gpt-4o-paygo"}));
+  EXPECT_EQ(metric("llmq_deployment_spilled_total{deployment=\"gpt-4o-paygo\"}"), 2);
+  EXPECT_EQ(metric("llmq_deployment_spilled_total{deployment=\"gpt-4o-ptu\"}"), 0);
+}

@@ -1,5 +1,5 @@
 // The free list behind each request's queue entry and telemetry record.
-#include "../../src/block_pool.hpp"
+#include <llmq/detail/block_pool.hpp>
 
 #include <gtest/gtest.h>
 

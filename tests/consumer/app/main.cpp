@@ -1,8 +1,9 @@
 // A user's program: parses a config and runs one request through LLMQueue. Built with
 // LLMQ_CONSUMER_COMPONENTS it also uses every optional component: the request's telemetry
 // goes to a JSON-lines file (read back), a record is written to SQLite, and the providers,
-// Redis and PostgreSQL parts are exercised without a server. Prints
-// `consumer: 200 "gpt-4o"` (and `components: ok`) on success; exit code 0.
+// Redis and PostgreSQL parts are exercised without a server; with LLMQ_CONSUMER_SECOND_UNIT
+// (the header-only build) a second translation unit uses the core too. Prints
+// `consumer: 200 "gpt-4o"` (and `components: ok`, `second unit: ok`) on success; exit code 0.
 #include <llmq/llmq.hpp>
 
 #include <boost/asio/co_spawn.hpp>
@@ -24,6 +25,10 @@
 #include <chrono>
 #include <fstream>
 #include <vector>
+#endif
+
+#if LLMQ_CONSUMER_SECOND_UNIT
+bool second_unit_works();  // second_unit.cpp
 #endif
 
 // The program must be compiled with the Asio configuration it asked for (tests/consumer).
@@ -128,6 +133,11 @@ boost::asio::awaitable<int> run(boost::asio::io_context& io, std::filesystem::pa
   bool ok = status == 200 && body == "gpt-4o";
 #if LLMQ_CONSUMER_COMPONENTS
   ok = co_await components_work(io, dir) && ok;
+#endif
+#if LLMQ_CONSUMER_SECOND_UNIT
+  const bool second = second_unit_works();
+  std::cout << "second unit: " << (second ? "ok" : "FAILED") << "\n";
+  ok = second && ok;
 #endif
   co_return ok ? 0 : 1;
 }
