@@ -28,6 +28,7 @@ LLMQ_INLINE UserTierTable::UserTierTable(const LLMConfig& config) {
 }
 
 LLMQ_INLINE const TierSettings& UserTierTable::lookup(std::string_view user_id) const {
+  if (by_user_.empty()) return tiers_.front();  // no tier lists users: skip the hash
   auto it = by_user_.find(user_id);
   return it == by_user_.end() ? tiers_.front() : tiers_[it->second];
 }
