@@ -1,5 +1,6 @@
 #include "gateway_config.hpp"
 
+#include <llmq/detail/yaml_reader.hpp>
 #include <llmq/errors.hpp>
 #include <llmq/log.hpp>
 
@@ -14,160 +15,90 @@
 namespace llmq::gateway {
 namespace {
 
-[[noreturn]] void fail(const std::string& path, std::string_view problem, const YAML::Node& at) {
-  std::string msg = path + ": " + std::string(problem);
-  if (at.IsDefined() && at.Mark().line >= 0)
-    msg += " (line " + std::to_string(at.Mark().line + 1) + ")";
-  throw ConfigError(msg);
+using detail::yaml::line_of;
+using detail::yaml::MappingView;
+using detail::yaml::Reader;
+
+constexpr std::string_view kSeconds = "must be a number of seconds between 0.001 and 1000000";
+
+/// A positive integer no larger than `max`.
+std::int64_t positive(Reader& r, const MappingView& map, std::string_view key,
+                      const MappingView::Entry& e, std::int64_t max) {
+  return r.read_integer_in(map, key, e, 1, max,
+                           "must be a positive integer no larger than " + std::to_string(max));
 }
 
-std::string text(const YAML::Node& n, const std::string& path) {
-  if (!n.IsScalar()) fail(path, "must be a string", n);
-  return expand_environment(n.Scalar(), path, n.Mark().line + 1);
-}
-
-std::int64_t positive(const YAML::Node& n, const std::string& path, std::int64_t max) {
-  const std::string s = text(n, path);
-  std::int64_t v = 0;
-  try {
-    std::size_t used = 0;
-    v = std::stoll(s, &used);
-    if (used != s.size()) v = 0;
-  } catch (const std::exception&) {
-    v = 0;
+ClientKey read_client_key(Reader& r, const YAML::Node& node, const std::string& path) {
+  MappingView k = r.view_mapping(node, path, line_of(node));
+  ClientKey key;
+  key.key = r.read_string(k, "key", r.require(k, "key"));
+  if (key.key.empty()) Reader::fail(path + ".key", "must not be empty", line_of(node));
+  if (auto* e = k.find("user")) key.user = r.read_string(k, "user", *e);
+  if (auto* e = k.find("tier")) {
+    key.tier = r.read_string(k, "tier", *e);
+    if (key.tier.empty()) Reader::fail(path + ".tier", "must not be empty", line_of(e->key));
   }
-  if (v <= 0 || v > max)
-    fail(path, "must be a positive integer no larger than " + std::to_string(max), n);
-  return v;
+  if (auto* e = k.find("max_priority"))
+    key.max_priority = static_cast<Priority>(
+        r.read_choice(k, "max_priority", *e, {"high", "normal", "low"}, "high, normal, low"));
+  r.reject_unknown(k, "known: key, user, tier, max_priority");
+  return key;
 }
 
-std::chrono::milliseconds seconds(const YAML::Node& n, const std::string& path) {
-  const std::string s = text(n, path);
-  double v = 0;
-  try {
-    std::size_t used = 0;
-    v = std::stod(s, &used);
-    if (used != s.size()) v = 0;
-  } catch (const std::exception&) {
-    v = 0;
-  }
-  if (!(v >= 0.001 && v <= 1e6))
-    fail(path, "must be a number of seconds between 0.001 and 1000000", n);
-  return std::chrono::milliseconds(static_cast<std::int64_t>(v * 1000.0 + 0.5));
-}
-
-bool boolean(const YAML::Node& n, const std::string& path) {
-  const std::string b = text(n, path);
-  if (b != "true" && b != "false") fail(path, "must be true or false", n);
-  return b == "true";
-}
-
-GatewayConfig parse_section(const YAML::Node& g) {
+/// The `gateway:` section of the settings file (absent or null: the defaults).
+GatewayConfig parse_section(Reader& r, MappingView& root) {
   GatewayConfig c;
-  if (!g || g.IsNull()) return c;
-  if (!g.IsMap()) fail("gateway", "must be a mapping", g);
+  MappingView::Entry* section = root.find("gateway");
+  if (section == nullptr) return c;
+  MappingView g =
+      r.view_mapping(section->value, r.key_path(root, "gateway", *section), line_of(section->key));
   // Read first: it decides what an unknown key below means.
-  if (const YAML::Node allow = g["allow_unknown_keys"])
-    c.allow_unknown_keys = boolean(allow, "gateway.allow_unknown_keys");
-  static const std::set<std::string> known = {"listen_address",
-                                              "port",
-                                              "user_header",
-                                              "client_keys",
-                                              "max_body_bytes",
-                                              "max_header_bytes",
-                                              "max_json_depth",
-                                              "header_timeout_seconds",
-                                              "read_timeout_seconds",
-                                              "idle_timeout_seconds",
-                                              "upstream_timeout_seconds",
-                                              "max_connections",
-                                              "upstream_max_connections",
-                                              "telemetry_jsonl",
-                                              "telemetry_postgres",
-                                              "redis_url",
-                                              "redis_key_prefix",
-                                              "redis_failure_policy",
-                                              "share_deployment_budgets",
-                                              "allow_unknown_keys"};
-  for (const auto& kv : g) {
-    if (!kv.first.IsScalar()) fail("gateway", "mapping keys must be plain strings", kv.first);
-    const std::string key = kv.first.Scalar();
-    const std::string path = "gateway." + key;
-    const YAML::Node& v = kv.second;
-    if (!known.count(key)) {
-      if (!c.allow_unknown_keys)
-        fail(path, "unknown key (set gateway.allow_unknown_keys: true to allow it)", kv.first);
-      logger()->warn("{}: unknown key (line {})", path, kv.first.Mark().line + 1);
-      continue;
-    }
-    if (key == "listen_address")
-      c.listen_address = text(v, path);
-    else if (key == "port") {
-      // 0 asks the system for a free port (printed at start-up, or see --port-file).
-      c.port = text(v, path) == "0" ? 0 : static_cast<unsigned short>(positive(v, path, 65535));
-    } else if (key == "user_header") {
-      c.user_header = text(v, path);
-      if (c.user_header.empty()) fail(path, "must not be empty", v);
-    } else if (key == "max_body_bytes")
-      c.max_body_bytes = static_cast<std::size_t>(positive(v, path, std::int64_t{1} << 30));
-    else if (key == "max_header_bytes")
-      c.max_header_bytes = static_cast<std::size_t>(positive(v, path, std::int64_t{1} << 20));
-    else if (key == "max_json_depth")
-      c.max_json_depth = static_cast<std::size_t>(positive(v, path, 10'000));
-    else if (key == "header_timeout_seconds")
-      c.header_timeout = seconds(v, path);
-    else if (key == "upstream_timeout_seconds")
-      c.upstream_timeout = seconds(v, path);
-    else if (key == "read_timeout_seconds")
-      c.read_timeout = seconds(v, path);
-    else if (key == "idle_timeout_seconds")
-      c.idle_timeout = seconds(v, path);
-    else if (key == "max_connections")
-      c.max_connections = static_cast<std::size_t>(positive(v, path, 1'000'000));
-    else if (key == "upstream_max_connections")
-      c.upstream_max_connections = static_cast<std::size_t>(positive(v, path, 100'000));
-    else if (key == "telemetry_jsonl")
-      c.telemetry_jsonl = text(v, path);
-    else if (key == "telemetry_postgres")
-      c.telemetry_postgres = text(v, path);
-    else if (key == "redis_url")
-      c.redis_url = text(v, path);
-    else if (key == "redis_key_prefix")
-      c.redis_key_prefix = text(v, path);
-    else if (key == "redis_failure_policy") {
-      const std::string p = text(v, path);
-      if (p != "fail_open" && p != "fail_closed") fail(path, "must be fail_open or fail_closed", v);
-      c.redis_fail_open = p == "fail_open";
-    } else if (key == "share_deployment_budgets") {
-      c.share_deployment_budgets = boolean(v, path);
-    } else if (key == "client_keys") {
-      if (!v.IsSequence()) fail(path, "must be a list", v);
-      for (std::size_t i = 0; i < v.size(); ++i) {
-        const std::string item = path + "[" + std::to_string(i) + "]";
-        const YAML::Node& e = v[i];
-        if (!e.IsMap()) fail(item, "must be a mapping with key and optional user", e);
-        if (!e["key"]) fail(item + ".key", "is required", e);
-        ClientKey k;
-        k.key = text(e["key"], item + ".key");
-        if (k.key.empty()) fail(item + ".key", "must not be empty", e["key"]);
-        if (e["user"]) k.user = text(e["user"], item + ".user");
-        if (e["tier"]) {
-          k.tier = text(e["tier"], item + ".tier");
-          if (k.tier.empty()) fail(item + ".tier", "must not be empty", e["tier"]);
-        }
-        if (e["max_priority"]) {
-          k.max_priority = parse_priority(text(e["max_priority"], item + ".max_priority"));
-          if (!k.max_priority)
-            fail(item + ".max_priority", "must be one of: high, normal, low", e["max_priority"]);
-        }
-        for (const auto& field : e)
-          if (!field.first.IsScalar() ||
-              !std::set<std::string>{"key", "user", "tier", "max_priority"}.count(
-                  field.first.Scalar()))
-            fail(item, "unknown key (known: key, user, tier, max_priority)", field.first);
-        c.client_keys.push_back(std::move(k));
-      }
-    }
+  if (auto* e = g.find("allow_unknown_keys"))
+    c.allow_unknown_keys = r.read_bool(g, "allow_unknown_keys", *e);
+  auto text = [&](std::string_view key, std::string& out) {
+    if (auto* e = g.find(key)) out = r.read_string(g, key, *e);
+  };
+  auto count = [&](std::string_view key, std::size_t& out, std::int64_t max) {
+    if (auto* e = g.find(key)) out = static_cast<std::size_t>(positive(r, g, key, *e, max));
+  };
+  auto seconds = [&](std::string_view key, std::chrono::milliseconds& out) {
+    if (auto* e = g.find(key)) out = r.read_seconds_in(g, key, *e, 0.001, 1e6, kSeconds);
+  };
+  text("listen_address", c.listen_address);
+  // 0 asks the system for a free port (printed at start-up, or see --port-file).
+  if (auto* e = g.find("port"))
+    c.port = static_cast<unsigned short>(
+        r.read_integer_in(g, "port", *e, 0, 65535, "must be a port number from 0 to 65535"));
+  if (auto* e = g.find("user_header")) {
+    c.user_header = r.read_string(g, "user_header", *e);
+    if (c.user_header.empty())
+      Reader::fail("gateway.user_header", "must not be empty", line_of(e->key));
+  }
+  count("max_body_bytes", c.max_body_bytes, std::int64_t{1} << 30);
+  count("max_header_bytes", c.max_header_bytes, std::int64_t{1} << 20);
+  count("max_json_depth", c.max_json_depth, 10'000);
+  seconds("header_timeout_seconds", c.header_timeout);
+  seconds("upstream_timeout_seconds", c.upstream_timeout);
+  seconds("read_timeout_seconds", c.read_timeout);
+  seconds("idle_timeout_seconds", c.idle_timeout);
+  count("max_connections", c.max_connections, 1'000'000);
+  count("upstream_max_connections", c.upstream_max_connections, 100'000);
+  text("telemetry_jsonl", c.telemetry_jsonl);
+  text("telemetry_postgres", c.telemetry_postgres);
+  text("redis_url", c.redis_url);
+  text("redis_key_prefix", c.redis_key_prefix);
+  if (auto* e = g.find("redis_failure_policy"))
+    c.redis_fail_open = r.read_choice(g, "redis_failure_policy", *e, {"fail_open", "fail_closed"},
+                                      "fail_open, fail_closed") == 0;
+  if (auto* e = g.find("share_deployment_budgets"))
+    c.share_deployment_budgets = r.read_bool(g, "share_deployment_budgets", *e);
+  for (auto& [node, path] : r.read_list(g, "client_keys"))
+    c.client_keys.push_back(read_client_key(r, node, path));
+  if (!c.allow_unknown_keys) {
+    r.reject_unknown(g, "set gateway.allow_unknown_keys: true to allow it");
+  } else {
+    r.warn_unknown(g);
+    for (const std::string& w : r.take_warnings()) logger()->warn("{}", w);
   }
   return c;
 }
@@ -195,14 +126,10 @@ QueueOptions queue_options(const GatewayConfig& config) {
 GatewaySettings parse_gateway_settings(std::string_view yaml) {
   GatewaySettings s;
   s.llm = parse_config(yaml);  // validates the library's keys, reports their errors
-  YAML::Node root;
+  Reader reader("config");
   try {
-    root = YAML::Load(std::string(yaml));
-  } catch (const YAML::Exception& e) {
-    throw ConfigError(std::string("config: ") + e.what());
-  }
-  try {
-    s.gateway = parse_section(root["gateway"]);
+    MappingView root = reader.view_mapping(reader.load(yaml), "", 1);
+    s.gateway = parse_section(reader, root);
   } catch (const YAML::Exception& e) {
     // Not expected: every access is type-checked. Never let yaml-cpp's exceptions leak.
     throw ConfigError(std::string("gateway: cannot read YAML: ") + e.what());

@@ -216,7 +216,13 @@ TEST(MockConfig, ErrorsNameTheKeyAndLine) {
                 .find("deployments[0].faults: the fault rates add up to more than 1"),
             std::string::npos);
   EXPECT_NE(error_of("seed: 1\n").find("deployments: is required"), std::string::npos);
-  EXPECT_NE(error_of("deployments: [\n").find("invalid YAML"), std::string::npos);
+  // Syntax errors as the library's and the gateway's settings report them.
+  EXPECT_NE(error_of("deployments: [\n").find("mock config: YAML syntax error at column"),
+            std::string::npos);
+  EXPECT_NE(error_of("deployments: [\n").find("(line "), std::string::npos);
+  EXPECT_NE(error_of("deployments: []\n---\ndeployments: []\n")
+                .find("mock config: expected one YAML document, found 2 (line 3)"),
+            std::string::npos);
   EXPECT_NE(error_of("deployments:\n  - name: a\n    faults: {error_rate: {200: 0.5}}\n")
                 .find("deployments[0].faults.error_rate.200: status must be in 400..599"),
             std::string::npos);

@@ -15,9 +15,8 @@
 
 #include <llmq/config.hpp>
 #include <llmq/detail/inline.hpp>
+#include <llmq/detail/yaml_reader.hpp>
 
-#include <yaml-cpp/depthguard.h>
-#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 #include <llmq/errors.hpp>
 #include <llmq/log.hpp>
@@ -52,10 +51,8 @@ LLMQ_INLINE std::string_view to_string(ModelType t) noexcept {
 }
 
 namespace detail::config_reading {
+using namespace detail::yaml;  // the shared reader: key paths, lines, typed values
 
-/// Longest duration accepted for any `*_seconds` key. 1e9 s (about 31.7 years) keeps
-/// `now + duration` far inside the range of a nanosecond steady_clock time point.
-inline constexpr double kMaxSeconds = 1e9;
 inline constexpr std::chrono::milliseconds kMaxDuration{static_cast<std::int64_t>(kMaxSeconds) *
                                                         1000};
 
@@ -63,41 +60,12 @@ inline constexpr std::string_view kRootPath = "config";
 inline constexpr std::string_view kModelTypeChoices = "completion, chat, embeddings";
 
 // Problem texts shared by the parser and the validator.
-inline constexpr std::string_view kPositiveInt = "must be a positive integer";
-inline constexpr std::string_view kPositiveSeconds = "must be a positive number of seconds";
-inline constexpr std::string_view kNonNegativeSeconds = "must be a non-negative number of seconds";
-inline constexpr std::string_view kMinSeconds = "must be at least 0.001 seconds";
-inline constexpr std::string_view kMaxSecondsText = "must be at most 1000000000 seconds";
 inline constexpr std::string_view kNotEmpty = "must not be empty";
 inline constexpr std::string_view kHttpUrl = "must start with http:// or https://";
-inline constexpr std::string_view kNonNegativeInt = "must be a non-negative integer";
 inline constexpr std::string_view kMaxWeightText = "must be at most 4294967296";
 inline constexpr std::string_view kTierWeightText = "must be an integer from 1 to 1000000";
 inline constexpr std::string_view kPolicyChoices = "fifo, fair";
 inline constexpr std::string_view kPriorityChoices = "high, normal, low";
-inline constexpr std::string_view kBoolean = "must be true or false";
-
-/// Formats the common error text: `<path>: <problem>` plus ` (line N)` when N > 0.
-inline std::string format_problem(std::string_view path, std::string_view problem, int line) {
-  std::string out;
-  out.reserve(path.size() + problem.size() + 16);
-  out.append(path).append(": ").append(problem);
-  if (line > 0) out.append(" (line ").append(std::to_string(line)).append(")");
-  return out;
-}
-
-inline std::string child_path(std::string_view parent, std::string_view key) {
-  if (parent.empty()) return std::string(key);
-  std::string out(parent);
-  out.append(".").append(key);
-  return out;
-}
-
-inline std::string item_path(std::string_view parent, std::size_t index) {
-  std::string out(parent);
-  out.append("[").append(std::to_string(index)).append("]");
-  return out;
-}
 
 inline bool has_http_scheme(std::string_view url) {
   return url.starts_with("http://") || url.starts_with("https://");
@@ -110,9 +78,6 @@ inline bool is_var_char(char c) { return is_var_start(c) || (c >= '0' && c <= '9
 
 // ---------------------------------------------------------------------------------------
 // Pass 2: invariants, shared by parse_config and LLMConfig::validate.
-
-/// Key path -> 1-based line of that key in the YAML text.
-using LineTable = std::unordered_map<std::string, int>;
 
 class InvariantChecker {
  public:
@@ -276,98 +241,12 @@ class InvariantChecker {
 // ---------------------------------------------------------------------------------------
 // Pass 1: the YAML walk.
 
-/// Counts the documents of a YAML text without building nodes, and notes where each
-/// starts and where the second one's content is (for the "found N" error).
-class DocumentCounter : public YAML::EventHandler {
+class YamlConfigParser : public yaml::Reader {
  public:
-  void OnDocumentStart(const YAML::Mark& mark) override {
-    ++documents;
-    start = mark;
-    content_pending = documents == 2;
-  }
-  void OnDocumentEnd() override {}
-  void OnNull(const YAML::Mark& mark, YAML::anchor_t) override { content(mark); }
-  void OnAlias(const YAML::Mark& mark, YAML::anchor_t) override { content(mark); }
-  void OnScalar(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
-                const std::string&) override {
-    content(mark);
-  }
-  void OnSequenceStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
-                       YAML::EmitterStyle::value) override {
-    content(mark);
-  }
-  void OnSequenceEnd() override {}
-  void OnMapStart(const YAML::Mark& mark, const std::string&, YAML::anchor_t,
-                  YAML::EmitterStyle::value) override {
-    content(mark);
-  }
-  void OnMapEnd() override {}
+  YamlConfigParser() : Reader("config") {}
 
-  int documents = 0;
-  YAML::Mark start;           ///< of the last document started
-  YAML::Mark second_content;  ///< first node of the second document
-
- private:
-  void content(const YAML::Mark& mark) {
-    if (content_pending) second_content = mark;
-    content_pending = false;
-  }
-  bool content_pending = false;
-};
-
-/// A mapping's entries by key, with bookkeeping for unknown and duplicate keys.
-struct MappingView {
-  struct Entry {
-    YAML::Node key;
-    YAML::Node value;
-    bool used = false;
-  };
-
-  std::vector<std::pair<std::string, Entry>> entries;  // document order
-  std::unordered_map<std::string, std::size_t> index;  // key -> position in entries
-  std::string path;
-  int line = 0;
-
-  /// The entry for `name`, or nullptr when the key is absent or its value is null.
-  /// Marks the key as known either way.
-  Entry* find(std::string_view name) {
-    const auto it = index.find(std::string(name));
-    if (it == index.end()) return nullptr;
-    Entry& entry = entries[it->second].second;
-    entry.used = true;
-    return entry.value.IsNull() ? nullptr : &entry;
-  }
-};
-
-class YamlConfigParser {
- public:
   LLMConfig parse(std::string_view text) {
-    const std::string owned(text);
-    YAML::Node root;
-    int documents = 0;
-    try {
-      documents = count_documents(owned);
-      root = YAML::Load(owned);
-    } catch (const YAML::DeepRecursion& e) {
-      throw ConfigError(format_problem(kRootPath, "YAML nesting is too deep",
-                                       e.mark.is_null() ? 0 : e.mark.line + 1));
-    } catch (const YAML::ParserException& e) {
-      std::string problem = "YAML syntax error";
-      if (!e.mark.is_null()) problem += " at column " + std::to_string(e.mark.column + 1);
-      problem += ": " + e.msg;
-      throw ConfigError(format_problem(kRootPath, problem, e.mark.is_null() ? 0 : e.mark.line + 1));
-    } catch (const YAML::Exception& e) {
-      throw ConfigError(format_problem(kRootPath, std::string("cannot parse YAML: ") + e.msg,
-                                       e.mark.is_null() ? 0 : e.mark.line + 1));
-    }
-    if (documents == 0 || root.IsNull()) {
-      throw ConfigError(format_problem(kRootPath, "the document is empty", 1));
-    }
-    if (documents > 1) {
-      throw ConfigError(format_problem(
-          kRootPath, "expected one YAML document, found " + std::to_string(documents),
-          second_document_line_));
-    }
+    const YAML::Node root = load(text);
 
     LLMConfig cfg;
     try {
@@ -384,180 +263,10 @@ class YamlConfigParser {
   }
 
  private:
-  static int line_of(const YAML::Node& node) {
-    const YAML::Mark mark = node.Mark();
-    return mark.is_null() ? 0 : mark.line + 1;
-  }
-
-  [[noreturn]] static void fail(std::string_view path, std::string_view problem, int line) {
-    throw ConfigError(format_problem(path, problem, line));
-  }
-
-  /// The number of documents in `text` (YAML::LoadAll would say the same, but it never
-  /// returns when a document starts with a ',': yaml-cpp then begins one empty document
-  /// after another without consuming the comma). Such a ',' is reported as a syntax
-  /// error; the count stops at kMaxDocuments.
-  int count_documents(const std::string& text) {
-    static constexpr int kMaxDocuments = 100;
-    std::istringstream in(text);
-    YAML::Parser parser(in);
-    DocumentCounter counter;
-    while (counter.documents < kMaxDocuments && parser.HandleNextDocument(counter)) {
-      const YAML::Mark& at = counter.start;
-      if (at.pos >= 0 && static_cast<std::size_t>(at.pos) < text.size() && text[at.pos] == ',') {
-        fail(kRootPath,
-             "YAML syntax error at column " + std::to_string(at.column + 1) +
-                 ": ',' outside a flow collection",
-             at.line + 1);
-      }
-    }
-    if (counter.documents > 1) second_document_line_ = counter.second_content.line + 1;
-    return counter.documents;
-  }
-
-  /// Path of an entry of `map`, recording the line of its key.
-  std::string key_path(const MappingView& map, std::string_view key,
-                       const MappingView::Entry& entry) {
-    std::string path = child_path(map.path, key);
-    lines_[path] = line_of(entry.key);
-    return path;
-  }
-
-  MappingView view_mapping(const YAML::Node& node, const std::string& path, int line) {
-    // The top level has the empty path (its keys have no prefix) and is called "config".
-    const std::string shown = path.empty() ? std::string(kRootPath) : path;
-    if (!node.IsMap()) fail(shown, "must be a mapping", line);
-    MappingView view;
-    view.path = path;
-    view.line = line;
-    lines_.emplace(shown, line);
-    for (const auto& kv : node) {
-      const int key_line = line_of(kv.first);
-      if (!kv.first.IsScalar()) fail(shown, "mapping keys must be plain strings", key_line);
-      const std::string& key = kv.first.Scalar();
-      const auto [it, inserted] = view.index.emplace(key, view.entries.size());
-      if (!inserted) {
-        const int first_line = line_of(view.entries[it->second].second.key);
-        fail(child_path(path, key),
-             "duplicate key (first given at line " + std::to_string(first_line) + ")", key_line);
-      }
-      view.entries.emplace_back(key, MappingView::Entry{kv.first, kv.second, false});
-    }
-    return view;
-  }
-
-  /// Warns about every key of `map` that no reader asked for.
-  void warn_unknown(const MappingView& map) {
-    for (const auto& [key, entry] : map.entries) {
-      if (entry.used) continue;
-      warnings_.push_back(
-          format_problem(child_path(map.path, key), "unknown key", line_of(entry.key)));
-    }
-  }
-
-  /// The value of a required key, or an "is required" error at the mapping's line.
-  MappingView::Entry& require(MappingView& map, std::string_view key) {
-    MappingView::Entry* entry = map.find(key);
-    if (entry == nullptr) fail(child_path(map.path, key), "is required", map.line);
-    return *entry;
-  }
-
-  static std::string expand_env(std::string_view in, const std::string& path, int line) {
-    return expand_environment(in, path, line);
-  }
-
-  /// A scalar's text after `${VAR}` expansion; `type_problem` if it is not a scalar.
-  std::string scalar_text(const MappingView& map, std::string_view key,
-                          const MappingView::Entry& entry, std::string_view type_problem) {
-    const std::string path = key_path(map, key, entry);
-    const int line = line_of(entry.key);
-    if (!entry.value.IsScalar()) fail(path, type_problem, line);
-    return expand_env(entry.value.Scalar(), path, line);
-  }
-
-  std::string read_string(const MappingView& map, std::string_view key,
-                          const MappingView::Entry& entry) {
-    return scalar_text(map, key, entry, "must be a string");
-  }
-
-  std::int64_t read_positive_int(const MappingView& map, std::string_view key,
-                                 const MappingView::Entry& entry) {
-    return read_integer(map, key, entry, /*allow_zero=*/false);
-  }
-
-  std::int64_t read_non_negative_int(const MappingView& map, std::string_view key,
-                                     const MappingView::Entry& entry) {
-    return read_integer(map, key, entry, /*allow_zero=*/true);
-  }
-
-  std::int64_t read_integer(const MappingView& map, std::string_view key,
-                            const MappingView::Entry& entry, bool allow_zero) {
-    const std::string_view problem = allow_zero ? kNonNegativeInt : kPositiveInt;
-    const std::string text = scalar_text(map, key, entry, problem);
-    const std::string path = child_path(map.path, key);
-    const int line = line_of(entry.key);
-    std::string_view digits = text;
-    if (digits.starts_with('+')) digits.remove_prefix(1);
-    std::int64_t value = 0;
-    const auto [end, ec] = std::from_chars(digits.data(), digits.data() + digits.size(), value);
-    if (ec == std::errc::result_out_of_range) {
-      fail(path, "is too large (must fit in a signed 64-bit integer)", line);
-    }
-    if (ec != std::errc() || end != digits.data() + digits.size() || digits.empty() || value < 0 ||
-        (!allow_zero && value == 0)) {
-      fail(path, problem, line);
-    }
-    return value;
-  }
-
-  /// One of `choices` (their spelling, exact); returns its index.
-  std::size_t read_choice(const MappingView& map, std::string_view key,
-                          const MappingView::Entry& entry,
-                          std::initializer_list<std::string_view> choices,
-                          std::string_view choice_text) {
-    const std::string problem = std::string("must be one of ").append(choice_text);
-    const std::string text = scalar_text(map, key, entry, problem);
-    std::size_t index = 0;
-    for (std::string_view c : choices) {
-      if (text == c) return index;
-      ++index;
-    }
-    fail(child_path(map.path, key), problem, line_of(entry.key));
-  }
-
   Priority read_priority(const MappingView& map, std::string_view key,
                          const MappingView::Entry& entry) {
     return static_cast<Priority>(
         read_choice(map, key, entry, {"high", "normal", "low"}, kPriorityChoices));
-  }
-
-  bool read_bool(const MappingView& map, std::string_view key, const MappingView::Entry& entry) {
-    const std::string text = scalar_text(map, key, entry, kBoolean);
-    if (text == "true") return true;
-    if (text == "false") return false;
-    fail(child_path(map.path, key), kBoolean, line_of(entry.key));
-  }
-
-  /// A number of seconds (fractions allowed), rounded to milliseconds.
-  std::chrono::milliseconds read_seconds(const MappingView& map, std::string_view key,
-                                         const MappingView::Entry& entry, bool allow_zero) {
-    const std::string_view sign_problem = allow_zero ? kNonNegativeSeconds : kPositiveSeconds;
-    const std::string text = scalar_text(map, key, entry, sign_problem);
-    const std::string path = child_path(map.path, key);
-    const int line = line_of(entry.key);
-    std::string_view number = text;
-    if (number.starts_with('+')) number.remove_prefix(1);
-    double seconds = 0;
-    const auto [end, ec] = std::from_chars(number.data(), number.data() + number.size(), seconds);
-    if (ec != std::errc() || end != number.data() + number.size() || number.empty() ||
-        !std::isfinite(seconds)) {
-      fail(path, sign_problem, line);
-    }
-    if (seconds < 0 || (!allow_zero && seconds == 0)) fail(path, sign_problem, line);
-    if (seconds > kMaxSeconds) fail(path, kMaxSecondsText, line);
-    const std::chrono::milliseconds ms{std::llround(seconds * 1000.0)};
-    if (!allow_zero && ms.count() < 1) fail(path, kMinSeconds, line);
-    return ms;
   }
 
   ModelType read_model_type(const MappingView& map, std::string_view key,
@@ -568,23 +277,6 @@ class YamlConfigParser {
     if (text == "chat") return ModelType::chat;
     if (text == "embeddings") return ModelType::embeddings;
     fail(child_path(map.path, key), problem, line_of(entry.key));
-  }
-
-  /// The items of a list-valued key (absent or null -> empty).
-  std::vector<std::pair<YAML::Node, std::string>> read_list(MappingView& map,
-                                                            std::string_view key) {
-    std::vector<std::pair<YAML::Node, std::string>> items;
-    MappingView::Entry* entry = map.find(key);
-    if (entry == nullptr) return items;
-    const std::string path = key_path(map, key, *entry);
-    if (!entry->value.IsSequence()) fail(path, "must be a list", line_of(entry->key));
-    std::size_t index = 0;
-    for (const auto& item : entry->value) {
-      std::string ip = item_path(path, index++);
-      lines_[ip] = line_of(item);
-      items.emplace_back(item, std::move(ip));
-    }
-    return items;
   }
 
   void read_root(const YAML::Node& root, LLMConfig& cfg) {
@@ -671,20 +363,6 @@ class YamlConfigParser {
     read_common_model_keys(map, model);
     warn_unknown(map);
     return model;
-  }
-
-  /// The entry of `key` or of its alias; both present is an error.
-  MappingView::Entry* find_with_alias(MappingView& map, std::string_view key,
-                                      std::string_view alias, std::string_view* used_key) {
-    MappingView::Entry* primary = map.find(key);
-    MappingView::Entry* secondary = map.find(alias);
-    if (primary != nullptr && secondary != nullptr) {
-      fail(child_path(map.path, alias),
-           std::string("is an alias of ").append(key).append("; give only one of them"),
-           line_of(secondary->key));
-    }
-    *used_key = primary != nullptr ? key : alias;
-    return primary != nullptr ? primary : secondary;
   }
 
   void read_user_limits(const YAML::Node& node, const std::string& path, int line,
@@ -777,10 +455,6 @@ class YamlConfigParser {
       out.push_back(std::move(tier));
     }
   }
-
-  LineTable lines_;
-  int second_document_line_ = 0;
-  std::vector<std::string> warnings_;
 };
 
 }  // namespace detail::config_reading

@@ -9,6 +9,9 @@
 
 #include <llmq/mock/config.hpp>
 
+#include <llmq/detail/yaml_reader.hpp>
+#include <llmq/errors.hpp>
+
 #include <yaml-cpp/yaml.h>
 #include <nlohmann/json.hpp>
 
@@ -55,19 +58,17 @@ struct KeyError {
 
 /// Where each key path came from (YAML only) and the raw text of plain scalars.
 struct SourceInfo {
-  std::map<std::string, int> lines;
+  detail::yaml::LineTable lines;
   std::map<std::string, std::string> raw_scalars;
 };
 
+// Key paths and their lines: the shared settings reader's (detail/yaml_reader.hpp).
 std::string child(const std::string& parent, std::string_view key) {
-  std::string out = parent;
-  if (!out.empty()) out += '.';
-  out += key;
-  return out;
+  return detail::yaml::child_path(parent, key);
 }
 
 std::string element(const std::string& parent, std::size_t i) {
-  return parent + "[" + std::to_string(i) + "]";
+  return detail::yaml::item_path(parent, i);
 }
 
 [[noreturn]] void fail(const std::string& path, std::string problem) {
@@ -78,15 +79,8 @@ MockConfigError to_error(const KeyError& e, const SourceInfo* src) {
   std::string msg = "mock config: " + e.path + ": " + e.problem;
   if (src != nullptr) {
     // The line of the key itself, or of the closest enclosing key that has one.
-    std::string p = e.path;
-    while (!p.empty()) {
-      if (auto it = src->lines.find(p); it != src->lines.end() && it->second > 0) {
-        msg += " (line " + std::to_string(it->second) + ")";
-        break;
-      }
-      const auto cut = p.find_last_of(".[");
-      p = cut == std::string::npos ? std::string() : p.substr(0, cut);
-    }
+    if (const int line = detail::yaml::line_of_path(src->lines, e.path); line > 0)
+      msg += " (line " + std::to_string(line) + ")";
   }
   return MockConfigError(msg);
 }
@@ -453,11 +447,10 @@ MockConfig parse_mock_config(std::string_view yaml_text) {
   try {
     YAML::Node root;
     try {
-      root = YAML::Load(std::string(yaml_text));
-    } catch (const YAML::Exception& e) {
-      std::string msg = "mock config: invalid YAML: " + e.msg;
-      if (e.mark.line >= 0) msg += " (line " + std::to_string(e.mark.line + 1) + ")";
-      throw MockConfigError(msg);
+      // One document, syntax and nesting checked, as the library's and the gateway's.
+      root = detail::yaml::Reader("mock config", /*expand_env=*/false).load(yaml_text);
+    } catch (const ConfigError& e) {
+      throw MockConfigError(e.what());
     }
     const json j = yaml_to_json(root, "", src);
     MockConfig cfg = read_config(j, &src);
