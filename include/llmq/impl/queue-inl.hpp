@@ -141,6 +141,11 @@ struct ResourceClass {
   std::vector<std::size_t> emb;
   std::int64_t max_llm_tpm = 0;  // the largest tokens_per_min among the candidates
   std::int64_t max_emb_tpm = 0;
+  // The candidates registered with the balancer, on the first dispatch (on the strand,
+  // which alone touches the balancer; classes are made on callers' threads): a pick by
+  // handle skips hashing the candidate list.
+  mutable std::optional<WeightedRoundRobinBalancer::CandidateSet> llm_set;
+  mutable std::optional<WeightedRoundRobinBalancer::CandidateSet> emb_set;
 };
 
 struct Entry {
@@ -1100,15 +1105,17 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     const ResourceClass& rc = *e->cls;
     std::optional<WeightedRoundRobinBalancer::Selection> ls;
     std::optional<WeightedRoundRobinBalancer::Selection> es;
-    if (rc.need_llm && !(ls = balancer_.pick(rc.llm, e->llm_need, t))) return false;
-    if (rc.need_emb && !(es = balancer_.pick(rc.emb, e->emb_need, t))) return false;
+    if (rc.need_llm && !rc.llm_set) rc.llm_set = balancer_.candidate_set(rc.llm);
+    if (rc.need_emb && !rc.emb_set) rc.emb_set = balancer_.candidate_set(rc.emb);
+    if (rc.need_llm && !(ls = balancer_.pick(*rc.llm_set, e->llm_need, t))) return false;
+    if (rc.need_emb && !(es = balancer_.pick(*rc.emb_set, e->emb_need, t))) return false;
     if (ls) {
-      e->llm_grant = balancer_.commit(rc.llm, *ls, e->llm_need, t);
+      e->llm_grant = balancer_.commit(*ls, e->llm_need, t);
       e->chosen.llm = &deployments_[ls->deployment];
       e->telemetry->llm_deployment = e->chosen.llm->unique_model_id;
     }
     if (es) {
-      e->emb_grant = balancer_.commit(rc.emb, *es, e->emb_need, t);
+      e->emb_grant = balancer_.commit(*es, e->emb_need, t);
       e->chosen.embedding = &deployments_[es->deployment];
       e->telemetry->embedding_deployment = e->chosen.embedding->unique_model_id;
     }

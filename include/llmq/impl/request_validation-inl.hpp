@@ -8,6 +8,8 @@
 
 #include <llmq/detail/json_walk.hpp>
 
+#include <boost/container/small_vector.hpp>
+
 #include <nlohmann/json.hpp>
 
 #include <limits>
@@ -251,17 +253,31 @@ LLMQ_INLINE std::optional<RequestProblem> parse_json_bounded(std::string_view te
 }
 
 LLMQ_INLINE bool json_within_depth(const nlohmann::json& value, std::size_t max_depth) {
-  using namespace detail::validation;
-  bool too_deep = false;
-  detail::walk_json(
-      value,
-      [&](const json& v, std::size_t depth, const std::string*) {
-        if (too_deep || !v.is_structured()) return false;
-        too_deep = depth >= max_depth;  // a container at `depth` opens level depth + 1
-        return !too_deep;
-      },
-      [](const json&) {});
-  return !too_deep;
+  // Called for every request, so it is cheap: the containers still to look into, each
+  // with its depth, and the members read straight from the map or vector (nlohmann's
+  // generic iterators cost several times more). The root is at depth 0; a container at
+  // depth d opens level d + 1. Memory: one entry per container not yet looked into, at
+  // most the body's own container count; the first 32 in place.
+  if (!value.is_structured()) return true;
+  struct Pending {
+    const nlohmann::json* container;
+    std::size_t depth;
+  };
+  boost::container::small_vector<Pending, 32> pending;
+  pending.push_back(Pending{&value, 0});
+  while (!pending.empty()) {
+    const Pending p = pending.back();
+    pending.pop_back();
+    if (p.depth >= max_depth) return false;
+    if (p.container->is_object()) {
+      for (const auto& member : p.container->get_ref<const nlohmann::json::object_t&>())
+        if (member.second.is_structured()) pending.push_back(Pending{&member.second, p.depth + 1});
+    } else {
+      for (const nlohmann::json& item : p.container->get_ref<const nlohmann::json::array_t&>())
+        if (item.is_structured()) pending.push_back(Pending{&item, p.depth + 1});
+    }
+  }
+  return true;
 }
 
 LLMQ_INLINE std::optional<RequestProblem> validate_chat_body(const nlohmann::json& body) {
