@@ -1040,7 +1040,7 @@ class GatewaySchedulingTest : public GatewayTest {
   /// The order in which the upstream sees: one request that runs at once, then a low
   /// request, then two high ones, queued behind a deployment that takes one a second.
   std::vector<std::string> low_then_high_order(const std::string& scheduling) {
-    const std::string cfg = paced_config(60, "  request_timeout_seconds: 10\n" + scheduling);
+    const std::string cfg = paced_config(60, "  request_timeout_seconds: 20\n" + scheduling);
     start({}, 0ms, cfg.c_str());
     EXPECT_EQ(post("/v1/chat/completions", chat("gpt-4o"), {{"x-user-id", "first"}}).status, 200);
     auto low = connect(10s);
