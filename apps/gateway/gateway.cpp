@@ -126,6 +126,22 @@ struct Gateway::Route {
   std::string model;  ///< `model` from the body, or `{deployment}` from an Azure path
 };
 
+std::string Gateway::presented_key(const HttpExchange& request) {
+  if (const std::string* k = request.header("api-key")) return *k;
+  if (const std::string* auth = request.header("authorization"))
+    if (lower(auth->substr(0, 7)) == "bearer ") return auth->substr(7);
+  return {};
+}
+
+bool Gateway::presents_operator_key(const HttpExchange& request) const {
+  const std::string presented = presented_key(request);
+  if (presented.empty()) return false;
+  bool found = false;  // every key compared, in constant time each
+  for (const ClientKey& k : config_.client_keys) found = same_key(k.key, presented) || found;
+  for (const std::string& k : config_.admin_keys) found = same_key(k, presented) || found;
+  return found;
+}
+
 Gateway::Gateway(LLMQueue& queue, GatewayConfig config, std::shared_ptr<Metrics> metrics)
     : queue_(queue), config_(std::move(config)), metrics_(std::move(metrics)) {
   config_.user_header = lower(config_.user_header);
@@ -157,6 +173,11 @@ boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request,
       co_return reject(503, "not ready", "unavailable", "not_ready", "not_ready");
     }
     if (path == "/metrics") {
+      if (!config_.metrics_are_public() && !presents_operator_key(request))
+        co_return reject(401,
+                         "/metrics needs a client key or an admin key (send api-key or "
+                         "Authorization: Bearer)",
+                         "invalid_request_error", "invalid_api_key", "unauthorized");
       QueueStats stats = co_await queue_.stats();
       HttpAnswer a;
       a.content_type = "text/plain; version=0.0.4";
@@ -195,12 +216,7 @@ boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request,
   RequestOptions options;
   std::optional<Priority> max_priority;
   if (!config_.client_keys.empty()) {
-    std::string presented;
-    if (const std::string* k = request.header("api-key")) {
-      presented = *k;
-    } else if (const std::string* auth = request.header("authorization")) {
-      if (lower(auth->substr(0, 7)) == "bearer ") presented = auth->substr(7);
-    }
+    const std::string presented = presented_key(request);
     const ClientKey* match = nullptr;
     for (const ClientKey& k : config_.client_keys)
       if (same_key(k.key, presented)) match = &k;

@@ -74,6 +74,10 @@ class Gateway {
  private:
   struct Route;
   boost::asio::awaitable<HttpAnswer> answer(const HttpExchange& request, std::string& request_id);
+  /// The API key a request presents (`api-key`, or `Authorization: Bearer`), else empty.
+  static std::string presented_key(const HttpExchange& request);
+  /// The request presents one of the client keys or admin keys.
+  [[nodiscard]] bool presents_operator_key(const HttpExchange& request) const;
   boost::asio::awaitable<HttpAnswer> handle_inference(const HttpExchange& request,
                                                       const Route& route, std::string user,
                                                       RequestOptions options,

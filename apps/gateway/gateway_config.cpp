@@ -92,6 +92,15 @@ GatewayConfig parse_section(Reader& r, MappingView& root) {
                                       "fail_open, fail_closed") == 0;
   if (auto* e = g.find("share_deployment_budgets"))
     c.share_deployment_budgets = r.read_bool(g, "share_deployment_budgets", *e);
+  if (auto* e = g.find("require_client_keys"))
+    c.require_client_keys = r.read_bool(g, "require_client_keys", *e);
+  if (auto* e = g.find("metrics_public")) c.metrics_public = r.read_bool(g, "metrics_public", *e);
+  for (auto& [node, path] : r.read_list(g, "admin_keys")) {
+    if (!node.IsScalar()) Reader::fail(path, "must be a string", line_of(node));
+    std::string key = expand_environment(node.Scalar(), path, line_of(node));
+    if (key.empty()) Reader::fail(path, "must not be empty", line_of(node));
+    c.admin_keys.push_back(std::move(key));
+  }
   for (auto& [node, path] : r.read_list(g, "client_keys"))
     c.client_keys.push_back(read_client_key(r, node, path));
   if (!c.allow_unknown_keys) {
@@ -103,7 +112,34 @@ GatewayConfig parse_section(Reader& r, MappingView& root) {
   return c;
 }
 
+/// True for an address that only this machine can reach.
+bool is_loopback(const std::string& address) {
+  return address == "localhost" || address == "::1" || address.starts_with("127.");
+}
+
 }  // namespace
+
+std::vector<std::string> startup_warnings(const GatewayConfig& config) {
+  if (config.require_client_keys && config.client_keys.empty())
+    throw ConfigError(
+        "gateway.require_client_keys: true, but gateway.client_keys is empty: add client keys "
+        "or set require_client_keys: false");
+  std::vector<std::string> warnings;
+  if (config.client_keys.empty())
+    warnings.push_back("no gateway.client_keys: anyone who can reach " + config.listen_address +
+                       ":" + std::to_string(config.port) +
+                       " may use every deployment (add client_keys; "
+                       "gateway.require_client_keys: true refuses to start without them)");
+  if (!is_loopback(config.listen_address))
+    warnings.push_back("listening on " + config.listen_address +
+                       " without TLS: API keys and prompts cross the network in clear text "
+                       "(put a TLS-terminating proxy in front)");
+  if (config.metrics_are_public() && !config.client_keys.empty())
+    warnings.push_back(
+        "gateway.metrics_public: true: /metrics (deployments, users, "
+        "tiers) is served to anyone without a key");
+  return warnings;
+}
 
 std::optional<Priority> parse_priority(std::string_view text) {
   for (const Priority p : {Priority::high, Priority::normal, Priority::low})

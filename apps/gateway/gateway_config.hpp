@@ -75,7 +75,27 @@ struct GatewayConfig {
   bool share_deployment_budgets = true;
   /// Unknown keys in the `gateway:` section are errors unless this is true (then warned).
   bool allow_unknown_keys = false;
+  /// Refuse to start without client_keys (a gateway that anyone who reaches it may use).
+  bool require_client_keys = false;
+  /// Whether GET /metrics is served without a key. Unset: public only while there are no
+  /// client_keys; otherwise it needs a client key or an admin key (/healthz and /readyz
+  /// stay open).
+  std::optional<bool> metrics_public;
+  /// Keys of operators: they may read /metrics (and the admin endpoints), not make
+  /// inference requests unless also listed in client_keys.
+  std::vector<std::string> admin_keys;
+
+  /// metrics_public as it applies to this configuration.
+  [[nodiscard]] bool metrics_are_public() const {
+    return metrics_public.value_or(client_keys.empty());
+  }
 };
+
+/// The gateway section's start-up checks: throws ConfigError when the section asks for
+/// something it does not have (require_client_keys without client_keys), else returns
+/// the warnings to log once at start (no client keys; listening beyond loopback in clear
+/// text).
+[[nodiscard]] std::vector<std::string> startup_warnings(const GatewayConfig& config);
 
 /// Upstream attempts per request the gateway's queue makes (QueueOptions::max_attempts).
 inline constexpr int kGatewayMaxAttempts = 3;

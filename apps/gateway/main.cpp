@@ -109,6 +109,8 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
   co_await queue.initiate();
 
   if (args.port) settings.gateway.port = *args.port;
+  for (const std::string& warning : startup_warnings(settings.gateway))
+    logger()->warn("llmq-gateway: {}", warning);
   Gateway gateway(queue, settings.gateway, metrics);
   GatewayServer server(io.get_executor(), gateway, settings.gateway);
   const unsigned short port = server.listen();
@@ -139,6 +141,7 @@ int main(int argc, char** argv) {
   try {
     args = parse_args(argc, argv);
     settings = load_gateway_settings(args.config);
+    (void)startup_warnings(settings.gateway);  // refuses a configuration it cannot start
   } catch (const std::exception& e) {
     std::cerr << "llmq-gateway: " << e.what() << "\n";
     return 2;

@@ -134,6 +134,7 @@ class GatewayTest : public ::testing::Test {
              const char* config = kConfig) {
     gc.port = 0;
     gc.read_timeout = 2s;
+    gc.admin_keys.push_back(kAdminKey);  // get() presents it: /metrics is open to operators
     auto settings = llmq::gateway::parse_gateway_settings(config);
     metrics_ = std::make_shared<llmq::gateway::Metrics>();
     llmq::QueueOptions o;
@@ -266,10 +267,14 @@ class GatewayTest : public ::testing::Test {
     return send(s, http::verb::post, target, body.dump(), std::move(headers));
   }
 
-  Reply get(const std::string& target) {
+  /// A GET presenting the operators' admin key (or `headers`).
+  Reply get(const std::string& target,
+            std::map<std::string, std::string> headers = {{"api-key", kAdminKey}}) {
     auto s = connect();
-    return send(s, http::verb::get, target, "", {});
+    return send(s, http::verb::get, target, "", std::move(headers));
   }
+
+  static constexpr const char* kAdminKey = "test-admin-key";
 
   /// Sends a gpt-4o chat request of `user` (at `priority`, if given) on `s` without
   /// reading the answer.
@@ -1127,4 +1132,65 @@ TEST_F(GatewayTest, DeploymentPriorityServesTheProvisionedOneFirstAndSpillsOver)
   EXPECT_EQ(served, (std::vector<std::string>{"gpt-4o-ptu", "gpt-4o-paygo", "gpt-4o-paygo"}));
   EXPECT_EQ(metric("llmq_deployment_spilled_total{deployment=\"gpt-4o-paygo\"}"), 2);
   EXPECT_EQ(metric("llmq_deployment_spilled_total{deployment=\"gpt-4o-ptu\"}"), 0);
+}
+
+TEST_F(GatewayTest, MetricsNeedAKeyOnceClientKeysExist) {
+  llmq::gateway::GatewayConfig gc;
+  gc.client_keys.push_back(client_key("key-a", "alice"));
+  start(gc);
+  EXPECT_EQ(get("/metrics", {}).status, 401);
+  EXPECT_EQ(get("/metrics", {{"api-key", "wrong"}}).status, 401);
+  EXPECT_EQ(get("/metrics", {{"api-key", "key-a"}}).status, 200);
+  EXPECT_EQ(get("/metrics", {{"authorization", std::string("Bearer ") + kAdminKey}}).status, 200);
+  EXPECT_EQ(get("/healthz", {}).status, 200);  // probes stay open
+  EXPECT_EQ(get("/readyz", {}).status, 200);
+  // An admin key is not a client key: it may read /metrics, not make requests.
+  EXPECT_EQ(post("/v1/chat/completions", chat("gpt-4o"), {{"api-key", kAdminKey}}).status, 401);
+}
+
+TEST_F(GatewayTest, MetricsArePublicWithoutClientKeysOrWhenConfigured) {
+  llmq::gateway::GatewayConfig gc;
+  gc.client_keys.push_back(client_key("key-a", "alice"));
+  gc.metrics_public = true;
+  start(gc);
+  EXPECT_EQ(get("/metrics", {}).status, 200);
+}
+
+TEST_F(GatewayTest, MetricsArePublicWhenThereAreNoClientKeys) {
+  start();
+  EXPECT_EQ(get("/metrics", {}).status, 200);
+}
+
+TEST(GatewayConfig, StartUpWarningsAndRequireClientKeys) {
+  const auto settings = [](const std::string& section) {
+    return llmq::gateway::parse_gateway_settings(std::string(kConfig) + section);
+  };
+  // Defaults: loopback, no keys -> one warning, naming the address and the way out.
+  auto open = llmq::gateway::startup_warnings(settings("gateway:\n  port: 8080\n").gateway);
+  ASSERT_EQ(open.size(), 1u);
+  EXPECT_NE(open[0].find("no gateway.client_keys: anyone who can reach 127.0.0.1:8080"),
+            std::string::npos)
+      << open[0];
+  // Beyond loopback: the clear-text warning too.
+  auto wide = llmq::gateway::startup_warnings(
+      settings("gateway:\n  listen_address: 0.0.0.0\n  client_keys:\n    - {key: k1}\n").gateway);
+  ASSERT_EQ(wide.size(), 1u);
+  EXPECT_NE(wide[0].find("listening on 0.0.0.0 without TLS"), std::string::npos) << wide[0];
+  // Keys on loopback: silent.
+  EXPECT_TRUE(llmq::gateway::startup_warnings(
+                  settings("gateway:\n  client_keys:\n    - {key: k1}\n").gateway)
+                  .empty());
+  // metrics_public with keys is said out loud.
+  auto metrics = llmq::gateway::startup_warnings(
+      settings("gateway:\n  metrics_public: true\n  client_keys:\n    - {key: k1}\n").gateway);
+  ASSERT_EQ(metrics.size(), 1u);
+  EXPECT_NE(metrics[0].find("metrics_public"), std::string::npos);
+  // require_client_keys without keys refuses to start.
+  const auto strict = settings("gateway:\n  require_client_keys: true\n").gateway;
+  EXPECT_THROW((void)llmq::gateway::startup_warnings(strict), llmq::ConfigError);
+  // admin_keys: a list of non-empty strings.
+  EXPECT_EQ(settings("gateway:\n  admin_keys: [ops-1, ops-2]\n").gateway.admin_keys,
+            (std::vector<std::string>{"ops-1", "ops-2"}));
+  EXPECT_THROW((void)settings("gateway:\n  admin_keys: [\"\"]\n"), llmq::ConfigError);
+  EXPECT_THROW((void)settings("gateway:\n  admin_keys: ops\n"), llmq::ConfigError);
 }
