@@ -644,6 +644,13 @@ boost::asio::awaitable<Response> call_upstream(HttpClient& client, const Deploym
   const Secrets secrets{d.api_key, token ? std::string_view(*token) : std::string_view()};
   const bool streaming = op == UpstreamOperation::chat_completions && is_streaming(body);
   HttpRequest request = build_upstream_request(d, op, body, options, token);
+  // The request's id (1-128 printable ASCII, checked at admission) goes upstream, so that
+  // the provider's logs and ours can be joined.
+  if (!t.request_id.empty()) {
+    request.headers.emplace_back("x-request-id", t.request_id);
+    if (d.provider == Provider::azure)
+      request.headers.emplace_back("x-ms-client-request-id", t.request_id);
+  }
   const std::string log_url = url_for_debug_log(request.url);
   const Steady::time_point started = Steady::now();
 

@@ -96,6 +96,7 @@ Call run_executor(asio::io_context& io, llmq::RequestExecutor& executor, json bo
   chosen.llm = llm;
   chosen.embedding = embedding;
   Call call;
+  call.telemetry.request_id = req.id;  // as the queue sets it
   call.response = run_bounded(io, executor.process_request(req, chosen, call.telemetry));
   return call;
 }
@@ -133,6 +134,8 @@ TEST(AzureExecutors, ClassicChatUrlApiKeyBodyAndTelemetry) {
   EXPECT_EQ(got.header("authorization"), std::nullopt);
   EXPECT_EQ(got.header("content-type"), "application/json");
   EXPECT_EQ(got.header("user-agent"), "llmq/0.1");
+  EXPECT_EQ(got.header("x-request-id"), "r1");  // the request's id, for joining logs
+  EXPECT_EQ(got.header("x-ms-client-request-id"), "r1");
   EXPECT_EQ(json::parse(got.body), chat_body());  // classic: the body as given
 
   EXPECT_EQ(call.response.status, 200);
@@ -220,6 +223,8 @@ TEST(OpenAICompatibleExecutors, PathModelAndBearer) {
   EXPECT_EQ(server.requests()[0].header("authorization"), "Bearer " + kOpenAIKey);
   EXPECT_EQ(server.requests()[0].header("api-key"), std::nullopt);
   EXPECT_EQ(json::parse(server.requests()[0].body)["model"], "meta-llama/Llama-3.1-8B-Instruct");
+  EXPECT_EQ(server.requests()[0].header("x-request-id"), "r1");
+  EXPECT_EQ(server.requests()[0].header("x-ms-client-request-id"), std::nullopt);  // Azure only
   EXPECT_EQ(server.requests()[1].target, "/v1/embeddings");
   EXPECT_EQ(server.requests()[1].header("authorization"), std::nullopt);
   EXPECT_EQ(json::parse(server.requests()[1].body)["input"], json::parse(R"(["a","b"])"));
