@@ -99,6 +99,14 @@ TEST(ParseJsonBounded, InvalidJsonIsNamedWithoutEchoingTheInput) {
     EXPECT_EQ(p->message.find("secret"), std::string::npos) << p->message;
     EXPECT_EQ(p->message.find("json.exception"), std::string::npos) << p->message;
   }
+  // A number too large to hold: nlohmann's message would quote all of it (found by the
+  // body_validation fuzz target).
+  const std::string huge = "{\"k\":[1" + std::string(5000, '7') + "e396021]}";
+  const auto p = parse_json_bounded(huge, 64, out);
+  ASSERT_TRUE(p.has_value());
+  EXPECT_EQ(p->code, "invalid_json");
+  EXPECT_EQ(p->message, "the request body is not valid JSON: number overflow");
+  EXPECT_EQ(p->message.find("777"), std::string::npos);
 }
 
 TEST(JsonWithinDepth, IsIterativeAndStopsAtTheLimit) {

@@ -38,6 +38,13 @@ inline std::string parse_error_message(const std::string& what) {
   }
   if (const auto last = m.find("; last read:"); last != std::string_view::npos)
     m = m.substr(0, last);
+  // Never quote the client's bytes back (e.g. "number overflow parsing '<the number>'",
+  // as long as the body): the message ends where a quotation would start.
+  if (const auto quote = m.find('\''); quote != std::string_view::npos) {
+    m = m.substr(0, quote);
+    while (!m.empty() && (m.back() == ' ' || m.back() == ':')) m.remove_suffix(1);
+    if (m.ends_with(" parsing")) m.remove_suffix(std::string_view(" parsing").size());
+  }
   return "the request body is not valid JSON: " + std::string(m);
 }
 
