@@ -1082,7 +1082,7 @@ TEST_F(GatewayTest, PredictiveAdmissionRefusesAtOnceWithTheWaitAsRetryAfter) {
       paced_config(600, "  request_timeout_seconds: 10\n  predictive_admission: true\n");
   start({}, 0ms, cfg.c_str());
   // 220 requests on a deployment that takes 10 at each second: admitted (no rate is
-  // measured yet); 100 of them are served before the other 120 time out at 10 s.
+  // measured yet); about 100 of them are served before the rest time out at 10 s.
   std::vector<tcp::socket> backlog;
   for (int i = 0; i < 220; ++i) {
     backlog.push_back(connect(15s));
@@ -1102,9 +1102,13 @@ TEST_F(GatewayTest, PredictiveAdmissionRefusesAtOnceWithTheWaitAsRetryAfter) {
   EXPECT_GE(retry_after, 11);
   EXPECT_LE(retry_after, 15);
   EXPECT_EQ(metric("llmq_rejected_total{reason=\"predicted_timeout\"}"), 1);
+  // Ten a second for ten seconds (the eleventh burst may catch the last arrivals before
+  // their deadlines), the rest time out.
   std::map<int, int> statuses;
   for (auto& s : backlog) ++statuses[read_reply(s).status];
-  EXPECT_EQ(statuses, (std::map<int, int>{{200, 100}, {504, 120}}));
+  EXPECT_GE(statuses[200], 100);
+  EXPECT_LE(statuses[200], 110);
+  EXPECT_EQ(statuses[200] + statuses[504], 220);
 }
 
 constexpr const char* kSpilloverConfig = R"(
