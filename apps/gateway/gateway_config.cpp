@@ -8,8 +8,6 @@
 
 #include <algorithm>
 #include <fstream>
-#include <limits>
-#include <set>
 #include <sstream>
 
 namespace llmq::gateway {
@@ -95,12 +93,7 @@ GatewayConfig parse_section(Reader& r, MappingView& root) {
   if (auto* e = g.find("require_client_keys"))
     c.require_client_keys = r.read_bool(g, "require_client_keys", *e);
   if (auto* e = g.find("metrics_public")) c.metrics_public = r.read_bool(g, "metrics_public", *e);
-  for (auto& [node, path] : r.read_list(g, "admin_keys")) {
-    if (!node.IsScalar()) Reader::fail(path, "must be a string", line_of(node));
-    std::string key = expand_environment(node.Scalar(), path, line_of(node));
-    if (key.empty()) Reader::fail(path, "must not be empty", line_of(node));
-    c.admin_keys.push_back(std::move(key));
-  }
+  c.admin_keys = r.read_string_list(g, "admin_keys", "must be a list", true);
   for (auto& [node, path] : r.read_list(g, "client_keys"))
     c.client_keys.push_back(read_client_key(r, node, path));
   if (!c.allow_unknown_keys) {

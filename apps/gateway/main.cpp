@@ -108,9 +108,6 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
   register_default_executors(queue, client, std::move(provider_options));
   co_await queue.initiate();
 
-  if (args.port) settings.gateway.port = *args.port;
-  for (const std::string& warning : startup_warnings(settings.gateway))
-    logger()->warn("llmq-gateway: {}", warning);
   Gateway gateway(queue, settings.gateway, metrics);
   GatewayServer server(io.get_executor(), gateway, settings.gateway);
   const unsigned short port = server.listen();
@@ -141,7 +138,10 @@ int main(int argc, char** argv) {
   try {
     args = parse_args(argc, argv);
     settings = load_gateway_settings(args.config);
-    (void)startup_warnings(settings.gateway);  // refuses a configuration it cannot start
+    if (args.port) settings.gateway.port = *args.port;
+    // Throws for a configuration it must not start with; else what to say once.
+    for (const std::string& warning : startup_warnings(settings.gateway))
+      logger()->warn("llmq-gateway: {}", warning);
   } catch (const std::exception& e) {
     std::cerr << "llmq-gateway: " << e.what() << "\n";
     return 2;

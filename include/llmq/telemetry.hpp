@@ -75,12 +75,18 @@ struct TelemetryData {
   UpstreamOutcome embedding_outcome;       ///< filled by the executor, feeds the balancer
   int attempts = 0;                        ///< executor runs (1 + retries)
   std::vector<AttemptRecord> attempt_log;  ///< one entry per executor run, in order
-  int spillovers = 0;                      ///< attempts whose grant spilled over
 
   int status = 0;     ///< the status the caller received (rejections: the error's status)
   std::string error;  ///< error message, empty on success; never contains a key
   std::optional<nlohmann::json> payload;  ///< request body, only if QueueOptions::record_payload
 };
+
+/// Attempts of `t` whose grant spilled over (AttemptRecord::spilled).
+[[nodiscard]] inline int spillover_count(const TelemetryData& t) noexcept {
+  int n = 0;
+  for (const AttemptRecord& a : t.attempt_log) n += a.spilled ? 1 : 0;
+  return n;
+}
 
 /// Converts an attempt log to a JSON array (durations in microseconds).
 [[nodiscard]] nlohmann::json to_json(const std::vector<AttemptRecord>& log);

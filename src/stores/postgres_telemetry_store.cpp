@@ -149,7 +149,7 @@ void append_row(std::vector<Param>& params, const TelemetryData& t) {
     params.emplace_back(std::nullopt);
   }
   params.emplace_back(jsonb_safe(rows::json_text(to_json(t.attempt_log))));
-  params.emplace_back(std::to_string(t.spillovers));
+  params.emplace_back(std::to_string(spillover_count(t)));
 }
 
 }  // namespace

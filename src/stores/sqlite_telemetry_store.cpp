@@ -191,7 +191,7 @@ struct SqliteTelemetryStore::Impl {
       fail("bind");
     }
     bind_text(20, rows::json_text(to_json(t.attempt_log)));
-    bind_int(21, t.spillovers);
+    bind_int(21, spillover_count(t));
   }
 
   void write(std::span<const TelemetryData> batch) {

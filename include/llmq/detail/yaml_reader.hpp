@@ -158,7 +158,7 @@ class Reader {
   YAML::Node load(std::string_view text) {
     const std::string owned(text);
     YAML::Node root;
-    int documents = 0;
+    DocumentCount documents;
     try {
       documents = count_documents(owned);
       root = YAML::Load(owned);
@@ -174,13 +174,13 @@ class Reader {
       throw ConfigError(format_problem(root_, std::string("cannot parse YAML: ") + e.msg,
                                        e.mark.is_null() ? 0 : e.mark.line + 1));
     }
-    if (documents == 0 || root.IsNull()) {
+    if (documents.documents == 0 || root.IsNull()) {
       throw ConfigError(format_problem(root_, "the document is empty", 1));
     }
-    if (documents > 1) {
-      throw ConfigError(
-          format_problem(root_, "expected one YAML document, found " + std::to_string(documents),
-                         second_document_line_));
+    if (documents.documents > 1) {
+      throw ConfigError(format_problem(
+          root_, "expected one YAML document, found " + std::to_string(documents.documents),
+          documents.second_line));
     }
     return root;
   }
@@ -249,11 +249,17 @@ class Reader {
     throw ConfigError(format_problem(path, problem, line));
   }
 
+  /// How many documents a text holds, and where the second one's content starts.
+  struct DocumentCount {
+    int documents = 0;
+    int second_line = 0;
+  };
+
   /// The number of documents in `text` (YAML::LoadAll would say the same, but it never
   /// returns when a document starts with a ',': yaml-cpp then begins one empty document
   /// after another without consuming the comma). Such a ',' is reported as a syntax
   /// error; the count stops at kMaxDocuments.
-  int count_documents(const std::string& text) {
+  DocumentCount count_documents(const std::string& text) const {
     static constexpr int kMaxDocuments = 100;
     std::istringstream in(text);
     YAML::Parser parser(in);
@@ -267,8 +273,9 @@ class Reader {
              at.line + 1);
       }
     }
-    if (counter.documents > 1) second_document_line_ = counter.second_content.line + 1;
-    return counter.documents;
+    DocumentCount count{counter.documents, 0};
+    if (counter.documents > 1) count.second_line = counter.second_content.line + 1;
+    return count;
   }
 
   /// Path of an entry of `map`, recording the line of its key.
@@ -280,7 +287,7 @@ class Reader {
   }
 
   MappingView view_mapping(const YAML::Node& node, const std::string& path, int line) {
-    // The top level has the empty path (its keys have no prefix) and is called "config".
+    // The top level has the empty path (its keys have no prefix) and is called root_.
     const std::string shown = path.empty() ? std::string(root_) : path;
     if (!node.IsMap()) fail(shown, "must be a mapping", line);
     MappingView view;
@@ -400,14 +407,15 @@ class Reader {
     return ms;
   }
 
-  /// The items of a list-valued key (absent or null -> empty).
-  std::vector<std::pair<YAML::Node, std::string>> read_list(MappingView& map,
-                                                            std::string_view key) {
+  /// The items of a list-valued key (absent or null -> empty); `list_problem` when the
+  /// value is not a list.
+  std::vector<std::pair<YAML::Node, std::string>> read_list(
+      MappingView& map, std::string_view key, std::string_view list_problem = "must be a list") {
     std::vector<std::pair<YAML::Node, std::string>> items;
     MappingView::Entry* entry = map.find(key);
     if (entry == nullptr) return items;
     const std::string path = key_path(map, key, *entry);
-    if (!entry->value.IsSequence()) fail(path, "must be a list", line_of(entry->key));
+    if (!entry->value.IsSequence()) fail(path, list_problem, line_of(entry->key));
     std::size_t index = 0;
     for (const auto& item : entry->value) {
       std::string ip = item_path(path, index++);
@@ -415,6 +423,21 @@ class Reader {
       items.emplace_back(item, std::move(ip));
     }
     return items;
+  }
+
+  /// The strings of a list-valued key (absent or null -> empty), each `${VAR}`-expanded;
+  /// `list_problem` when the value is not a list, "must be a string" for an item that is
+  /// not a scalar and, with `non_empty`, "must not be empty" for an empty one.
+  std::vector<std::string> read_string_list(MappingView& map, std::string_view key,
+                                            std::string_view list_problem, bool non_empty) {
+    std::vector<std::string> out;
+    for (const auto& [item, path] : read_list(map, key, list_problem)) {
+      if (!item.IsScalar()) fail(path, "must be a string", line_of(item));
+      std::string text = expand_env(item.Scalar(), path, line_of(item));
+      if (non_empty && text.empty()) fail(path, "must not be empty", line_of(item));
+      out.push_back(std::move(text));
+    }
+    return out;
   }
 
   /// The entry of `key` or of its alias; both present is an error.
@@ -431,11 +454,10 @@ class Reader {
     return primary != nullptr ? primary : secondary;
   }
 
- protected:
+ private:
   std::string root_;
   bool expand_env_;
   LineTable lines_;
-  int second_document_line_ = 0;
   std::vector<std::string> warnings_;
 };
 

@@ -158,15 +158,8 @@ class InvariantChecker {
 
  private:
   /// The recorded line of `path`, else of its closest recorded ancestor; 0 if none.
-  [[nodiscard]] int line_of(std::string path) const {
-    if (lines_ == nullptr) return 0;
-    while (!path.empty()) {
-      if (auto it = lines_->find(path); it != lines_->end()) return it->second;
-      const std::size_t cut = path.find_last_of(".[");
-      if (cut == std::string::npos || cut == 0) break;
-      path.resize(cut);
-    }
-    return 0;
+  [[nodiscard]] int line_of(const std::string& path) const {
+    return lines_ == nullptr ? 0 : line_of_path(*lines_, path);
   }
 
   [[noreturn]] void fail(const std::string& path, std::string_view problem) const {
@@ -256,8 +249,8 @@ class YamlConfigParser : public yaml::Reader {
       throw ConfigError(format_problem(kRootPath, std::string("cannot read YAML: ") + e.msg,
                                        e.mark.is_null() ? 0 : e.mark.line + 1));
     }
-    InvariantChecker(&lines_).check(cfg);
-    cfg.warnings = std::move(warnings_);
+    InvariantChecker(&lines()).check(cfg);
+    cfg.warnings = take_warnings();
     for (const std::string& w : cfg.warnings) logger()->warn("config: {}", w);
     return cfg;
   }
@@ -419,17 +412,8 @@ class YamlConfigParser : public yaml::Reader {
       MappingView map = view_mapping(entry.value, tp, line_of(entry.key));
       UserTier tier;
       tier.name = name;
-      if (MappingView::Entry* e = map.find("users")) {
-        const std::string up = key_path(map, "users", *e);
-        if (!e->value.IsSequence()) fail(up, "must be a list of user ids", line_of(e->key));
-        std::size_t index = 0;
-        for (const auto& item : e->value) {
-          const std::string ip = item_path(up, index++);
-          lines_[ip] = line_of(item);
-          if (!item.IsScalar()) fail(ip, "must be a string", line_of(item));
-          tier.users.push_back(expand_env(item.Scalar(), ip, line_of(item)));
-        }
-      }
+      // Empty ids are refused by the invariant checks (with the others' duplicates).
+      tier.users = read_string_list(map, "users", "must be a list of user ids", false);
       if (MappingView::Entry* e = map.find("max_num_requests_in_time_window")) {
         tier.max_num_requests_in_time_window =
             read_positive_int(map, "max_num_requests_in_time_window", *e);
@@ -457,6 +441,17 @@ class YamlConfigParser : public yaml::Reader {
   }
 };
 
+/// The keys azure_oai_models[] and custom_models[] entries share, into their Deployment
+/// (weight: the configured one, else req_per_min).
+template <typename ModelConfig>
+void copy_common_model_keys(const ModelConfig& model, Deployment& d) {
+  d.req_per_min = model.req_per_min;
+  d.tokens_per_min = model.tokens_per_min;
+  d.error_backoff = model.error_backoff;
+  d.weight = model.weight > 0 ? model.weight : std::min(model.req_per_min, kMaxDeploymentWeight);
+  d.priority = model.priority;
+}
+
 }  // namespace detail::config_reading
 
 // ---------------------------------------------------------------------------------------
@@ -480,12 +475,7 @@ LLMQ_INLINE std::vector<Deployment> LLMConfig::deployments() const {
       d.api_version = group.api_version;
       d.api_type = group.api_type;
       d.provider = Provider::azure;
-      d.req_per_min = model.req_per_min;
-      d.tokens_per_min = model.tokens_per_min;
-      d.error_backoff = model.error_backoff;
-      d.weight =
-          model.weight > 0 ? model.weight : std::min(model.req_per_min, kMaxDeploymentWeight);
-      d.priority = model.priority;
+      copy_common_model_keys(model, d);
       out.push_back(std::move(d));
     }
   }
@@ -498,11 +488,7 @@ LLMQ_INLINE std::vector<Deployment> LLMConfig::deployments() const {
     d.endpoint = model.base_url;
     d.api_key = model.api_key;
     d.provider = Provider::openai_compatible;
-    d.req_per_min = model.req_per_min;
-    d.tokens_per_min = model.tokens_per_min;
-    d.error_backoff = model.error_backoff;
-    d.weight = model.weight > 0 ? model.weight : std::min(model.req_per_min, kMaxDeploymentWeight);
-    d.priority = model.priority;
+    copy_common_model_keys(model, d);
     out.push_back(std::move(d));
   }
   return out;

@@ -1288,7 +1288,6 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     attempt.duration = duration_cast<microseconds>(t - e->dispatched_at);
     attempt.spilled =
         (e->llm_grant && e->llm_grant->spilled) || (e->emb_grant && e->emb_grant->spilled);
-    if (attempt.spilled) ++tel.spillovers;
     tel.attempt_log.push_back(std::move(attempt));
     tel.attempts = static_cast<int>(tel.attempt_log.size());
     if (!r.retry_after && (r.status == 429 || r.status == 503)) {

@@ -54,7 +54,7 @@ LLMQ_INLINE nlohmann::json to_json(const TelemetryData& t) {
   j["embedding_outcome"] = detail::telemetry_json::outcome_json(t.embedding_outcome);
   j["attempts"] = t.attempts;
   j["attempt_log"] = to_json(t.attempt_log);
-  j["spillovers"] = t.spillovers;
+  j["spillovers"] = spillover_count(t);
   j["status"] = t.status;
   j["error"] = t.error;
   if (t.payload) j["payload"] = *t.payload;
