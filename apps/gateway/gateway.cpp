@@ -69,6 +69,32 @@ void add_retry_after(HttpAnswer& a, const std::optional<std::chrono::millisecond
                          std::to_string(std::max<std::int64_t>(0, upstream->count())));
 }
 
+LogThrottle& store_refusal_throttle() {
+  static LogThrottle throttle;
+  return throttle;
+}
+
+/// The access log's line for an answer (see AccessRecord).
+void log_access(AccessLog& log, const HttpExchange& request, const HttpAnswer& a,
+                std::string request_id, std::string user, std::string model, bool queued,
+                std::chrono::steady_clock::time_point started) {
+  const auto now = std::chrono::steady_clock::now();
+  AccessRecord r;
+  r.time = WallTime(std::chrono::duration_cast<std::chrono::microseconds>(
+      std::chrono::system_clock::now().time_since_epoch()));
+  r.request_id = std::move(request_id);
+  r.method = request.method.substr(0, 16);
+  r.route = std::string(split_target(request.target).first.substr(0, 256));
+  r.user = std::move(user);
+  r.model = std::move(model);
+  r.status = a.status;
+  r.bytes_in = request.body.size();
+  r.bytes_out = a.body.size();
+  r.duration = std::chrono::duration_cast<std::chrono::microseconds>(now - started);
+  r.queued = queued;
+  log.answered(std::move(r), now);
+}
+
 bool is_error_envelope(const nlohmann::json& body) {
   if (!body.is_object()) return false;
   const auto e = body.find("error");
@@ -154,17 +180,32 @@ HttpAnswer Gateway::reject(int status, std::string_view message, std::string_vie
 }
 
 boost::asio::awaitable<HttpAnswer> Gateway::handle(HttpExchange request) {
-  std::string request_id = client_request_id(request);
-  HttpAnswer a = co_await answer(request, request_id);
-  if (request_id.empty()) request_id = make_request_id();
-  finish_answer(a, request_id);
+  const auto started = std::chrono::steady_clock::now();
+  Facts facts;
+  facts.request_id = client_request_id(request);
+  HttpAnswer a = co_await answer(request, facts);
+  if (facts.request_id.empty()) facts.request_id = make_request_id();
+  finish_answer(a, facts.request_id);
   // 499: the client left, nothing is sent (counted as a disconnect instead).
   if (a.status != 499) metrics_->answered(a.status);
+  if (access_log_)
+    log_access(*access_log_, request, a, std::move(facts.request_id), std::move(facts.user),
+               std::move(facts.model), facts.queued, started);
   co_return a;
 }
 
-boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request,
-                                                   std::string& request_id) {
+void Gateway::refused_by_server(int status, const std::string& request_id) {
+  metrics_->answered(status);
+  if (!access_log_) return;
+  AccessRecord r;
+  r.time = WallTime(std::chrono::duration_cast<std::chrono::microseconds>(
+      std::chrono::system_clock::now().time_since_epoch()));
+  r.request_id = request_id;
+  r.status = status;
+  access_log_->answered(std::move(r), std::chrono::steady_clock::now());
+}
+
+boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request, Facts& facts) {
   const auto [path, query] = split_target(request.target);
   if (request.method == "GET") {
     if (path == "/healthz") co_return json_answer(200, nlohmann::json::object());
@@ -201,6 +242,7 @@ boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request,
       co_return reject(404, "unknown route", "invalid_request_error", "not_found", "not_found");
     route.kind = op == "/embeddings" ? Route::Kind::embeddings : Route::Kind::chat;
     route.model = std::string(rest.substr(0, slash));
+    facts.model = shown(route.model);
   } else {
     co_return reject(404, "unknown route", "invalid_request_error", "not_found", "not_found");
   }
@@ -212,7 +254,6 @@ boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request,
   }
 
   // Client authentication, then the user, the tier and the priority.
-  std::string user;
   RequestOptions options;
   std::optional<Priority> max_priority;
   if (!config_.client_keys.empty()) {
@@ -223,7 +264,7 @@ boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request,
     if (match == nullptr)
       co_return reject(401, "invalid or missing API key (send api-key or Authorization: Bearer)",
                        "invalid_request_error", "invalid_api_key", "unauthorized");
-    user = match->user;
+    facts.user = match->user;
     options.tier = match->tier;
     max_priority = match->max_priority;
   }
@@ -240,23 +281,21 @@ boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request,
                            std::string(to_string(*options.priority)),
                        "permission_error", "priority_not_allowed", "forbidden", "x-llmq-priority");
   }
-  if (user.empty()) {
+  if (facts.user.empty()) {
     if (const std::string* u = request.header(config_.user_header)) {
       // The user id becomes a limiter key, a Redis key and a telemetry field.
       if (const std::optional<RequestProblem> p = validate_user_id(*u))
         co_return reject(400, "header " + config_.user_header + ": " + p->message,
                          "invalid_request_error", p->code, "bad_request", config_.user_header);
-      user = *u;
+      facts.user = *u;
     }
   }
-  co_return co_await handle_inference(request, route, std::move(user), std::move(options),
-                                      request_id);
+  co_return co_await handle_inference(request, route, std::move(options), facts);
 }
 
 boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange& request,
-                                                             const Route& route, std::string user,
-                                                             RequestOptions options,
-                                                             std::string& request_id) {
+                                                             const Route& route,
+                                                             RequestOptions options, Facts& facts) {
   // Everything the client sent is checked before anything is queued: nesting while
   // parsing, the model, then the fields that decide cost and routing.
   const bool chat = route.kind == Route::Kind::chat;
@@ -279,6 +318,7 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
       co_return reject(400, "\"model\" is required: a model name or a unique_model_id",
                        "invalid_request_error", "missing_model", "bad_request", "model");
     model = m->get<std::string>();
+    facts.model = shown(model);
   }
 
   // `model` names a deployment (pinned) or a model (balanced over its deployments).
@@ -313,11 +353,17 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
     co_return reject(400, p->message, "invalid_request_error", p->code, "bad_request", p->param);
 
   const std::string req_type = chat ? "chat_completion" : "embeddings";
-  options.request_id = request_id;  // the client's, when it sent a sane one
+  options.request_id = facts.request_id;  // the client's, when it sent a sane one
+  facts.queued = true;
+  std::string user;  // the access log keeps the user; else it moves to the queue
+  if (access_log_)
+    user = facts.user;
+  else
+    user = std::move(facts.user);
   auto [ec, r] = co_await queue_.async_execute_request(
       req_type, std::move(body), std::move(user), std::move(prefs), std::move(options),
       boost::asio::as_tuple(boost::asio::use_awaitable));
-  if (request_id.empty()) request_id = r.request_id;
+  if (facts.request_id.empty()) facts.request_id = r.request_id;
   if (ec == boost::asio::error::operation_aborted)  // the client disconnected
     co_return reject(499, "the client closed the connection", "invalid_request_error",
                      "client_closed_request", "client_disconnected");
@@ -377,7 +423,9 @@ HttpAnswer Gateway::refusal(const boost::system::error_code& ec, const Response&
     case errc::user_limit_store_unavailable:
     case errc::budget_store_unavailable:
       // The store's message may name internal hosts: it goes to the log only.
-      logger()->warn("gateway: request refused ({}): {}", to_string(e), message);
+      if (auto held = store_refusal_throttle().admit())
+        logger()->warn("gateway: request refused ({}): {}{}", to_string(e), message,
+                       held_back_note(*held));
       message = "a service llmq-gateway depends on is unavailable";
       reason = "store_unavailable";
       break;

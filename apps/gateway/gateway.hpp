@@ -5,6 +5,7 @@
 // is tested without sockets); `GatewayServer` is the HTTP/1.1 server around it (the
 // shared llmq_http_server loop: limits, timeouts, keep-alive, disconnect detection).
 
+#include "access_log.hpp"
 #include "gateway_config.hpp"
 #include "metrics.hpp"
 
@@ -71,17 +72,33 @@ class Gateway {
   /// /readyz answers 200 only while ready.
   void set_ready(bool ready) noexcept { ready_.store(ready); }
 
+  /// Where each answer is logged (gateway.access_log); null: nowhere. Set before serving.
+  void set_access_log(std::shared_ptr<AccessLog> log) { access_log_ = std::move(log); }
+  [[nodiscard]] const std::shared_ptr<AccessLog>& access_log() const noexcept {
+    return access_log_;
+  }
+
+  /// Logs a request the HTTP server refused before it reached handle() (malformed, too
+  /// large): counted in the metrics, and a line in the access log.
+  void refused_by_server(int status, const std::string& request_id);
+
  private:
   struct Route;
-  boost::asio::awaitable<HttpAnswer> answer(const HttpExchange& request, std::string& request_id);
+  /// What handle() learns about a request while answering it, for the access log.
+  struct Facts {
+    std::string request_id;  ///< the client's (when sane), else the queue's once it has one
+    std::string user;
+    std::string model;
+    bool queued = false;  ///< handed to the queue: a telemetry record follows
+  };
+  boost::asio::awaitable<HttpAnswer> answer(const HttpExchange& request, Facts& facts);
   /// The API key a request presents (`api-key`, or `Authorization: Bearer`), else empty.
   static std::string presented_key(const HttpExchange& request);
   /// The request presents one of the client keys or admin keys.
   [[nodiscard]] bool presents_operator_key(const HttpExchange& request) const;
   boost::asio::awaitable<HttpAnswer> handle_inference(const HttpExchange& request,
-                                                      const Route& route, std::string user,
-                                                      RequestOptions options,
-                                                      std::string& request_id);
+                                                      const Route& route, RequestOptions options,
+                                                      Facts& facts);
   HttpAnswer reject(int status, std::string_view message, std::string_view type,
                     std::string_view code, std::string_view reason, std::string_view param = {});
   /// The answer to a request llmq refused or ended (`ec`, an llmq::errc, with its Response).
@@ -90,6 +107,7 @@ class Gateway {
   LLMQueue& queue_;
   GatewayConfig config_;
   std::shared_ptr<Metrics> metrics_;
+  std::shared_ptr<AccessLog> access_log_;
   std::atomic<bool> ready_{false};
 };
 

@@ -83,6 +83,21 @@ GatewayConfig parse_section(Reader& r, MappingView& root) {
   count("upstream_max_connections", c.upstream_max_connections, 100'000);
   text("telemetry_jsonl", c.telemetry_jsonl);
   text("telemetry_postgres", c.telemetry_postgres);
+  text("access_log", c.access_log);
+  text("tls_cert_file", c.tls_cert_file);
+  text("tls_key_file", c.tls_key_file);
+  text("tls_client_ca_file", c.tls_client_ca_file);
+  if (c.tls_cert_file.empty() != c.tls_key_file.empty())
+    Reader::fail(c.tls_cert_file.empty() ? "gateway.tls_cert_file" : "gateway.tls_key_file",
+                 "is required with gateway." +
+                     std::string(c.tls_cert_file.empty() ? "tls_key_file" : "tls_cert_file") +
+                     " (TLS needs both the certificate chain and its private key)",
+                 line_of(g.find(c.tls_cert_file.empty() ? "tls_key_file" : "tls_cert_file")->key));
+  if (!c.tls_client_ca_file.empty() && c.tls_cert_file.empty())
+    Reader::fail("gateway.tls_client_ca_file",
+                 "needs gateway.tls_cert_file and tls_key_file (client certificates are checked "
+                 "on a TLS listener)",
+                 line_of(g.find("tls_client_ca_file")->key));
   text("redis_url", c.redis_url);
   text("redis_key_prefix", c.redis_key_prefix);
   if (auto* e = g.find("redis_failure_policy"))
@@ -123,10 +138,11 @@ std::vector<std::string> startup_warnings(const GatewayConfig& config) {
                        ":" + std::to_string(config.port) +
                        " may use every deployment (add client_keys; "
                        "gateway.require_client_keys: true refuses to start without them)");
-  if (!is_loopback(config.listen_address))
+  if (!is_loopback(config.listen_address) && !config.tls())
     warnings.push_back("listening on " + config.listen_address +
                        " without TLS: API keys and prompts cross the network in clear text "
-                       "(put a TLS-terminating proxy in front)");
+                       "(set gateway.tls_cert_file and tls_key_file, or put a TLS-terminating "
+                       "proxy in front)");
   if (config.metrics_are_public() && !config.client_keys.empty())
     warnings.push_back(
         "gateway.metrics_public: true: /metrics (deployments, users, "

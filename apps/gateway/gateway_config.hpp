@@ -84,6 +84,17 @@ struct GatewayConfig {
   /// Keys of operators: they may read /metrics (and the admin endpoints), not make
   /// inference requests unless also listed in client_keys.
   std::vector<std::string> admin_keys;
+  /// One JSON line per request (see access_log.hpp) appended to this file, or "-" for
+  /// standard output. Empty: no access log.
+  std::string access_log;
+  /// TLS on the listener: the certificate chain and its private key (PEM). Both or
+  /// neither; empty: clear-text HTTP.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  /// With TLS: clients must present a certificate signed by one of these CAs (PEM).
+  std::string tls_client_ca_file;
+
+  [[nodiscard]] bool tls() const { return !tls_cert_file.empty(); }
 
   /// metrics_public as it applies to this configuration.
   [[nodiscard]] bool metrics_are_public() const {

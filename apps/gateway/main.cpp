@@ -16,10 +16,12 @@
 #include <llmq/redis_deployment_budget_store.hpp>
 #include <llmq/redis_rate_limit_store.hpp>
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <fstream>
@@ -61,7 +63,8 @@ Args parse_args(int argc, char** argv) {
 /// (queue_options()), telemetry (always through Metrics), and user limits and deployment
 /// budgets in Redis when several replicas share them.
 QueueOptions make_queue_options(asio::any_io_executor ex, const GatewayConfig& g,
-                                std::shared_ptr<Metrics> metrics) {
+                                std::shared_ptr<Metrics> metrics,
+                                std::shared_ptr<AccessLog> access_log) {
   QueueOptions options = queue_options(g);
   std::shared_ptr<TelemetryStore> sink = std::make_shared<InMemoryTelemetryStore>(10'000);
   if (!g.telemetry_postgres.empty()) {
@@ -73,7 +76,8 @@ QueueOptions make_queue_options(asio::any_io_executor ex, const GatewayConfig& g
     jl.path = g.telemetry_jsonl;
     sink = std::make_shared<JsonlTelemetryStore>(ex, jl);
   }
-  options.telemetry_store = std::make_shared<MetricsTelemetryStore>(std::move(metrics), sink);
+  options.telemetry_store =
+      std::make_shared<MetricsTelemetryStore>(std::move(metrics), sink, std::move(access_log));
   options.telemetry_flush_interval = std::chrono::milliseconds(200);
   if (!g.redis_url.empty()) {
     RedisRateLimitStoreOptions ul;
@@ -93,10 +97,32 @@ QueueOptions make_queue_options(asio::any_io_executor ex, const GatewayConfig& g
   return options;
 }
 
+/// A periodic task's timer and its stop flag, shared with the task's coroutine.
+struct Ticker {
+  explicit Ticker(asio::any_io_executor ex) : timer(std::move(ex)) {}
+  asio::steady_timer timer;
+  bool stop = false;
+  void cancel() {
+    stop = true;
+    timer.cancel();
+  }
+};
+
+/// Writes the access log out every 200 ms until the ticker stops.
+asio::awaitable<void> flush_access_log(std::shared_ptr<AccessLog> log,
+                                       std::shared_ptr<Ticker> ticker) {
+  while (!ticker->stop) {
+    ticker->timer.expires_after(std::chrono::milliseconds(200));
+    co_await ticker->timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    log->flush(std::chrono::steady_clock::now());
+  }
+}
+
 asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args args,
-                            int& exit_code) {
+                            std::shared_ptr<AccessLog> access_log, int& exit_code) {
   auto metrics = std::make_shared<Metrics>();
-  QueueOptions options = make_queue_options(io.get_executor(), settings.gateway, metrics);
+  QueueOptions options =
+      make_queue_options(io.get_executor(), settings.gateway, metrics, access_log);
   LLMQueue queue(io.get_executor(), settings.llm, {}, options);
   HttpClientOptions client_options;
   client_options.max_connections_per_host = settings.gateway.upstream_max_connections;
@@ -109,11 +135,16 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
   co_await queue.initiate();
 
   Gateway gateway(queue, settings.gateway, metrics);
+  gateway.set_access_log(access_log);
+  auto access_ticker = std::make_shared<Ticker>(io.get_executor());
+  if (access_log) asio::co_spawn(io, flush_access_log(access_log, access_ticker), asio::detached);
   GatewayServer server(io.get_executor(), gateway, settings.gateway);
   const unsigned short port = server.listen();
   if (!args.port_file.empty()) std::ofstream(args.port_file) << port << "\n";
-  std::cout << "llmq-gateway listening on http://" << settings.gateway.listen_address << ":" << port
-            << std::endl;
+  // Standard output may be the access log: then the line goes to standard error.
+  std::ostream& say = settings.gateway.access_log == "-" ? std::cerr : std::cout;
+  say << "llmq-gateway listening on " << (settings.gateway.tls() ? "https://" : "http://")
+      << settings.gateway.listen_address << ":" << port << std::endl;
   gateway.set_ready(true);
 
   asio::signal_set signals(io, SIGINT, SIGTERM);
@@ -128,6 +159,7 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
   co_await server.drain(std::chrono::seconds(5));
   client->close();
   signals.cancel();
+  access_ticker->cancel();
   exit_code = 0;
 }
 }  // namespace
@@ -135,6 +167,7 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
 int main(int argc, char** argv) {
   Args args;
   GatewaySettings settings;
+  std::shared_ptr<AccessLog> access_log;
   try {
     args = parse_args(argc, argv);
     settings = load_gateway_settings(args.config);
@@ -142,22 +175,31 @@ int main(int argc, char** argv) {
     // Throws for a configuration it must not start with; else what to say once.
     for (const std::string& warning : startup_warnings(settings.gateway))
       logger()->warn("llmq-gateway: {}", warning);
+    if (!settings.gateway.access_log.empty()) {
+      AccessLogOptions o;
+      o.path = settings.gateway.access_log;
+      access_log = std::make_shared<AccessLog>(std::move(o));
+    }
   } catch (const std::exception& e) {
     std::cerr << "llmq-gateway: " << e.what() << "\n";
     return 2;
   }
   asio::io_context io(1);
   int exit_code = 1;
-  asio::co_spawn(io, serve(io, std::move(settings), args, exit_code), [&](std::exception_ptr ep) {
-    if (!ep) return;
-    try {
-      std::rethrow_exception(ep);
-    } catch (const std::exception& e) {
-      std::cerr << "llmq-gateway: " << e.what() << "\n";
-      exit_code = 1;
-    }
-    io.stop();
-  });
+  asio::co_spawn(io, serve(io, std::move(settings), args, access_log, exit_code),
+                 [&](std::exception_ptr ep) {
+                   if (!ep) return;
+                   try {
+                     std::rethrow_exception(ep);
+                   } catch (const ConfigError& e) {  // e.g. a TLS file that cannot be used
+                     std::cerr << "llmq-gateway: " << e.what() << "\n";
+                     exit_code = 2;
+                   } catch (const std::exception& e) {
+                     std::cerr << "llmq-gateway: " << e.what() << "\n";
+                     exit_code = 1;
+                   }
+                   io.stop();
+                 });
   io.run();
   return exit_code;
 }

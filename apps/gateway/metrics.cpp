@@ -246,6 +246,10 @@ std::string Metrics::render(const QueueStats& s) const {
   single(out, "llmq_gateway_accept_errors_total", "counter",
          "Failed accepts (e.g. out of file descriptors), each followed by a back-off.",
          static_cast<double>(c.accept_errors));
+  single(out, "llmq_gateway_tls_handshake_failures_total", "counter",
+         "TLS handshakes that failed or timed out (bad or no client certificate, a client "
+         "speaking clear text, no common protocol version or cipher).",
+         static_cast<double>(c.tls_handshake_failures));
   header(out, "llmq_queue_wait_seconds", "histogram", "Time from queueing to dispatch.");
   queue_wait_.render(out, "llmq_queue_wait_seconds");
   header(out, "llmq_upstream_latency_seconds", "histogram",
@@ -257,13 +261,18 @@ std::string Metrics::render(const QueueStats& s) const {
 }
 
 MetricsTelemetryStore::MetricsTelemetryStore(std::shared_ptr<Metrics> metrics,
-                                             std::shared_ptr<TelemetryStore> inner)
-    : metrics_(std::move(metrics)), inner_(std::move(inner)) {}
+                                             std::shared_ptr<TelemetryStore> inner,
+                                             std::shared_ptr<AccessLog> access_log)
+    : metrics_(std::move(metrics)), inner_(std::move(inner)), access_log_(std::move(access_log)) {}
 
 boost::asio::awaitable<void> MetricsTelemetryStore::connect() { co_await inner_->connect(); }
 
 boost::asio::awaitable<void> MetricsTelemetryStore::insert_batch(std::span<TelemetryData> batch) {
   for (const TelemetryData& t : batch) metrics_->observe(t);
+  if (access_log_) {
+    const auto now = std::chrono::steady_clock::now();
+    for (const TelemetryData& t : batch) access_log_->recorded(t, now);
+  }
   co_await inner_->insert_batch(batch);
 }
 

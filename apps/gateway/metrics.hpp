@@ -2,6 +2,8 @@
 // Prometheus text exposition for llmq-gateway: the queue's stats plus histograms fed by
 // telemetry records (a TelemetryStore decorator) and the gateway's own counters.
 
+#include "access_log.hpp"
+
 #include <llmq/queue.hpp>
 #include <llmq/telemetry.hpp>
 
@@ -37,6 +39,7 @@ struct ConnectionCounters {
   std::uint64_t refused = 0;        ///< closed at accept: at max_connections, none idle
   std::uint64_t evicted = 0;        ///< idle connections closed to admit another
   std::uint64_t accept_errors = 0;  ///< failed accepts (e.g. out of file descriptors)
+  std::uint64_t tls_handshake_failures = 0;
 };
 
 class Metrics {
@@ -70,10 +73,12 @@ class Metrics {
   std::function<ConnectionCounters()> connections_;
 };
 
-/// Forwards to `inner` after feeding `metrics`.
+/// Forwards to `inner` after feeding `metrics` (and the access log, if any: each record
+/// completes its request's line).
 class MetricsTelemetryStore : public TelemetryStore {
  public:
-  MetricsTelemetryStore(std::shared_ptr<Metrics> metrics, std::shared_ptr<TelemetryStore> inner);
+  MetricsTelemetryStore(std::shared_ptr<Metrics> metrics, std::shared_ptr<TelemetryStore> inner,
+                        std::shared_ptr<AccessLog> access_log = nullptr);
   boost::asio::awaitable<void> connect() override;
   boost::asio::awaitable<void> insert_batch(std::span<TelemetryData> batch) override;
   boost::asio::awaitable<void> close() override;
@@ -81,6 +86,7 @@ class MetricsTelemetryStore : public TelemetryStore {
  private:
   std::shared_ptr<Metrics> metrics_;
   std::shared_ptr<TelemetryStore> inner_;
+  std::shared_ptr<AccessLog> access_log_;
 };
 
 }  // namespace llmq::gateway

@@ -101,8 +101,9 @@ class GatewayHandler final : public server::RequestHandler {
     const int s = static_cast<int>(status);
     HttpAnswer a =
         error_answer(s, refusal_message(status), "invalid_request_error", refusal_code(status));
-    finish_answer(a, make_request_id());
-    gateway_.metrics()->answered(s);
+    const std::string id = make_request_id();
+    finish_answer(a, id);
+    gateway_.refused_by_server(s, id);
     return response_head(a, 11, false) + a.body;
   }
 
@@ -122,6 +123,9 @@ server::ServerOptions server_options(const GatewayConfig& c) {
   o.read_timeout = c.read_timeout;
   o.idle_timeout = c.idle_timeout;
   o.cancel_on_disconnect = true;
+  o.tls.cert_file = c.tls_cert_file;
+  o.tls.key_file = c.tls_key_file;
+  o.tls.client_ca_file = c.tls_client_ca_file;
   return o;
 }
 
@@ -146,6 +150,7 @@ GatewayServer::GatewayServer(asio::any_io_executor ex, Gateway& gateway, Gateway
       c.refused = s.refused;
       c.evicted = s.evicted;
       c.accept_errors = s.accept_errors;
+      c.tls_handshake_failures = s.tls_handshake_failures;
     }
     return c;
   });

@@ -627,7 +627,10 @@ std::string url_for_debug_log(const std::string& url) {
 }
 
 void log_failure(const Deployment& d, UpstreamOperation op, const HttpError& e) {
-  logger()->warn("upstream {} {} failed: {}", d.unique_model_id, operation_name(op), e.what());
+  static LogThrottle throttle;  // an unreachable upstream fails every request sent to it
+  if (auto held = throttle.admit())
+    logger()->warn("upstream {} {} failed: {}{}", d.unique_model_id, operation_name(op), e.what(),
+                   held_back_note(*held));
 }
 
 /// `body` and `options` must outlive the awaitable (the callers await it at once).

@@ -22,6 +22,15 @@
 #include <boost/beast/http/read.hpp>
 #include <boost/beast/http/string_body.hpp>
 
+#if LLMQ_SERVER_TLS
+#include <openssl/ssl.h>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
+#endif
+
+#include <llmq/errors.hpp>
+
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <array>
@@ -30,6 +39,7 @@
 #include <map>
 #include <mutex>
 #include <optional>
+#include <type_traits>
 
 namespace llmq::server {
 namespace {
@@ -63,16 +73,104 @@ std::string_view continue_response() { return "HTTP/1.1 100 Continue\r\n\r\n"; }
 
 void log_exception(const std::string& name, std::exception_ptr e) {
   if (!e) return;
+  static LogThrottle throttle;  // one per connection otherwise
+  const auto held = throttle.admit();
+  if (!held) return;
   try {
     std::rethrow_exception(e);
   } catch (const std::exception& ex) {
-    logger()->warn("{}: connection ended with: {}", name, ex.what());
+    logger()->warn("{}: connection ended with: {}{}", name, ex.what(), held_back_note(*held));
   } catch (...) {
-    logger()->warn("{}: connection ended with an unknown exception", name);
+    logger()->warn("{}: connection ended with an unknown exception{}", name, held_back_note(*held));
   }
 }
 
-class ConnectionImpl;
+/// What the accept loop and the server's bookkeeping need of a connection, whatever its
+/// transport.
+class ServerConnection : public Connection, public std::enable_shared_from_this<ServerConnection> {
+ public:
+  explicit ServerConnection(std::uint64_t id) : id_(id) {}
+  [[nodiscard]] virtual asio::any_io_executor executor() = 0;
+  /// Where run() is cancelled from when the client disconnects mid-request.
+  [[nodiscard]] virtual asio::cancellation_slot cancellation_slot() = 0;
+  /// Serves requests until the connection should close.
+  virtual asio::awaitable<void> run() = 0;
+  [[nodiscard]] std::uint64_t id() const noexcept { return id_; }
+
+  /// Idle bookkeeping, under State::mu.
+  std::list<std::shared_ptr<ServerConnection>>::iterator idle_pos_;
+  bool idle_ = false;
+  bool evicted_ = false;
+
+ private:
+  std::uint64_t id_;
+};
+
+#if LLMQ_SERVER_TLS
+namespace ssl = asio::ssl;
+using TlsContext = ssl::context;
+
+/// Mozilla's "intermediate" TLS 1.2 suites (forward secret, AEAD only); TLS 1.3 uses
+/// OpenSSL's defaults, all of them sound.
+constexpr const char* kTls12Ciphers =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384";
+
+/// ALPN: http/1.1 when the client offers it; otherwise no ALPN (HTTP/1.1 all the same).
+int select_http11(SSL*, const unsigned char** out, unsigned char* out_len, const unsigned char* in,
+                  unsigned int in_len, void*) {
+  static const unsigned char http11[] = {8, 'h', 't', 't', 'p', '/', '1', '.', '1'};
+  unsigned char* selected = nullptr;
+  unsigned char selected_len = 0;
+  if (SSL_select_next_proto(&selected, &selected_len, http11, sizeof http11, in, in_len) !=
+      OPENSSL_NPN_NEGOTIATED)
+    return SSL_TLSEXT_ERR_NOACK;
+  *out = selected;
+  *out_len = selected_len;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+/// Runs `load`, turning a failure into a ConfigError that names `what` and `path`.
+template <class Load>
+void load_tls_file(const char* what, const std::string& path, Load&& load) {
+  boost::system::error_code ec;
+  load(ec);
+  if (ec) throw ConfigError(std::string(what) + " '" + path + "': " + ec.message());
+}
+
+std::shared_ptr<TlsContext> make_tls_context(const TlsFiles& f) {
+  auto ctx = std::make_shared<TlsContext>(TlsContext::tls_server);
+  SSL_CTX* native = ctx->native_handle();
+  SSL_CTX_set_min_proto_version(native, TLS1_2_VERSION);
+  ctx->set_options(TlsContext::default_workarounds | TlsContext::no_compression |
+                   TlsContext::single_dh_use);
+  SSL_CTX_set_options(native, SSL_OP_CIPHER_SERVER_PREFERENCE | SSL_OP_NO_RENEGOTIATION);
+  SSL_CTX_set_cipher_list(native, kTls12Ciphers);
+  load_tls_file("TLS certificate chain", f.cert_file,
+                [&](auto& ec) { ctx->use_certificate_chain_file(f.cert_file, ec); });
+  load_tls_file("TLS private key", f.key_file,
+                [&](auto& ec) { ctx->use_private_key_file(f.key_file, TlsContext::pem, ec); });
+  if (SSL_CTX_check_private_key(native) != 1)
+    throw ConfigError("TLS private key '" + f.key_file + "' does not match the certificate in '" +
+                      f.cert_file + "'");
+  if (!f.client_ca_file.empty()) {
+    load_tls_file("TLS client CA file", f.client_ca_file,
+                  [&](auto& ec) { ctx->load_verify_file(f.client_ca_file, ec); });
+    // The CA names a client is told to choose its certificate by.
+    if (STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(f.client_ca_file.c_str()))
+      SSL_CTX_set_client_CA_list(native, names);
+    ctx->set_verify_mode(ssl::verify_peer | ssl::verify_fail_if_no_peer_cert);
+    static const unsigned char kSessionContext[] = "llmq-http-server";
+    SSL_CTX_set_session_id_context(native, kSessionContext, sizeof kSessionContext - 1);
+  }
+  SSL_CTX_set_alpn_select_cb(native, select_http11, nullptr);
+  return ctx;
+}
+#else
+struct TlsContext {};
+#endif
 
 }  // namespace
 
@@ -94,10 +192,11 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
 
   mutable std::mutex mu;  // everything below
   bool stopping = false;
+  std::shared_ptr<TlsContext> tls;  // null: clear text
   std::uint64_t next_id = 0;
-  std::map<std::uint64_t, std::weak_ptr<ConnectionImpl>> all;
-  std::list<std::shared_ptr<ConnectionImpl>> idle;  // longest idle first
-  std::size_t alive = 0;                            // coroutines still running
+  std::map<std::uint64_t, std::weak_ptr<ServerConnection>> all;
+  std::list<std::shared_ptr<ServerConnection>> idle;  // longest idle first
+  std::size_t alive = 0;                              // coroutines still running
   ServerStats counters;
   std::chrono::steady_clock::time_point last_accept_log{};
   std::uint64_t unlogged_accept_errors = 0;
@@ -112,27 +211,42 @@ struct HttpServer::State : std::enable_shared_from_this<HttpServer::State> {
 
   void admit(tcp::socket socket);
   void log_accept_error(const error_code& ec);
-  void finished(const std::shared_ptr<ConnectionImpl>& c);
+  void finished(const std::shared_ptr<ServerConnection>& c);
+  void handshake_failed() {
+    std::lock_guard lock(mu);
+    ++counters.tls_handshake_failures;
+  }
 };
 
 namespace {
 
 using State = HttpServer::State;
 
-class ConnectionImpl final : public Connection,
-                             public std::enable_shared_from_this<ConnectionImpl> {
+/// The transports: clear text, and TLS over it.
+using PlainStream = beast::tcp_stream;
+#if LLMQ_SERVER_TLS
+using TlsStream = beast::ssl_stream<beast::tcp_stream>;
+#endif
+
+template <class Stream>
+class ConnectionImpl final : public ServerConnection {
+  static constexpr bool kTls = !std::is_same_v<Stream, PlainStream>;
+
  public:
-  ConnectionImpl(std::shared_ptr<State> st, tcp::socket socket, std::uint64_t id)
-      : st_(std::move(st)),
-        stream_(std::move(socket)),
+  ConnectionImpl(std::shared_ptr<State> st, tcp::socket socket, std::uint64_t id,
+                 std::shared_ptr<TlsContext> tls)
+      : ServerConnection(id),
+        st_(std::move(st)),
+        tls_(std::move(tls)),
+        stream_(make_stream(std::move(socket), tls_.get())),
         timer_(stream_.get_executor()),
+        fin_timer_(stream_.get_executor()),
         // A header section plus one read: the parser moves body bytes out as they come.
-        buffer_(st_->options.max_header_bytes + kReadChunk),
-        id_(id) {
+        buffer_(st_->options.max_header_bytes + kReadChunk) {
     error_code ec;
-    const auto remote = stream_.socket().remote_endpoint(ec);
+    const auto remote = socket_().remote_endpoint(ec);
     loopback_ = !ec && is_loopback(remote.address());
-    stream_.socket().set_option(tcp::no_delay(true), ec);
+    socket_().set_option(tcp::no_delay(true), ec);
     buffer_.reserve(8 * 1024);  // room for a typical request: one read takes it whole
   }
 
@@ -142,10 +256,10 @@ class ConnectionImpl final : public Connection,
     if (closed_) co_return false;
     const std::array<asio::const_buffer, 2> wire{asio::buffer(head.data(), head.size()),
                                                  asio::buffer(body.data(), body.size())};
-    stream_.expires_after(st_->options.read_timeout);
+    tcp_().expires_after(st_->options.read_timeout);
     auto [ec, n] = co_await asio::async_write(stream_, wire, kUseAwaitable);
     (void)n;
-    if (!closed_) stream_.expires_never();
+    if (!closed_) tcp_().expires_never();
     co_return !ec && !closed_;
   }
 
@@ -158,7 +272,7 @@ class ConnectionImpl final : public Connection,
 
   asio::awaitable<void> discard_input() override {
     std::array<char, 4096> sink{};
-    stream_.expires_never();
+    tcp_().expires_never();
     while (!closed_) {
       auto [ec, n] = co_await stream_.async_read_some(asio::buffer(sink), kUseAwaitable);
       (void)n;
@@ -170,18 +284,20 @@ class ConnectionImpl final : public Connection,
     if (closed_) return;
     closed_ = true;
     error_code ec;
-    stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
-    stream_.close();  // also cancels the stream's expiry timer
+    socket_().shutdown(tcp::socket::shutdown_both, ec);
+    tcp_().close();  // also cancels the stream's expiry timer
     timer_.cancel();
+    fin_timer_.cancel();
   }
 
   void reset() override {
     if (closed_) return;
     closed_ = true;
     error_code ec;
-    stream_.socket().set_option(asio::socket_base::linger(true, 0), ec);
-    stream_.close();
+    socket_().set_option(asio::socket_base::linger(true, 0), ec);
+    tcp_().close();
     timer_.cancel();
+    fin_timer_.cancel();
   }
 
   [[nodiscard]] bool closed() const noexcept override { return closed_; }
@@ -191,29 +307,33 @@ class ConnectionImpl final : public Connection,
 
   // ---- the server's side -------------------------------------------------------------
 
-  [[nodiscard]] asio::any_io_executor executor() { return stream_.get_executor(); }
-  /// Where run() is cancelled from when the client disconnects mid-request.
-  [[nodiscard]] asio::cancellation_slot cancellation_slot() { return cancel_.slot(); }
+  [[nodiscard]] asio::any_io_executor executor() override { return stream_.get_executor(); }
+  [[nodiscard]] asio::cancellation_slot cancellation_slot() override { return cancel_.slot(); }
 
-  /// Serves requests until the connection should close.
-  asio::awaitable<void> run() {
+  asio::awaitable<void> run() override {
+    if constexpr (kTls) {
+      if (!co_await handshake()) {
+        close();
+        co_return;
+      }
+    }
     while (!closed_) {
       if (!co_await await_first_byte()) break;
       http::request_parser<http::string_body> parser;
       parser.header_limit(static_cast<std::uint32_t>(st_->options.max_header_bytes));
       parser.body_limit(st_->options.max_body_bytes);
-      stream_.expires_after(st_->options.header_timeout);
+      tcp_().expires_after(st_->options.header_timeout);
       auto [ec, n] = co_await http::async_read_header(stream_, buffer_, parser, kUseAwaitable);
       (void)n;
       if (!ec && !parser.is_done()) {
         if (wants_continue(parser) && !co_await write(continue_response(), {})) break;
-        stream_.expires_after(st_->options.read_timeout);
+        tcp_().expires_after(st_->options.read_timeout);
         auto [body_ec, body_n] = co_await http::async_read(stream_, buffer_, parser, kUseAwaitable);
         (void)body_n;
         ec = body_ec;
       }
       if (closed_) break;
-      stream_.expires_never();
+      tcp_().expires_never();
       if (ec) {
         if (const auto status = refusal_status(ec)) co_await refuse(*status);
         break;
@@ -223,13 +343,32 @@ class ConnectionImpl final : public Connection,
     close();
   }
 
-  /// Idle bookkeeping, under State::mu.
-  std::list<std::shared_ptr<ConnectionImpl>>::iterator idle_pos_;
-  bool idle_ = false;
-  bool evicted_ = false;
-  [[nodiscard]] std::uint64_t id() const noexcept { return id_; }
-
  private:
+  static Stream make_stream(tcp::socket socket, [[maybe_unused]] TlsContext* tls) {
+    if constexpr (kTls)
+      return Stream(std::move(socket), *tls);
+    else
+      return Stream(std::move(socket));
+  }
+  beast::tcp_stream& tcp_() { return beast::get_lowest_layer(stream_); }
+  tcp::socket& socket_() { return tcp_().socket(); }
+
+  /// The TLS handshake, within header_timeout.
+  asio::awaitable<bool> handshake() {
+#if LLMQ_SERVER_TLS
+    if constexpr (kTls) {
+      tcp_().expires_after(st_->options.header_timeout);
+      auto [ec] = co_await stream_.async_handshake(ssl::stream_base::server, kUseAwaitable);
+      if (!closed_) tcp_().expires_never();
+      if (ec) {
+        st_->handshake_failed();
+        co_return false;
+      }
+    }
+#endif
+    co_return !closed_;
+  }
+
   /// Waits (idle: evictable) for the next request's first byte, unless some are buffered.
   asio::awaitable<bool> await_first_byte() {
     if (buffer_.size() > 0) co_return true;
@@ -239,7 +378,7 @@ class ConnectionImpl final : public Connection,
       idle_pos_ = st_->idle.insert(st_->idle.end(), shared_from_this());
       idle_ = true;
     }
-    stream_.expires_after(st_->options.idle_timeout);
+    tcp_().expires_after(st_->options.idle_timeout);
     auto [ec, n] = co_await stream_.async_read_some(
         buffer_.prepare(beast::read_size(buffer_, kReadChunk)), kUseAwaitable);
     bool evicted = false;
@@ -303,18 +442,24 @@ class ConnectionImpl final : public Connection,
   /// bytes end the watch: they are the next request's, read later.
   void watch_for_disconnect() {
     const std::uint64_t generation = ++watch_generation_;
-    stream_.socket().async_wait(tcp::socket::wait_read,
-                                [self = shared_from_this(), generation](const error_code& ec) {
-                                  if (ec || generation != self->watch_generation_ || self->closed_)
-                                    return;
-                                  self->peer_readable();
-                                });
+    socket_().async_wait(tcp::socket::wait_read,
+                         [self = std::static_pointer_cast<ConnectionImpl>(shared_from_this()),
+                          generation](const error_code& ec) {
+                           if (ec || generation != self->watch_generation_ || self->closed_) return;
+                           self->peer_readable(generation);
+                         });
   }
 
-  void peer_readable() {
+  void peer_readable(std::uint64_t generation) {
     char byte = 0;
-    const auto n = ::recv(stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n > 0) return;  // pipelined bytes
+    const auto n = ::recv(socket_().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) {
+      // Clear text: pipelined bytes. Under TLS they may as well be the client's
+      // close_notify (encrypted, so it cannot be told from data): look for the FIN behind
+      // them now and then, until the handler is done.
+      if constexpr (kTls) watch_for_fin(generation);
+      return;
+    }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
       watch_for_disconnect();  // nothing after all
       return;
@@ -324,11 +469,30 @@ class ConnectionImpl final : public Connection,
     cancel_.emit(asio::cancellation_type::terminal);
   }
 
+  /// Under TLS, with bytes waiting: the peer is gone once it has shut its side down.
+  void watch_for_fin(std::uint64_t generation) {
+    pollfd p{};
+    p.fd = socket_().native_handle();
+    p.events = POLLRDHUP;
+    if (::poll(&p, 1, 0) > 0 && (p.revents & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
+      gone_ = true;
+      st_->handler->on_client_disconnect();
+      cancel_.emit(asio::cancellation_type::terminal);
+      return;
+    }
+    fin_timer_.expires_after(std::chrono::milliseconds(100));
+    fin_timer_.async_wait([self = std::static_pointer_cast<ConnectionImpl>(shared_from_this()),
+                           generation](const error_code& ec) {
+      if (ec || generation != self->watch_generation_ || self->closed_) return;
+      self->watch_for_fin(generation);
+    });
+  }
+
   void stop_watching() {
     ++watch_generation_;
     if (closed_) return;
     error_code ec;
-    stream_.socket().cancel(ec);  // only the readiness wait is pending now
+    socket_().cancel(ec);  // only the readiness wait is pending now
   }
 
   /// Answers a refused request, then lingers: stop sending, discard what still arrives
@@ -337,9 +501,9 @@ class ConnectionImpl final : public Connection,
     const std::string answer = st_->handler->refusal(status);
     if (!co_await write(answer, {})) co_return;
     error_code ec;
-    stream_.socket().shutdown(tcp::socket::shutdown_send, ec);
+    socket_().shutdown(tcp::socket::shutdown_send, ec);
     std::array<char, 4096> sink{};
-    stream_.expires_after(st_->options.linger);
+    tcp_().expires_after(st_->options.linger);
     while (!closed_) {
       auto [read_ec, n] = co_await stream_.async_read_some(asio::buffer(sink), kUseAwaitable);
       (void)n;
@@ -348,10 +512,11 @@ class ConnectionImpl final : public Connection,
   }
 
   std::shared_ptr<State> st_;
-  beast::tcp_stream stream_;
-  asio::steady_timer timer_;
+  std::shared_ptr<TlsContext> tls_;  // outlives stream_
+  Stream stream_;
+  asio::steady_timer timer_;      // Connection::wait
+  asio::steady_timer fin_timer_;  // watch_for_fin
   beast::flat_buffer buffer_;
-  std::uint64_t id_;
   bool closed_ = false;
   bool gone_ = false;
   bool loopback_ = false;
@@ -386,7 +551,7 @@ asio::awaitable<void> accept_loop(std::shared_ptr<State> st) {
 
 bool HttpServer::State::evict_idle_locked() {
   if (idle.empty()) return false;
-  std::shared_ptr<ConnectionImpl> victim = std::move(idle.front());
+  std::shared_ptr<ServerConnection> victim = std::move(idle.front());
   idle.pop_front();
   victim->idle_ = false;
   victim->evicted_ = true;
@@ -397,7 +562,7 @@ bool HttpServer::State::evict_idle_locked() {
 }
 
 void HttpServer::State::admit(tcp::socket socket) {
-  std::shared_ptr<ConnectionImpl> conn;
+  std::shared_ptr<ServerConnection> conn;
   {
     std::lock_guard lock(mu);
     if (stopping) return;
@@ -411,7 +576,14 @@ void HttpServer::State::admit(tcp::socket socket) {
     ++counters.accepted;
     ++alive;
     const std::uint64_t id = ++next_id;
-    conn = std::make_shared<ConnectionImpl>(shared_from_this(), std::move(socket), id);
+#if LLMQ_SERVER_TLS
+    if (tls)
+      conn = std::make_shared<ConnectionImpl<TlsStream>>(shared_from_this(), std::move(socket), id,
+                                                         tls);
+    else
+#endif
+      conn = std::make_shared<ConnectionImpl<PlainStream>>(shared_from_this(), std::move(socket),
+                                                           id, nullptr);
     all.emplace(id, conn);
   }
   auto self = shared_from_this();
@@ -426,7 +598,7 @@ void HttpServer::State::admit(tcp::socket socket) {
     asio::co_spawn(conn->executor(), conn->run(), std::move(done));
 }
 
-void HttpServer::State::finished(const std::shared_ptr<ConnectionImpl>& c) {
+void HttpServer::State::finished(const std::shared_ptr<ServerConnection>& c) {
   std::lock_guard lock(mu);
   if (c->idle_) {
     idle.erase(c->idle_pos_);
@@ -461,7 +633,27 @@ bool is_loopback(const asio::ip::address& a) {
 
 HttpServer::HttpServer(asio::any_io_executor ex, ServerOptions options,
                        std::shared_ptr<RequestHandler> handler)
-    : state_(std::make_shared<State>(std::move(ex), std::move(options), std::move(handler))) {}
+    : state_(std::make_shared<State>(std::move(ex), std::move(options), std::move(handler))) {
+  if (!state_->options.tls.cert_file.empty()) set_tls(state_->options.tls);
+}
+
+void HttpServer::set_tls(const TlsFiles& files) {
+  std::shared_ptr<TlsContext> ctx;
+  if (!files.cert_file.empty()) {
+#if LLMQ_SERVER_TLS
+    ctx = make_tls_context(files);
+#else
+    throw ConfigError("this build of llmq has no TLS support (OpenSSL was not found)");
+#endif
+  }
+  std::lock_guard lock(state_->mu);
+  state_->tls = std::move(ctx);
+}
+
+bool HttpServer::tls() const {
+  std::lock_guard lock(state_->mu);
+  return state_->tls != nullptr;
+}
 
 HttpServer::~HttpServer() { close_all(); }
 
@@ -480,7 +672,7 @@ asio::awaitable<void> HttpServer::run() {
 }
 
 void HttpServer::stop() {
-  std::vector<std::shared_ptr<ConnectionImpl>> idle;
+  std::vector<std::shared_ptr<ServerConnection>> idle;
   {
     std::lock_guard lock(state_->mu);
     state_->stopping = true;
@@ -494,7 +686,7 @@ void HttpServer::stop() {
 }
 
 void HttpServer::close_all() {
-  std::vector<std::shared_ptr<ConnectionImpl>> open;
+  std::vector<std::shared_ptr<ServerConnection>> open;
   {
     std::lock_guard lock(state_->mu);
     state_->stopping = true;

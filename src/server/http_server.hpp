@@ -17,7 +17,9 @@
 //   be read;
 // - keep-alive and pipelining;
 // - optionally, noticing a client that disconnects while its request is being handled
-//   (without consuming pipelined bytes) and cancelling the handler.
+//   (without consuming pipelined bytes) and cancelling the handler;
+// - optionally, TLS (1.2 and later, ALPN http/1.1), with client certificates required when
+//   a CA file is given; the certificates can be replaced while serving (set_tls).
 //
 // The handler answers each request by writing to its Connection. Beast stays inside
 // http_server.cpp.
@@ -39,6 +41,13 @@ namespace llmq::server {
 
 /// True for 127.0.0.0/8, ::1 and IPv4-mapped loopback addresses.
 [[nodiscard]] bool is_loopback(const boost::asio::ip::address& a);
+
+/// TLS on the listener: PEM files. An empty cert_file means clear text.
+struct TlsFiles {
+  std::string cert_file;       ///< the certificate chain, the server's own first
+  std::string key_file;        ///< its private key (never logged)
+  std::string client_ca_file;  ///< non-empty: clients must present a certificate it signed
+};
 
 /// Limits and timeouts of an HttpServer, each with its default.
 struct ServerOptions {
@@ -70,6 +79,9 @@ struct ServerOptions {
   /// each connection's handlers to run one at a time: an io_context run by one thread,
   /// or strand_per_connection.
   bool cancel_on_disconnect = false;
+  /// TLS from the start (see HttpServer::set_tls); the handshake must finish within
+  /// header_timeout.
+  TlsFiles tls;
 };
 
 /// One request as received.
@@ -123,11 +135,12 @@ class RequestHandler {
 
 /// Counters of an HttpServer.
 struct ServerStats {
-  std::size_t open = 0;             ///< connections open now
-  std::uint64_t accepted = 0;       ///< connections admitted
-  std::uint64_t refused = 0;        ///< closed at accept: at the limit with none idle
-  std::uint64_t evicted = 0;        ///< idle connections closed to admit another
-  std::uint64_t accept_errors = 0;  ///< failed accepts (each followed by the back-off)
+  std::size_t open = 0;                      ///< connections open now
+  std::uint64_t accepted = 0;                ///< connections admitted
+  std::uint64_t refused = 0;                 ///< closed at accept: at the limit with none idle
+  std::uint64_t evicted = 0;                 ///< idle connections closed to admit another
+  std::uint64_t accept_errors = 0;           ///< failed accepts (each followed by the back-off)
+  std::uint64_t tls_handshake_failures = 0;  ///< TLS handshakes that failed or timed out
 };
 
 /// The server. Thread safety: all members may be called from any thread.
@@ -139,6 +152,13 @@ class HttpServer {
   ~HttpServer();
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;
+
+  /// Loads the TLS files; connections accepted from then on use them (open ones keep
+  /// theirs). An empty cert_file turns TLS off. Throws llmq::ConfigError naming the file
+  /// and the problem (unreadable, not PEM, key does not match the certificate), leaving the
+  /// server as it was. Thread-safe.
+  void set_tls(const TlsFiles& files);
+  [[nodiscard]] bool tls() const;
 
   /// Binds and listens; returns the port (useful with port 0). Throws on failure.
   unsigned short listen(const boost::asio::ip::tcp::endpoint& endpoint);

@@ -17,9 +17,12 @@
 #include <sys/time.h>
 
 #include <atomic>
+#include <filesystem>
+#include <fstream>
 #include <future>
 #include <mutex>
 #include <set>
+#include <sstream>
 #include <thread>
 
 namespace {
@@ -64,6 +67,7 @@ class FakeUpstream : public llmq::RequestExecutor {
     {
       std::lock_guard lock(mutex_);
       users_.push_back(req.user_id);
+      ids_.push_back(req.id);
     }
     if (delay_.count() > 0) {
       asio::steady_timer timer(co_await asio::this_coro::executor, delay_);
@@ -106,6 +110,11 @@ class FakeUpstream : public llmq::RequestExecutor {
     std::lock_guard lock(mutex_);
     return users_;
   }
+  /// The request ids the calls so far carried (what goes upstream as x-request-id).
+  std::vector<std::string> ids() const {
+    std::lock_guard lock(mutex_);
+    return ids_;
+  }
 
   std::atomic<int> calls{0};
   std::atomic<int> cancelled{0};
@@ -114,6 +123,7 @@ class FakeUpstream : public llmq::RequestExecutor {
   std::chrono::milliseconds delay_;
   mutable std::mutex mutex_;
   std::vector<std::string> users_;
+  std::vector<std::string> ids_;
 };
 
 struct Reply {
@@ -137,9 +147,14 @@ class GatewayTest : public ::testing::Test {
     gc.admin_keys.push_back(kAdminKey);  // get() presents it: /metrics is open to operators
     auto settings = llmq::gateway::parse_gateway_settings(config);
     metrics_ = std::make_shared<llmq::gateway::Metrics>();
+    if (!gc.access_log.empty()) {
+      llmq::gateway::AccessLogOptions ao;
+      ao.path = gc.access_log;
+      access_log_ = std::make_shared<llmq::gateway::AccessLog>(ao);
+    }
     llmq::QueueOptions o;
     o.telemetry_store = std::make_shared<llmq::gateway::MetricsTelemetryStore>(
-        metrics_, std::make_shared<llmq::InMemoryTelemetryStore>());
+        metrics_, std::make_shared<llmq::InMemoryTelemetryStore>(), access_log_);
     o.telemetry_flush_interval = 10ms;
     upstream_ = std::make_shared<FakeUpstream>(delay);
     queue_ = std::make_unique<llmq::LLMQueue>(
@@ -148,6 +163,7 @@ class GatewayTest : public ::testing::Test {
             {"chat_completion", upstream_}, {"embeddings", upstream_}},
         o);
     gateway_ = std::make_unique<llmq::gateway::Gateway>(*queue_, gc, metrics_);
+    gateway_->set_access_log(access_log_);
     server_ = std::make_unique<llmq::gateway::GatewayServer>(io_.get_executor(), *gateway_, gc);
     port_ = server_->listen();
     std::promise<void> up_promise;
@@ -304,6 +320,7 @@ class GatewayTest : public ::testing::Test {
   asio::io_context io_;
   asio::io_context client_io_;
   std::shared_ptr<llmq::gateway::Metrics> metrics_;
+  std::shared_ptr<llmq::gateway::AccessLog> access_log_;
   std::shared_ptr<FakeUpstream> upstream_;
   std::unique_ptr<llmq::LLMQueue> queue_;
   std::unique_ptr<llmq::gateway::Gateway> gateway_;
@@ -830,6 +847,80 @@ TEST_F(GatewayTest, EveryAnswerCarriesARequestId) {
   EXPECT_EQ(refused.j()["error"]["request_id"], refused.header("x-request-id"));
 }
 
+TEST_F(GatewayTest, RequestIdsGoEndToEndAndEveryRequestGetsOneAccessLogLine) {
+  const auto path = std::filesystem::temp_directory_path() /
+                    ("llmq-gateway-access-" + std::to_string(::getpid()) + ".log");
+  std::filesystem::remove(path);
+  llmq::gateway::GatewayConfig gc;
+  gc.access_log = path.string();
+  gc.client_keys.push_back(client_key("secret-client-key-xyz", ""));
+  start(gc);
+  const std::map<std::string, std::string> headers = {{"api-key", "secret-client-key-xyz"},
+                                                      {"x-user-id", "carol"},
+                                                      {"x-request-id", "client-chosen-7"}};
+  json body = chat("gpt-4o");
+  body["messages"][0]["content"] = "the-prompt-text-qwerty";
+  const Reply ok = post("/v1/chat/completions", body, headers);
+  ASSERT_EQ(ok.status, 200);
+  EXPECT_EQ(ok.header("x-request-id"), "client-chosen-7");
+  EXPECT_EQ(upstream_->ids(), std::vector<std::string>{"client-chosen-7"});  // and upstream
+  const Reply unauthorized = post("/v1/chat/completions", chat("gpt-4o"),
+                                  {{"api-key", "wrong-key-abc"}, {"x-user-id", "carol"}});
+  EXPECT_EQ(unauthorized.status, 401);
+  const Reply unknown_model = post("/v1/embeddings", json::object({{"model", "nope"}}),
+                                   {{"api-key", "secret-client-key-xyz"}, {"x-user-id", "d"}});
+  EXPECT_EQ(unknown_model.status, 404);
+  auto s = connect();
+  asio::write(s, asio::buffer(std::string("NOT HTTP\r\n\r\n")));
+  EXPECT_EQ(read_reply(s).status, 400);
+
+  // Four lines once the queue's record of the first request has joined its answer.
+  std::vector<json> lines;
+  std::string text;
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (std::chrono::steady_clock::now() < deadline) {
+    access_log_->flush(std::chrono::steady_clock::now());
+    std::ifstream in(path);
+    std::ostringstream all;
+    all << in.rdbuf();
+    text = all.str();
+    lines.clear();
+    std::istringstream split(text);
+    for (std::string line; std::getline(split, line);) lines.push_back(json::parse(line));
+    if (lines.size() >= 4) break;
+    std::this_thread::sleep_for(20ms);
+  }
+  ASSERT_EQ(lines.size(), 4u) << text;
+  auto by_status = [&](int status) {
+    for (const json& j : lines)
+      if (j["status"] == status) return j;
+    return json();
+  };
+  const json served = by_status(200);
+  ASSERT_TRUE(served.is_object()) << text;
+  EXPECT_EQ(served["request_id"], "client-chosen-7");
+  EXPECT_EQ(served["route"], "/v1/chat/completions");
+  EXPECT_EQ(served["user"], "carol");
+  EXPECT_EQ(served["model"], "gpt-4o");
+  EXPECT_TRUE(served["deployment"] == "gpt-4o-east" || served["deployment"] == "gpt-4o-west")
+      << served;
+  EXPECT_EQ(served["attempts"], 1);
+  EXPECT_EQ(served["prompt_tokens"], 3);  // what the executor reported
+  EXPECT_EQ(served["bytes_in"], body.dump().size());
+  EXPECT_EQ(served["bytes_out"], ok.body.size());
+  EXPECT_GE(served["queue_wait_ms"].get<double>(), 0.0);
+  const json refused = by_status(401);
+  EXPECT_TRUE(refused["deployment"].is_null());
+  EXPECT_TRUE(refused["user"].is_null());  // no user is established without a key
+  EXPECT_EQ(by_status(404)["model"], "nope");
+  EXPECT_TRUE(by_status(400)["route"].is_null());  // not even a request line
+  // Never a key, a body or a prompt.
+  EXPECT_EQ(text.find("secret-client-key-xyz"), std::string::npos);
+  EXPECT_EQ(text.find("wrong-key-abc"), std::string::npos);
+  EXPECT_EQ(text.find("the-prompt-text-qwerty"), std::string::npos);
+  std::filesystem::remove(path);
+}
+
 TEST(GatewayConfig, UnknownKeysFailUnlessAllowed) {
   try {
     (void)llmq::gateway::parse_gateway_settings(std::string(kConfig) +
@@ -1197,4 +1288,37 @@ TEST(GatewayConfig, StartUpWarningsAndRequireClientKeys) {
             (std::vector<std::string>{"ops-1", "ops-2"}));
   EXPECT_THROW((void)settings("gateway:\n  admin_keys: [\"\"]\n"), llmq::ConfigError);
   EXPECT_THROW((void)settings("gateway:\n  admin_keys: ops\n"), llmq::ConfigError);
+}
+
+TEST(GatewayConfig, TlsAndAccessLogKeys) {
+  const auto settings = [](const std::string& section) {
+    return llmq::gateway::parse_gateway_settings(std::string(kConfig) + section);
+  };
+  const auto g = settings(
+                     "gateway:\n  listen_address: 0.0.0.0\n  client_keys:\n    - {key: k1}\n"
+                     "  tls_cert_file: /etc/llmq/cert.pem\n  tls_key_file: /etc/llmq/key.pem\n"
+                     "  tls_client_ca_file: /etc/llmq/clients.pem\n  access_log: \"-\"\n")
+                     .gateway;
+  EXPECT_TRUE(g.tls());
+  EXPECT_EQ(g.tls_cert_file, "/etc/llmq/cert.pem");
+  EXPECT_EQ(g.tls_key_file, "/etc/llmq/key.pem");
+  EXPECT_EQ(g.tls_client_ca_file, "/etc/llmq/clients.pem");
+  EXPECT_EQ(g.access_log, "-");
+  // Beyond loopback with TLS: no clear-text warning.
+  EXPECT_TRUE(llmq::gateway::startup_warnings(g).empty());
+  const auto fails_with = [&](const std::string& section, const std::string& text) {
+    try {
+      (void)settings(section);
+      ADD_FAILURE() << "accepted: " << section;
+    } catch (const llmq::ConfigError& e) {
+      EXPECT_NE(std::string(e.what()).find(text), std::string::npos) << e.what();
+    }
+  };
+  // Half a pair, named with the line of the half that is there.
+  fails_with("gateway:\n  tls_cert_file: /c.pem\n", "gateway.tls_key_file: is required");
+  fails_with("gateway:\n  tls_cert_file: /c.pem\n", "(line ");
+  fails_with("gateway:\n  tls_key_file: /k.pem\n", "gateway.tls_cert_file: is required");
+  fails_with("gateway:\n  tls_client_ca_file: /ca.pem\n",
+             "gateway.tls_client_ca_file: needs gateway.tls_cert_file");
+  fails_with("gateway:\n  access_log: [a]\n", "gateway.access_log");
 }

@@ -9,6 +9,7 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 
 #include <mutex>
+#include <string>
 
 namespace llmq {
 namespace detail::logging {
@@ -38,6 +39,24 @@ LLMQ_INLINE std::shared_ptr<spdlog::logger> logger() {
 LLMQ_INLINE void set_logger(std::shared_ptr<spdlog::logger> replacement) {
   std::lock_guard lock(detail::logging::logger_mutex());
   detail::logging::logger_slot() = std::move(replacement);
+}
+
+LLMQ_INLINE std::optional<std::uint64_t> LogThrottle::admit(clock::time_point now) {
+  std::lock_guard lock(mutex_);
+  if (last_ && now - *last_ < interval_) {
+    ++held_;
+    return std::nullopt;
+  }
+  last_ = now;
+  const std::uint64_t held = held_;
+  held_ = 0;
+  return held;
+}
+
+LLMQ_INLINE std::string held_back_note(std::uint64_t held) {
+  if (held == 0) return {};
+  return " (" + std::to_string(held) + (held == 1 ? " similar line" : " similar lines") +
+         " held back)";
 }
 
 }  // namespace llmq

@@ -371,7 +371,10 @@ class TelemetryPipeline : public std::enable_shared_from_this<TelemetryPipeline>
         co_await store_->insert_batch(std::span<TelemetryData>(batch_));
       } catch (const std::exception& e) {
         failed_ += n;
-        logger()->warn("telemetry store failed to write {} records: {}", n, e.what());
+        static LogThrottle throttle;
+        if (auto held = throttle.admit())
+          logger()->warn("telemetry store failed to write {} records: {}{}", n, e.what(),
+                         held_back_note(*held));
       }
     }
   }
@@ -1189,8 +1192,10 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
         }
       } catch (const std::exception& ex) {
         ++budget_store_errors_;
-        logger()->warn("llmq: deployment budget store failed ({}): {}",
-                       deployments_[d].unique_model_id, ex.what());
+        static LogThrottle throttle;
+        if (auto held = throttle.admit())
+          logger()->warn("llmq: deployment budget store failed ({}): {}{}",
+                         deployments_[d].unique_model_id, ex.what(), held_back_note(*held));
         if (!options_.budget_store_fail_open) {
           store_failed_closed = true;
           break;
@@ -1219,7 +1224,10 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     auto work = options_.deployment_budget_store->report_backoff(
         deployments_[deployment], std::chrono::ceil<std::chrono::milliseconds>(wait));
     asio::co_spawn(strand_, std::move(work), [](std::exception_ptr ep) {
-      if (ep) logger()->warn("llmq: could not share a deployment backoff");
+      static LogThrottle throttle;
+      if (!ep) return;
+      if (auto held = throttle.admit())
+        logger()->warn("llmq: could not share a deployment backoff{}", held_back_note(*held));
     });
   }
 
@@ -1262,7 +1270,10 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   Response executor_failure(const Entry& e, std::string_view what) {
     std::string msg = "request executor '" + e.request.req_type + "' failed: ";
     msg += what;
-    if (!e.life.answered()) logger()->warn("{} (request {})", msg, e.request.id);
+    static LogThrottle throttle;
+    if (!e.life.answered())
+      if (auto held = throttle.admit())
+        logger()->warn("{} (request {}){}", msg, e.request.id, held_back_note(*held));
     return Response{make_error_body(msg, "executor_error", "internal_error"), 500};
   }
 
