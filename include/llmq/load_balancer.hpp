@@ -149,6 +149,15 @@ class WeightedRoundRobinBalancer {
 
   [[nodiscard]] DeploymentState state(std::size_t deployment, time_point now);
 
+  /// Takes over deployment `from_deployment` of `from` as `deployment` of this balancer:
+  /// its charges of the last minute, its backoff and its counters, under this balancer's
+  /// limits for it (windows are recounted from the charges as of `now`). For a new
+  /// configuration of the same deployments; call before any candidate set is registered
+  /// here. A grant `from` made on that deployment stays valid here with `deployment` set
+  /// to the new index. `from` must not use that deployment afterwards.
+  void take_over(std::size_t deployment, WeightedRoundRobinBalancer& from,
+                 std::size_t from_deployment, time_point now);
+
   /// Unregistered candidate lists kept at most.
   static constexpr std::size_t kMaxCachedSets = 256;
 

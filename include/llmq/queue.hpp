@@ -180,6 +180,28 @@ struct QueueStats {
   std::vector<DeploymentStats> deployments;
 };
 
+/// The deployments of one configuration of an LLMQueue (LLMQueue::deployments()): an
+/// immutable snapshot that stays valid while the handle lives, whatever reconfigure()
+/// does meanwhile.
+class DeploymentList {
+ public:
+  DeploymentList() = default;
+  explicit DeploymentList(std::shared_ptr<const std::vector<Deployment>> list)
+      : list_(std::move(list)) {}
+  [[nodiscard]] std::vector<Deployment>::const_iterator begin() const noexcept {
+    return list_ ? list_->begin() : std::vector<Deployment>::const_iterator();
+  }
+  [[nodiscard]] std::vector<Deployment>::const_iterator end() const noexcept {
+    return list_ ? list_->end() : std::vector<Deployment>::const_iterator();
+  }
+  [[nodiscard]] std::size_t size() const noexcept { return list_ ? list_->size() : 0; }
+  [[nodiscard]] bool empty() const noexcept { return size() == 0; }
+  [[nodiscard]] const Deployment& operator[](std::size_t i) const { return (*list_)[i]; }
+
+ private:
+  std::shared_ptr<const std::vector<Deployment>> list_;
+};
+
 /// The queue. Construct, `co_await initiate()`, then `co_await execute_request(...)` (or
 /// `async_execute_request(..., token)`) from any number of coroutines or threads; finally
 /// `co_await graceful_shutdown()`.
@@ -283,8 +305,25 @@ class LLMQueue {
   /// A consistent snapshot of the queue.
   boost::asio::awaitable<QueueStats> stats();
 
-  /// The deployments, as ChosenDeployments points into them.
-  [[nodiscard]] const std::vector<Deployment>& deployments() const noexcept;
+  /// Switches to a new configuration without stopping: deployments (added, removed, limits,
+  /// weights, priorities, endpoints or keys changed), user limits and tiers, scheduler
+  /// limits. Throws ConfigError when `config` is invalid, before anything changes.
+  /// - A deployment whose unique_model_id stays keeps its windows, backoff and counters
+  ///   (under its new limits); a new one starts empty; a removed one gets no new requests.
+  /// - Requests running (or confirming with the shared budget store) finish on the
+  ///   deployment they have, as it was configured when they got it.
+  /// - Requests waiting are resolved again against the new deployments, keeping their
+  ///   order and deadlines; one the new configuration cannot serve (its pinned deployment
+  ///   or model is gone, or no deployment left could take its estimate) is answered with
+  ///   errc::unsatisfiable_preferences or errc::request_too_large (a request waiting to be
+  ///   retried: with its last attempt's answer).
+  /// - New requests get the new limits; user windows (in the rate-limit store) are kept.
+  /// Completes once the new configuration is in use. Executors and QueueOptions stay.
+  boost::asio::awaitable<void> reconfigure(LLMConfig config);
+
+  /// The deployments of the configuration in use (ChosenDeployments point into the
+  /// configuration a request was dispatched under).
+  [[nodiscard]] DeploymentList deployments() const;
 
   /// The telemetry store in use (the default in-memory one unless one was given).
   [[nodiscard]] std::shared_ptr<TelemetryStore> telemetry_store() const noexcept;

@@ -87,7 +87,8 @@ struct Response {
 };
 
 /// The deployments granted to one request. A pointer is null when the request did not
-/// need that kind. Pointees are owned by the LLMQueue and live as long as it does.
+/// need that kind. Pointees are owned by the LLMQueue and live at least until the
+/// executor's call returns (a reconfigure meanwhile does not change them).
 struct ChosenDeployments {
   const Deployment* llm = nullptr;
   const Deployment* embedding = nullptr;

@@ -2058,3 +2058,259 @@ TEST(LLMQueueRuntime, PredictiveAdmissionRefusesAtOnceWhatWouldTimeOut) {
   ASSERT_TRUE(refused->retry_after_hint().has_value());
   EXPECT_GT(*refused->retry_after_hint(), 30s);
 }
+
+// ---- reconfigure -------------------------------------------------------------------------
+
+namespace {
+
+llmq::QueueOptions no_short_windows() {
+  llmq::QueueOptions o;
+  o.pace_short_windows = false;  // the 60 s windows alone, so that counts are plain
+  return o;
+}
+
+/// The stats line of `id`, or nullptr.
+const llmq::DeploymentStats* find_deployment(const llmq::QueueStats& s, const std::string& id) {
+  for (const auto& d : s.deployments)
+    if (d.unique_model_id == id) return &d;
+  return nullptr;
+}
+
+}  // namespace
+
+TEST(LLMQueueReconfigure, KeptDeploymentsKeepTheirWindowsUnderNewLimitsAndNewOnesServe) {
+  auto echo = std::make_shared<EchoExecutor>();
+  Harness h(make_config({model("chat-a", llmq::ModelType::chat, 2)}), {{"chat_completion", echo}},
+            no_short_windows());
+  std::map<std::string, int> served;
+  // (Built outside the coroutine: g++ 12 rejects braced lists of string literals in one.)
+  const llmq::LLMConfig next = make_config(
+      {model("chat-a", llmq::ModelType::chat, 3), model("chat-c", llmq::ModelType::chat, 10)});
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    for (int i = 0; i < 2; ++i)
+      co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    co_await h.queue->reconfigure(next);
+    auto s = co_await h.queue->stats();
+    const auto* a = find_deployment(s, "chat-a");
+    const auto* c = find_deployment(s, "chat-c");
+    EXPECT_TRUE(a && c);
+    if (a && c) {
+      EXPECT_EQ(a->requests_in_window, 2);  // the window is kept...
+      EXPECT_EQ(a->req_per_min, 3);         // ...under the new limit
+      EXPECT_EQ(a->granted, 2u);
+      EXPECT_EQ(c->requests_in_window, 0);
+    }
+    EXPECT_EQ(h.queue->deployments().size(), 2u);
+    for (int i = 0; i < 6; ++i) {
+      auto r = co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+      ++served[r.body["llm"].get<std::string>()];
+    }
+    co_await h.queue->graceful_shutdown();
+  });
+  // chat-a had room for one more in its minute; nothing waited.
+  EXPECT_EQ(served["chat-a"], 1);
+  EXPECT_EQ(served["chat-c"], 5);
+  EXPECT_EQ(h.elapsed(), 0s);
+}
+
+TEST(LLMQueueReconfigure, ARemovedDeploymentsWaitingRequestsAreAnsweredAndItsRunningOneFinishes) {
+  auto sleeper = std::make_shared<SleepExecutor>(nullptr, 0ms);
+  std::shared_ptr<SleepExecutor> slow;
+  Harness h(make_config({model("chat-a", llmq::ModelType::chat),
+                         model("chat-b", llmq::ModelType::chat, 1)}),
+            {{"chat_completion", sleeper}}, no_short_windows());
+  slow = std::make_shared<SleepExecutor>(h.clock, 10'000ms);
+  h.queue->register_request_executor("slow", slow);
+  llmq::Response running, waiting, later;
+  boost::system::error_code running_ec, waiting_ec, later_ec;
+  const llmq::LLMConfig without_b = make_config({model("chat-a", llmq::ModelType::chat)});
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    auto ex = co_await asio::this_coro::executor;
+    Latch done(ex, 2);
+    // One runs on chat-b for 10 s; the next waits for chat-b's window (1 per minute).
+    h.queue->async_execute_request("slow", chat_body(), "u", pinned("chat-b"),
+                                   [&](boost::system::error_code ec, llmq::Response r) {
+                                     running_ec = ec;
+                                     running = std::move(r);
+                                     done.count_down();
+                                   });
+    h.queue->async_execute_request("slow", chat_body(), "u", pinned("chat-b"),
+                                   [&](boost::system::error_code ec, llmq::Response r) {
+                                     waiting_ec = ec;
+                                     waiting = std::move(r);
+                                     done.count_down();
+                                   });
+    co_await sleep_for(h.clock, 1s);
+    EXPECT_EQ(slow->started.load(), 1);
+    co_await h.queue->reconfigure(without_b);
+    std::tie(later_ec, later) = co_await h.queue->async_execute_request(
+        "chat_completion", chat_body(), "u", pinned("chat-b"), asio::as_tuple(asio::use_awaitable));
+    co_await done.wait();
+    auto s = co_await h.queue->stats();
+    EXPECT_EQ(s.deployments.size(), 1u);
+    EXPECT_EQ(s.in_flight, 0u);
+    co_await h.queue->graceful_shutdown();
+  });
+  // The running request finished on the deployment it had, as it was configured.
+  EXPECT_FALSE(running_ec) << running_ec.message();
+  EXPECT_EQ(running.status, 200);
+  EXPECT_EQ(running.body["llm"], "chat-b");
+  EXPECT_EQ(h.elapsed(), 10s);
+  // The waiting one was answered at the reconfiguration, saying why.
+  EXPECT_EQ(waiting_ec, llmq::errc::unsatisfiable_preferences);
+  const std::string why = waiting.body["error"]["message"].get<std::string>();
+  EXPECT_NE(why.find("chat-b"), std::string::npos) << why;
+  EXPECT_NE(why.find("reconfigured"), std::string::npos) << why;
+  EXPECT_EQ(slow->started.load(), 1);
+  // A new request for it is refused at once.
+  EXPECT_EQ(later_ec, llmq::errc::unsatisfiable_preferences);
+  EXPECT_EQ(h.telemetry->records().size(), 3u);
+}
+
+TEST(LLMQueueReconfigure, WaitingRequestsMoveToTheNewDeploymentsInTheirOrder) {
+  auto sleeper = std::make_shared<SleepExecutor>(nullptr, 0ms);
+  Harness h(make_config({model("old", llmq::ModelType::chat, 1)}), {{"chat_completion", sleeper}},
+            no_short_windows());
+  std::vector<std::string> order;
+  std::vector<std::string> served_by;
+  const llmq::LLMConfig next = make_config({model("new", llmq::ModelType::chat)});
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    co_await h.queue->execute_request("chat_completion", chat_body(), "u");  // fills `old`
+    auto ex = co_await asio::this_coro::executor;
+    Latch done(ex, 5);
+    for (int i = 0; i < 5; ++i)
+      h.queue->async_execute_request("chat_completion", chat_body("n" + std::to_string(i)),
+                                     "u" + std::to_string(i), {},
+                                     [&](boost::system::error_code ec, llmq::Response r) {
+                                       EXPECT_FALSE(ec) << ec.message();
+                                       order.push_back(r.body["user"].get<std::string>());
+                                       served_by.push_back(r.body["llm"].get<std::string>());
+                                       done.count_down();
+                                     });
+    co_await sleep_for(h.clock, 1s);
+    EXPECT_TRUE(order.empty());  // all five wait for `old`'s minute
+    co_await h.queue->reconfigure(next);
+    co_await done.wait();
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(order, (std::vector<std::string>{"u0", "u1", "u2", "u3", "u4"}));
+  EXPECT_EQ(served_by, std::vector<std::string>(5, "new"));
+  EXPECT_EQ(h.elapsed(), 1s);  // served at the reconfiguration, not after the minute
+}
+
+TEST(LLMQueueReconfigure, AnInvalidConfigIsRefusedAndTheRunningOneKeepsServing) {
+  auto echo = std::make_shared<EchoExecutor>();
+  Harness h(default_config(), {{"chat_completion", echo}});
+  bool threw = false;
+  int ok = 0;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    llmq::LLMConfig bad = default_config();
+    bad.azure_open_ai[0].azure_oai_models[1].unique_model_id = "chat-a";  // a duplicate
+    try {
+      co_await h.queue->reconfigure(bad);
+    } catch (const llmq::ConfigError&) {
+      threw = true;
+    }
+    for (int i = 0; i < 4; ++i)
+      ok += (co_await h.queue->execute_request("chat_completion", chat_body(), "u")).status == 200;
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_TRUE(threw);
+  EXPECT_EQ(ok, 4);
+  EXPECT_EQ(h.queue->deployments().size(), 3u);
+  EXPECT_EQ(h.queue->deployments()[1].unique_model_id, "chat-b");
+}
+
+TEST(LLMQueueReconfigure, UserLimitsAndTiersChangeForTheNextRequest) {
+  auto echo = std::make_shared<EchoExecutor>();
+  llmq::LLMConfig c = default_config();
+  c.user_limits.max_num_requests_in_time_window = 2;
+  Harness h(c, {{"chat_completion", echo}});
+  boost::system::error_code third, fourth, gold_before, gold_after;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    for (int i = 0; i < 2; ++i)
+      co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    third = std::get<0>(co_await h.queue->async_execute_request(
+        "chat_completion", chat_body(), "u", {}, asio::as_tuple(asio::use_awaitable)));
+    llmq::RequestOptions gold;
+    gold.tier = "gold";
+    gold_before = std::get<0>(co_await h.queue->async_execute_request(
+        "chat_completion", chat_body(), "v", {}, gold, asio::as_tuple(asio::use_awaitable)));
+    llmq::LLMConfig next = default_config();
+    next.user_limits.max_num_requests_in_time_window = 5;
+    llmq::UserTier tier;
+    tier.name = "gold";
+    next.user_tiers.push_back(tier);
+    co_await h.queue->reconfigure(next);
+    fourth = std::get<0>(co_await h.queue->async_execute_request(
+        "chat_completion", chat_body(), "u", {}, asio::as_tuple(asio::use_awaitable)));
+    gold_after = std::get<0>(co_await h.queue->async_execute_request(
+        "chat_completion", chat_body(), "v", {}, gold, asio::as_tuple(asio::use_awaitable)));
+    auto s = co_await h.queue->stats();
+    EXPECT_EQ(s.tiers.size(), 2u);
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(third, llmq::errc::user_rate_limited);
+  EXPECT_FALSE(fourth) << fourth.message();  // the window (2 used) is kept, the limit is 5
+  EXPECT_EQ(gold_before, llmq::errc::invalid_request);
+  EXPECT_FALSE(gold_after) << gold_after.message();
+}
+
+TEST(LLMQueueReconfigure, ReconfiguringOverAndOverUnderLoadOnManyThreadsLosesNothing) {
+  // Real threads: callers on four threads while the deployments change 40 times; every
+  // request (none pinned) is served, each answer once, each with its telemetry row.
+  auto echo = std::make_shared<EchoExecutor>();
+  auto yielder = std::make_shared<SleepExecutor>(nullptr, 1ms);
+  asio::io_context io(4);
+  auto telemetry = std::make_shared<llmq::InMemoryTelemetryStore>();
+  llmq::QueueOptions o;
+  o.telemetry_store = telemetry;
+  const llmq::LLMConfig first =
+      make_config({model("chat-a", llmq::ModelType::chat), model("chat-b", llmq::ModelType::chat)});
+  const llmq::LLMConfig second = make_config(
+      {model("chat-b", llmq::ModelType::chat, 500'000), model("chat-c", llmq::ModelType::chat)});
+  llmq::LLMQueue queue(io.get_executor(), first, {{"chat_completion", echo}, {"sleep", yielder}},
+                       o);
+  constexpr int n = 3000;
+  std::atomic<int> ok{0}, finished{0}, reconfigured{0};
+  std::atomic<bool> shut{false};
+  bool initiated = false;
+  asio::co_spawn(io, queue.initiate(), [&](std::exception_ptr) { initiated = true; });
+  while (!initiated) io.run_one();
+  asio::co_spawn(
+      io,
+      [&]() -> awaitable<void> {
+        asio::steady_timer pause(co_await asio::this_coro::executor);
+        for (int i = 0; i < 40 && finished.load() < n; ++i) {
+          co_await queue.reconfigure(i % 2 ? first : second);
+          ++reconfigured;
+          pause.expires_after(1ms);
+          co_await pause.async_wait(asio::use_awaitable);
+        }
+      },
+      asio::detached);
+  for (int i = 0; i < n; ++i)
+    asio::co_spawn(
+        io,
+        [&, i]() -> awaitable<void> {
+          auto r = co_await queue.execute_request(i % 2 ? "chat_completion" : "sleep", chat_body(),
+                                                  "user-" + std::to_string(i % 13));
+          ok += r.status == 200;
+        },
+        [&](std::exception_ptr) {
+          if (++finished == n)
+            asio::co_spawn(io, queue.graceful_shutdown(), [&](std::exception_ptr) { shut = true; });
+        });
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 4; ++i) threads.emplace_back([&] { io.run_for(60s); });
+  for (auto& t : threads) t.join();
+  EXPECT_TRUE(shut.load());
+  EXPECT_GT(reconfigured.load(), 0);
+  EXPECT_EQ(ok.load(), n);
+  EXPECT_EQ(telemetry->total_inserted(), static_cast<std::uint64_t>(n));
+}

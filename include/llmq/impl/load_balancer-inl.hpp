@@ -848,4 +848,40 @@ LLMQ_INLINE DeploymentState WeightedRoundRobinBalancer::state(std::size_t deploy
   return out;
 }
 
+LLMQ_INLINE void WeightedRoundRobinBalancer::take_over(std::size_t deployment,
+                                                       WeightedRoundRobinBalancer& from,
+                                                       std::size_t from_deployment,
+                                                       time_point now) {
+  using namespace detail::balancing;
+  State& old = from.states_.at(from_deployment);
+  from.advance(old, now);
+  State& s = states_.at(deployment);
+  s.log = std::move(old.log);
+  old.log = ChargeLog{};
+  s.backoff_until = old.backoff_until;
+  s.counters = old.counters;
+  s.in_backoff = now < s.backoff_until;
+  s.advanced_to = now;
+  const std::uint64_t end = s.log.end();
+  for (Window& w : s.windows) {
+    w.cursor = end;
+    w.calls = 0;
+    w.tokens = 0;
+    w.next_leave = time_point::max();
+    for (std::uint64_t q = s.log.base(); q < end; ++q) {
+      const Charge& c = s.log[q];
+      if (c.at + w.length <= now) continue;
+      if (w.cursor == end) {
+        w.cursor = q;
+        w.next_leave = c.at + w.length;
+      }
+      w.calls += c.calls;
+      w.tokens += c.tokens;
+    }
+  }
+  while (s.log.base() < s.windows.front().cursor) s.log.pop_front();
+  update_rooms(deployment);
+  update_standing(deployment);
+}
+
 }  // namespace llmq

@@ -148,8 +148,54 @@ struct ResourceClass {
   mutable std::optional<WeightedRoundRobinBalancer::CandidateSet> emb_set;
 };
 
+/// A deployment index that no longer exists (a grant whose deployment a reconfiguration
+/// removed): the balancer is not told about it any more.
+inline constexpr std::size_t kGoneDeployment = std::numeric_limits<std::size_t>::max();
+
+/// One configuration of a queue, replaced as a whole by LLMQueue::reconfigure(). Immutable
+/// once published, but for its resource classes, made on first use on any thread.
+struct Setup {
+  Setup(LLMConfig c, const QueueOptions& o)
+      : config((c.validate(), std::move(c))),
+        deployments(config.deployments()),
+        limits(limits_of(deployments, o)),
+        tiers(config) {}
+
+  static DeploymentLimits limits_of(const Deployment& d, const QueueOptions& o) {
+    return DeploymentLimits{d.req_per_min,
+                            d.tokens_per_min,
+                            d.error_backoff,
+                            d.weight > 0 ? d.weight : d.req_per_min,
+                            o.pace_short_windows,
+                            o.pacing_margin,
+                            d.priority};
+  }
+  static std::vector<DeploymentLimits> limits_of(const std::vector<Deployment>& ds,
+                                                 const QueueOptions& o) {
+    std::vector<DeploymentLimits> out;
+    out.reserve(ds.size());
+    for (const Deployment& d : ds) out.push_back(limits_of(d, o));
+    return out;
+  }
+
+  const LLMConfig config;
+  const std::vector<Deployment> deployments;
+  const std::vector<DeploymentLimits> limits;
+  const UserTierTable tiers;
+  // Resource classes by preferences, made on first use (any thread).
+  mutable std::mutex classes_mutex;
+  mutable std::deque<ResourceClass> classes;
+  mutable std::unordered_map<std::string, const ResourceClass*> class_index;
+  mutable std::atomic<const ResourceClass*> plain_classes[4] = {};  // need_llm | need_emb << 1
+};
+using SetupPtr = std::shared_ptr<const Setup>;
+
 struct Entry {
   Request request;
+  // The configuration the request was resolved against (tier, class); while it runs, also
+  // the owner of the deployments `chosen` points to.
+  SetupPtr setup;
+  std::string tier_name;  // RequestOptions::tier, when the caller named one
   // Separate block: recorded (moved into the telemetry buffer) when the request is done,
   // while the entry itself may live on a little longer.
   std::unique_ptr<TelemetryData, PoolDelete<TelemetryData>> telemetry;
@@ -182,7 +228,7 @@ struct Entry {
   // entries waiting for the shared budget store.
   Entry* list_prev = nullptr;
   Entry* list_next = nullptr;
-  bool in_list = false;
+  const void* list = nullptr;  // the EntryList it is in
 };
 using EntryPtr = std::shared_ptr<Entry>;
 using TelemetryPtr = std::unique_ptr<TelemetryData, PoolDelete<TelemetryData>>;
@@ -192,18 +238,20 @@ class EntryList {
  public:
   [[nodiscard]] Entry* head() const noexcept { return head_; }
   void push_back(Entry& e) noexcept {
+    assert(e.list == nullptr);
     e.list_prev = tail_;
     e.list_next = nullptr;
     (tail_ ? tail_->list_next : head_) = &e;
     tail_ = &e;
-    e.in_list = true;
+    e.list = this;
   }
+  /// Removes `e` if it is in this list (else nothing happens).
   void remove(Entry& e) noexcept {
-    if (!e.in_list) return;
+    if (e.list != this) return;
     (e.list_prev ? e.list_prev->list_next : head_) = e.list_next;
     (e.list_next ? e.list_next->list_prev : tail_) = e.list_prev;
     e.list_prev = e.list_next = nullptr;
-    e.in_list = false;
+    e.list = nullptr;
   }
   /// The entries, as pointers (for walks that change the list).
   [[nodiscard]] std::vector<Entry*> snapshot() const {
@@ -405,21 +453,20 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
             std::map<std::string, std::shared_ptr<RequestExecutor>> executors, QueueOptions options)
       : base_(ex),
         strand_(make_light_strand(ex)),
-        config_(std::move(config)),
         options_(std::move(options)),
         clock_(options_.clock),
-        deployments_((config_.validate(), config_.deployments())),
-        limits_(make_limits(deployments_, options_)),
-        tiers_(config_),
-        balancer_(limits_),
-        scheduler_(make_scheduler<EntryPtr>(config_.scheduler_limits.policy,
-                                            scheduler_options(config_.scheduler_limits))),
-        tier_counts_(tiers_.tiers().size()),
+        setup_(std::make_shared<const Setup>(std::move(config), options_)),
+        balancer_(setup_->limits),
+        scheduler_(make_scheduler<EntryPtr>(setup_->config.scheduler_limits.policy,
+                                            scheduler_options(setup_->config.scheduler_limits))),
+        tier_counts_(setup_->tiers.tiers().size()),
         poll_timer_(strand_, clock_),
         idle_timer_(strand_, clock_),
         id_prefix_(random_prefix()),
-        entry_pool_(std::make_shared<BlockPool>(sizeof(Entry) + 64, pool_blocks(config_))),
-        telemetry_pool_(std::make_shared<BlockPool>(sizeof(TelemetryData), pool_blocks(config_))) {
+        entry_pool_(std::make_shared<BlockPool>(sizeof(Entry) + 64, pool_blocks(setup_->config))),
+        telemetry_pool_(
+            std::make_shared<BlockPool>(sizeof(TelemetryData), pool_blocks(setup_->config))) {
+    published_.store(setup_, std::memory_order_release);
     for (auto& [name, exec] : executors) register_executor(name, std::move(exec));
     if (!options_.user_rate_limit_store) {
       if (clock_)
@@ -436,7 +483,10 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   // ---- the facade's entry points -------------------------------------------------------
 
   [[nodiscard]] const asio::any_io_executor& base_executor() const noexcept { return base_; }
-  [[nodiscard]] const std::vector<Deployment>& deployments() const noexcept { return deployments_; }
+  /// The configuration in use (any thread).
+  [[nodiscard]] SetupPtr setup() const noexcept {
+    return published_.load(std::memory_order_acquire);
+  }
   [[nodiscard]] std::shared_ptr<TelemetryStore> telemetry_store() const noexcept {
     return options_.telemetry_store;
   }
@@ -458,6 +508,13 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     shutdown_requested_.store(true);
     accepting_.store(false);
     co_await asio::co_spawn(strand_, shutdown(), asio::use_awaitable);
+  }
+
+  /// Validates `config` (throws ConfigError), then switches to it on the strand.
+  asio::awaitable<void> reconfigure(LLMConfig config) {
+    auto self = shared_from_this();
+    SetupPtr next = std::make_shared<const Setup>(std::move(config), options_);
+    co_await asio::co_spawn(strand_, reconfigure_on_strand(std::move(next)), asio::use_awaitable);
   }
 
   asio::awaitable<QueueStats> stats() {
@@ -490,16 +547,10 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     e->request.user_id = std::move(user_id);
     e->request.preferences = std::move(prefs);
     e->request.id = std::move(options.request_id);  // checked in admit()
+    e->setup = setup();
+    e->tier_name = std::move(options.tier);
     // The tier: named by the caller, else the user's; an unknown name is refused in admit().
-    if (options.tier.empty()) {
-      e->tier = &tiers_.lookup(e->request.user_id);
-    } else if ((e->tier = tiers_.find_tier(options.tier)) == nullptr) {
-      e->error_text = std::move(options.tier);
-    }
-    if (e->tier) {
-      e->tier_index = static_cast<std::uint32_t>(e->tier - tiers_.tiers().data());
-      e->priority = options.priority.value_or(e->tier->priority);
-    }
+    if (bind_tier(*e, *e->setup)) e->priority = options.priority.value_or(e->tier->priority);
     return e;
   }
 
@@ -530,11 +581,12 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     if (!user_ok)
       return refuse(e, errc::invalid_user_id,
                     "user id must be 1 to 256 bytes without control characters");
-    if (!e->tier) return refuse(e, errc::invalid_request, "unknown tier '" + e->error_text + "'");
+    if (!e->tier) return refuse(e, errc::invalid_request, "unknown tier '" + e->tier_name + "'");
     e->executor = find_executor(req.req_type);
     if (!e->executor)
       return refuse(e, errc::unknown_request_type, "unknown request type '" + req.req_type + "'");
-    auto resolved = resolve(req.preferences);
+    const Setup& setup = *e->setup;
+    auto resolved = resolve(setup, req.preferences);
     if (auto* why = std::get_if<std::string>(&resolved))
       return refuse(e, errc::unsatisfiable_preferences, *why);
     e->cls = std::get<const ResourceClass*>(resolved);
@@ -544,10 +596,10 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
                         std::to_string(options_.max_json_depth) + " levels");
     if (auto why = estimate(*e, req.body, req.preferences))
       return refuse(e, errc::request_too_large, *why);
-    if (!reserve_slot())
+    const std::size_t max_queue = setup.config.scheduler_limits.max_queue_size;
+    if (!reserve_slot(max_queue))
       return refuse(e, errc::queue_full,
-                    "scheduler queue is full (max_queue_size " +
-                        std::to_string(config_.scheduler_limits.max_queue_size) + ")");
+                    "scheduler queue is full (max_queue_size " + std::to_string(max_queue) + ")");
     e->holds_slot = true;
     if (options_.record_payload) t.payload = req.body;
     if (slot.is_connected()) slot.emplace<CancelHandler>(CancelHandler{weak_from_this(), e});
@@ -593,15 +645,14 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     return o;
   }
 
-  static std::vector<DeploymentLimits> make_limits(const std::vector<Deployment>& ds,
-                                                   const QueueOptions& o) {
-    std::vector<DeploymentLimits> out;
-    out.reserve(ds.size());
-    for (const Deployment& d : ds)
-      out.push_back(DeploymentLimits{d.req_per_min, d.tokens_per_min, d.error_backoff,
-                                     d.weight > 0 ? d.weight : d.req_per_min, o.pace_short_windows,
-                                     o.pacing_margin, d.priority});
-    return out;
+  /// The entry's tier in `s`: the one it names, else its user's. False when it names a
+  /// tier `s` does not have.
+  static bool bind_tier(Entry& e, const Setup& s) {
+    e.tier =
+        e.tier_name.empty() ? &s.tiers.lookup(e.request.user_id) : s.tiers.find_tier(e.tier_name);
+    if (e.tier == nullptr) return false;
+    e.tier_index = static_cast<std::uint32_t>(e.tier - s.tiers.tiers().data());
+    return true;
   }
 
   std::shared_ptr<RequestExecutor> find_executor(const std::string& name) const {
@@ -619,7 +670,8 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   // ---- admission (any thread) --------------------------------------------------------
 
   /// Resolves preferences to a resource class, or explains why none can serve them.
-  std::variant<const ResourceClass*, std::string> resolve(const ModelPreferences& p) {
+  static std::variant<const ResourceClass*, std::string> resolve(const Setup& s,
+                                                                 const ModelPreferences& p) {
     if (p.specific_llm_model && !p.require_llm_model)
       return std::string("specific_llm_model is set but require_llm_model is false");
     if (p.specific_embedding_model && !p.require_embedding_model)
@@ -632,7 +684,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     const bool plain = !p.specific_llm_model && !p.specific_embedding_model && !p.llm_model_name &&
                        !p.embedding_model_name;
     std::atomic<const ResourceClass*>& plain_slot =
-        plain_classes_[(p.require_llm_model ? 1U : 0U) | (p.require_embedding_model ? 2U : 0U)];
+        s.plain_classes[(p.require_llm_model ? 1U : 0U) | (p.require_embedding_model ? 2U : 0U)];
     if (plain) {
       if (const ResourceClass* c = plain_slot.load(std::memory_order_acquire)) return c;
     }
@@ -649,42 +701,42 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     add_key(p.require_llm_model, p.specific_llm_model, p.llm_model_name);
     add_key(p.require_embedding_model, p.specific_embedding_model, p.embedding_model_name);
     {
-      std::lock_guard lock(classes_mutex_);
-      if (auto it = class_index_.find(key); it != class_index_.end()) return it->second;
+      std::lock_guard lock(s.classes_mutex);
+      if (auto it = s.class_index.find(key); it != s.class_index.end()) return it->second;
     }
     ResourceClass rc;
     if (p.require_llm_model) {
       rc.need_llm = true;
-      auto err = candidates(true, p.specific_llm_model, p.llm_model_name, rc.llm);
+      auto err = candidates(s, true, p.specific_llm_model, p.llm_model_name, rc.llm);
       if (!err.empty()) return err;
       for (std::size_t i : rc.llm)
-        rc.max_llm_tpm = std::max(rc.max_llm_tpm, limits_[i].tokens_per_min);
+        rc.max_llm_tpm = std::max(rc.max_llm_tpm, s.limits[i].tokens_per_min);
     }
     if (p.require_embedding_model) {
       rc.need_emb = true;
-      auto err = candidates(false, p.specific_embedding_model, p.embedding_model_name, rc.emb);
+      auto err = candidates(s, false, p.specific_embedding_model, p.embedding_model_name, rc.emb);
       if (!err.empty()) return err;
       for (std::size_t i : rc.emb)
-        rc.max_emb_tpm = std::max(rc.max_emb_tpm, limits_[i].tokens_per_min);
+        rc.max_emb_tpm = std::max(rc.max_emb_tpm, s.limits[i].tokens_per_min);
     }
-    std::lock_guard lock(classes_mutex_);
-    if (auto it = class_index_.find(key); it != class_index_.end()) return it->second;
-    rc.index = static_cast<std::uint32_t>(classes_.size());
-    classes_.push_back(std::move(rc));
-    const ResourceClass* out = &classes_.back();
-    class_index_.emplace(std::move(key), out);
+    std::lock_guard lock(s.classes_mutex);
+    if (auto it = s.class_index.find(key); it != s.class_index.end()) return it->second;
+    rc.index = static_cast<std::uint32_t>(s.classes.size());
+    s.classes.push_back(std::move(rc));
+    const ResourceClass* out = &s.classes.back();
+    s.class_index.emplace(std::move(key), out);
     if (plain) plain_slot.store(out, std::memory_order_release);
     return out;
   }
 
-  std::string candidates(bool llm, const std::optional<std::string>& id,
-                         const std::optional<std::string>& name,
-                         std::vector<std::size_t>& out) const {
+  static std::string candidates(const Setup& s, bool llm, const std::optional<std::string>& id,
+                                const std::optional<std::string>& name,
+                                std::vector<std::size_t>& out) {
     const char* kind = llm ? "LLM (chat/completion)" : "embeddings";
     const char* id_key = llm ? "specific_llm_model" : "specific_embedding_model";
     const char* name_key = llm ? "llm_model_name" : "embedding_model_name";
-    for (std::size_t i = 0; i < deployments_.size(); ++i) {
-      const Deployment& d = deployments_[i];
+    for (std::size_t i = 0; i < s.deployments.size(); ++i) {
+      const Deployment& d = s.deployments[i];
       if (is_llm(d.model_type) != llm) continue;
       if (id && d.unique_model_id != *id) continue;
       if (name && d.model_name_in_azure != *name) continue;
@@ -692,7 +744,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     }
     if (!out.empty()) return {};
     if (id) {
-      for (const Deployment& d : deployments_)
+      for (const Deployment& d : s.deployments)
         if (d.unique_model_id == *id)
           return std::string(id_key) + " '" + *id + "' is not an " + kind + " deployment" +
                  (name ? " of model '" + *name + "'" : std::string());
@@ -721,21 +773,26 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
             ? std::numeric_limits<std::int64_t>::max()
             : e.llm_need.tokens + e.emb_need.tokens;
     e.telemetry->estimated_tokens = total;
-    auto too_large = [](const char* kind, std::int64_t need, std::int64_t tpm) {
+    return too_large(e, rc);
+  }
+
+  /// Why no deployment of `rc` could ever take the entry's estimate, if none can.
+  static std::optional<std::string> too_large(const Entry& e, const ResourceClass& rc) {
+    auto why = [](const char* kind, std::int64_t need, std::int64_t tpm) {
       return "the request's estimated " + std::string(kind) + " tokens (" + std::to_string(need) +
              ") exceed the tokens_per_min of every deployment that could serve it (at most " +
              std::to_string(tpm) + "); lower max_tokens or the prompt";
     };
     if (rc.need_llm && e.llm_need.tokens > rc.max_llm_tpm)
-      return too_large("chat", e.llm_need.tokens, rc.max_llm_tpm);
+      return why("chat", e.llm_need.tokens, rc.max_llm_tpm);
     if (rc.need_emb && e.emb_need.tokens > rc.max_emb_tpm)
-      return too_large("embedding", e.emb_need.tokens, rc.max_emb_tpm);
+      return why("embedding", e.emb_need.tokens, rc.max_emb_tpm);
     return std::nullopt;
   }
 
-  bool reserve_slot() {
+  bool reserve_slot(std::size_t max_queue) {
     const std::size_t prev = reserved_.fetch_add(1, std::memory_order_relaxed);
-    if (prev < config_.scheduler_limits.max_queue_size) return true;
+    if (prev < max_queue) return true;
     reserved_.fetch_sub(1, std::memory_order_relaxed);
     return false;
   }
@@ -939,8 +996,8 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   }
 
   void refund(Entry& e) {
-    if (e.llm_grant) balancer_.refund(*e.llm_grant);
-    if (e.emb_grant) balancer_.refund(*e.emb_grant);
+    for (const std::optional<DeploymentGrant>* g : {&e.llm_grant, &e.emb_grant})
+      if (*g && (*g)->deployment != kGoneDeployment) balancer_.refund(**g);
     e.llm_grant.reset();
     e.emb_grant.reset();
     e.chosen = ChosenDeployments{};
@@ -954,16 +1011,20 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       apply(e, e->life.abandon(failed_.load() ? errc::queue_failed : errc::queue_closed), now());
       return;
     }
+    if (e->setup != setup_) {  // admitted under a configuration replaced since
+      if (const std::optional<errc> why = rebind(*e)) return refuse(e, *why, e->error_text);
+    }
+    const SchedulerLimits& limits = setup_->config.scheduler_limits;
     const time_point t = now();
     e->telemetry->queued_at = wall_at(t);
     e->queued_at = t;
-    e->deadline = t + config_.scheduler_limits.request_timeout;
+    e->deadline = t + limits.request_timeout;
     const QueuedRequest qr = queued_request(*e, t);
-    if (config_.scheduler_limits.predictive_admission) {
+    if (limits.predictive_admission) {
       const DispatchRateEstimator& rate = class_rate(e->cls->index);
       const std::uint64_t ahead = scheduler_->ahead_of(qr);
       const std::optional<std::chrono::nanoseconds> wait = predict_wait(rate, ahead);
-      if (wait && *wait > config_.scheduler_limits.request_timeout) {
+      if (wait && *wait > limits.request_timeout) {
         ++rejected_predicted_;
         refuse(e, errc::queue_full,
                "the queue would not reach this request within request_timeout_seconds (" +
@@ -1114,17 +1175,17 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     if (rc.need_emb && !(es = balancer_.pick(*rc.emb_set, e->emb_need, t))) return false;
     if (ls) {
       e->llm_grant = balancer_.commit(*ls, e->llm_need, t);
-      e->chosen.llm = &deployments_[ls->deployment];
+      e->chosen.llm = &e->setup->deployments[ls->deployment];
       e->telemetry->llm_deployment = e->chosen.llm->unique_model_id;
     }
     if (es) {
       e->emb_grant = balancer_.commit(*es, e->emb_need, t);
-      e->chosen.embedding = &deployments_[es->deployment];
+      e->chosen.embedding = &e->setup->deployments[es->deployment];
       e->telemetry->embedding_deployment = e->chosen.embedding->unique_model_id;
     }
     release_slot(*e);
     unscheduled(*e);
-    if (config_.scheduler_limits.predictive_admission) {
+    if (setup_->config.scheduler_limits.predictive_admission) {
       const std::uint32_t cls = rc.index;
       class_rate(cls).record(t, 1, scheduler_->queued_in(cls) - 1);
     }
@@ -1137,7 +1198,8 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     while (Entry* r = running_.head()) {
       if (r->exec_deadline > t) break;
       running_.remove(*r);
-      // The entry stays alive: its executor's coroutine holds it.
+      // The entry stays alive: its executor's coroutine holds it (and its grants).
+      overdue_.push_back(*r);
       apply(*r, r->life.execution_deadline(), t);
     }
   }
@@ -1152,14 +1214,115 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   void queue_pending_retries() {
     for (EntryPtr& e : retry_pending_) {
       if (!e->life.in_queue()) continue;  // cancelled or abandoned meanwhile
+      if (e->setup != setup_) {           // it ran under a configuration replaced since
+        if (const std::optional<errc> why = rebind(*e)) {
+          apply(e, e->life.abandon(*why), now());
+          continue;
+        }
+      }
       // A retry is bounded by the retry budget; a request the shared budget store sent
       // back before its first run keeps its queue deadline.
-      e->deadline = e->first_dispatch ? *e->first_dispatch + options_.retry_budget
-                                      : e->queued_at + config_.scheduler_limits.request_timeout;
+      e->deadline = e->first_dispatch
+                        ? *e->first_dispatch + options_.retry_budget
+                        : e->queued_at + setup_->config.scheduler_limits.request_timeout;
       e->ticket = scheduler_->push_front(queued_request(*e, e->queued_at), EntryPtr(e));
       scheduled(*e);
     }
     retry_pending_.clear();
+  }
+
+  // ---- reconfiguration (strand) ------------------------------------------------------
+
+  /// Binds a request resolved against an earlier configuration to the current one: its
+  /// tier (the one it names, else its user's; the default when the named one is gone) and
+  /// its resource class. The error (the reason in error_text) when the current
+  /// deployments cannot serve it.
+  std::optional<errc> rebind(Entry& e) {
+    const Setup& s = *setup_;
+    if (!bind_tier(e, s)) {
+      e.tier = &s.tiers.default_tier();
+      e.tier_index = 0;
+    }
+    auto resolved = resolve(s, e.request.preferences);
+    if (auto* why = std::get_if<std::string>(&resolved)) {
+      e.error_text = *why + " (since the queue was reconfigured)";
+      return errc::unsatisfiable_preferences;
+    }
+    const ResourceClass* cls = std::get<const ResourceClass*>(resolved);
+    if (auto why = too_large(e, *cls)) {
+      e.error_text = *why + " (since the queue was reconfigured)";
+      return errc::request_too_large;
+    }
+    e.cls = cls;
+    e.setup = setup_;
+    return std::nullopt;
+  }
+
+  /// Switches to `next`: deployments matched by unique_model_id keep their windows,
+  /// backoff and counters; requests holding a grant keep it (and finish on the deployment
+  /// they have); waiting requests are resolved again, in their order, into a scheduler
+  /// made for the new limits; those the new deployments cannot serve are answered.
+  asio::awaitable<void> reconfigure_on_strand(SetupPtr next) {
+    auto self = shared_from_this();
+    const time_point t = now();
+    const Setup& old = *setup_;
+    std::unordered_map<std::string_view, std::size_t> old_index;
+    for (std::size_t i = 0; i < old.deployments.size(); ++i)
+      old_index.emplace(old.deployments[i].unique_model_id, i);
+    std::vector<std::size_t> moved_to(old.deployments.size(), kGoneDeployment);
+    WeightedRoundRobinBalancer balancer(next->limits);
+    for (std::size_t j = 0; j < next->deployments.size(); ++j) {
+      const auto it = old_index.find(next->deployments[j].unique_model_id);
+      if (it == old_index.end()) continue;
+      balancer.take_over(j, balancer_, it->second, t);
+      moved_to[it->second] = j;
+    }
+    balancer_ = std::move(balancer);
+    auto remap = [&](std::optional<DeploymentGrant>& g) {
+      if (g && g->deployment != kGoneDeployment) g->deployment = moved_to[g->deployment];
+    };
+    for (const EntryList* list : {&confirming_, &running_, &overdue_})
+      for (Entry* e = list->head(); e != nullptr; e = e->list_next) {
+        remap(e->llm_grant);
+        remap(e->emb_grant);
+      }
+
+    // Requests waiting, retries first, in the order they would have been served.
+    queue_pending_retries();
+    std::vector<EntryPtr> waiting;
+    waiting.reserve(scheduler_->size());
+    scheduler_->drain([&](EntryPtr&& e) {
+      e->in_scheduler = false;
+      waiting.push_back(std::move(e));
+    });
+    std::vector<TierCounts> counts(next->tiers.tiers().size());
+    for (std::size_t i = 0; i < counts.size(); ++i)
+      for (std::size_t k = 0; k < tier_counts_.size(); ++k)
+        if (old.tiers.tiers()[k].name == next->tiers.tiers()[i].name)
+          counts[i].admitted = tier_counts_[k].admitted;
+    tier_counts_ = std::move(counts);
+    priority_counts_ = {};
+    user_queued_.clear();
+    class_rates_.clear();
+    scheduler_ = make_scheduler<EntryPtr>(next->config.scheduler_limits.policy,
+                                          scheduler_options(next->config.scheduler_limits));
+    setup_ = next;
+    published_.store(std::move(next), std::memory_order_release);
+    // Pushed to the front in reverse, so that they keep their order ahead of new arrivals
+    // (and are bounded neither by a smaller max_queue_size nor per-user caps).
+    for (auto it = waiting.rbegin(); it != waiting.rend(); ++it) {
+      EntryPtr& e = *it;
+      if (const std::optional<errc> why = rebind(*e)) {
+        apply(e, e->life.abandon(*why), t);
+        continue;
+      }
+      e->ticket = scheduler_->push_front(queued_request(*e, e->queued_at), EntryPtr(e));
+      scheduled(*e);
+    }
+    logger()->info("llmq: reconfigured: {} deployments, {} requests waiting",
+                   setup_->deployments.size(), scheduler_->size());
+    wake();
+    co_return;
   }
 
   // ---- shared deployment budgets ------------------------------------------------------
@@ -1177,25 +1340,27 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   asio::awaitable<void> confirm(EntryPtr e) {
     auto self = shared_from_this();
     std::optional<std::chrono::milliseconds> refused;
-    std::size_t refused_deployment = 0;
+    const std::optional<DeploymentGrant>* refused_grant = nullptr;
     bool store_failed_closed = false;
     for (const std::optional<DeploymentGrant>* g : {&e->llm_grant, &e->emb_grant}) {
       if (!g->has_value()) continue;
-      const std::size_t d = (*g)->deployment;
+      // The deployment as granted (a reconfiguration meanwhile does not change it).
+      const Deployment& d = g == &e->llm_grant ? *e->chosen.llm : *e->chosen.embedding;
+      const DeploymentLimits limits = Setup::limits_of(d, options_);
       try {
-        const BudgetDecision bd = co_await options_.deployment_budget_store->try_charge(
-            deployments_[d], limits_[d], (*g)->need);
+        const BudgetDecision bd =
+            co_await options_.deployment_budget_store->try_charge(d, limits, (*g)->need);
         if (!bd.allowed) {
           refused = bd.retry_after;
-          refused_deployment = d;
+          refused_grant = g;
           break;
         }
       } catch (const std::exception& ex) {
         ++budget_store_errors_;
         static LogThrottle throttle;
         if (auto held = throttle.admit())
-          logger()->warn("llmq: deployment budget store failed ({}): {}{}",
-                         deployments_[d].unique_model_id, ex.what(), held_back_note(*held));
+          logger()->warn("llmq: deployment budget store failed ({}): {}{}", d.unique_model_id,
+                         ex.what(), held_back_note(*held));
         if (!options_.budget_store_fail_open) {
           store_failed_closed = true;
           break;
@@ -1214,15 +1379,15 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     }
     ++budget_refusals_;
     // What the shared budget refused must not use up this queue's own windows.
-    balancer_.hold(refused_deployment,
-                   now() + std::max<steady::duration>(*refused, std::chrono::milliseconds(1)));
+    if (const std::size_t d = (*refused_grant)->deployment; d != kGoneDeployment)
+      balancer_.hold(d, now() + std::max<steady::duration>(*refused, std::chrono::milliseconds(1)));
     apply(e, e->life.confirm_refused(), now());
   }
 
   void share_backoff(std::size_t deployment, steady::duration wait) {
     if (!options_.deployment_budget_store) return;
     auto work = options_.deployment_budget_store->report_backoff(
-        deployments_[deployment], std::chrono::ceil<std::chrono::milliseconds>(wait));
+        setup_->deployments[deployment], std::chrono::ceil<std::chrono::milliseconds>(wait));
     asio::co_spawn(strand_, std::move(work), [](std::exception_ptr ep) {
       static LogThrottle throttle;
       if (!ep) return;
@@ -1280,6 +1445,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   void attempt_done(const EntryPtr& e, Response r, bool threw) {
     const time_point t = now();
     running_.remove(*e);
+    overdue_.remove(*e);
     --in_flight_;
     TelemetryData& tel = *e->telemetry;
     // Only what the executor reports about the upstream feeds the balancer; its own
@@ -1322,14 +1488,14 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
 
   void apply_outcome(const std::optional<DeploymentGrant>& g, const UpstreamOutcome& o,
                      time_point t) {
-    if (!g || (o.status == 0 && !o.connection_error)) return;
+    if (!g || g->deployment == kGoneDeployment || (o.status == 0 && !o.connection_error)) return;
     const int status = o.connection_error && o.status == 0 ? 503 : o.status;
     if (status == 429 || status >= 500) {
       std::optional<steady::duration> retry;
       if (o.retry_after && o.retry_after->count() >= 0) retry = *o.retry_after;
       balancer_.report_failure(g->deployment, t, retry, status == 429);
       share_backoff(g->deployment,
-                    retry ? *retry : steady::duration(limits_[g->deployment].error_backoff));
+                    retry ? *retry : steady::duration(setup_->limits[g->deployment].error_backoff));
     }
     // The upstream says the budget is spent until a reset: stay away until then.
     using std::chrono::seconds;
@@ -1344,7 +1510,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   /// Replaces a grant's estimate by the usage reported. Azure keeps charging its own
   /// estimate for the minute, so by default a lower usage does not give tokens back.
   void reconcile(const std::optional<DeploymentGrant>& g, std::int64_t actual) {
-    if (!g || actual <= 0) return;
+    if (!g || g->deployment == kGoneDeployment || actual <= 0) return;
     balancer_.reconcile(*g,
                         options_.reconcile_tokens_down ? actual : std::max(actual, g->need.tokens));
   }
@@ -1516,17 +1682,18 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     }
     s.tiers.reserve(tier_counts_.size());
     for (std::size_t i = 0; i < tier_counts_.size(); ++i)
-      s.tiers.push_back(
-          TierStats{tiers_.tiers()[i].name, tier_counts_[i].queued, tier_counts_[i].admitted});
+      s.tiers.push_back(TierStats{setup_->tiers.tiers()[i].name, tier_counts_[i].queued,
+                                  tier_counts_[i].admitted});
     const time_point t = now();
-    for (std::size_t i = 0; i < deployments_.size(); ++i) {
+    const std::vector<Deployment>& deployments = setup_->deployments;
+    for (std::size_t i = 0; i < deployments.size(); ++i) {
       const DeploymentState st = balancer_.state(i, t);
       DeploymentStats d;
-      d.unique_model_id = deployments_[i].unique_model_id;
+      d.unique_model_id = deployments[i].unique_model_id;
       d.requests_in_window = st.requests_in_window;
       d.tokens_in_window = st.tokens_in_window;
-      d.req_per_min = deployments_[i].req_per_min;
-      d.tokens_per_min = deployments_[i].tokens_per_min;
+      d.req_per_min = deployments[i].req_per_min;
+      d.tokens_per_min = deployments[i].tokens_per_min;
       if (st.backoff_until)
         d.backoff_remaining = std::chrono::ceil<std::chrono::milliseconds>(*st.backoff_until - t);
       d.granted = st.granted;
@@ -1540,20 +1707,15 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
 
   asio::any_io_executor base_;    // the executor given: admission's own work runs here
   asio::any_io_executor strand_;  // a strand over it (make_light_strand)
-  LLMConfig config_;
   QueueOptions options_;
   std::shared_ptr<Clock> clock_;  // null: the steady clock
-  const std::vector<Deployment> deployments_;
-  const std::vector<DeploymentLimits> limits_;
+  SetupPtr setup_;                // the configuration in use (strand; see published_)
   std::shared_ptr<TelemetryPipeline> telemetry_;
 
   // Any thread:
   mutable std::shared_mutex executors_mutex_;
   std::map<std::string, std::shared_ptr<RequestExecutor>, std::less<>> executors_;
-  std::mutex classes_mutex_;
-  std::deque<ResourceClass> classes_;
-  std::unordered_map<std::string, const ResourceClass*> class_index_;
-  std::atomic<const ResourceClass*> plain_classes_[4] = {};  // by need_llm | need_emb << 1
+  std::atomic<SetupPtr> published_;  // setup_, for admission on callers' threads
   std::atomic<std::size_t> reserved_{0};
   std::atomic<bool> accepting_{false};
   std::atomic<bool> shutdown_requested_{false};
@@ -1563,7 +1725,6 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       rejected_queue_full_{0}, rejected_invalid_{0}, rejected_closed_{0}, rejected_store_{0},
       timed_out_{0}, cancelled_{0}, execution_timeouts_{0}, budget_refusals_{0},
       budget_store_errors_{0}, rejected_predicted_{0}, rejected_user_queue_full_{0}, records_{0};
-  const UserTierTable tiers_;  // immutable: read on any thread
 
   // Strand only:
   WeightedRoundRobinBalancer balancer_;
@@ -1590,6 +1751,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   std::size_t in_flight_ = 0;  // confirming + running
   std::vector<EntryPtr> retry_pending_;
   EntryList running_;     // in execution-deadline order
+  EntryList overdue_;     // answered at execution_timeout; the executor has not returned
   EntryList confirming_;  // waiting for the shared budget store
   std::string abandon_reason_;
   std::string failure_;
@@ -1717,8 +1879,15 @@ LLMQ_INLINE boost::asio::awaitable<QueueStats> LLMQueue::stats() {
   co_return s;
 }
 
-LLMQ_INLINE const std::vector<Deployment>& LLMQueue::deployments() const noexcept {
-  return core_->deployments();
+LLMQ_INLINE boost::asio::awaitable<void> LLMQueue::reconfigure(LLMConfig config) {
+  auto core = core_;
+  co_await core->reconfigure(std::move(config));
+}
+
+LLMQ_INLINE DeploymentList LLMQueue::deployments() const {
+  detail::SetupPtr setup = core_->setup();
+  const std::vector<Deployment>* list = &setup->deployments;
+  return DeploymentList(std::shared_ptr<const std::vector<Deployment>>(std::move(setup), list));
 }
 
 LLMQ_INLINE std::shared_ptr<TelemetryStore> LLMQueue::telemetry_store() const noexcept {
