@@ -815,6 +815,28 @@ TEST(ConfigWarnings, UnknownKeysAreWarnings) {
   EXPECT_EQ(log.text(), logged);
 }
 
+TEST(ConfigWarnings, KeysAreShownPrintableAndBounded) {
+  // A NUL in a key ended the error message there, leaving it empty (the config fuzz
+  // target's find, tests/fuzz/corpus/config/nul_in_key.yaml).
+  const std::string nul_key(
+      "custom_models:\n\n\0"
+      "0stom_models:\n s:\n\n\0"
+      "0stom_models:\n",
+      51);
+  try {
+    (void)parse_config(nul_key);
+    ADD_FAILURE() << "accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("\\x00"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("duplicate key"), std::string::npos) << e.what();
+  }
+  // A long key is cut in the message.
+  const LLMConfig cfg = parse_config(std::string(kMinimalAzure) + std::string(200, 'k') + ": 1\n");
+  ASSERT_EQ(cfg.warnings.size(), 1u);
+  EXPECT_EQ(cfg.warnings[0].rfind(std::string(64, 'k') + "...: unknown key", 0), 0u)
+      << cfg.warnings[0];
+}
+
 TEST(ConfigWarnings, GatewaySectionIsAcceptedSilently) {
   const std::string yaml = std::string(kMinimalAzure) +
                            "gateway:\n"

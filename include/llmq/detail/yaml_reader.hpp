@@ -50,10 +50,30 @@ inline std::string format_problem(std::string_view path, std::string_view proble
   return out;
 }
 
+/// A key from the document as a message shows it: control bytes as \xNN (a NUL would end
+/// the message early), at most 64 bytes of it.
+inline std::string shown_key(std::string_view key) {
+  constexpr std::size_t kMax = 64;
+  std::string out;
+  for (std::size_t i = 0; i < key.size() && i < kMax; ++i) {
+    const auto c = static_cast<unsigned char>(key[i]);
+    if (c >= 0x20 && c != 0x7f) {
+      out += static_cast<char>(c);
+      continue;
+    }
+    constexpr std::string_view hex = "0123456789abcdef";
+    out += "\\x";
+    out += hex[c >> 4];
+    out += hex[c & 0xf];
+  }
+  if (key.size() > kMax) out += "...";
+  return out;
+}
+
 inline std::string child_path(std::string_view parent, std::string_view key) {
-  if (parent.empty()) return std::string(key);
+  if (parent.empty()) return shown_key(key);
   std::string out(parent);
-  out.append(".").append(key);
+  out.append(".").append(shown_key(key));
   return out;
 }
 
