@@ -47,6 +47,11 @@ QueueFacts QueueFacts::of(const TelemetryData& t) {
   return f;
 }
 
+WallTime wall_now() {
+  return WallTime(std::chrono::duration_cast<std::chrono::microseconds>(
+      std::chrono::system_clock::now().time_since_epoch()));
+}
+
 std::string iso8601(WallTime t) {
   const auto us = t.time_since_epoch().count();
   std::int64_t secs = us / 1'000'000;

@@ -51,6 +51,9 @@ struct QueueFacts {
 /// is missing (the gateway answered itself, or the record never came).
 [[nodiscard]] std::string access_line(const AccessRecord& r, const QueueFacts* facts);
 
+/// The wall clock now, as an AccessRecord's time.
+[[nodiscard]] WallTime wall_now();
+
 /// UTC ISO 8601 with microseconds: "2026-12-02T10:11:12.345678Z".
 [[nodiscard]] std::string iso8601(WallTime t);
 

@@ -80,8 +80,7 @@ void log_access(AccessLog& log, const HttpExchange& request, const HttpAnswer& a
                 std::chrono::steady_clock::time_point started) {
   const auto now = std::chrono::steady_clock::now();
   AccessRecord r;
-  r.time = WallTime(std::chrono::duration_cast<std::chrono::microseconds>(
-      std::chrono::system_clock::now().time_since_epoch()));
+  r.time = wall_now();
   r.request_id = std::move(request_id);
   r.method = request.method.substr(0, 16);
   r.route = std::string(split_target(request.target).first.substr(0, 256));
@@ -198,8 +197,7 @@ void Gateway::refused_by_server(int status, const std::string& request_id) {
   metrics_->answered(status);
   if (!access_log_) return;
   AccessRecord r;
-  r.time = WallTime(std::chrono::duration_cast<std::chrono::microseconds>(
-      std::chrono::system_clock::now().time_since_epoch()));
+  r.time = wall_now();
   r.request_id = request_id;
   r.status = status;
   access_log_->answered(std::move(r), std::chrono::steady_clock::now());

@@ -191,12 +191,10 @@ int main(int argc, char** argv) {
                    if (!ep) return;
                    try {
                      std::rethrow_exception(ep);
-                   } catch (const ConfigError& e) {  // e.g. a TLS file that cannot be used
-                     std::cerr << "llmq-gateway: " << e.what() << "\n";
-                     exit_code = 2;
                    } catch (const std::exception& e) {
                      std::cerr << "llmq-gateway: " << e.what() << "\n";
-                     exit_code = 1;
+                     // A configuration it cannot start with (e.g. an unusable TLS file): 2.
+                     exit_code = dynamic_cast<const ConfigError*>(&e) != nullptr ? 2 : 1;
                    }
                    io.stop();
                  });

@@ -124,10 +124,11 @@ if grep -qi "ALPN.*accepted http/1.1\|ALPN, server accepted to use http/1.1" "$w
 else
   fail "ALPN: $(grep -i alpn "$work/alpn" | tr '\n' ' ')"
 fi
-handshake_failures() {
+metric() {  # metric NAME: its value on the TLS gateway
   curl -fsS --cacert "$pki/ca.pem" -H "api-key: client-key-1" "$tls_url/metrics" |
-    awk '$1 == "llmq_gateway_tls_handshake_failures_total" {print $2}'
+    awk -v n="$1" '$1 == n {print $2}'
 }
+handshake_failures() { metric llmq_gateway_tls_handshake_failures_total; }
 before=$(handshake_failures)
 refuse "TLS 1.1 is refused" \
   openssl s_client -connect "127.0.0.1:$tls_port" -tls1_1 -cipher 'DEFAULT@SECLEVEL=0' \
@@ -143,10 +144,6 @@ if [ "$after" -ge $((before + 2)) ]; then
 else
   fail "llmq_gateway_tls_handshake_failures_total went from $before to $after"
 fi
-metric() {  # metric NAME: its value on the TLS gateway
-  curl -fsS --cacert "$pki/ca.pem" -H "api-key: client-key-1" "$tls_url/metrics" |
-    awk -v n="$1" '$1 == n {print $2}'
-}
 gone_before=$(metric llmq_gateway_client_disconnects_total)
 slow='{"model":"slow-model","messages":[{"role":"user","content":"hi"}],"max_tokens":5}'
 refuse "a TLS client that gives up on a slow answer" \

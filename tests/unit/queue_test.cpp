@@ -19,6 +19,7 @@
 #include <boost/system/system_error.hpp>
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <set>
@@ -1689,23 +1690,32 @@ TEST(LLMQueueRuntime, TelemetryNeverHoldsTheApiKeyAndPayloadIsOptIn) {
   EXPECT_NE(dumped.find("payload text"), std::string::npos);
 }
 
-TEST(LLMQueueRuntime, MultiThreadedIoContextCallersOnManyThreads) {
-  // Real threads, real time (nothing here depends on time): the strand serialises queue
-  // state for callers and executors on four threads.
+/// Real threads, real time (nothing in it depends on time): `n` callers, half of them to
+/// an executor that yields for 1 ms, on an io_context run by four threads; `beside(queue,
+/// finished)` is spawned once the queue runs. Shuts the queue down when all have answered.
+struct ThreadedRun {
+  int ok = 0;                        // answers with status 200
+  std::uint64_t telemetry_rows = 0;  // records the store got
+  bool shut = false;                 // graceful_shutdown completed
+};
+
+ThreadedRun run_on_four_threads(
+    const llmq::LLMConfig& config, int n,
+    std::function<awaitable<void>(llmq::LLMQueue&, const std::atomic<int>&)> beside = {}) {
   auto echo = std::make_shared<EchoExecutor>();
   auto yielder = std::make_shared<SleepExecutor>(nullptr, 1ms);
   asio::io_context io(4);
   auto telemetry = std::make_shared<llmq::InMemoryTelemetryStore>();
   llmq::QueueOptions o;
   o.telemetry_store = telemetry;
-  llmq::LLMQueue queue(io.get_executor(), default_config(),
-                       {{"chat_completion", echo}, {"sleep", yielder}}, o);
-  constexpr int n = 2000;
+  llmq::LLMQueue queue(io.get_executor(), config, {{"chat_completion", echo}, {"sleep", yielder}},
+                       o);
   std::atomic<int> ok{0}, finished{0};
   std::atomic<bool> shut{false};
   bool initiated = false;
   asio::co_spawn(io, queue.initiate(), [&](std::exception_ptr) { initiated = true; });
   while (!initiated) io.run_one();  // the callers below start once the queue runs
+  if (beside) asio::co_spawn(io, beside(queue, finished), asio::detached);
   for (int i = 0; i < n; ++i)
     asio::co_spawn(
         io,
@@ -1721,9 +1731,16 @@ TEST(LLMQueueRuntime, MultiThreadedIoContextCallersOnManyThreads) {
   std::vector<std::thread> threads;
   for (int i = 0; i < 4; ++i) threads.emplace_back([&] { io.run_for(60s); });
   for (auto& t : threads) t.join();
-  EXPECT_TRUE(shut.load());
-  EXPECT_EQ(ok.load(), n);
-  EXPECT_EQ(telemetry->total_inserted(), static_cast<std::uint64_t>(n));
+  return ThreadedRun{ok.load(), telemetry->total_inserted(), shut.load()};
+}
+
+TEST(LLMQueueRuntime, MultiThreadedIoContextCallersOnManyThreads) {
+  // The strand serialises queue state for callers and executors on four threads.
+  constexpr int n = 2000;
+  const ThreadedRun run = run_on_four_threads(default_config(), n);
+  EXPECT_TRUE(run.shut);
+  EXPECT_EQ(run.ok, n);
+  EXPECT_EQ(run.telemetry_rows, static_cast<std::uint64_t>(n));
 }
 
 TEST(LLMQueueRuntime, TelemetryBufferOverflowIsCountedNotBlocking) {
@@ -2262,29 +2279,16 @@ TEST(LLMQueueReconfigure, UserLimitsAndTiersChangeForTheNextRequest) {
 }
 
 TEST(LLMQueueReconfigure, ReconfiguringOverAndOverUnderLoadOnManyThreadsLosesNothing) {
-  // Real threads: callers on four threads while the deployments change 40 times; every
-  // request (none pinned) is served, each answer once, each with its telemetry row.
-  auto echo = std::make_shared<EchoExecutor>();
-  auto yielder = std::make_shared<SleepExecutor>(nullptr, 1ms);
-  asio::io_context io(4);
-  auto telemetry = std::make_shared<llmq::InMemoryTelemetryStore>();
-  llmq::QueueOptions o;
-  o.telemetry_store = telemetry;
+  // Callers on four threads while the deployments change 40 times; every request (none
+  // pinned) is served, each answer once, each with its telemetry row.
   const llmq::LLMConfig first =
       make_config({model("chat-a", llmq::ModelType::chat), model("chat-b", llmq::ModelType::chat)});
   const llmq::LLMConfig second = make_config(
       {model("chat-b", llmq::ModelType::chat, 500'000), model("chat-c", llmq::ModelType::chat)});
-  llmq::LLMQueue queue(io.get_executor(), first, {{"chat_completion", echo}, {"sleep", yielder}},
-                       o);
   constexpr int n = 3000;
-  std::atomic<int> ok{0}, finished{0}, reconfigured{0};
-  std::atomic<bool> shut{false};
-  bool initiated = false;
-  asio::co_spawn(io, queue.initiate(), [&](std::exception_ptr) { initiated = true; });
-  while (!initiated) io.run_one();
-  asio::co_spawn(
-      io,
-      [&]() -> awaitable<void> {
+  std::atomic<int> reconfigured{0};
+  const ThreadedRun run = run_on_four_threads(
+      first, n, [&](llmq::LLMQueue& queue, const std::atomic<int>& finished) -> awaitable<void> {
         asio::steady_timer pause(co_await asio::this_coro::executor);
         for (int i = 0; i < 40 && finished.load() < n; ++i) {
           co_await queue.reconfigure(i % 2 ? first : second);
@@ -2292,25 +2296,9 @@ TEST(LLMQueueReconfigure, ReconfiguringOverAndOverUnderLoadOnManyThreadsLosesNot
           pause.expires_after(1ms);
           co_await pause.async_wait(asio::use_awaitable);
         }
-      },
-      asio::detached);
-  for (int i = 0; i < n; ++i)
-    asio::co_spawn(
-        io,
-        [&, i]() -> awaitable<void> {
-          auto r = co_await queue.execute_request(i % 2 ? "chat_completion" : "sleep", chat_body(),
-                                                  "user-" + std::to_string(i % 13));
-          ok += r.status == 200;
-        },
-        [&](std::exception_ptr) {
-          if (++finished == n)
-            asio::co_spawn(io, queue.graceful_shutdown(), [&](std::exception_ptr) { shut = true; });
-        });
-  std::vector<std::thread> threads;
-  for (int i = 0; i < 4; ++i) threads.emplace_back([&] { io.run_for(60s); });
-  for (auto& t : threads) t.join();
-  EXPECT_TRUE(shut.load());
+      });
+  EXPECT_TRUE(run.shut);
   EXPECT_GT(reconfigured.load(), 0);
-  EXPECT_EQ(ok.load(), n);
-  EXPECT_EQ(telemetry->total_inserted(), static_cast<std::uint64_t>(n));
+  EXPECT_EQ(run.ok, n);
+  EXPECT_EQ(run.telemetry_rows, static_cast<std::uint64_t>(n));
 }
