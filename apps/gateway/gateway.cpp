@@ -94,6 +94,20 @@ void log_access(AccessLog& log, const HttpExchange& request, const HttpAnswer& a
   log.answered(std::move(r), now);
 }
 
+/// The answer to a reload that was done.
+HttpAnswer reload_answer(const ReloadOutcome& o, std::size_t deployments) {
+  nlohmann::json body = nlohmann::json::object();
+  body["reloaded"] = true;
+  body["deployments"] = deployments;
+  body["warnings"] = o.warnings;
+  return json_answer(200, body);
+}
+
+std::shared_ptr<const GatewayConfig> normalised(GatewayConfig config) {
+  config.user_header = lower(config.user_header);
+  return std::make_shared<const GatewayConfig>(std::move(config));
+}
+
 bool is_error_envelope(const nlohmann::json& body) {
   if (!body.is_object()) return false;
   const auto e = body.find("error");
@@ -158,19 +172,21 @@ std::string Gateway::presented_key(const HttpExchange& request) {
   return {};
 }
 
-bool Gateway::presents_operator_key(const HttpExchange& request) const {
+bool Gateway::presents_operator_key(const HttpExchange& request, const GatewayConfig& config,
+                                    bool admin_only) {
   const std::string presented = presented_key(request);
   if (presented.empty()) return false;
   bool found = false;  // every key compared, in constant time each
-  for (const ClientKey& k : config_.client_keys) found = same_key(k.key, presented) || found;
-  for (const std::string& k : config_.admin_keys) found = same_key(k, presented) || found;
+  if (!admin_only)
+    for (const ClientKey& k : config.client_keys) found = same_key(k.key, presented) || found;
+  for (const std::string& k : config.admin_keys) found = same_key(k, presented) || found;
   return found;
 }
 
 Gateway::Gateway(LLMQueue& queue, GatewayConfig config, std::shared_ptr<Metrics> metrics)
-    : queue_(queue), config_(std::move(config)), metrics_(std::move(metrics)) {
-  config_.user_header = lower(config_.user_header);
-}
+    : queue_(queue), config_(normalised(std::move(config))), metrics_(std::move(metrics)) {}
+
+void Gateway::reconfigure(GatewayConfig config) { config_.store(normalised(std::move(config))); }
 
 HttpAnswer Gateway::reject(int status, std::string_view message, std::string_view type,
                            std::string_view code, std::string_view reason, std::string_view param) {
@@ -204,6 +220,8 @@ void Gateway::refused_by_server(int status, const std::string& request_id) {
 }
 
 boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request, Facts& facts) {
+  facts.config = config_.load();
+  const GatewayConfig& config = *facts.config;
   const auto [path, query] = split_target(request.target);
   if (request.method == "GET") {
     if (path == "/healthz") co_return json_answer(200, nlohmann::json::object());
@@ -212,7 +230,7 @@ boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request, 
       co_return reject(503, "not ready", "unavailable", "not_ready", "not_ready");
     }
     if (path == "/metrics") {
-      if (!config_.metrics_are_public() && !presents_operator_key(request))
+      if (!config.metrics_are_public() && !presents_operator_key(request, config))
         co_return reject(401,
                          "/metrics needs a client key or an admin key (send api-key or "
                          "Authorization: Bearer)",
@@ -223,6 +241,16 @@ boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request, 
       a.body = metrics_->render(stats);
       co_return a;
     }
+  }
+
+  if (path == "/admin/reload" && reload_) {
+    if (request.method != "POST") {
+      HttpAnswer a = reject(405, "method not allowed; use POST", "invalid_request_error",
+                            "method_not_allowed", "bad_request");
+      a.headers.emplace_back("allow", "POST");
+      co_return a;
+    }
+    co_return co_await handle_reload(request, config);
   }
 
   Route route;
@@ -254,10 +282,10 @@ boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request, 
   // Client authentication, then the user, the tier and the priority.
   RequestOptions options;
   std::optional<Priority> max_priority;
-  if (!config_.client_keys.empty()) {
+  if (!config.client_keys.empty()) {
     const std::string presented = presented_key(request);
     const ClientKey* match = nullptr;
-    for (const ClientKey& k : config_.client_keys)
+    for (const ClientKey& k : config.client_keys)
       if (same_key(k.key, presented)) match = &k;
     if (match == nullptr)
       co_return reject(401, "invalid or missing API key (send api-key or Authorization: Bearer)",
@@ -280,11 +308,11 @@ boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request, 
                        "permission_error", "priority_not_allowed", "forbidden", "x-llmq-priority");
   }
   if (facts.user.empty()) {
-    if (const std::string* u = request.header(config_.user_header)) {
+    if (const std::string* u = request.header(config.user_header)) {
       // The user id becomes a limiter key, a Redis key and a telemetry field.
       if (const std::optional<RequestProblem> p = validate_user_id(*u))
-        co_return reject(400, "header " + config_.user_header + ": " + p->message,
-                         "invalid_request_error", p->code, "bad_request", config_.user_header);
+        co_return reject(400, "header " + config.user_header + ": " + p->message,
+                         "invalid_request_error", p->code, "bad_request", config.user_header);
       facts.user = *u;
     }
   }
@@ -299,7 +327,7 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
   const bool chat = route.kind == Route::Kind::chat;
   nlohmann::json body;
   if (const std::optional<RequestProblem> p =
-          parse_json_bounded(request.body, config_.max_json_depth, body))
+          parse_json_bounded(request.body, facts.config->max_json_depth, body))
     co_return reject(400, p->message, "invalid_request_error", p->code, "bad_request", p->param);
   if (!body.is_object())
     co_return reject(400, "the request body must be a JSON object", "invalid_request_error",
@@ -365,7 +393,7 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
   if (ec == boost::asio::error::operation_aborted)  // the client disconnected
     co_return reject(499, "the client closed the connection", "invalid_request_error",
                      "client_closed_request", "client_disconnected");
-  if (ec) co_return refusal(ec, r);
+  if (ec) co_return refusal(ec, r, *facts.config);
   HttpAnswer a;
   a.status = r.status;
   if (r.status >= 400 && !is_raw_body(r.body) && is_error_envelope(r.body))
@@ -376,7 +404,25 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
   co_return a;
 }
 
-HttpAnswer Gateway::refusal(const boost::system::error_code& ec, const Response& r) {
+boost::asio::awaitable<HttpAnswer> Gateway::handle_reload(const HttpExchange& request,
+                                                          const GatewayConfig& config) {
+  if (!presents_operator_key(request, config, true))
+    co_return reject(401,
+                     "POST /admin/reload needs an admin key (gateway.admin_keys; send api-key or "
+                     "Authorization: Bearer)",
+                     "invalid_request_error", "invalid_api_key", "unauthorized");
+  const ReloadOutcome o = co_await reload_();
+  if (o.busy)
+    co_return reject(409, o.error, "invalid_request_error", "reload_in_progress", "conflict");
+  if (!o.ok)
+    co_return reject(
+        400, "the configuration file was not used (the running configuration stays): " + o.error,
+        "invalid_request_error", "invalid_config", "invalid_config");
+  co_return reload_answer(o, queue_.deployments().size());
+}
+
+HttpAnswer Gateway::refusal(const boost::system::error_code& ec, const Response& r,
+                            const GatewayConfig& config) {
   if (ec.category() != error_category()) {
     logger()->error("gateway: unexpected error: {}", ec.message());
     return reject(500, "internal error", "server_error", "internal_error", "error");
@@ -395,10 +441,10 @@ HttpAnswer Gateway::refusal(const boost::system::error_code& ec, const Response&
     case errc::user_id_missing:
       code = "missing_user_id";
       reason = "missing_user";
-      param = config_.user_header;
+      param = config.user_header;
       break;
     case errc::invalid_user_id:
-      param = config_.user_header;
+      param = config.user_header;
       break;
     case errc::user_rate_limited:
       code = "user_rate_limit_exceeded";

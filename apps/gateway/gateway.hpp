@@ -15,6 +15,7 @@
 #include <boost/asio/awaitable.hpp>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -57,6 +58,15 @@ void finish_answer(HttpAnswer& a, const std::string& request_id);
 /// A fresh request id for an answer that has no other (`gw-` + process prefix + counter).
 [[nodiscard]] std::string make_request_id();
 
+/// What a configuration reload did (see reload.hpp).
+struct ReloadOutcome {
+  bool ok = false;
+  bool busy = false;                  ///< refused: another reload was running
+  std::string error;                  ///< why the file was not used (when not ok)
+  std::vector<std::string> warnings;  ///< keys that take effect at a restart, and the
+                                      ///< new configuration's start-up warnings
+};
+
 class Gateway {
  public:
   Gateway(LLMQueue& queue, GatewayConfig config, std::shared_ptr<Metrics> metrics);
@@ -68,6 +78,19 @@ class Gateway {
   boost::asio::awaitable<HttpAnswer> handle(HttpExchange request);
 
   [[nodiscard]] const std::shared_ptr<Metrics>& metrics() const noexcept { return metrics_; }
+
+  /// The per-request settings in use (client and admin keys, metrics_public, user_header,
+  /// max_json_depth; user_header lower-cased).
+  [[nodiscard]] std::shared_ptr<const GatewayConfig> config() const { return config_.load(); }
+  /// Requests from now on use `config`; those being answered keep the one they began with.
+  /// Thread-safe.
+  void reconfigure(GatewayConfig config);
+
+  /// What `POST /admin/reload` (with an admin key) runs; unset: that route is 404. Set
+  /// before serving.
+  void set_reload(std::function<boost::asio::awaitable<ReloadOutcome>()> reload) {
+    reload_ = std::move(reload);
+  }
 
   /// /readyz answers 200 only while ready.
   void set_ready(bool ready) noexcept { ready_.store(ready); }
@@ -86,6 +109,7 @@ class Gateway {
   struct Route;
   /// What handle() learns about a request while answering it, for the access log.
   struct Facts {
+    std::shared_ptr<const GatewayConfig> config;  ///< the settings this request is served by
     std::string request_id;  ///< the client's (when sane), else the queue's once it has one
     std::string user;
     std::string model;
@@ -94,18 +118,25 @@ class Gateway {
   boost::asio::awaitable<HttpAnswer> answer(const HttpExchange& request, Facts& facts);
   /// The API key a request presents (`api-key`, or `Authorization: Bearer`), else empty.
   static std::string presented_key(const HttpExchange& request);
-  /// The request presents one of the client keys or admin keys.
-  [[nodiscard]] bool presents_operator_key(const HttpExchange& request) const;
+  /// The request presents one of the client keys or admin keys (or, with `admin_only`,
+  /// one of the admin keys).
+  [[nodiscard]] static bool presents_operator_key(const HttpExchange& request,
+                                                  const GatewayConfig& config,
+                                                  bool admin_only = false);
+  boost::asio::awaitable<HttpAnswer> handle_reload(const HttpExchange& request,
+                                                   const GatewayConfig& config);
   boost::asio::awaitable<HttpAnswer> handle_inference(const HttpExchange& request,
                                                       const Route& route, RequestOptions options,
                                                       Facts& facts);
   HttpAnswer reject(int status, std::string_view message, std::string_view type,
                     std::string_view code, std::string_view reason, std::string_view param = {});
   /// The answer to a request llmq refused or ended (`ec`, an llmq::errc, with its Response).
-  HttpAnswer refusal(const boost::system::error_code& ec, const Response& r);
+  HttpAnswer refusal(const boost::system::error_code& ec, const Response& r,
+                     const GatewayConfig& config);
 
   LLMQueue& queue_;
-  GatewayConfig config_;
+  std::atomic<std::shared_ptr<const GatewayConfig>> config_;
+  std::function<boost::asio::awaitable<ReloadOutcome>()> reload_;
   std::shared_ptr<Metrics> metrics_;
   std::shared_ptr<AccessLog> access_log_;
   std::atomic<bool> ready_{false};
@@ -124,6 +155,10 @@ class GatewayServer {
   boost::asio::awaitable<void> run();
   /// Stops accepting and closes idle keep-alive connections.
   void stop();
+  /// Loads and checks the TLS files `config` names (throws ConfigError naming the file,
+  /// changing nothing); the returned action puts them in use for connections accepted
+  /// from then on.
+  [[nodiscard]] std::function<void()> load_tls(const GatewayConfig& config) const;
   /// Waits until every connection has closed, at most `limit`.
   boost::asio::awaitable<void> drain(std::chrono::milliseconds limit);
   [[nodiscard]] std::size_t connections() const noexcept;

@@ -4,8 +4,10 @@
 //
 // Reads the library's YAML plus its `gateway:` section (docs/configuration.md), serves
 // until SIGINT/SIGTERM, then stops accepting, drains, flushes telemetry and exits 0.
+// SIGHUP (or POST /admin/reload with an admin key) reads the file again (reload.hpp).
 
 #include "gateway.hpp"
+#include "reload.hpp"
 
 #include <llmq/errors.hpp>
 #include <llmq/http_client.hpp>
@@ -120,10 +122,14 @@ asio::awaitable<void> flush_access_log(std::shared_ptr<AccessLog> log,
 
 asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args args,
                             std::shared_ptr<AccessLog> access_log, int& exit_code) {
+  // Registered first: a SIGHUP during start-up waits for the reloader (instead of ending
+  // the process, the signal's default).
+  asio::signal_set hangups(io, SIGHUP);
   auto metrics = std::make_shared<Metrics>();
   QueueOptions options =
       make_queue_options(io.get_executor(), settings.gateway, metrics, access_log);
   LLMQueue queue(io.get_executor(), settings.llm, {}, options);
+  const GatewaySettings started_with = settings;
   HttpClientOptions client_options;
   client_options.max_connections_per_host = settings.gateway.upstream_max_connections;
   client_options.request_timeout = settings.gateway.upstream_timeout;
@@ -139,6 +145,8 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
   auto access_ticker = std::make_shared<Ticker>(io.get_executor());
   if (access_log) asio::co_spawn(io, flush_access_log(access_log, access_ticker), asio::detached);
   GatewayServer server(io.get_executor(), gateway, settings.gateway);
+  ConfigReloader reloader(args.config, started_with, args.port, queue, gateway, &server);
+  gateway.set_reload([&reloader] { return reloader.reload(); });
   const unsigned short port = server.listen();
   if (!args.port_file.empty()) std::ofstream(args.port_file) << port << "\n";
   // Standard output may be the access log: then the line goes to standard error.
@@ -152,11 +160,28 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
     if (ec) return;
     logger()->info("llmq-gateway: shutting down");
     gateway.set_ready(false);
+    reloader.stop();
     server.stop();
   });
+  std::function<void()> on_hangup = [&] {
+    hangups.async_wait([&](const boost::system::error_code& ec, int) {
+      if (ec) return;
+      logger()->info("llmq-gateway: SIGHUP: reading {} again", args.config);
+      asio::co_spawn(io, reloader.reload_on_signal(), asio::detached);
+      on_hangup();
+    });
+  };
+  on_hangup();
   co_await server.run();
+  hangups.cancel();
   co_await queue.graceful_shutdown();
   co_await server.drain(std::chrono::seconds(5));
+  // A reload still running refers to the queue, the gateway and the server.
+  asio::steady_timer wait(io);
+  for (int i = 0; i < 1000 && reloader.busy(); ++i) {
+    wait.expires_after(std::chrono::milliseconds(10));
+    co_await wait.async_wait(asio::as_tuple(asio::use_awaitable));
+  }
   client->close();
   signals.cancel();
   access_ticker->cancel();

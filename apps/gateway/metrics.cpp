@@ -8,9 +8,10 @@ std::vector<double> latency_bounds() {
   return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
 }
 
+/// Up to 15 significant digits: counters and Unix timestamps print exactly (%.6g did not).
 std::string number(double v) {
   char buf[64];
-  std::snprintf(buf, sizeof buf, "%.6g", v);
+  std::snprintf(buf, sizeof buf, "%.15g", v);
   return buf;
 }
 
@@ -82,7 +83,10 @@ void Histogram::render(std::string& out, const std::string& name) const {
 Metrics::Metrics()
     : queue_wait_(latency_bounds()),
       upstream_latency_(latency_bounds()),
-      total_latency_(latency_bounds()) {}
+      total_latency_(latency_bounds()) {
+  last_reload_time_ = last_reload_success_time_ =
+      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
 
 void Metrics::observe(const TelemetryData& t) {
   std::lock_guard lock(mutex_);
@@ -117,6 +121,14 @@ void Metrics::answered(int status) {
 void Metrics::client_disconnected() {
   std::lock_guard lock(mutex_);
   ++client_disconnects_;
+}
+
+void Metrics::config_reloaded(bool ok, double unix_seconds) {
+  std::lock_guard lock(mutex_);
+  ++(ok ? reloads_succeeded_ : reloads_failed_);
+  last_reload_ok_ = ok;
+  last_reload_time_ = unix_seconds;
+  if (ok) last_reload_success_time_ = unix_seconds;
 }
 
 void Metrics::connection_counters(std::function<ConnectionCounters()> source) {
@@ -250,6 +262,20 @@ std::string Metrics::render(const QueueStats& s) const {
          "TLS handshakes that failed or timed out (bad or no client certificate, a client "
          "speaking clear text, no common protocol version or cipher).",
          static_cast<double>(c.tls_handshake_failures));
+  header(out, "llmq_gateway_config_reloads_total", "counter",
+         "Configuration reloads (SIGHUP, POST /admin/reload), by outcome.");
+  sample(out, "llmq_gateway_config_reloads_total", "result=\"success\"",
+         static_cast<double>(reloads_succeeded_));
+  sample(out, "llmq_gateway_config_reloads_total", "result=\"failure\"",
+         static_cast<double>(reloads_failed_));
+  single(out, "llmq_gateway_config_last_reload_successful", "gauge",
+         "1 when the last configuration reload (or the start) succeeded, else 0.",
+         last_reload_ok_ ? 1.0 : 0.0);
+  single(out, "llmq_gateway_config_last_reload_timestamp_seconds", "gauge",
+         "Unix time of the last configuration reload attempt (the start until one).",
+         last_reload_time_);
+  single(out, "llmq_gateway_config_last_reload_success_timestamp_seconds", "gauge",
+         "Unix time the configuration in use was read.", last_reload_success_time_);
   header(out, "llmq_queue_wait_seconds", "histogram", "Time from queueing to dispatch.");
   queue_wait_.render(out, "llmq_queue_wait_seconds");
   header(out, "llmq_upstream_latency_seconds", "histogram",

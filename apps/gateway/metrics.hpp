@@ -54,6 +54,9 @@ class Metrics {
   void answered(int status);
   /// A client disconnected while its request was queued or running (it was cancelled).
   void client_disconnected();
+  /// A configuration reload ended at `unix_seconds` (ok: its file is in use). Until the
+  /// first, the configuration read at start counts as the last successful one.
+  void config_reloaded(bool ok, double unix_seconds);
   /// Where render() reads the connection counters from (called on each render).
   void connection_counters(std::function<ConnectionCounters()> source);
 
@@ -70,6 +73,11 @@ class Metrics {
   std::map<std::string, std::uint64_t> upstream_429_;  // by deployment
   std::map<std::string, std::uint64_t> tokens_;        // by deployment
   std::uint64_t client_disconnects_ = 0;
+  std::uint64_t reloads_succeeded_ = 0;
+  std::uint64_t reloads_failed_ = 0;
+  bool last_reload_ok_ = true;
+  double last_reload_time_ = 0;  // the start until a reload
+  double last_reload_success_time_ = 0;
   std::function<ConnectionCounters()> connections_;
 };
 

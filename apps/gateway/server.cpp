@@ -113,6 +113,14 @@ class GatewayHandler final : public server::RequestHandler {
   Gateway& gateway_;
 };
 
+server::TlsFiles tls_files(const GatewayConfig& c) {
+  server::TlsFiles f;
+  f.cert_file = c.tls_cert_file;
+  f.key_file = c.tls_key_file;
+  f.client_ca_file = c.tls_client_ca_file;
+  return f;
+}
+
 server::ServerOptions server_options(const GatewayConfig& c) {
   server::ServerOptions o;
   o.name = "llmq-gateway";
@@ -123,9 +131,7 @@ server::ServerOptions server_options(const GatewayConfig& c) {
   o.read_timeout = c.read_timeout;
   o.idle_timeout = c.idle_timeout;
   o.cancel_on_disconnect = true;
-  o.tls.cert_file = c.tls_cert_file;
-  o.tls.key_file = c.tls_key_file;
-  o.tls.client_ca_file = c.tls_client_ca_file;
+  o.tls = tls_files(c);
   return o;
 }
 
@@ -169,6 +175,11 @@ asio::awaitable<void> GatewayServer::run() {
 }
 
 void GatewayServer::stop() { impl_->server.stop(); }
+
+std::function<void()> GatewayServer::load_tls(const GatewayConfig& config) const {
+  server::LoadedTls loaded = server::HttpServer::load_tls(tls_files(config));
+  return [impl = impl_, loaded = std::move(loaded)] { impl->server.use_tls(loaded); };
+}
 
 asio::awaitable<void> GatewayServer::drain(std::chrono::milliseconds limit) {
   auto impl = impl_;

@@ -637,18 +637,25 @@ HttpServer::HttpServer(asio::any_io_executor ex, ServerOptions options,
   if (!state_->options.tls.cert_file.empty()) set_tls(state_->options.tls);
 }
 
-void HttpServer::set_tls(const TlsFiles& files) {
-  std::shared_ptr<TlsContext> ctx;
+LoadedTls HttpServer::load_tls(const TlsFiles& files) {
+  LoadedTls loaded;
   if (!files.cert_file.empty()) {
 #if LLMQ_SERVER_TLS
-    ctx = make_tls_context(files);
+    loaded.context_ = make_tls_context(files);
 #else
     throw ConfigError("this build of llmq has no TLS support (OpenSSL was not found)");
 #endif
   }
+  return loaded;
+}
+
+void HttpServer::use_tls(LoadedTls tls) {
+  std::shared_ptr<TlsContext> ctx = std::static_pointer_cast<TlsContext>(std::move(tls.context_));
   std::lock_guard lock(state_->mu);
   state_->tls = std::move(ctx);
 }
+
+void HttpServer::set_tls(const TlsFiles& files) { use_tls(load_tls(files)); }
 
 bool HttpServer::tls() const {
   std::lock_guard lock(state_->mu);

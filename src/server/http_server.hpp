@@ -49,6 +49,13 @@ struct TlsFiles {
   std::string client_ca_file;  ///< non-empty: clients must present a certificate it signed
 };
 
+/// TLS files loaded and checked (HttpServer::load_tls), not yet in use; empty: clear text.
+class LoadedTls {
+ private:
+  friend class HttpServer;
+  std::shared_ptr<void> context_;
+};
+
 /// Limits and timeouts of an HttpServer, each with its default.
 struct ServerOptions {
   /// Names the server in log lines.
@@ -158,6 +165,10 @@ class HttpServer {
   /// and the problem (unreadable, not PEM, key does not match the certificate), leaving the
   /// server as it was. Thread-safe.
   void set_tls(const TlsFiles& files);
+  /// set_tls in two steps: load and check the files (throws as set_tls does)...
+  [[nodiscard]] static LoadedTls load_tls(const TlsFiles& files);
+  /// ...and put them in use for connections accepted from then on. Thread-safe.
+  void use_tls(LoadedTls tls);
   [[nodiscard]] bool tls() const;
 
   /// Binds and listens; returns the port (useful with port 0). Throws on failure.

@@ -1,6 +1,7 @@
 // llmq-gateway over loopback: a real Beast server in front of an LLMQueue with fake
 // executors, driven by a plain blocking HTTP client on the test thread.
 #include "gateway.hpp"
+#include "reload.hpp"
 
 #include <llmq/llmq.hpp>
 
@@ -19,6 +20,7 @@
 #include <atomic>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <future>
 #include <mutex>
 #include <set>
@@ -164,6 +166,7 @@ class GatewayTest : public ::testing::Test {
         o);
     gateway_ = std::make_unique<llmq::gateway::Gateway>(*queue_, gc, metrics_);
     gateway_->set_access_log(access_log_);
+    if (reload_) gateway_->set_reload(reload_);
     server_ = std::make_unique<llmq::gateway::GatewayServer>(io_.get_executor(), *gateway_, gc);
     port_ = server_->listen();
     std::promise<void> up_promise;
@@ -325,6 +328,8 @@ class GatewayTest : public ::testing::Test {
   std::unique_ptr<llmq::LLMQueue> queue_;
   std::unique_ptr<llmq::gateway::Gateway> gateway_;
   std::unique_ptr<llmq::gateway::GatewayServer> server_;
+  /// What POST /admin/reload runs (set before start()); unset: no such route.
+  std::function<asio::awaitable<llmq::gateway::ReloadOutcome>()> reload_;
   std::thread thread_;
   unsigned short port_ = 0;
   bool stopped_ = false;
@@ -1322,3 +1327,206 @@ TEST(GatewayConfig, TlsAndAccessLogKeys) {
              "gateway.tls_client_ca_file: needs gateway.tls_cert_file");
   fails_with("gateway:\n  access_log: [a]\n", "gateway.access_log");
 }
+
+namespace {
+
+TEST_F(GatewayTest, ReconfigureSwapsKeysAndPerRequestSettingsForTheNextRequest) {
+  llmq::gateway::GatewayConfig gc;
+  gc.client_keys.push_back(client_key("key-a", "alice"));
+  start(gc);
+  ASSERT_EQ(post("/v1/chat/completions", chat("gpt-4o"), {{"api-key", "key-a"}}).status, 200);
+  EXPECT_EQ(get("/metrics", {}).status, 401);
+
+  llmq::gateway::GatewayConfig next;
+  next.client_keys.push_back(client_key("key-b", ""));
+  next.user_header = "X-Team";
+  next.max_json_depth = 3;
+  next.metrics_public = true;
+  gateway_->reconfigure(next);
+  EXPECT_EQ(gateway_->config()->user_header, "x-team");
+  EXPECT_EQ(post("/v1/chat/completions", chat("gpt-4o"), {{"api-key", "key-a"}}).status, 401);
+  EXPECT_EQ(post("/v1/chat/completions", chat("gpt-4o"), {{"api-key", "key-b"}}).status, 400)
+      << "no user: key-b is bound to none and x-user-id is no longer the user header";
+  EXPECT_EQ(
+      post("/v1/chat/completions", chat("gpt-4o"), {{"api-key", "key-b"}, {"x-team", "t1"}}).status,
+      200);
+  json deep = chat("gpt-4o");
+  deep["metadata"] = json::parse(R"({"a":{"b":{"c":1}}})");  // depth 4 with the body
+  const Reply too_deep =
+      post("/v1/chat/completions", deep, {{"api-key", "key-b"}, {"x-team", "t1"}});
+  EXPECT_EQ(too_deep.status, 400);
+  EXPECT_EQ(too_deep.j()["error"]["code"], "json_too_deep");
+  EXPECT_EQ(get("/metrics", {}).status, 200);  // metrics_public: true
+}
+
+TEST_F(GatewayTest, AdminReloadNeedsAnAdminKeyAndAnswersWithTheOutcome) {
+  std::atomic<int> calls{0};
+  reload_ = [&calls]() -> asio::awaitable<llmq::gateway::ReloadOutcome> {
+    llmq::gateway::ReloadOutcome o;
+    switch (calls.fetch_add(1)) {
+      case 0:
+        o.ok = true;
+        o.warnings.push_back("gateway.port changed: it takes effect at a restart");
+        break;
+      case 1:
+        o.error = "gateway.yaml: gateway.admin_kyes: unknown key (line 3)";
+        break;
+      default:
+        o.busy = true;
+        o.error = "a configuration reload is already in progress";
+    }
+    co_return o;
+  };
+  llmq::gateway::GatewayConfig gc;
+  gc.client_keys.push_back(client_key("key-a", "alice"));
+  start(gc);
+  auto admin_post = [&](std::map<std::string, std::string> headers) {
+    auto s = connect();
+    return send(s, http::verb::post, "/admin/reload", "", std::move(headers));
+  };
+  EXPECT_EQ(admin_post({}).status, 401);
+  EXPECT_EQ(admin_post({{"api-key", "key-a"}}).status, 401) << "a client key is no admin key";
+  EXPECT_EQ(get("/admin/reload").status, 405);
+  EXPECT_EQ(calls.load(), 0);
+
+  const Reply ok = admin_post({{"authorization", std::string("Bearer ") + kAdminKey}});
+  ASSERT_EQ(ok.status, 200) << ok.body;
+  EXPECT_EQ(ok.j()["reloaded"], true);
+  EXPECT_EQ(ok.j()["deployments"], 3);
+  EXPECT_EQ(ok.j()["warnings"][0], "gateway.port changed: it takes effect at a restart");
+
+  const Reply bad = admin_post({{"api-key", kAdminKey}});
+  ASSERT_EQ(bad.status, 400) << bad.body;
+  EXPECT_EQ(bad.j()["error"]["code"], "invalid_config");
+  EXPECT_NE(bad.j()["error"]["message"].get<std::string>().find("admin_kyes: unknown key (line 3)"),
+            std::string::npos);
+  EXPECT_NE(bad.j()["error"]["message"].get<std::string>().find("running configuration stays"),
+            std::string::npos);
+
+  const Reply busy = admin_post({{"api-key", kAdminKey}});
+  EXPECT_EQ(busy.status, 409);
+  EXPECT_EQ(busy.j()["error"]["code"], "reload_in_progress");
+  EXPECT_EQ(calls.load(), 3);
+}
+
+TEST_F(GatewayTest, WithoutAReloaderThereIsNoAdminReloadRoute) {
+  start();
+  auto s = connect();
+  EXPECT_EQ(send(s, http::verb::post, "/admin/reload", "", {{"api-key", kAdminKey}}).status, 404);
+}
+
+TEST(GatewayReload, RestartOnlyKeysKeepTheirRunningValuesAndAreNamed) {
+  llmq::gateway::GatewayConfig running;
+  running.tls_cert_file = "/etc/llmq/a.pem";
+  running.tls_key_file = "/etc/llmq/a.key";
+  llmq::gateway::GatewayConfig next = running;
+  EXPECT_TRUE(llmq::gateway::keep_restart_only(running, next).empty());
+
+  next.port = 9999;
+  next.max_connections = 7;
+  next.redis_url = "redis://10.0.0.1:6379/0";
+  next.access_log = "/var/log/llmq/other.log";
+  next.upstream_timeout = std::chrono::seconds(5);
+  next.client_keys.push_back(client_key("key-new", ""));  // reloadable: kept as in the file
+  next.admin_keys = {"admin-new"};
+  next.max_json_depth = 9;
+  next.tls_cert_file = "/etc/llmq/b.pem";  // TLS stays on: the new files are used
+  next.tls_key_file = "/etc/llmq/b.key";
+  const std::vector<std::string> w = llmq::gateway::keep_restart_only(running, next);
+  std::string all;
+  for (const std::string& x : w) all += x + "\n";
+  EXPECT_EQ(w.size(), 5u) << all;
+  for (const char* key : {"gateway.port", "gateway.max_connections", "gateway.redis_url",
+                          "gateway.access_log", "gateway.upstream_timeout_seconds"})
+    EXPECT_NE(all.find(std::string(key) + " changed: it takes effect at a restart"),
+              std::string::npos)
+        << key;
+  EXPECT_EQ(all.find("10.0.0.1"), std::string::npos) << "values are not shown";
+  EXPECT_EQ(next.port, running.port);
+  EXPECT_EQ(next.max_connections, running.max_connections);
+  EXPECT_EQ(next.redis_url, running.redis_url);
+  EXPECT_EQ(next.access_log, running.access_log);
+  EXPECT_EQ(next.upstream_timeout, running.upstream_timeout);
+  ASSERT_EQ(next.client_keys.size(), 1u);
+  EXPECT_EQ(next.client_keys[0].key, "key-new");
+  EXPECT_EQ(next.admin_keys, std::vector<std::string>{"admin-new"});
+  EXPECT_EQ(next.max_json_depth, 9u);
+  EXPECT_EQ(next.tls_cert_file, "/etc/llmq/b.pem");
+
+  llmq::gateway::GatewayConfig clear = running;  // TLS turned off: only at a restart
+  clear.tls_cert_file.clear();
+  clear.tls_key_file.clear();
+  const std::vector<std::string> off = llmq::gateway::keep_restart_only(running, clear);
+  ASSERT_EQ(off.size(), 1u);
+  EXPECT_NE(off[0].find("gateway.tls_cert_file"), std::string::npos);
+  EXPECT_TRUE(clear.tls());
+}
+
+/// The fixture's configuration (kConfig) with `extra` deployment lines appended to the
+/// azure_oai_models list, and `gateway` as the gateway section.
+std::string reload_file(const std::string& extra, const std::string& gateway) {
+  std::string yaml = kConfig;
+  yaml.insert(yaml.find("      - {unique_model_id: \"ada\""), extra);
+  return yaml + "gateway:\n" + gateway;
+}
+
+TEST_F(GatewayTest, ConfigReloaderSwitchesToAUsableFileAndKeepsTheRunningOneOtherwise) {
+  const auto path = std::filesystem::temp_directory_path() /
+                    ("llmq-gateway-reload-" + std::to_string(::getpid()) + ".yaml");
+  llmq::gateway::GatewayConfig gc;
+  gc.client_keys.push_back(client_key("key-a", "alice"));
+  start(gc);
+  llmq::gateway::GatewaySettings running;
+  running.llm = llmq::gateway::parse_gateway_settings(kConfig).llm;
+  running.gateway = *gateway_->config();
+  llmq::gateway::ConfigReloader reloader(path, running, std::nullopt, *queue_, *gateway_, nullptr);
+  auto reload = [&] {
+    std::promise<llmq::gateway::ReloadOutcome> p;
+    asio::co_spawn(io_, reloader.reload(),
+                   [&p](std::exception_ptr, llmq::gateway::ReloadOutcome o) { p.set_value(o); });
+    return p.get_future().get();
+  };
+  const std::string north =
+      "      - {unique_model_id: \"gpt-4o-north\", model_name_in_azure: \"gpt-4o\", "
+      "deployment_name_in_azure: \"north\", model_type: \"chat\", req_per_min: 100000, "
+      "tokens_per_min: 100000000}\n";
+  std::ofstream(path) << reload_file(
+      north,
+      "  port: 0\n  read_timeout_seconds: 2\n  admin_keys: [test-admin-key]\n  client_keys:\n"
+      "    - {key: key-z, user: zed}\n  max_connections: 5\n");
+  const llmq::gateway::ReloadOutcome ok = reload();
+  ASSERT_TRUE(ok.ok) << ok.error;
+  ASSERT_EQ(ok.warnings.size(), 1u);
+  EXPECT_NE(ok.warnings[0].find("gateway.max_connections"), std::string::npos);
+  EXPECT_EQ(queue_->deployments().size(), 4u);
+  EXPECT_EQ(post("/v1/chat/completions", chat("gpt-4o-north"), {{"api-key", "key-z"}}).status, 200);
+  EXPECT_EQ(post("/v1/chat/completions", chat("gpt-4o"), {{"api-key", "key-a"}}).status, 401);
+  EXPECT_EQ(metric("llmq_gateway_config_reloads_total{result=\"success\"}"), 1);
+  EXPECT_EQ(metric("llmq_gateway_config_last_reload_successful"), 1);
+  const double first_success = metric("llmq_gateway_config_last_reload_success_timestamp_seconds");
+  EXPECT_GT(first_success, 1.7e9);
+
+  std::ofstream(path) << reload_file("", "  admin_keys: [test-admin-key]\n  client_kyes: []\n");
+  const llmq::gateway::ReloadOutcome bad = reload();
+  EXPECT_FALSE(bad.ok);
+  EXPECT_NE(bad.error.find("gateway.client_kyes: unknown key"), std::string::npos) << bad.error;
+  EXPECT_EQ(queue_->deployments().size(), 4u) << "the running configuration stays";
+  EXPECT_EQ(post("/v1/chat/completions", chat("gpt-4o-north"), {{"api-key", "key-z"}}).status, 200);
+  EXPECT_EQ(metric("llmq_gateway_config_reloads_total{result=\"failure\"}"), 1);
+  EXPECT_EQ(metric("llmq_gateway_config_last_reload_successful"), 0);
+  EXPECT_EQ(metric("llmq_gateway_config_last_reload_success_timestamp_seconds"), first_success);
+
+  std::filesystem::remove(path);
+  const llmq::gateway::ReloadOutcome gone = reload();
+  EXPECT_FALSE(gone.ok);
+  EXPECT_NE(gone.error.find("cannot read file"), std::string::npos) << gone.error;
+
+  std::ofstream(path) << reload_file(
+      "", "  admin_keys: [test-admin-key]\n  require_client_keys: true\n");
+  const llmq::gateway::ReloadOutcome unkeyed = reload();
+  EXPECT_FALSE(unkeyed.ok) << "require_client_keys without client keys is not taken";
+  EXPECT_EQ(post("/v1/chat/completions", chat("gpt-4o-north"), {{"api-key", "key-z"}}).status, 200);
+  std::filesystem::remove(path);
+}
+
+}  // namespace

@@ -10,23 +10,8 @@ mock_bin=$1
 gateway_bin=$2
 # shellcheck source=../../scripts/lib/servers.sh
 source "$here/../../scripts/lib/servers.sh"
-
-failed=0
-pass() { echo "ok   $1"; }
-fail() {
-  echo "FAIL $1" >&2
-  failed=$((failed + 1))
-}
-expect() {  # expect NAME COMMAND...: passes when COMMAND succeeds
-  local name=$1
-  shift
-  if "$@" >"$work/out" 2>&1; then pass "$name"; else fail "$name: $(tail -3 "$work/out")"; fi
-}
-refuse() {  # refuse NAME COMMAND...: passes when COMMAND fails
-  local name=$1
-  shift
-  if "$@" >"$work/out" 2>&1; then fail "$name: it succeeded"; else pass "$name"; fi
-}
+# shellcheck source=../../scripts/lib/checks.sh
+source "$here/../../scripts/lib/checks.sh"
 
 # ---- a throwaway PKI -------------------------------------------------------------------
 pki=$work/pki
@@ -174,6 +159,46 @@ refuse "mTLS: a certificate from another CA is refused" \
 expect "mTLS: the CA's client certificate is accepted" \
   curl -fsS --cacert "$pki/ca.pem" --cert "$pki/client.pem" --key "$pki/client.key" \
   "${auth[@]}" -d "$chat" "$mtls_url/v1/chat/completions"
+
+# ---- certificates read again on reload (SIGHUP) ----------------------------------------
+cp "$pki/server.pem" "$pki/live.pem"
+cp "$pki/server.key" "$pki/live.key"
+sed -e "s|$pki/server.pem|$pki/live.pem|" -e "s|$pki/server.key|$pki/live.key|" \
+  -e "s|^gateway:|gateway:\n  admin_keys: [tls-admin-key]|" "$work/tls.yaml" >"$work/live.yaml"
+run_gateway gateway-live "$work/live.yaml"
+live_url=$url
+live_pid=${pids[-1]}
+live_metric() {  # live_metric CA NAME: a metric of the reloading gateway
+  curl -fsS --cacert "$1" -H "api-key: tls-admin-key" "$live_url/metrics" |
+    NAME=$2 awk '$1 == ENVIRON["NAME"] {print $2}'
+}
+until_reloads() {  # until_reloads CA RESULT N: waits (5 s at most) for N reloads with RESULT
+  for _ in $(seq 1 50); do
+    [ "$(live_metric "$1" "llmq_gateway_config_reloads_total{result=\"$2\"}")" = "$3" ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+expect "reload: the first certificate is served" curl -fsS --cacert "$pki/ca.pem" "$live_url/healthz"
+(cd "$pki" && make_cert renewed other-ca "subjectAltName=IP:127.0.0.1,DNS:localhost
+extendedKeyUsage=serverAuth")
+cp "$pki/renewed.pem" "$pki/live.pem"
+cp "$pki/renewed.key" "$pki/live.key"
+kill -HUP "$live_pid"
+expect "reload: SIGHUP reads the renewed certificate" until_reloads "$pki/other-ca.pem" success 1
+expect "...new connections get it" \
+  curl -fsS --cacert "$pki/other-ca.pem" "${auth[@]}" -d "$chat" "$live_url/v1/chat/completions"
+refuse "...and no longer the old one" curl -fsS --cacert "$pki/ca.pem" "$live_url/healthz"
+echo "not a certificate" >"$pki/live.pem"
+kill -HUP "$live_pid"
+expect "reload: an unreadable certificate is refused" until_reloads "$pki/other-ca.pem" failure 1
+expect "...and the renewed one is still served" \
+  curl -fsS --cacert "$pki/other-ca.pem" "$live_url/healthz"
+if grep -q "configuration not reloaded.*live.pem" "$work/gateway-live.log"; then
+  pass "...the log names the file"
+else
+  fail "no log line naming live.pem: $(grep -i reload "$work/gateway-live.log" | tail -2)"
+fi
 
 # ---- files that cannot be used -----------------------------------------------------------
 bad_start() {  # bad_start NAME CONFIG PATTERN: the gateway exits 2 naming the problem
