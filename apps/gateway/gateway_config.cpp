@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 namespace llmq::gateway {
 namespace {
@@ -81,6 +82,7 @@ GatewayConfig parse_section(Reader& r, MappingView& root) {
   seconds("idle_timeout_seconds", c.idle_timeout);
   count("max_connections", c.max_connections, 1'000'000);
   count("upstream_max_connections", c.upstream_max_connections, 100'000);
+  count("threads", c.threads, 1024);
   text("telemetry_jsonl", c.telemetry_jsonl);
   text("telemetry_postgres", c.telemetry_postgres);
   text("access_log", c.access_log);
@@ -148,6 +150,11 @@ std::vector<std::string> startup_warnings(const GatewayConfig& config) {
         "gateway.metrics_public: true: /metrics (deployments, users, "
         "tiers) is served to anyone without a key");
   return warnings;
+}
+
+std::size_t GatewayConfig::io_threads() const {
+  if (threads != 0) return threads;
+  return std::max<std::size_t>(1, std::thread::hardware_concurrency());
 }
 
 std::optional<Priority> parse_priority(std::string_view text) {

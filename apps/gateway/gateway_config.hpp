@@ -62,6 +62,10 @@ struct GatewayConfig {
   /// Upstream connections kept per host (Azure resource or OpenAI-compatible server);
   /// requests beyond wait for a free one.
   std::size_t upstream_max_connections = 256;
+  /// I/O threads serving client connections, parsing and upstream I/O (each connection on
+  /// its own strand; the queue's state stays on the queue's strand). 0: the hardware
+  /// concurrency (see io_threads()).
+  std::size_t threads = 0;
   /// Telemetry also goes to this JSON-lines file (empty: not).
   std::string telemetry_jsonl;
   /// Telemetry goes to this PostgreSQL connection string instead (empty: not).
@@ -95,6 +99,9 @@ struct GatewayConfig {
   std::string tls_client_ca_file;
 
   [[nodiscard]] bool tls() const { return !tls_cert_file.empty(); }
+
+  /// `threads` as it applies: the hardware concurrency when 0 (at least 1).
+  [[nodiscard]] std::size_t io_threads() const;
 
   /// metrics_public as it applies to this configuration.
   [[nodiscard]] bool metrics_are_public() const {

@@ -22,12 +22,17 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
+#include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <fstream>
 #include <iostream>
+#include <thread>
+#include <vector>
 
 namespace asio = boost::asio;
 using namespace llmq;
@@ -99,14 +104,18 @@ QueueOptions make_queue_options(asio::any_io_executor ex, const GatewayConfig& g
   return options;
 }
 
-/// A periodic task's timer and its stop flag, shared with the task's coroutine.
-struct Ticker {
-  explicit Ticker(asio::any_io_executor ex) : timer(std::move(ex)) {}
+/// A periodic task's timer (on its own strand) and its stop flag, shared with the task's
+/// coroutine, which runs on that strand.
+struct Ticker : std::enable_shared_from_this<Ticker> {
+  explicit Ticker(asio::any_io_executor ex) : timer(asio::make_strand(std::move(ex))) {}
   asio::steady_timer timer;
   bool stop = false;
+  /// From any thread.
   void cancel() {
-    stop = true;
-    timer.cancel();
+    asio::post(timer.get_executor(), [self = shared_from_this()] {
+      self->stop = true;
+      self->timer.cancel();
+    });
   }
 };
 
@@ -120,11 +129,14 @@ asio::awaitable<void> flush_access_log(std::shared_ptr<AccessLog> log,
   }
 }
 
+/// Runs on a strand of `io` (so its signal handlers and its own steps never overlap);
+/// the queue, the server's connections and the upstream client run on `io`'s threads.
 asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args args,
                             std::shared_ptr<AccessLog> access_log, int& exit_code) {
+  const asio::any_io_executor control = co_await asio::this_coro::executor;
   // Registered first: a SIGHUP during start-up waits for the reloader (instead of ending
   // the process, the signal's default).
-  asio::signal_set hangups(io, SIGHUP);
+  asio::signal_set hangups(control, SIGHUP);
   auto metrics = std::make_shared<Metrics>();
   QueueOptions options =
       make_queue_options(io.get_executor(), settings.gateway, metrics, access_log);
@@ -143,7 +155,9 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
   Gateway gateway(queue, settings.gateway, metrics);
   gateway.set_access_log(access_log);
   auto access_ticker = std::make_shared<Ticker>(io.get_executor());
-  if (access_log) asio::co_spawn(io, flush_access_log(access_log, access_ticker), asio::detached);
+  if (access_log)
+    asio::co_spawn(access_ticker->timer.get_executor(), flush_access_log(access_log, access_ticker),
+                   asio::detached);
   GatewayServer server(io.get_executor(), gateway, settings.gateway);
   ConfigReloader reloader(args.config, started_with, args.port, queue, gateway, &server);
   gateway.set_reload([&reloader] { return reloader.reload(); });
@@ -155,7 +169,7 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
       << settings.gateway.listen_address << ":" << port << std::endl;
   gateway.set_ready(true);
 
-  asio::signal_set signals(io, SIGINT, SIGTERM);
+  asio::signal_set signals(control, SIGINT, SIGTERM);
   signals.async_wait([&](const boost::system::error_code& ec, int) {
     if (ec) return;
     logger()->info("llmq-gateway: shutting down");
@@ -167,7 +181,7 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
     hangups.async_wait([&](const boost::system::error_code& ec, int) {
       if (ec) return;
       logger()->info("llmq-gateway: SIGHUP: reading {} again", args.config);
-      asio::co_spawn(io, reloader.reload_on_signal(), asio::detached);
+      asio::co_spawn(control, reloader.reload_on_signal(), asio::detached);
       on_hangup();
     });
   };
@@ -177,7 +191,7 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
   co_await queue.graceful_shutdown();
   co_await server.drain(std::chrono::seconds(5));
   // A reload still running refers to the queue, the gateway and the server.
-  asio::steady_timer wait(io);
+  asio::steady_timer wait(control);
   for (int i = 0; i < 1000 && reloader.busy(); ++i) {
     wait.expires_after(std::chrono::milliseconds(10));
     co_await wait.async_wait(asio::as_tuple(asio::use_awaitable));
@@ -209,9 +223,10 @@ int main(int argc, char** argv) {
     std::cerr << "llmq-gateway: " << e.what() << "\n";
     return 2;
   }
-  asio::io_context io(1);
+  const std::size_t threads = settings.gateway.io_threads();
+  asio::io_context io(static_cast<int>(threads));
   int exit_code = 1;
-  asio::co_spawn(io, serve(io, std::move(settings), args, access_log, exit_code),
+  asio::co_spawn(asio::make_strand(io), serve(io, std::move(settings), args, access_log, exit_code),
                  [&](std::exception_ptr ep) {
                    if (!ep) return;
                    try {
@@ -223,6 +238,9 @@ int main(int argc, char** argv) {
                    }
                    io.stop();
                  });
+  std::vector<std::thread> pool;
+  for (std::size_t i = 1; i < threads; ++i) pool.emplace_back([&io] { io.run(); });
   io.run();
+  for (std::thread& t : pool) t.join();
   return exit_code;
 }

@@ -37,6 +37,7 @@ const std::vector<RestartOnly>& restart_only_keys() {
       field("max_connections", &GatewayConfig::max_connections),
       field("upstream_timeout_seconds", &GatewayConfig::upstream_timeout),
       field("upstream_max_connections", &GatewayConfig::upstream_max_connections),
+      field("threads", &GatewayConfig::threads),
       field("telemetry_jsonl", &GatewayConfig::telemetry_jsonl),
       field("telemetry_postgres", &GatewayConfig::telemetry_postgres),
       field("redis_url", &GatewayConfig::redis_url),

@@ -131,6 +131,7 @@ server::ServerOptions server_options(const GatewayConfig& c) {
   o.read_timeout = c.read_timeout;
   o.idle_timeout = c.idle_timeout;
   o.cancel_on_disconnect = true;
+  o.strand_per_connection = c.io_threads() > 1;
   o.tls = tls_files(c);
   return o;
 }

@@ -146,6 +146,7 @@ class GatewayTest : public ::testing::Test {
              const char* config = kConfig) {
     gc.port = 0;
     gc.read_timeout = 2s;
+    gc.threads = io_threads_;
     gc.admin_keys.push_back(kAdminKey);  // get() presents it: /metrics is open to operators
     auto settings = llmq::gateway::parse_gateway_settings(config);
     metrics_ = std::make_shared<llmq::gateway::Metrics>();
@@ -179,14 +180,15 @@ class GatewayTest : public ::testing::Test {
           co_await server_->run();
         },
         [](std::exception_ptr) {});
-    thread_ = std::thread([this] { io_.run_for(60s); });
+    for (std::size_t i = 0; i < io_threads_; ++i)
+      threads_.emplace_back([this] { io_.run_for(60s); });
     up_promise.get_future().wait();
   }
 
   void TearDown() override {
-    if (!thread_.joinable()) return;
+    if (threads_.empty()) return;
     if (!stopped_) stop_all();
-    thread_.join();
+    for (std::thread& t : threads_) t.join();
   }
 
   void stop_all() {
@@ -330,7 +332,9 @@ class GatewayTest : public ::testing::Test {
   std::unique_ptr<llmq::gateway::GatewayServer> server_;
   /// What POST /admin/reload runs (set before start()); unset: no such route.
   std::function<asio::awaitable<llmq::gateway::ReloadOutcome>()> reload_;
-  std::thread thread_;
+  /// Threads running io_ (and gateway.threads); set before start().
+  std::size_t io_threads_ = 1;
+  std::vector<std::thread> threads_;
   unsigned short port_ = 0;
   bool stopped_ = false;
 };
@@ -1490,10 +1494,10 @@ TEST_F(GatewayTest, ConfigReloaderSwitchesToAUsableFileAndKeepsTheRunningOneOthe
       "      - {unique_model_id: \"gpt-4o-north\", model_name_in_azure: \"gpt-4o\", "
       "deployment_name_in_azure: \"north\", model_type: \"chat\", req_per_min: 100000, "
       "tokens_per_min: 100000000}\n";
-  std::ofstream(path) << reload_file(
-      north,
-      "  port: 0\n  read_timeout_seconds: 2\n  admin_keys: [test-admin-key]\n  client_keys:\n"
-      "    - {key: key-z, user: zed}\n  max_connections: 5\n");
+  std::ofstream(path) << reload_file(north,
+                                     "  port: 0\n  threads: 1\n  read_timeout_seconds: 2\n  "
+                                     "admin_keys: [test-admin-key]\n  client_keys:\n"
+                                     "    - {key: key-z, user: zed}\n  max_connections: 5\n");
   const llmq::gateway::ReloadOutcome ok = reload();
   ASSERT_TRUE(ok.ok) << ok.error;
   ASSERT_EQ(ok.warnings.size(), 1u);
@@ -1527,6 +1531,52 @@ TEST_F(GatewayTest, ConfigReloaderSwitchesToAUsableFileAndKeepsTheRunningOneOthe
   EXPECT_FALSE(unkeyed.ok) << "require_client_keys without client keys is not taken";
   EXPECT_EQ(post("/v1/chat/completions", chat("gpt-4o-north"), {{"api-key", "key-z"}}).status, 200);
   std::filesystem::remove(path);
+}
+
+}  // namespace
+
+namespace {
+
+TEST_F(GatewayTest, ServesManyConnectionsFromSeveralThreads) {
+  io_threads_ = 2;  // gateway.threads: 2, each connection on its own strand
+  llmq::gateway::GatewayConfig gc;
+  gc.client_keys.push_back(client_key("key-a", ""));
+  start(gc, 1ms);
+  constexpr int kClients = 8;
+  constexpr int kEach = 25;
+  std::atomic<int> ok{0};
+  std::atomic<int> other{0};
+  std::atomic<bool> done{false};
+  std::atomic<int> reads{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c)
+    clients.emplace_back([&, c] {
+      auto s = connect();
+      for (int i = 0; i < kEach; ++i) {
+        const std::string user = "u" + std::to_string(c) + "-" + std::to_string(i);
+        const Reply r = send(s, http::verb::post, "/v1/chat/completions", chat("gpt-4o").dump(),
+                             {{"api-key", "key-a"}, {"x-user-id", user}});
+        (r.status == 200 ? ok : other).fetch_add(1);
+      }
+    });
+  // Meanwhile: the per-request settings swapped again and again, and /metrics read.
+  std::thread operators([&] {
+    llmq::gateway::GatewayConfig next = *gateway_->config();
+    while (!done.load()) {
+      next.max_json_depth = next.max_json_depth == 64 ? 65 : 64;
+      gateway_->reconfigure(next);
+      EXPECT_EQ(get("/metrics").status, 200);
+      reads.fetch_add(1);
+    }
+  });
+  for (std::thread& t : clients) t.join();
+  done.store(true);
+  operators.join();
+  EXPECT_EQ(ok.load(), kClients * kEach);
+  EXPECT_EQ(other.load(), 0);
+  EXPECT_EQ(upstream_->calls.load(), kClients * kEach);
+  EXPECT_EQ(metric("llmq_gateway_http_responses_total{status=\"200\"}"),
+            kClients * kEach + reads.load());
 }
 
 }  // namespace

@@ -4,7 +4,8 @@
 # connections kept), deployments added and removed, client keys changed, a request in
 # flight finishing on its deployment, a queued one whose deployment is gone answered
 # clearly, an invalid file keeping the running configuration, keys that need a restart,
-# and the outcome in /metrics.
+# the outcome in /metrics, the access log reopened; and the start's loud defaults (the
+# warnings without client keys or TLS, require_client_keys, a misspelled key).
 #   reload.sh MOCK_BINARY GATEWAY_BINARY
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -237,6 +238,37 @@ if [ -s "$work/access.log" ] && grep -q '"status":200' "$work/access.log" &&
 else
   fail "access log after reload: $(ls -l "$work"/access.log* 2>&1)"
 fi
+
+# ---- loud defaults at start ---------------------------------------------------------------
+check "/metrics without a key once client keys exist" 401 \
+  "$(curl -s -o /dev/null -w '%{http_code}' "$gw/metrics")"
+check "/healthz stays open" 200 "$(curl -s -o /dev/null -w '%{http_code}' "$gw/healthz")"
+config "$work/open.yaml" "gpt-4o-east gpt-4o" --
+sed -i 's/^  listen_address: 127.0.0.1/  listen_address: 0.0.0.0/' "$work/open.yaml"
+start_server open env LLMQ_TEST_MOCK_URL="$mock_url" "$gateway_bin" --config "$work/open.yaml"
+if grep -q "no gateway.client_keys: anyone who can reach" "$work/open.log" &&
+  grep -q "listening on 0.0.0.0 without TLS" "$work/open.log"; then
+  pass "without client keys, beyond loopback in clear text: both warnings at start"
+else
+  fail "start-up warnings: $(head -5 "$work/open.log")"
+fi
+check "...and /metrics is public then" 200 "$(curl -s -o /dev/null -w '%{http_code}' "$server_url/metrics")"
+refused_start() {  # refused_start NAME CONFIG PATTERN: exit 2 and PATTERN in its output
+  local code=0
+  LLMQ_TEST_MOCK_URL="$mock_url" timeout 10 "$gateway_bin" --config "$2" --port 0 \
+    >"$work/refused.log" 2>&1 || code=$?
+  if [ "$code" = 2 ] && grep -q "$3" "$work/refused.log"; then
+    pass "$1"
+  else
+    fail "$1: exit $code, $(tail -2 "$work/refused.log")"
+  fi
+}
+config "$work/required.yaml" "gpt-4o-east gpt-4o" -- ++ "require_client_keys: true"
+refused_start "require_client_keys without keys: the start is refused" "$work/required.yaml" \
+  "gateway.require_client_keys: true, but gateway.client_keys is empty"
+config "$work/typo.yaml" "gpt-4o-east gpt-4o" -- key-a ++ "read_timout_seconds: 5"
+refused_start "a misspelled gateway key stops the start with its line" "$work/typo.yaml" \
+  "gateway.read_timout_seconds: unknown key.*(line [0-9]*)"
 
 if grep -q "key-a\|key-b\|admin-key-1\|reload-upstream-key" "$work/gateway.log"; then
   fail "a key appears in the gateway's log"
