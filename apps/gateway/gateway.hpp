@@ -9,6 +9,7 @@
 #include "gateway_config.hpp"
 #include "metrics.hpp"
 
+#include <llmq/detail/snapshot.hpp>
 #include <llmq/queue.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
@@ -135,7 +136,7 @@ class Gateway {
                      const GatewayConfig& config);
 
   LLMQueue& queue_;
-  std::atomic<std::shared_ptr<const GatewayConfig>> config_;
+  detail::Snapshot<GatewayConfig> config_;
   std::function<boost::asio::awaitable<ReloadOutcome>()> reload_;
   std::shared_ptr<Metrics> metrics_;
   std::shared_ptr<AccessLog> access_log_;

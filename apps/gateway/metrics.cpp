@@ -114,8 +114,8 @@ void Metrics::rejected(const std::string& reason) {
 }
 
 void Metrics::answered(int status) {
-  std::lock_guard lock(mutex_);
-  ++http_status_[status];
+  if (status < 100 || status > 599) return;  // not an HTTP status: never sent
+  http_status_[static_cast<std::size_t>(status - 100)].fetch_add(1, std::memory_order_relaxed);
 }
 
 void Metrics::client_disconnected() {
@@ -241,9 +241,10 @@ std::string Metrics::render(const QueueStats& s) const {
     sample(out, "llmq_gateway_rejected_total", "reason=\"" + label(reason) + "\"",
            static_cast<double>(n));
   header(out, "llmq_gateway_http_responses_total", "counter", "HTTP answers by status.");
-  for (const auto& [status, n] : http_status_)
-    sample(out, "llmq_gateway_http_responses_total", "status=\"" + std::to_string(status) + "\"",
-           static_cast<double>(n));
+  for (std::size_t i = 0; i < http_status_.size(); ++i)
+    if (const std::uint64_t n = http_status_[i].load(std::memory_order_relaxed); n != 0)
+      sample(out, "llmq_gateway_http_responses_total", "status=\"" + std::to_string(i + 100) + "\"",
+             static_cast<double>(n));
   single(out, "llmq_gateway_client_disconnects_total", "counter",
          "Clients that disconnected while their request was queued or running (cancelled).",
          static_cast<double>(client_disconnects_));

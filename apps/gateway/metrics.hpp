@@ -8,6 +8,7 @@
 #include <llmq/telemetry.hpp>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
@@ -69,7 +70,9 @@ class Metrics {
   Histogram upstream_latency_;
   Histogram total_latency_;
   std::map<std::string, std::uint64_t> rejected_;
-  std::map<int, std::uint64_t> http_status_;
+  /// By status 100-599 (nothing else is sent). Atomic: counted for every answer, from
+  /// every I/O thread, without the mutex.
+  std::array<std::atomic<std::uint64_t>, 500> http_status_{};
   std::map<std::string, std::uint64_t> upstream_429_;  // by deployment
   std::map<std::string, std::uint64_t> tokens_;        // by deployment
   std::uint64_t client_disconnects_ = 0;

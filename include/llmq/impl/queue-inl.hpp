@@ -24,6 +24,7 @@
 
 #include <llmq/detail/block_pool.hpp>
 #include <llmq/detail/light_strand.hpp>
+#include <llmq/detail/snapshot.hpp>
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/bind_cancellation_slot.hpp>
@@ -466,7 +467,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
         entry_pool_(std::make_shared<BlockPool>(sizeof(Entry) + 64, pool_blocks(setup_->config))),
         telemetry_pool_(
             std::make_shared<BlockPool>(sizeof(TelemetryData), pool_blocks(setup_->config))) {
-    published_.store(setup_, std::memory_order_release);
+    published_.store(setup_);
     for (auto& [name, exec] : executors) register_executor(name, std::move(exec));
     if (!options_.user_rate_limit_store) {
       if (clock_)
@@ -484,9 +485,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
 
   [[nodiscard]] const asio::any_io_executor& base_executor() const noexcept { return base_; }
   /// The configuration in use (any thread).
-  [[nodiscard]] SetupPtr setup() const noexcept {
-    return published_.load(std::memory_order_acquire);
-  }
+  [[nodiscard]] SetupPtr setup() const noexcept { return published_.load(); }
   [[nodiscard]] std::shared_ptr<TelemetryStore> telemetry_store() const noexcept {
     return options_.telemetry_store;
   }
@@ -1307,7 +1306,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     scheduler_ = make_scheduler<EntryPtr>(next->config.scheduler_limits.policy,
                                           scheduler_options(next->config.scheduler_limits));
     setup_ = next;
-    published_.store(std::move(next), std::memory_order_release);
+    published_.store(std::move(next));
     // Pushed to the front in reverse, so that they keep their order ahead of new arrivals
     // (and are bounded neither by a smaller max_queue_size nor per-user caps).
     for (auto it = waiting.rbegin(); it != waiting.rend(); ++it) {
@@ -1715,7 +1714,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   // Any thread:
   mutable std::shared_mutex executors_mutex_;
   std::map<std::string, std::shared_ptr<RequestExecutor>, std::less<>> executors_;
-  std::atomic<SetupPtr> published_;  // setup_, for admission on callers' threads
+  Snapshot<Setup> published_;  // setup_, for admission on callers' threads
   std::atomic<std::size_t> reserved_{0};
   std::atomic<bool> accepting_{false};
   std::atomic<bool> shutdown_requested_{false};
