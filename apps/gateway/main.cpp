@@ -20,6 +20,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -102,6 +103,7 @@ struct Ticker {
   explicit Ticker(asio::any_io_executor ex) : timer(std::move(ex)) {}
   asio::steady_timer timer;
   bool stop = false;
+  bool finished = false;  ///< the task's coroutine has returned
   void cancel() {
     stop = true;
     timer.cancel();
@@ -116,6 +118,20 @@ asio::awaitable<void> flush_access_log(std::shared_ptr<AccessLog> log,
     co_await ticker->timer.async_wait(asio::as_tuple(asio::use_awaitable));
     log->flush(std::chrono::steady_clock::now());
   }
+}
+
+/// Samples the queue for /stats once a second until the ticker stops.
+asio::awaitable<void> sample_stats(Gateway& gateway, std::shared_ptr<Ticker> ticker) {
+  while (!ticker->stop) {
+    try {
+      co_await gateway.record_sample();
+    } catch (const std::exception& e) {
+      logger()->warn("llmq-gateway: sampling the queue for /stats failed: {}", e.what());
+    }
+    ticker->timer.expires_after(std::chrono::seconds(1));
+    co_await ticker->timer.async_wait(asio::as_tuple(asio::use_awaitable));
+  }
+  ticker->finished = true;
 }
 
 asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args args,
@@ -138,13 +154,15 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
   gateway.set_access_log(access_log);
   auto access_ticker = std::make_shared<Ticker>(io.get_executor());
   if (access_log) asio::co_spawn(io, flush_access_log(access_log, access_ticker), asio::detached);
+  auto stats_ticker = std::make_shared<Ticker>(io.get_executor());
+  asio::co_spawn(io, sample_stats(gateway, stats_ticker), asio::detached);
   GatewayServer server(io.get_executor(), gateway, settings.gateway);
   const unsigned short port = server.listen();
   if (!args.port_file.empty()) std::ofstream(args.port_file) << port << "\n";
   // Standard output may be the access log: then the line goes to standard error.
   std::ostream& say = settings.gateway.access_log == "-" ? std::cerr : std::cout;
   say << "llmq-gateway listening on " << (settings.gateway.tls() ? "https://" : "http://")
-      << settings.gateway.listen_address << ":" << port << std::endl;
+      << settings.gateway.listen_address << ":" << port << " (dashboard: /dashboard)" << std::endl;
   gateway.set_ready(true);
 
   asio::signal_set signals(io, SIGINT, SIGTERM);
@@ -155,7 +173,10 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
     server.stop();
   });
   co_await server.run();
+  stats_ticker->cancel();
   co_await queue.graceful_shutdown();
+  // The sampler uses the gateway and the queue: it ends before they do.
+  while (!stats_ticker->finished) co_await asio::post(io, asio::use_awaitable);
   co_await server.drain(std::chrono::seconds(5));
   client->close();
   signals.cancel();

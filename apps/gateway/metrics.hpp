@@ -3,6 +3,7 @@
 // telemetry records (a TelemetryStore decorator) and the gateway's own counters.
 
 #include "access_log.hpp"
+#include "dashboard.hpp"
 
 #include <llmq/queue.hpp>
 #include <llmq/telemetry.hpp>
@@ -25,6 +26,10 @@ class Histogram {
   void observe(double seconds);
   /// Appends `name_bucket{le=...}`, `name_sum`, `name_count` lines.
   void render(std::string& out, const std::string& name) const;
+  /// The value below which a share `q` (0..1) of the observations fell, interpolated
+  /// linearly inside its bucket (the last bound for the +Inf bucket); 0 when empty.
+  [[nodiscard]] double quantile(double q) const;
+  [[nodiscard]] std::uint64_t count() const noexcept { return count_; }
 
  private:
   std::vector<double> bounds_;
@@ -60,6 +65,10 @@ class Metrics {
   /// The whole exposition, queue stats included.
   std::string render(const QueueStats& stats) const;
 
+  /// What /stats shows beside the queue's stats: the top `top_users` users by admitted
+  /// and by refused requests, latency percentiles, tokens by deployment.
+  [[nodiscard]] DashboardView dashboard_view(std::size_t top_users) const;
+
  private:
   mutable std::mutex mutex_;
   Histogram queue_wait_;
@@ -70,6 +79,7 @@ class Metrics {
   std::map<std::string, std::uint64_t> upstream_429_;  // by deployment
   std::map<std::string, std::uint64_t> tokens_;        // by deployment
   std::uint64_t client_disconnects_ = 0;
+  UserCounts users_;
   std::function<ConnectionCounters()> connections_;
 };
 
