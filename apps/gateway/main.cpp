@@ -154,10 +154,10 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
   gateway.set_access_log(access_log);
   auto access_ticker = std::make_shared<Ticker>(io.get_executor());
   if (access_log) asio::co_spawn(io, flush_access_log(access_log, access_ticker), asio::detached);
-  auto stats_ticker = std::make_shared<Ticker>(io.get_executor());
-  asio::co_spawn(io, sample_stats(gateway, stats_ticker), asio::detached);
   GatewayServer server(io.get_executor(), gateway, settings.gateway);
   const unsigned short port = server.listen();
+  auto stats_ticker = std::make_shared<Ticker>(io.get_executor());
+  asio::co_spawn(io, sample_stats(gateway, stats_ticker), asio::detached);
   if (!args.port_file.empty()) std::ofstream(args.port_file) << port << "\n";
   // Standard output may be the access log: then the line goes to standard error.
   std::ostream& say = settings.gateway.access_log == "-" ? std::cerr : std::cout;
