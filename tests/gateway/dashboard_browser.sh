@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The dashboard in a real browser: llmq-mock-azure and llmq-gateway (three deployments, a
-# client key and an admin key) under traffic from curl, and headless Chromium loading
+# The dashboard in a real browser: llmq-mock-azure and llmq-gateway (four deployments, one
+# paced by a low limit and one answering 429; a client key and an admin key) under traffic
+# from curl (one user far over its limit), and headless Chromium loading
 # /dashboard#key=... twice: the rendered page must name every deployment, show the data
 # as live, and its numbers must change between the two loads. Keeps a screenshot.
 #   dashboard_browser.sh MOCK_BINARY GATEWAY_BINARY SCREENSHOT_PNG
@@ -43,9 +44,11 @@ latency: {distribution: fixed, ms: 30}
 deployments:
   - {name: gpt-4o-east, model: gpt-4o, type: chat}
   - {name: gpt-4o-slow, model: gpt-4o, type: chat}
+  - {name: gpt-4o-west, model: gpt-4o, type: chat}
   - {name: embed-1, model: text-embedding-3-small, type: embeddings}
 YAML
-# gpt-4o-slow takes 60 requests a minute (1 a second): it is paced.
+# gpt-4o-slow takes 60 requests a minute (1 a second): it is paced. gpt-4o-west is told
+# to answer 429 (below): it backs off. The client key names no user: x-user-id does.
 cat >"$work/gateway.yaml" <<YAML
 azure_open_ai:
   - api_key: dash-upstream-key
@@ -56,10 +59,12 @@ azure_open_ai:
          model_type: chat, req_per_min: 600, tokens_per_min: 10000000}
       - {unique_model_id: gpt-4o-slow, model_name_in_azure: gpt-4o, deployment_name_in_azure: gpt-4o-slow,
          model_type: chat, req_per_min: 60, tokens_per_min: 10000000}
+      - {unique_model_id: gpt-4o-west, model_name_in_azure: gpt-4o, deployment_name_in_azure: gpt-4o-west,
+         model_type: chat, req_per_min: 600, tokens_per_min: 10000000}
       - {unique_model_id: embed-1, model_name_in_azure: text-embedding-3-small, deployment_name_in_azure: embed-1,
          model_type: embeddings, req_per_min: 6000, tokens_per_min: 100000000}
 user_limits:
-  max_num_requests_in_time_window: 100000
+  max_num_requests_in_time_window: 20
   time_window_in_seconds: 60
 scheduler_limits:
   max_queue_size: 1000
@@ -69,7 +74,7 @@ gateway:
   port: 0
   user_header: x-user-id
   client_keys:
-    - {key: dash-client-key, user: browser-test}
+    - {key: dash-client-key}
   admin_keys: [dash-admin-key]
 YAML
 
@@ -101,19 +106,25 @@ stats_code() { curl -s -o /dev/null -w '%{http_code}' "$@" "$gw/stats"; }
   pass "/stats with a client key: 200" || fail "/stats with a client key"
 
 # ---- traffic ----------------------------------------------------------------------------
+curl -s -o /dev/null -X PUT -H 'content-type: application/json' \
+  -d '{"force_429": true, "force_429_retry_after_ms": 30000}' \
+  "$mock_url/mock/deployments/gpt-4o-west/faults"
 traffic() {
-  local i=0
+  local i=0 user
   while [ -e "$work/traffic.on" ]; do
     i=$((i + 1))
+    user=$([ $((i % 2)) = 0 ] && echo batch-job || echo "user-$((i % 7))")  # batch-job: over its limit
     curl -s -o /dev/null -m 20 -H 'api-key: dash-client-key' -H 'content-type: application/json' \
+      -H "x-user-id: $user" \
       -d '{"model":"gpt-4o","messages":[{"role":"user","content":"hello '"$i"'"}],"max_tokens":8}' \
       "$gw/v1/chat/completions" &
     if [ $((i % 4)) = 0 ]; then  # 2.5 a second for a deployment that takes 1
       curl -s -o /dev/null -m 20 -H 'api-key: dash-client-key' -H 'content-type: application/json' \
-        -d '{"model":"gpt-4o-slow","messages":[{"role":"user","content":"paced '"$i"'"}],"max_tokens":8}' \
+        -H "x-user-id: paced-user-$((i % 5))" -d '{"model":"gpt-4o-slow","messages":[{"role":"user","content":"paced '"$i"'"}],"max_tokens":8}' \
         "$gw/v1/chat/completions" &
     fi
     curl -s -o /dev/null -m 20 -H 'api-key: dash-client-key' -H 'content-type: application/json' \
+      -H "x-user-id: embed-user-$((i % 20))" \
       -d '{"model":"text-embedding-3-small","input":"text '"$i"'"}' "$gw/v1/embeddings" &
     sleep 0.1
   done
@@ -126,7 +137,7 @@ stop_traffic() {
   rm -f "$work/traffic.on"
   wait "$traffic_pid" 2>/dev/null || true
 }
-sleep 2
+sleep 3
 
 # ---- the browser --------------------------------------------------------------------------
 url="$gw/dashboard#key=dash-admin-key"
@@ -141,13 +152,18 @@ updated_in() { sed -n 's/.*id="updated"[^>]*>\([^<]*\)<.*/\1/p' "$1" | head -1; 
 chrome --dump-dom "$url" >"$work/dom1.html" || true
 sleep 2
 chrome --dump-dom "$url" >"$work/dom2.html" || true
-for d in gpt-4o-east gpt-4o-slow embed-1; do
+for d in gpt-4o-east gpt-4o-slow gpt-4o-west embed-1; do
   if grep -q ">$d<" "$work/dom1.html" && grep -q ">$d<" "$work/dom2.html"; then
     pass "the rendered page names $d"
   else
     fail "the rendered page does not name $d"
   fi
 done
+if grep -q '>batch-job<' "$work/dom2.html"; then
+  pass "the rendered page names the user over its limit"
+else
+  fail "the rendered page does not name batch-job"
+fi
 if grep -q 'id="status" class="status ok">live<' "$work/dom2.html"; then
   pass "the page read /stats with the key from its fragment"
 else
@@ -172,7 +188,7 @@ else
 fi
 
 rm -f "$screenshot"
-chrome --screenshot="$screenshot" --window-size=1280,900 --hide-scrollbars "$url" >/dev/null || true
+chrome --screenshot="$screenshot" --window-size=1280,1250 --hide-scrollbars "$url" >/dev/null || true
 if [ -s "$screenshot" ] && [ "$(head -c 8 "$screenshot" | od -An -tx1 | tr -d ' \n')" = 89504e470d0a1a0a ]; then
   pass "screenshot kept in $screenshot"
 else
