@@ -134,8 +134,9 @@
     const rows = [];
     for (const name of ["queue_wait", "upstream", "total"])
       if (lat[name]) rows.push([name.replace("_", " "), lat[name]]);
+    const ms = (v) => (num(v) * 1000).toFixed(1);
     fillTable("latency", rows, [
-      (r) => r[0], (r) => fmt(r[1].p50), (r) => fmt(r[1].p90), (r) => fmt(r[1].p99),
+      (r) => r[0], (r) => ms(r[1].p50), (r) => ms(r[1].p90), (r) => ms(r[1].p99),
       (r) => fmt(r[1].count),
     ]);
   }
