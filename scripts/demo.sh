@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo command: installs what is missing, builds, starts llmq-mock-azure and
 # llmq-gateway on loopback, drives a realistic burst through the gateway with llmq-demo,
-# prints the summary, and stops both servers.
+# prints the summary, writes a plot of the run (build/demo-plot.svg, or $LLMQ_DEMO_PLOT),
+# and stops both servers. The gateway's dashboard is live at the URL printed meanwhile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
@@ -21,4 +22,6 @@ start_server llmq-gateway env LLMQ_DEMO_MOCK_URL="$mock_url" \
 gateway_url=$server_url
 
 echo "mock Azure OpenAI: $mock_url   gateway: $gateway_url"
-"$bin/apps/demo/llmq-demo" --gateway "$gateway_url" --mock "$mock_url" --seconds "${LLMQ_DEMO_SECONDS:-16}"
+echo "dashboard (live while the demo runs): $gateway_url/dashboard"
+"$bin/apps/demo/llmq-demo" --gateway "$gateway_url" --mock "$mock_url" \
+  --seconds "${LLMQ_DEMO_SECONDS:-16}" --plot "${LLMQ_DEMO_PLOT:-build/demo-plot.svg}"

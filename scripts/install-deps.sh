@@ -11,6 +11,7 @@ packages=(
   libhiredis-dev redis-server libpq-dev postgresql libsqlite3-dev
   nodejs wrk curl
   clang-14 libfuzzer-14-dev
+  chromium fonts-dejavu-core
 )
 
 missing=()

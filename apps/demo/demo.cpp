@@ -2,11 +2,17 @@
 // prints what happened. Started by scripts/demo.sh, which starts both servers.
 //
 //   llmq-demo --gateway http://127.0.0.1:PORT --mock http://127.0.0.1:PORT [--seconds 16]
+//             [--plot FILE.svg]
 //
 // Twelve users send a mix of chat, embeddings and RAG (embeddings, then chat) requests;
 // two of them send far more than their limit. Halfway through, one deployment starts
 // answering 429 (the mock is told to); the gateway backs off from it and moves its work
-// to the others. Exit code 0 when every request got an HTTP answer.
+// to the others. While it runs it names the gateway's live dashboard; every second it
+// reads the gateway's /stats, and at the end it writes a plot of the run (queue depth,
+// each deployment's share of requests over time) to an SVG file. Exit code 0 when every
+// request got an HTTP answer.
+
+#include "run_plot.hpp"
 
 #include <llmq/http_client.hpp>
 
@@ -35,6 +41,7 @@ struct Args {
   std::string mock;
   int seconds = 16;
   std::string throttle = "gpt-4o-west";
+  std::string plot = "demo-plot.svg";
 };
 
 struct UserStats {
@@ -181,11 +188,53 @@ std::string bar(double share) {
   return std::string(static_cast<std::size_t>(share * 40 + 0.5), '#');
 }
 
-/// Sum of the `le` buckets up to `le` of a Prometheus histogram in `text`.
-double bucket(const std::string& text, const std::string& name, const std::string& le) {
-  const std::string key = name + "_bucket{le=\"" + le + "\"} ";
-  const auto p = text.find(key);
-  return p == std::string::npos ? 0 : std::stod(text.substr(p + key.size()));
+double number_in(const json& j, const char* key) {
+  return j.is_object() && j.contains(key) && j[key].is_number() ? j[key].get<double>() : 0.0;
+}
+
+/// What the run's plot keeps of one /stats document (docs/dashboard.md), taken `seconds`
+/// into the run: the queue's depth and in-flight count, and the requests each deployment
+/// got since the previous sample (`seen`: the counts then, by deployment).
+void record_sample(llmq::demo::RunPlot& plot, std::map<std::string, double>& seen,
+                   const std::string& stats_body, double seconds) {
+  const json doc = json::parse(stats_body, nullptr, false);
+  if (!doc.is_object() || !doc.contains("queue") || !doc.contains("deployments") ||
+      !doc["deployments"].is_array())
+    return;
+  llmq::demo::RunSample s;
+  s.seconds = seconds;
+  s.depth = number_in(doc["queue"], "depth");
+  s.in_flight = number_in(doc["queue"], "in_flight");
+  for (const json& d : doc["deployments"]) {
+    const std::string name = d.is_object() ? d.value("name", std::string()) : std::string();
+    if (name.empty()) continue;
+    if (std::find(plot.deployments.begin(), plot.deployments.end(), name) == plot.deployments.end())
+      plot.deployments.push_back(name);
+    const double requests = number_in(d, "requests");
+    const auto before = seen.find(name);
+    s.requests.push_back(before == seen.end() ? 0.0 : requests - before->second);
+    seen[name] = requests;
+  }
+  plot.samples.push_back(std::move(s));
+}
+
+/// Requests dispatched after waiting for a deployment's window, summed over deployments.
+double paced_total(const std::string& stats_body) {
+  const json doc = json::parse(stats_body, nullptr, false);
+  double n = 0;
+  if (doc.is_object() && doc.contains("deployments") && doc["deployments"].is_array())
+    for (const json& d : doc["deployments"]) n += number_in(d, "paced");
+  return n;
+}
+
+/// GET /stats, or an empty body when the gateway does not answer.
+asio::awaitable<std::string> read_stats(llmq::HttpClient& client, const std::string& gateway) {
+  try {
+    llmq::HttpResponse r = co_await client.request(make_request("GET", gateway + "/stats", ""));
+    if (r.status == 200) co_return std::move(r.body);
+  } catch (const std::exception&) {
+  }
+  co_return std::string();
 }
 
 asio::awaitable<int> run(Args a) {
@@ -214,13 +263,23 @@ asio::awaitable<int> run(Args a) {
   }
 
   asio::steady_timer tick(ex);
+  llmq::demo::RunPlot plot;
+  plot.title = "llmq demo: " + std::to_string(names.size()) + " users for " +
+               std::to_string(a.seconds) + " s";
+  std::map<std::string, double> seen;
+  const std::string first_stats = co_await read_stats(client, a.gateway);
+  record_sample(plot, seen, first_stats, 0.0);
   std::printf("llmq demo: %zu users for %d s against %s\n", names.size(), a.seconds,
               a.gateway.c_str());
+  std::printf("  live dashboard while it runs: %s/dashboard\n", a.gateway.c_str());
   while (users_done < static_cast<int>(names.size()) || t.in_flight > 0) {
     tick.expires_after(std::chrono::seconds(1));
     co_await tick.async_wait(asio::use_awaitable);
     const auto elapsed =
         std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - start).count();
+    const double since_start = std::chrono::duration<double>(Clock::now() - start).count();
+    const std::string stats_now = co_await read_stats(client, a.gateway);
+    record_sample(plot, seen, stats_now, since_start);
     if (!t.throttled && elapsed >= a.seconds / 2) {
       t.throttled = true;
       co_await client.request(make_request(
@@ -239,8 +298,7 @@ asio::awaitable<int> run(Args a) {
   const json stats =
       json::parse((co_await client.request(make_request("GET", a.mock + "/mock/stats", ""))).body,
                   nullptr, false);
-  const std::string metrics =
-      (co_await client.request(make_request("GET", a.gateway + "/metrics", ""))).body;
+  const std::string final_stats = co_await read_stats(client, a.gateway);
 
   std::printf("\nPer user (limit: 40 requests per 60 s)\n");
   std::printf("  %-9s %6s %9s %9s %7s\n", "user", "sent", "admitted", "rejected", "errors");
@@ -268,17 +326,16 @@ asio::awaitable<int> run(Args a) {
                 get(d, "prompt_tokens") + get(d, "completion_tokens"), bar(share).c_str());
   }
 
-  const double waited = bucket(metrics, "llmq_queue_wait_seconds", "+Inf") -
-                        bucket(metrics, "llmq_queue_wait_seconds", "0.05");
+  const double paced = paced_total(final_stats);
   std::printf("\n429s\n");
   std::printf(
       "  received from upstream: %d (all after %s was told to throttle; each was retried\n"
       "    on another deployment while it backed off)\n",
       upstream_429s, a.throttle.c_str());
   std::printf(
-      "  avoided by pacing: %.0f requests waited over 50 ms in the queue for a deployment's\n"
+      "  avoided by pacing: %.0f requests waited in the queue for a deployment's\n"
       "    1 s / 10 s / 60 s window instead of being sent into a 429\n",
-      waited);
+      paced);
   std::printf("  returned to callers over their own limit: %d\n", t.limited);
   std::printf(
       "\nLatency of successful requests (client side): p50 %.1f ms  p90 %.1f ms  p99 %.1f ms\n",
@@ -287,6 +344,11 @@ asio::awaitable<int> run(Args a) {
       "Requests: %d sent, %d ok, %d user-limited, %d upstream 429 passed on, %d other, %d "
       "transport errors\n",
       t.sent, t.ok, t.limited, t.upstream_429, t.other, t.transport);
+  if (llmq::demo::write_svg(plot, a.plot))
+    std::printf("\nPlot of the run (queue depth, each deployment's share of requests): %s\n",
+                a.plot.c_str());
+  else
+    std::fprintf(stderr, "llmq-demo: could not write the plot to %s\n", a.plot.c_str());
   client.close();
   co_return t.transport == 0 && t.sent > 0 ? 0 : 1;
 }
@@ -305,13 +367,15 @@ int main(int argc, char** argv) {
       a.seconds = std::max(4, std::stoi(argv[i + 1]));
     else if (k == "--throttle")
       a.throttle = argv[i + 1];
+    else if (k == "--plot")
+      a.plot = argv[i + 1];
     else {
       std::cerr << "unknown option " << k << "\n";
       return 2;
     }
   }
   if (a.gateway.empty() || a.mock.empty()) {
-    std::cerr << "usage: llmq-demo --gateway URL --mock URL [--seconds N]\n";
+    std::cerr << "usage: llmq-demo --gateway URL --mock URL [--seconds N] [--plot FILE.svg]\n";
     return 2;
   }
   asio::io_context io(1);

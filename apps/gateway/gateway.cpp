@@ -108,6 +108,34 @@ std::shared_ptr<const GatewayConfig> normalised(GatewayConfig config) {
   return std::make_shared<const GatewayConfig>(std::move(config));
 }
 
+/// One of the dashboard's files, with headers that let it run nothing but itself: no
+/// inline script or style, no other origin, no framing, never cached.
+HttpAnswer dashboard_file(std::string_view body, std::string content_type) {
+  HttpAnswer a;
+  a.content_type = std::move(content_type);
+  a.body = std::string(body);
+  a.headers.emplace_back("content-security-policy",
+                         "default-src 'none'; script-src 'self'; style-src 'self'; "
+                         "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
+                         "form-action 'none'; frame-ancestors 'none'");
+  a.headers.emplace_back("x-content-type-options", "nosniff");
+  a.headers.emplace_back("x-frame-options", "DENY");
+  a.headers.emplace_back("referrer-policy", "no-referrer");
+  a.headers.emplace_back("cache-control", "no-store");
+  return a;
+}
+
+/// The dashboard's file at `path`, if it is one.
+std::optional<HttpAnswer> dashboard_route(std::string_view path) {
+  if (path == "/dashboard" || path == "/dashboard/")
+    return dashboard_file(dashboard_assets::index_html(), "text/html; charset=utf-8");
+  if (path == "/dashboard/app.js")
+    return dashboard_file(dashboard_assets::app_js(), "text/javascript; charset=utf-8");
+  if (path == "/dashboard/app.css")
+    return dashboard_file(dashboard_assets::app_css(), "text/css; charset=utf-8");
+  return std::nullopt;
+}
+
 bool is_error_envelope(const nlohmann::json& body) {
   if (!body.is_object()) return false;
   const auto e = body.find("error");
@@ -209,6 +237,20 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle(HttpExchange request) {
   co_return a;
 }
 
+boost::asio::awaitable<void> Gateway::record_sample() {
+  const QueueStats stats = co_await queue_.stats();
+  history_->record(QueueSample{unix_seconds_now(), stats.queue_depth, stats.in_flight});
+}
+
+HttpAnswer Gateway::stats_answer(const QueueStats& stats) const {
+  HttpAnswer a = json_answer(
+      200, stats_document(stats, queue_.deployments(), metrics_->dashboard_view(kStatsTopUsers),
+                          history_->samples(), unix_seconds_now()));
+  a.headers.emplace_back("cache-control", "no-store");
+  a.headers.emplace_back("x-content-type-options", "nosniff");
+  return a;
+}
+
 void Gateway::refused_by_server(int status, const std::string& request_id) {
   metrics_->answered(status);
   if (!access_log_) return;
@@ -241,6 +283,16 @@ boost::asio::awaitable<HttpAnswer> Gateway::answer(const HttpExchange& request, 
       a.body = metrics_->render(stats);
       co_return a;
     }
+    if (path == "/stats") {
+      if (config.stats_need_key() && !presents_operator_key(request, config))
+        co_return reject(401,
+                         "/stats needs a client key or an admin key (send api-key or "
+                         "Authorization: Bearer)",
+                         "invalid_request_error", "invalid_api_key", "unauthorized");
+      const QueueStats stats = co_await queue_.stats();
+      co_return stats_answer(stats);
+    }
+    if (std::optional<HttpAnswer> page = dashboard_route(path)) co_return std::move(*page);
   }
 
   if (path == "/admin/reload" && reload_) {

@@ -6,6 +6,7 @@
 // shared llmq_http_server loop: limits, timeouts, keep-alive, disconnect detection).
 
 #include "access_log.hpp"
+#include "dashboard.hpp"
 #include "gateway_config.hpp"
 #include "metrics.hpp"
 
@@ -102,6 +103,11 @@ class Gateway {
     return access_log_;
   }
 
+  /// Adds the queue's depth and in-flight count now to the samples /stats returns (the
+  /// gateway calls it once a second).
+  boost::asio::awaitable<void> record_sample();
+  [[nodiscard]] const std::shared_ptr<StatsHistory>& history() const noexcept { return history_; }
+
   /// Logs a request the HTTP server refused before it reached handle() (malformed, too
   /// large): counted in the metrics, and a line in the access log.
   void refused_by_server(int status, const std::string& request_id);
@@ -131,6 +137,8 @@ class Gateway {
                                                       Facts& facts);
   HttpAnswer reject(int status, std::string_view message, std::string_view type,
                     std::string_view code, std::string_view reason, std::string_view param = {});
+  /// The /stats answer for `stats`.
+  HttpAnswer stats_answer(const QueueStats& stats) const;
   /// The answer to a request llmq refused or ended (`ec`, an llmq::errc, with its Response).
   HttpAnswer refusal(const boost::system::error_code& ec, const Response& r,
                      const GatewayConfig& config);
@@ -140,6 +148,7 @@ class Gateway {
   std::function<boost::asio::awaitable<ReloadOutcome>()> reload_;
   std::shared_ptr<Metrics> metrics_;
   std::shared_ptr<AccessLog> access_log_;
+  std::shared_ptr<StatsHistory> history_ = std::make_shared<StatsHistory>();
   std::atomic<bool> ready_{false};
 };
 

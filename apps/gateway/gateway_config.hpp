@@ -102,6 +102,10 @@ struct GatewayConfig {
 
   /// `threads` as it applies: the hardware concurrency when 0 (at least 1).
   [[nodiscard]] std::size_t io_threads() const;
+  /// GET /stats (the dashboard's data) needs a client key or an admin key once either is
+  /// configured; without any key it is open, like the API. The page /dashboard itself
+  /// holds no data and is served to anyone.
+  [[nodiscard]] bool stats_need_key() const { return !client_keys.empty() || !admin_keys.empty(); }
 
   /// metrics_public as it applies to this configuration.
   [[nodiscard]] bool metrics_are_public() const {

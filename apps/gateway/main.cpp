@@ -29,6 +29,7 @@
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <atomic>
 #include <fstream>
 #include <iostream>
 #include <thread>
@@ -110,6 +111,7 @@ struct Ticker : std::enable_shared_from_this<Ticker> {
   explicit Ticker(asio::any_io_executor ex) : timer(asio::make_strand(std::move(ex))) {}
   asio::steady_timer timer;
   bool stop = false;
+  std::atomic<bool> finished{false};  ///< the task's coroutine has returned
   /// From any thread.
   void cancel() {
     asio::post(timer.get_executor(), [self = shared_from_this()] {
@@ -127,6 +129,20 @@ asio::awaitable<void> flush_access_log(std::shared_ptr<AccessLog> log,
     co_await ticker->timer.async_wait(asio::as_tuple(asio::use_awaitable));
     log->flush(std::chrono::steady_clock::now());
   }
+}
+
+/// Samples the queue for /stats once a second until the ticker stops.
+asio::awaitable<void> sample_stats(Gateway& gateway, std::shared_ptr<Ticker> ticker) {
+  while (!ticker->stop) {
+    try {
+      co_await gateway.record_sample();
+    } catch (const std::exception& e) {
+      logger()->warn("llmq-gateway: sampling the queue for /stats failed: {}", e.what());
+    }
+    ticker->timer.expires_after(std::chrono::seconds(1));
+    co_await ticker->timer.async_wait(asio::as_tuple(asio::use_awaitable));
+  }
+  ticker->finished = true;
 }
 
 /// Runs on a strand of `io` (so its signal handlers and its own steps never overlap);
@@ -162,11 +178,14 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
   ConfigReloader reloader(args.config, started_with, args.port, queue, gateway, &server);
   gateway.set_reload([&reloader] { return reloader.reload(); });
   const unsigned short port = server.listen();
+  auto stats_ticker = std::make_shared<Ticker>(io.get_executor());
+  asio::co_spawn(stats_ticker->timer.get_executor(), sample_stats(gateway, stats_ticker),
+                 asio::detached);
   if (!args.port_file.empty()) std::ofstream(args.port_file) << port << "\n";
   // Standard output may be the access log: then the line goes to standard error.
   std::ostream& say = settings.gateway.access_log == "-" ? std::cerr : std::cout;
   say << "llmq-gateway listening on " << (settings.gateway.tls() ? "https://" : "http://")
-      << settings.gateway.listen_address << ":" << port << std::endl;
+      << settings.gateway.listen_address << ":" << port << " (dashboard: /dashboard)" << std::endl;
   gateway.set_ready(true);
 
   asio::signal_set signals(control, SIGINT, SIGTERM);
@@ -188,7 +207,10 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
   on_hangup();
   co_await server.run();
   hangups.cancel();
+  stats_ticker->cancel();
   co_await queue.graceful_shutdown();
+  // The sampler uses the gateway and the queue: it ends before they do.
+  while (!stats_ticker->finished) co_await asio::post(io, asio::use_awaitable);
   co_await server.drain(std::chrono::seconds(5));
   // A reload still running refers to the queue, the gateway and the server.
   asio::steady_timer wait(control);

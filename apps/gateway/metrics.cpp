@@ -1,5 +1,6 @@
 #include "metrics.hpp"
 
+#include <algorithm>
 #include <cstdio>
 
 namespace llmq::gateway {
@@ -80,6 +81,24 @@ void Histogram::render(std::string& out, const std::string& name) const {
   sample(out, name + "_count", "", static_cast<double>(count_));
 }
 
+double Histogram::quantile(double q) const {
+  if (count_ == 0) return 0;
+  q = std::clamp(q, 0.0, 1.0);
+  const double rank = q * static_cast<double>(count_);
+  std::uint64_t below = 0;
+  for (std::size_t i = 0; i < counts_.size(); ++i) {
+    if (counts_[i] == 0 || static_cast<double>(below + counts_[i]) < rank) {
+      below += counts_[i];
+      continue;
+    }
+    if (i == bounds_.size()) return bounds_.empty() ? 0 : bounds_.back();
+    const double lo = i == 0 ? 0 : bounds_[i - 1];
+    const double share = (rank - static_cast<double>(below)) / static_cast<double>(counts_[i]);
+    return lo + (bounds_[i] - lo) * std::clamp(share, 0.0, 1.0);
+  }
+  return bounds_.empty() ? 0 : bounds_.back();
+}
+
 Metrics::Metrics()
     : queue_wait_(latency_bounds()),
       upstream_latency_(latency_bounds()),
@@ -102,6 +121,8 @@ void Metrics::observe(const TelemetryData& t) {
       if (!a.llm_deployment.empty()) ++upstream_429_[a.llm_deployment];
       if (!a.embedding_deployment.empty()) ++upstream_429_[a.embedding_deployment];
     }
+  // Entered the queue, or refused before (a user limit, a full queue, a bad request).
+  if (!t.user_id.empty()) users_.count(t.user_id, t.queued_at.time_since_epoch().count() != 0);
   if (!t.llm_deployment.empty())
     tokens_[t.llm_deployment] += static_cast<std::uint64_t>(t.prompt_tokens + t.completion_tokens);
   if (!t.embedding_deployment.empty())
@@ -214,6 +235,12 @@ std::string Metrics::render(const QueueStats& s) const {
   for (const auto& d : s.deployments)
     sample(out, "llmq_deployment_spilled_total", "deployment=\"" + label(d.unique_model_id) + "\"",
            static_cast<double>(d.spilled));
+  header(out, "llmq_deployment_paced_total", "counter",
+         "Requests sent to a deployment after waiting for room in its 1 s / 10 s / 60 s "
+         "windows (429s avoided by pacing).");
+  for (const auto& d : s.deployments)
+    sample(out, "llmq_deployment_paced_total", "deployment=\"" + label(d.unique_model_id) + "\"",
+           static_cast<double>(d.paced));
   header(out, "llmq_deployment_backoff_seconds", "gauge", "Remaining backoff (0 = in rotation).");
   for (const auto& d : s.deployments)
     sample(out, "llmq_deployment_backoff_seconds",
@@ -285,6 +312,23 @@ std::string Metrics::render(const QueueStats& s) const {
   header(out, "llmq_request_latency_seconds", "histogram", "Time from arrival to answer.");
   total_latency_.render(out, "llmq_request_latency_seconds");
   return out;
+}
+
+DashboardView Metrics::dashboard_view(std::size_t top_users) const {
+  std::lock_guard lock(mutex_);
+  DashboardView v;
+  v.top_admitted = users_.top_admitted(top_users);
+  v.top_refused = users_.top_refused(top_users);
+  v.users_tracked = users_.tracked();
+  v.users_forgotten = users_.forgotten();
+  auto percentiles = [](const Histogram& h) {
+    return Percentiles{h.quantile(0.5), h.quantile(0.9), h.quantile(0.99), h.count()};
+  };
+  v.queue_wait = percentiles(queue_wait_);
+  v.upstream = percentiles(upstream_latency_);
+  v.total = percentiles(total_latency_);
+  v.tokens.insert(tokens_.begin(), tokens_.end());
+  return v;
 }
 
 MetricsTelemetryStore::MetricsTelemetryStore(std::shared_ptr<Metrics> metrics,

@@ -3,6 +3,7 @@
 // telemetry records (a TelemetryStore decorator) and the gateway's own counters.
 
 #include "access_log.hpp"
+#include "dashboard.hpp"
 
 #include <llmq/queue.hpp>
 #include <llmq/telemetry.hpp>
@@ -26,6 +27,10 @@ class Histogram {
   void observe(double seconds);
   /// Appends `name_bucket{le=...}`, `name_sum`, `name_count` lines.
   void render(std::string& out, const std::string& name) const;
+  /// The value below which a share `q` (0..1) of the observations fell, interpolated
+  /// linearly inside its bucket (the last bound for the +Inf bucket); 0 when empty.
+  [[nodiscard]] double quantile(double q) const;
+  [[nodiscard]] std::uint64_t count() const noexcept { return count_; }
 
  private:
   std::vector<double> bounds_;
@@ -64,6 +69,10 @@ class Metrics {
   /// The whole exposition, queue stats included.
   std::string render(const QueueStats& stats) const;
 
+  /// What /stats shows beside the queue's stats: the top `top_users` users by admitted
+  /// and by refused requests, latency percentiles, tokens by deployment.
+  [[nodiscard]] DashboardView dashboard_view(std::size_t top_users) const;
+
  private:
   mutable std::mutex mutex_;
   Histogram queue_wait_;
@@ -81,6 +90,7 @@ class Metrics {
   bool last_reload_ok_ = true;
   double last_reload_time_ = 0;  // the start until a reload
   double last_reload_success_time_ = 0;
+  UserCounts users_;
   std::function<ConnectionCounters()> connections_;
 };
 

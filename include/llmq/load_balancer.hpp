@@ -58,6 +58,9 @@ struct DeploymentState {
   std::uint64_t failures = 0;   ///< failures reported since start
   std::uint64_t throttled = 0;  ///< of which 429s
   std::uint64_t spilled = 0;    ///< grants that spilled over to this deployment
+  /// Requests granted after they were held for a window (see count_paced): each one a call
+  /// that, sent when it arrived, would have exceeded a window the upstream enforces.
+  std::uint64_t paced = 0;
 };
 
 /// Thread safety: none; callers serialise (LLMQueue keeps it on one strand).
@@ -148,6 +151,15 @@ class WeightedRoundRobinBalancer {
                                          DeploymentNeed need, time_point now);
 
   [[nodiscard]] DeploymentState state(std::size_t deployment, time_point now);
+
+  /// After a `pick` among `candidates` found none at `now`: true when some candidate was
+  /// not backing off, so that the request is held for room in a window (pacing) rather
+  /// than only for backoffs to end. O(n); nothing changes.
+  [[nodiscard]] bool held_for_windows(std::span<const std::size_t> candidates,
+                                      time_point now) const;
+  /// Counts a request granted `deployment` after it was held for a window
+  /// (DeploymentState::paced). O(1).
+  void count_paced(std::size_t deployment);
 
   /// Takes over deployment `from_deployment` of `from` as `deployment` of this balancer:
   /// its charges of the last minute, its backoff and its counters, under this balancer's

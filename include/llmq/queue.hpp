@@ -145,6 +145,9 @@ struct DeploymentStats {
   std::uint64_t failures = 0;   ///< failures reported since start
   std::uint64_t throttled = 0;  ///< of which 429s
   std::uint64_t spilled = 0;    ///< grants it got because a better priority group had no room
+  /// Requests dispatched to it after waiting in the queue for room in a deployment's
+  /// window (1 s, 10 s or 60 s; not for backoffs alone): 429s avoided by pacing.
+  std::uint64_t paced = 0;
 };
 
 /// A snapshot of an LLMQueue.

@@ -1580,3 +1580,260 @@ TEST_F(GatewayTest, ServesManyConnectionsFromSeveralThreads) {
 }
 
 }  // namespace
+
+// ---- the dashboard and GET /stats (docs/dashboard.md) ----------------------------------------
+
+namespace {
+/// Polls /stats (with the admin key) until `ready(document)`, at most 3 s.
+template <class F>
+json wait_stats(F get_stats, std::function<bool(const json&)> ready) {
+  const auto deadline = std::chrono::steady_clock::now() + 3s;
+  json doc = get_stats();
+  while (!ready(doc) && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+    doc = get_stats();
+  }
+  return doc;
+}
+
+const json* find_user(const json& list, const std::string& user) {
+  for (const json& u : list)
+    if (u.value("user", "") == user) return &u;
+  return nullptr;
+}
+}  // namespace
+
+TEST_F(GatewayTest, StatsDocumentHasEveryDocumentedField) {
+  start();
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(post("/v1/chat/completions", chat("gpt-4o")).status, 200);
+  // bob's limit is 5 a minute: 5 admitted, 2 refused.
+  for (int i = 0; i < 7; ++i) post("/v1/chat/completions", chat("gpt-4o"), {{"x-user-id", "bob"}});
+  std::promise<void> sampled;
+  asio::co_spawn(io_, gateway_->record_sample(), [&](std::exception_ptr) { sampled.set_value(); });
+  sampled.get_future().wait();
+
+  const json doc = wait_stats([&] { return get("/stats").j(); },
+                              [](const json& d) {
+                                const json* bob = find_user(d["users"]["top_refused"], "bob");
+                                return bob != nullptr && (*bob)["refused"] == 2 &&
+                                       d["latency"]["total"]["count"] == 10;
+                              });
+  const Reply r = get("/stats");
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.header("Content-Type"), "application/json");
+  EXPECT_EQ(r.header("cache-control"), "no-store");
+
+  EXPECT_EQ(doc["version"], 1);
+  EXPECT_GT(doc["time"].get<double>(), 1.7e9);
+  const json& q = doc["queue"];
+  for (const char* k : {"depth", "in_flight", "admitted", "completed"})
+    EXPECT_TRUE(q[k].is_number_unsigned()) << k;
+  EXPECT_EQ(q["admitted"], 8);
+  EXPECT_EQ(q["completed"], 8);
+  EXPECT_EQ(q["refused"]["user_limit"], 2);
+  for (const char* k : {"user_queue_full", "predicted_timeout", "queue_full", "invalid",
+                        "queue_timeout", "cancelled", "closed", "store_unavailable"})
+    EXPECT_EQ(q["refused"][k], 0) << k;
+  for (const char* k : {"high", "normal", "low"}) EXPECT_EQ(q["depth_by_priority"][k], 0) << k;
+
+  ASSERT_TRUE(doc["samples"].is_array());
+  ASSERT_GE(doc["samples"].size(), 1u);
+  const json& s = doc["samples"].back();
+  EXPECT_GT(s["t"].get<double>(), 1.7e9);
+  EXPECT_TRUE(s["depth"].is_number_unsigned());
+  EXPECT_TRUE(s["in_flight"].is_number_unsigned());
+
+  ASSERT_EQ(doc["deployments"].size(), 3u);
+  std::uint64_t requests = 0;
+  for (const json& d : doc["deployments"]) {
+    for (const char* k : {"name", "model", "type"}) EXPECT_TRUE(d[k].is_string()) << k;
+    for (const char* k : {"priority", "weight", "rpm_limit", "rpm_used", "tpm_limit", "tpm_used",
+                          "requests", "failures", "throttled_429", "paced", "spilled", "tokens"})
+      EXPECT_TRUE(d[k].is_number_integer()) << d["name"] << " " << k;
+    EXPECT_EQ(d["backoff"]["active"], false);
+    EXPECT_EQ(d["backoff"]["remaining_seconds"], 0.0);
+    EXPECT_EQ(d["rpm_limit"], 100000);
+    EXPECT_EQ(d["weight"], 100000);  // req_per_min, none configured
+    EXPECT_EQ(d["paced"], 0);
+    requests += d["requests"].get<std::uint64_t>();
+  }
+  EXPECT_EQ(doc["deployments"][0]["name"], "gpt-4o-east");
+  EXPECT_EQ(doc["deployments"][0]["model"], "gpt-4o");
+  EXPECT_EQ(doc["deployments"][0]["type"], "chat");
+  EXPECT_EQ(doc["deployments"][2]["type"], "embeddings");
+  EXPECT_EQ(requests, 8u);
+  EXPECT_EQ(
+      doc["deployments"][0]["rpm_used"].get<int>() + doc["deployments"][1]["rpm_used"].get<int>(),
+      8);
+
+  const json* alice = find_user(doc["users"]["top_admitted"], "alice");
+  ASSERT_NE(alice, nullptr);
+  EXPECT_EQ((*alice)["admitted"], 3);
+  EXPECT_EQ((*alice)["refused"], 0);
+  EXPECT_EQ(doc["users"]["top_admitted"][0]["user"], "bob");  // 5 admitted, most first
+  EXPECT_EQ(doc["users"]["top_refused"].size(), 1u);          // alice was never refused
+  EXPECT_EQ(doc["users"]["tracked"], 2);
+  EXPECT_EQ(doc["users"]["forgotten"], 0);
+
+  for (const char* k : {"queue_wait", "upstream", "total"}) {
+    const json& l = doc["latency"][k];
+    EXPECT_LE(l["p50"].get<double>(), l["p90"].get<double>()) << k;
+    EXPECT_LE(l["p90"].get<double>(), l["p99"].get<double>()) << k;
+    EXPECT_GE(l["p50"].get<double>(), 0.0) << k;
+  }
+  EXPECT_EQ(doc["latency"]["queue_wait"]["count"], 8);
+  EXPECT_EQ(doc["latency"]["total"]["count"], 10);  // the refused ones too
+}
+
+TEST_F(GatewayTest, StatsNeedAClientOrAdminKeyOnceKeysExist) {
+  llmq::gateway::GatewayConfig gc;
+  gc.client_keys.push_back(client_key("key-a", "alice"));
+  start(gc);
+  EXPECT_EQ(get("/stats", {}).status, 401);
+  EXPECT_EQ(get("/stats", {{"api-key", "wrong"}}).status, 401);
+  EXPECT_EQ(get("/stats", {{"authorization", "Bearer wrong"}}).status, 401);
+  EXPECT_EQ(get("/stats", {{"api-key", "key-a"}}).status, 200);
+  EXPECT_EQ(get("/stats", {{"authorization", "Bearer key-a"}}).status, 200);
+  EXPECT_EQ(get("/stats", {{"authorization", std::string("Bearer ") + kAdminKey}}).status, 200);
+  EXPECT_EQ(get("/stats", {{"api-key", kAdminKey}}).status, 200);
+}
+
+TEST(GatewayConfig, StatsAreOpenOnlyWithoutAnyKey) {
+  llmq::gateway::GatewayConfig gc;
+  EXPECT_FALSE(gc.stats_need_key());
+  gc.admin_keys.push_back("admin");
+  EXPECT_TRUE(gc.stats_need_key());
+  gc.admin_keys.clear();
+  gc.client_keys.push_back(client_key("k", "u"));
+  EXPECT_TRUE(gc.stats_need_key());
+}
+
+TEST_F(GatewayTest, DashboardIsAStaticPageWithStrictHeadersAndNoKey) {
+  llmq::gateway::GatewayConfig gc;
+  gc.client_keys.push_back(client_key("key-secret-a", "alice"));
+  start(gc);
+  const Reply page = get("/dashboard", {});
+  ASSERT_EQ(page.status, 200);
+  EXPECT_EQ(page.header("Content-Type"), "text/html; charset=utf-8");
+  const std::string csp = page.header("content-security-policy");
+  EXPECT_EQ(
+      csp.rfind("default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'", 0),
+      0u)
+      << csp;
+  EXPECT_NE(csp.find("frame-ancestors 'none'"), std::string::npos);
+  EXPECT_EQ(page.header("x-content-type-options"), "nosniff");
+  EXPECT_EQ(page.header("cache-control"), "no-store");
+  EXPECT_NE(page.body.find("<script src=\"/dashboard/app.js\""), std::string::npos);
+  EXPECT_EQ(page.body.find("<script>"), std::string::npos);  // nothing inline
+  EXPECT_EQ(page.body.find("key-secret-a"), std::string::npos);
+  EXPECT_EQ(page.body.find(kAdminKey), std::string::npos);
+
+  const Reply js = get("/dashboard/app.js", {});
+  EXPECT_EQ(js.status, 200);
+  EXPECT_EQ(js.header("Content-Type"), "text/javascript; charset=utf-8");
+  EXPECT_NE(js.body.find("fetch(\"/stats\""), std::string::npos);
+  EXPECT_EQ(js.body.find("innerHTML"), std::string::npos);  // server values go in as text
+  const Reply css = get("/dashboard/app.css", {});
+  EXPECT_EQ(css.status, 200);
+  EXPECT_EQ(css.header("Content-Type"), "text/css; charset=utf-8");
+  EXPECT_EQ(get("/dashboard/other.js", {}).status, 404);
+  EXPECT_EQ(post("/dashboard", json::object(), {}).status, 404);
+}
+
+TEST(UserCounts, TopListsAndMemoryStayBoundedWithManyUsers) {
+  llmq::gateway::UserCounts counts;
+  for (int i = 0; i < 20'000; ++i) {
+    counts.count("user-" + std::to_string(i), i % 3 != 0);
+    if (i % 10 == 0) counts.count("heavy-admitted", true);
+    if (i % 20 == 0) counts.count("heavy-refused", false);
+  }
+  EXPECT_EQ(counts.tracked(), llmq::gateway::UserCounts::kMaxUsers);
+  EXPECT_GT(counts.forgotten(), 0u);
+  const auto admitted = counts.top_admitted(10);
+  ASSERT_EQ(admitted.size(), 10u);
+  EXPECT_EQ(admitted[0].user, "heavy-admitted");
+  EXPECT_EQ(admitted[0].admitted, 2000u);
+  for (std::size_t i = 1; i < admitted.size(); ++i)
+    EXPECT_GE(admitted[i - 1].admitted, admitted[i].admitted);
+  const auto refused = counts.top_refused(10);
+  ASSERT_EQ(refused.size(), 10u);
+  EXPECT_EQ(refused[0].user, "heavy-refused");
+  EXPECT_EQ(refused[0].refused, 1000u);
+  EXPECT_TRUE(counts.top_admitted(0).empty());
+}
+
+TEST(GatewayMetrics, DashboardViewBoundsItsUsersAndReadsPercentiles) {
+  llmq::gateway::Metrics m;
+  const auto t0 = llmq::WallTime(std::chrono::seconds(1'700'000'000));
+  for (int i = 0; i < 3000; ++i) {
+    llmq::TelemetryData t;
+    t.user_id = "u" + std::to_string(i);
+    t.received_at = t0;
+    t.queued_at = t0;
+    t.dispatched_at = t0 + std::chrono::milliseconds(i < 1500 ? 1 : 200);
+    t.completed_at = t.dispatched_at + 2ms;
+    t.queue_wait = std::chrono::duration_cast<std::chrono::microseconds>(t.dispatched_at - t0);
+    t.execution_time = 2ms;
+    m.observe(t);
+  }
+  const llmq::gateway::DashboardView v = m.dashboard_view(10);
+  EXPECT_EQ(v.top_admitted.size(), 10u);
+  EXPECT_TRUE(v.top_refused.empty());
+  EXPECT_EQ(v.users_tracked, llmq::gateway::UserCounts::kMaxUsers);
+  EXPECT_EQ(v.users_forgotten, 2000u);
+  EXPECT_EQ(v.queue_wait.count, 3000u);
+  // Half waited 1 ms (bucket 0.0005..0.001), half 200 ms (bucket 0.1..0.25).
+  EXPECT_GT(v.queue_wait.p50, 0.0005);
+  EXPECT_LE(v.queue_wait.p50, 0.001);
+  EXPECT_GT(v.queue_wait.p90, 0.1);
+  EXPECT_LE(v.queue_wait.p90, 0.25);
+  EXPECT_LE(v.queue_wait.p99, 0.25);
+}
+
+TEST(GatewayMetrics, HistogramQuantiles) {
+  llmq::gateway::Histogram h({1, 2, 4});
+  EXPECT_EQ(h.quantile(0.5), 0);                // empty
+  for (int i = 0; i < 10; ++i) h.observe(1.5);  // all in (1, 2]
+  EXPECT_DOUBLE_EQ(h.quantile(0.5), 1.5);
+  EXPECT_DOUBLE_EQ(h.quantile(1.0), 2);
+  h.observe(100);  // past the last bound: reported as the last bound
+  EXPECT_DOUBLE_EQ(h.quantile(1.0), 4);
+}
+
+TEST(StatsHistory, KeepsTheLastSamplesOldestFirst) {
+  llmq::gateway::StatsHistory history(3);
+  for (std::size_t i = 0; i < 5; ++i)
+    history.record(llmq::gateway::QueueSample{static_cast<double>(i), i, i * 2});
+  const auto s = history.samples();
+  ASSERT_EQ(s.size(), 3u);
+  EXPECT_EQ(s[0].time, 2.0);
+  EXPECT_EQ(s[2].depth, 4u);
+  EXPECT_EQ(s[2].in_flight, 8u);
+}
+
+TEST(StatsDocument, DeploymentsInBackoffAndPaced) {
+  llmq::QueueStats stats;
+  llmq::DeploymentStats d;
+  d.unique_model_id = "x";
+  d.req_per_min = 60;
+  d.requests_in_window = 61;
+  d.backoff_remaining = std::chrono::milliseconds(2500);
+  d.throttled = 3;
+  d.failures = 4;
+  d.paced = 7;
+  stats.deployments.push_back(d);
+  llmq::gateway::DashboardView view;
+  view.tokens["x"] = 99;
+  const json doc = llmq::gateway::stats_document(stats, {}, view, {}, 1.5);
+  EXPECT_EQ(doc["time"], 1.5);
+  EXPECT_TRUE(doc["samples"].empty());
+  const json& x = doc["deployments"][0];
+  EXPECT_EQ(x["backoff"]["active"], true);
+  EXPECT_EQ(x["backoff"]["remaining_seconds"], 2.5);
+  EXPECT_EQ(x["throttled_429"], 3);
+  EXPECT_EQ(x["failures"], 4);
+  EXPECT_EQ(x["paced"], 7);
+  EXPECT_EQ(x["tokens"], 99);
+  EXPECT_EQ(x["rpm_used"], 61);
+  EXPECT_EQ(x["model"], "");  // not in the (empty) configuration
+}

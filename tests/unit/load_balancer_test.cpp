@@ -62,6 +62,26 @@ TEST(WeightedRoundRobinBalancer, RequestsPerMinuteSlidingWindow) {
   EXPECT_FALSE(b.acquire(c, {1, 1}, t0 + seconds(60)));
 }
 
+TEST(WeightedRoundRobinBalancer, HeldForWindowsOnlyWhenACandidateIsOutOfBackoff) {
+  DeploymentLimits l{1, 1'000'000, seconds(60), 1, false};
+  WeightedRoundRobinBalancer b({l, l});
+  const std::vector<std::size_t> both{0, 1};
+  ASSERT_TRUE(b.acquire(both, {1, 1}, t0));
+  ASSERT_TRUE(b.acquire(both, {1, 1}, t0));
+  ASSERT_FALSE(b.acquire(both, {1, 1}, t0));
+  EXPECT_TRUE(b.held_for_windows(both, t0));  // both windows full, neither backing off
+  b.report_failure(0, t0, seconds(10), true);
+  EXPECT_TRUE(b.held_for_windows(both, t0));  // 1 waits for its window
+  b.report_failure(1, t0, seconds(10), true);
+  EXPECT_FALSE(b.held_for_windows(both, t0));  // only backoffs hold it
+  EXPECT_TRUE(b.held_for_windows(both, t0 + seconds(10)));
+  EXPECT_EQ(b.state(0, t0).paced, 0u);
+  b.count_paced(1);
+  b.count_paced(1);
+  EXPECT_EQ(b.state(0, t0).paced, 0u);
+  EXPECT_EQ(b.state(1, t0).paced, 2u);
+}
+
 TEST(WeightedRoundRobinBalancer, CallsPerRequestAreCharged) {
   DeploymentLimits l{10, 1'000'000, seconds(60), 1, false};
   WeightedRoundRobinBalancer b({l});

@@ -1172,6 +1172,32 @@ TEST(LLMQueueRuntime, PacingSpreadsCallsOverAzuresOneSecondWindow) {
   EXPECT_EQ(at, (std::vector<steady::duration>{0ms, 0ms, 1050ms, 1050ms, 2100ms, 2100ms}));
 }
 
+TEST(LLMQueueRuntime, RequestsHeldForAWindowAreCountedAsPaced) {
+  // 120 RPM: 2 calls per second; of 6 sent at once, 4 wait for the 1 s window.
+  Harness h(make_config({model("paced", llmq::ModelType::chat, 120)}), {});
+  auto sleeper = std::make_shared<SleepExecutor>(h.clock, 0ms);
+  h.queue->register_request_executor("chat_completion", sleeper);
+  llmq::QueueStats before;
+  llmq::QueueStats after;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    co_await h.run_all(2, [&](int) -> awaitable<void> {
+      co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    });
+    before = co_await h.queue->stats();
+    co_await sleep_for(h.clock, 2s);  // the 1 s windows empty: the first two go at once
+    co_await h.run_all(6, [&](int) -> awaitable<void> {
+      co_await h.queue->execute_request("chat_completion", chat_body(), "u");
+    });
+    after = co_await h.queue->stats();
+    co_await h.queue->graceful_shutdown();
+  });
+  ASSERT_EQ(before.deployments.size(), 1u);
+  EXPECT_EQ(before.deployments[0].paced, 0u);
+  EXPECT_EQ(after.deployments[0].granted, 8u);
+  EXPECT_EQ(after.deployments[0].paced, 4u);
+}
+
 // ---- shared deployment budgets ---------------------------------------------------------------
 
 TEST(LLMQueueRuntime, TwoQueuesSharingABudgetStayWithinIt) {

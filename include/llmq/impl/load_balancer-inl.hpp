@@ -848,6 +848,19 @@ LLMQ_INLINE DeploymentState WeightedRoundRobinBalancer::state(std::size_t deploy
   return out;
 }
 
+LLMQ_INLINE bool WeightedRoundRobinBalancer::held_for_windows(
+    std::span<const std::size_t> candidates, time_point now) const {
+  using namespace detail::balancing;
+  for (std::size_t d : candidates)
+    if (now >= states_.at(d).backoff_until) return true;
+  return false;
+}
+
+LLMQ_INLINE void WeightedRoundRobinBalancer::count_paced(std::size_t deployment) {
+  using namespace detail::balancing;
+  ++states_.at(deployment).counters.paced;
+}
+
 LLMQ_INLINE void WeightedRoundRobinBalancer::take_over(std::size_t deployment,
                                                        WeightedRoundRobinBalancer& from,
                                                        std::size_t from_deployment,

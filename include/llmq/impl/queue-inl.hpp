@@ -147,6 +147,11 @@ struct ResourceClass {
   // handle skips hashing the candidate list.
   mutable std::optional<WeightedRoundRobinBalancer::CandidateSet> llm_set;
   mutable std::optional<WeightedRoundRobinBalancer::CandidateSet> emb_set;
+  // The last time a request of this class found no candidate with room in its windows
+  // (not only backoffs): requests queued by then and dispatched since were held for a
+  // window (DeploymentStats::paced). Strand only, like the sets.
+  mutable time_point llm_held_at = time_point::min();
+  mutable time_point emb_held_at = time_point::min();
 };
 
 /// A deployment index that no longer exists (a grant whose deployment a reconfiguration
@@ -1170,14 +1175,24 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     std::optional<WeightedRoundRobinBalancer::Selection> es;
     if (rc.need_llm && !rc.llm_set) rc.llm_set = balancer_.candidate_set(rc.llm);
     if (rc.need_emb && !rc.emb_set) rc.emb_set = balancer_.candidate_set(rc.emb);
-    if (rc.need_llm && !(ls = balancer_.pick(*rc.llm_set, e->llm_need, t))) return false;
-    if (rc.need_emb && !(es = balancer_.pick(*rc.emb_set, e->emb_need, t))) return false;
+    if (rc.need_llm && !(ls = balancer_.pick(*rc.llm_set, e->llm_need, t))) {
+      if (rc.llm_held_at != t && balancer_.held_for_windows(rc.llm, t)) rc.llm_held_at = t;
+      return false;
+    }
+    if (rc.need_emb && !(es = balancer_.pick(*rc.emb_set, e->emb_need, t))) {
+      if (rc.emb_held_at != t && balancer_.held_for_windows(rc.emb, t)) rc.emb_held_at = t;
+      return false;
+    }
+    // Paced: its first dispatch, and its class was held for a window while it waited.
+    const bool first = !e->first_dispatch;
     if (ls) {
+      if (first && rc.llm_held_at >= e->queued_at) balancer_.count_paced(ls->deployment);
       e->llm_grant = balancer_.commit(*ls, e->llm_need, t);
       e->chosen.llm = &e->setup->deployments[ls->deployment];
       e->telemetry->llm_deployment = e->chosen.llm->unique_model_id;
     }
     if (es) {
+      if (first && rc.emb_held_at >= e->queued_at) balancer_.count_paced(es->deployment);
       e->emb_grant = balancer_.commit(*es, e->emb_need, t);
       e->chosen.embedding = &e->setup->deployments[es->deployment];
       e->telemetry->embedding_deployment = e->chosen.embedding->unique_model_id;
@@ -1699,6 +1714,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
       d.failures = st.failures;
       d.spilled = st.spilled;
       d.throttled = st.throttled;
+      d.paced = st.paced;
       s.deployments.push_back(std::move(d));
     }
     return s;
