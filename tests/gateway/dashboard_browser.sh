@@ -30,13 +30,8 @@ fi
 
 # shellcheck source=../../scripts/lib/servers.sh
 source "$here/../../scripts/lib/servers.sh"
-
-failed=0
-pass() { echo "ok   $1"; }
-fail() {
-  echo "FAIL $1" >&2
-  failed=$((failed + 1))
-}
+# shellcheck source=../../scripts/lib/checks.sh
+source "$here/../../scripts/lib/checks.sh"
 
 cat >"$work/mock.yaml" <<YAML
 api_key: dash-upstream-key

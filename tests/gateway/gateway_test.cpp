@@ -1559,14 +1559,19 @@ TEST_F(GatewayTest, ServesManyConnectionsFromSeveralThreads) {
         (r.status == 200 ? ok : other).fetch_add(1);
       }
     });
-  // Meanwhile: the per-request settings swapped again and again, and /metrics read.
+  // Meanwhile: the per-request settings swapped again and again, /metrics and /stats read.
   std::thread operators([&] {
     llmq::gateway::GatewayConfig next = *gateway_->config();
     while (!done.load()) {
       next.max_json_depth = next.max_json_depth == 64 ? 65 : 64;
       gateway_->reconfigure(next);
       EXPECT_EQ(get("/metrics").status, 200);
-      reads.fetch_add(1);
+      EXPECT_EQ(get("/stats").status, 200);
+      reads.fetch_add(2);
+      std::promise<void> sampled;  // what the /stats ticker does once a second
+      asio::co_spawn(io_, gateway_->record_sample(),
+                     [&sampled](std::exception_ptr) { sampled.set_value(); });
+      sampled.get_future().wait();
     }
   });
   for (std::thread& t : clients) t.join();
