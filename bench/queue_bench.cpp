@@ -8,6 +8,11 @@
 // Prints throughput, the queue's overhead per request (caller-observed latency minus the
 // executor's own time) at p50/p99/p99.9, CPU time per request, and peak RSS.
 //
+// --floor first runs the same callers against the floor: a bare coroutine queue of the
+// same shape (each request posted to a strand, kept in a deque, taken by one poller
+// coroutine, run by one co_spawn per request through the same executor, the answer posted
+// back to the caller), then llmq, in the same process, and prints llmq's ratio to it.
+//
 // --parked P first fills the queue with P requests pinned to one extra deployment whose
 // budget is spent (1 request per minute), so they stay queued for the whole run, then
 // measures the C closed-loop callers as above: the cost of a request with P others
@@ -15,10 +20,15 @@
 
 #include <llmq/llmq.hpp>
 
+#include <boost/asio/any_completion_handler.hpp>
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/async_result.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/strand.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <malloc.h>
@@ -28,6 +38,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 #include <string>
 #include <vector>
 
@@ -44,12 +55,22 @@ struct Args {
   long latency_ms = 0;
   long measure_users = 0;  // instead of the queue run: bytes per active user in the limiter
   long parked = 0;         // requests kept queued (blocked) during the measurement
+  bool floor = false;      // also run the floor (a bare coroutine queue) and compare
 };
 
 Args parse(int argc, char** argv) {
   Args a;
-  for (int i = 1; i + 1 < argc; i += 2) {
+  for (int i = 1; i < argc; i += 2) {
     const std::string k = argv[i];
+    if (k == "--floor") {
+      a.floor = true;
+      --i;
+      continue;
+    }
+    if (i + 1 >= argc) {
+      std::fprintf(stderr, "%s needs a value\n", k.c_str());
+      std::exit(2);
+    }
     const long v = std::stol(argv[i + 1]);
     if (k == "--requests")
       a.requests = v;
@@ -96,6 +117,131 @@ class LatencyExecutor : public llmq::RequestExecutor {
  private:
   std::chrono::milliseconds d_;
 };
+
+double cpu_seconds();
+
+/// The floor: the least a coroutine queue of llmq's shape does per request. Requests are
+/// posted to a strand and kept in a deque; one poller coroutine takes them in order and
+/// co_spawns each through the executor; the answer is posted back to the caller's
+/// executor. No limits, balancing, telemetry or timeouts.
+class FloorQueue {
+ public:
+  FloorQueue(asio::any_io_executor ex, std::shared_ptr<llmq::RequestExecutor> exec)
+      : strand_(asio::make_strand(ex)), wake_(strand_), exec_(std::move(exec)) {}
+
+  template <class Token>
+  auto submit(llmq::Request req, Token&& token) {
+    return asio::async_initiate<Token, void(llmq::Response)>(
+        [this](auto handler, llmq::Request r) {
+          asio::any_io_executor caller = asio::get_associated_executor(handler, strand_);
+          asio::post(strand_, [this, r = std::move(r), h = std::move(handler),
+                               caller = std::move(caller)]() mutable {
+            queue_.push_back(Pending{std::move(r), std::move(h), std::move(caller)});
+            wake_.cancel();
+          });
+        },
+        token, std::move(req));
+  }
+
+  /// The poller, on the strand, until stop().
+  asio::awaitable<void> poll() {
+    while (!stopped_) {
+      if (queue_.empty()) {
+        wake_.expires_at(asio::steady_timer::time_point::max());
+        co_await wake_.async_wait(asio::as_tuple(asio::use_awaitable));
+        continue;
+      }
+      Pending p = std::move(queue_.front());
+      queue_.pop_front();
+      asio::co_spawn(strand_, run(std::move(p)), asio::detached);
+    }
+  }
+
+  void stop() {
+    asio::post(strand_, [this] {
+      stopped_ = true;
+      wake_.cancel();
+    });
+  }
+  [[nodiscard]] const asio::strand<asio::any_io_executor>& strand() const { return strand_; }
+
+ private:
+  struct Pending {
+    llmq::Request req;
+    asio::any_completion_handler<void(llmq::Response)> handler;
+    asio::any_io_executor caller;  // where the answer is posted
+  };
+
+  asio::awaitable<void> run(Pending p) {
+    llmq::TelemetryData telemetry;
+    llmq::Response r = co_await exec_->process_request(p.req, chosen_, telemetry);
+    asio::post(p.caller, [h = std::move(p.handler), r = std::move(r)]() mutable {
+      std::move(h)(std::move(r));
+    });
+  }
+
+  asio::strand<asio::any_io_executor> strand_;
+  asio::steady_timer wake_;
+  std::shared_ptr<llmq::RequestExecutor> exec_;
+  std::deque<Pending> queue_;
+  llmq::ChosenDeployments chosen_;
+  bool stopped_ = false;
+};
+
+/// Throughput and CPU per request of one closed-loop run.
+struct RunResult {
+  double throughput = 0;
+  double cpu_ns = 0;
+};
+
+/// The callers of the main run, against the floor instead of llmq.
+RunResult run_floor(const Args& a, const std::shared_ptr<llmq::RequestExecutor>& exec,
+                    const nlohmann::json& request) {
+  asio::io_context io(1);
+  FloorQueue floor(io.get_executor(), exec);
+  long issued = 0;
+  long answered = 0;
+  auto caller = [&](long id) -> asio::awaitable<void> {
+    const std::string user = "user-" + std::to_string(id % a.users);
+    while (issued < a.requests) {
+      ++issued;
+      llmq::Request req;
+      req.req_type = "chat_completion";
+      req.user_id = user;
+      req.body = request;
+      const llmq::Response r = co_await floor.submit(std::move(req), asio::use_awaitable);
+      if (r.status == 200) ++answered;
+    }
+  };
+  double cpu_start = 0;
+  double cpu_end = 0;
+  Clock::time_point start;
+  Clock::time_point end;
+  asio::co_spawn(floor.strand(), floor.poll(), asio::detached);
+  asio::co_spawn(
+      io,
+      [&]() -> asio::awaitable<void> {
+        cpu_start = cpu_seconds();
+        start = Clock::now();
+        long done = 0;
+        for (long i = 0; i < a.concurrency; ++i)
+          asio::co_spawn(io, caller(i), [&](std::exception_ptr) { ++done; });
+        asio::steady_timer t(io);
+        while (done < a.concurrency) {
+          t.expires_after(std::chrono::milliseconds(1));
+          co_await t.async_wait(asio::use_awaitable);
+        }
+        end = Clock::now();
+        cpu_end = cpu_seconds();
+        floor.stop();
+      },
+      asio::detached);
+  io.run();
+  RunResult r;
+  r.throughput = static_cast<double>(answered) / std::chrono::duration<double>(end - start).count();
+  r.cpu_ns = (cpu_end - cpu_start) * 1e9 / static_cast<double>(std::max(answered, 1L));
+  return r;
+}
 
 llmq::LLMConfig make_config(const Args& a) {
   llmq::LLMConfig c;
@@ -191,9 +337,11 @@ int main(int argc, char** argv) {
   o.telemetry_store = std::make_shared<llmq::InMemoryTelemetryStore>(10'000);
   o.telemetry_buffer_capacity = 1'000'000;
   o.shutdown_timeout = std::chrono::milliseconds(100);  // parked requests are then refused
+  const nlohmann::json request = body();
+  RunResult floor;
+  if (a.floor) floor = run_floor(a, exec, request);
   llmq::LLMQueue queue(io.get_executor(), make_config(a), {{"chat_completion", exec}}, o);
 
-  const nlohmann::json request = body();
   std::vector<std::int64_t> overhead_ns;
   overhead_ns.reserve(static_cast<std::size_t>(a.requests));
   long issued = 0, answered = 0, failed = 0;
@@ -282,6 +430,15 @@ int main(int argc, char** argv) {
   std::printf("queue overhead us: p50 %.1f p99 %.1f p99.9 %.1f\n", pct(0.5), pct(0.99), pct(0.999));
   std::printf("cpu per request ns %.0f\n",
               (cpu_end - cpu_start) * 1e9 / static_cast<double>(std::max(answered, 1L)));
+  if (a.floor) {
+    const double llmq_throughput = static_cast<double>(answered) / secs;
+    const double llmq_cpu =
+        (cpu_end - cpu_start) * 1e9 / static_cast<double>(std::max(answered, 1L));
+    std::printf("floor throughput %.0f requests/s cpu per request ns %.0f\n", floor.throughput,
+                floor.cpu_ns);
+    std::printf("ratio to floor: throughput %.2f cpu per request %.2f\n",
+                llmq_throughput / floor.throughput, llmq_cpu / floor.cpu_ns);
+  }
   std::printf("peak rss %ld KiB\n", peak_rss_kib());
   return answered == a.requests ? 0 : 1;
 }
