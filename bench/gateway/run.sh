@@ -3,7 +3,10 @@
 # one run. Usage: bench/gateway/run.sh [seconds] (builds the release targets first).
 # LLMQ_BUILD_DIR picks the build directory (default build/release, release preset);
 # LLMQ_GATEWAY_THREADS the gateway.threads values to measure, one gateway each (default
-# "1 2").
+# "1 2"); LLMQ_BENCH_CONNECTIONS the wrk connection counts (default "1 16 64"). Where nginx
+# is installed it is measured too, as a plain reverse proxy to the same mock (one worker,
+# LLMQ_NGINX_WORKERS to change), and each gateway row is followed by its ratio to nginx
+# in the same run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-10}
@@ -23,15 +26,47 @@ for t in ${LLMQ_GATEWAY_THREADS:-1 2}; do
   gw[$t]=$server_url
 done
 
-run() {  # run <label> <url> <connections>
+nginx_url=
+if command -v nginx >/dev/null; then
+  nginx_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  mkdir -p "$work/nginx-body" "$work/nginx-proxy"
+  sed -e "s|@WORKERS@|${LLMQ_NGINX_WORKERS:-1}|" -e "s|@PORT@|$nginx_port|" \
+    -e "s|@UPSTREAM@|${mock#http://}|" -e "s|@WORK@|$work|g" bench/gateway/nginx.conf.in \
+    >"$work/nginx.conf"
+  nginx -c "$work/nginx.conf" -p "$work" >"$work/nginx.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 50); do
+    curl -s -o /dev/null "http://127.0.0.1:$nginx_port/" && break
+    sleep 0.1
+  done
+  nginx_url="http://127.0.0.1:$nginx_port"
+fi
+
+rps=
+p50=
+run() {  # run <label> <url> <connections>: one wrk row; sets rps and p50 (us)
   local out
-  out=$(wrk -t1 -c"$3" -d"${secs}s" --latency -s bench/gateway/post.lua "$2" 2>&1 | grep RESULT)
+  out=$(wrk -t1 -c"$3" -d"${secs}s" --timeout 10s --latency -s bench/gateway/post.lua "$2" 2>&1 | grep RESULT)
   echo "$1 connections=$3 $out"
+  rps=$(awk '{print $3}' <<<"${out:-RESULT requests/s 0 p50_us 0}")
+  p50=$(awk '{print $5}' <<<"${out:-RESULT requests/s 0 p50_us 0}")
 }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-for c in 1 16 64; do
-  run "direct          " "$mock/openai/deployments/bench-chat-1/chat/completions?api-version=2024-10-21" "$c"
+direct_path="/openai/deployments/bench-chat-1/chat/completions?api-version=2024-10-21"
+for c in ${LLMQ_BENCH_CONNECTIONS:-1 16 64}; do
+  run "direct          " "$mock$direct_path" "$c"
+  direct_p50=$p50
+  nginx_rps=
+  if [ -n "$nginx_url" ]; then
+    run "nginx           " "$nginx_url$direct_path" "$c"
+    nginx_rps=$rps
+    nginx_added=$((p50 - direct_p50))
+  fi
   for t in ${LLMQ_GATEWAY_THREADS:-1 2}; do
     run "gateway threads=$t" "${gw[$t]}/v1/chat/completions" "$c"
+    if [ -n "$nginx_rps" ] && [ "$nginx_rps" != 0 ]; then
+      echo "  ratio to nginx: throughput $(awk -v a="$rps" -v b="$nginx_rps" 'BEGIN {printf "%.2f", a / b}');" \
+        "added p50 over direct: gateway $((p50 - direct_p50)) us, nginx $nginx_added us"
+    fi
   done
 done
