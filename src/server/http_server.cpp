@@ -254,6 +254,9 @@ class ConnectionImpl final : public ServerConnection {
 
   asio::awaitable<bool> write(std::string_view head, std::string_view body) override {
     if (closed_) co_return false;
+    // Answering: a client that closes once it has read the answer has not disconnected
+    // early, and there is nothing left to cancel (a write to a peer that is gone fails).
+    stop_watching();
     const std::array<asio::const_buffer, 2> wire{asio::buffer(head.data(), head.size()),
                                                  asio::buffer(body.data(), body.size())};
     tcp_().expires_after(st_->options.read_timeout);
@@ -414,6 +417,7 @@ class ConnectionImpl final : public ServerConnection {
       if (st_->options.cancel_on_disconnect && buffer_.size() == 0) {
         // A disconnect emits `cancel_` (bound to this connection's coroutine), which
         // cancels whatever the handler awaits then.
+        watching_ = true;
         watch_for_disconnect();
         try {
           keep = co_await handler.serve(*this, std::move(request));
@@ -489,6 +493,8 @@ class ConnectionImpl final : public ServerConnection {
   }
 
   void stop_watching() {
+    if (!watching_) return;
+    watching_ = false;
     ++watch_generation_;
     if (closed_) return;
     error_code ec;
@@ -521,6 +527,7 @@ class ConnectionImpl final : public ServerConnection {
   bool gone_ = false;
   bool loopback_ = false;
   std::uint64_t watch_generation_ = 0;
+  bool watching_ = false;             // watching for a disconnect while the handler runs
   asio::cancellation_signal cancel_;  // bound to run()'s coroutine (cancel_on_disconnect)
 };
 
