@@ -188,6 +188,31 @@ class FloorQueue {
   bool stopped_ = false;
 };
 
+/// When a closed-loop run started and ended, in wall-clock and CPU time.
+struct Measured {
+  Clock::time_point start;
+  Clock::time_point end;
+  double cpu_start = 0;
+  double cpu_end = 0;
+};
+
+/// Spawns `n` callers (`caller(i)`, each an awaitable) at once on `io` and waits until all
+/// have finished, measuring around them.
+template <class Caller>
+asio::awaitable<void> run_callers(asio::io_context& io, long n, Caller caller, Measured& m) {
+  m.cpu_start = cpu_seconds();
+  m.start = Clock::now();
+  long done = 0;
+  for (long i = 0; i < n; ++i) asio::co_spawn(io, caller(i), [&](std::exception_ptr) { ++done; });
+  asio::steady_timer t(io);
+  while (done < n) {
+    t.expires_after(std::chrono::milliseconds(1));
+    co_await t.async_wait(asio::use_awaitable);
+  }
+  m.end = Clock::now();
+  m.cpu_end = cpu_seconds();
+}
+
 /// Throughput and CPU per request of one closed-loop run.
 struct RunResult {
   double throughput = 0;
@@ -213,33 +238,20 @@ RunResult run_floor(const Args& a, const std::shared_ptr<llmq::RequestExecutor>&
       if (r.status == 200) ++answered;
     }
   };
-  double cpu_start = 0;
-  double cpu_end = 0;
-  Clock::time_point start;
-  Clock::time_point end;
+  Measured m;
   asio::co_spawn(floor.strand(), floor.poll(), asio::detached);
   asio::co_spawn(
       io,
       [&]() -> asio::awaitable<void> {
-        cpu_start = cpu_seconds();
-        start = Clock::now();
-        long done = 0;
-        for (long i = 0; i < a.concurrency; ++i)
-          asio::co_spawn(io, caller(i), [&](std::exception_ptr) { ++done; });
-        asio::steady_timer t(io);
-        while (done < a.concurrency) {
-          t.expires_after(std::chrono::milliseconds(1));
-          co_await t.async_wait(asio::use_awaitable);
-        }
-        end = Clock::now();
-        cpu_end = cpu_seconds();
+        co_await run_callers(io, a.concurrency, caller, m);
         floor.stop();
       },
       asio::detached);
   io.run();
   RunResult r;
-  r.throughput = static_cast<double>(answered) / std::chrono::duration<double>(end - start).count();
-  r.cpu_ns = (cpu_end - cpu_start) * 1e9 / static_cast<double>(std::max(answered, 1L));
+  r.throughput =
+      static_cast<double>(answered) / std::chrono::duration<double>(m.end - m.start).count();
+  r.cpu_ns = (m.cpu_end - m.cpu_start) * 1e9 / static_cast<double>(std::max(answered, 1L));
   return r;
 }
 
@@ -345,8 +357,7 @@ int main(int argc, char** argv) {
   std::vector<std::int64_t> overhead_ns;
   overhead_ns.reserve(static_cast<std::size_t>(a.requests));
   long issued = 0, answered = 0, failed = 0;
-  Clock::time_point start, end;
-  double cpu_start = 0, cpu_end = 0;
+  Measured m;
   const auto executor_time = std::chrono::milliseconds(a.latency_ms);
 
   auto caller = [&](long id) -> asio::awaitable<void> {
@@ -394,18 +405,7 @@ int main(int argc, char** argv) {
             if (st.queue_depth >= static_cast<std::size_t>(a.parked)) break;
           }
         }
-        cpu_start = cpu_seconds();
-        start = Clock::now();
-        long done = 0;
-        for (long i = 0; i < a.concurrency; ++i)
-          asio::co_spawn(io, caller(i), [&](std::exception_ptr) { ++done; });
-        asio::steady_timer t(io);
-        while (done < a.concurrency) {
-          t.expires_after(std::chrono::milliseconds(1));
-          co_await t.async_wait(asio::use_awaitable);
-        }
-        end = Clock::now();
-        cpu_end = cpu_seconds();
+        co_await run_callers(io, a.concurrency, caller, m);
         const llmq::QueueStats st = co_await queue.stats();
         if (st.queue_depth < static_cast<std::size_t>(a.parked))
           std::fprintf(stderr, "parked requests left the queue early (%zu queued)\n",
@@ -415,7 +415,7 @@ int main(int argc, char** argv) {
       asio::detached);
   io.run();
 
-  const double secs = std::chrono::duration<double>(end - start).count();
+  const double secs = std::chrono::duration<double>(m.end - m.start).count();
   std::sort(overhead_ns.begin(), overhead_ns.end());
   auto pct = [&](double p) {
     if (overhead_ns.empty()) return 0.0;
@@ -429,11 +429,11 @@ int main(int argc, char** argv) {
   std::printf("throughput %.0f requests/s\n", static_cast<double>(answered) / secs);
   std::printf("queue overhead us: p50 %.1f p99 %.1f p99.9 %.1f\n", pct(0.5), pct(0.99), pct(0.999));
   std::printf("cpu per request ns %.0f\n",
-              (cpu_end - cpu_start) * 1e9 / static_cast<double>(std::max(answered, 1L)));
+              (m.cpu_end - m.cpu_start) * 1e9 / static_cast<double>(std::max(answered, 1L)));
   if (a.floor) {
     const double llmq_throughput = static_cast<double>(answered) / secs;
     const double llmq_cpu =
-        (cpu_end - cpu_start) * 1e9 / static_cast<double>(std::max(answered, 1L));
+        (m.cpu_end - m.cpu_start) * 1e9 / static_cast<double>(std::max(answered, 1L));
     std::printf("floor throughput %.0f requests/s cpu per request ns %.0f\n", floor.throughput,
                 floor.cpu_ns);
     std::printf("ratio to floor: throughput %.2f cpu per request %.2f\n",
