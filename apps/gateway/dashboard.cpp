@@ -131,7 +131,7 @@ nlohmann::json stats_document(const QueueStats& s, const DeploymentList& deploym
     j["model"] = config != nullptr ? config->model_name_in_azure : std::string();
     j["type"] = config != nullptr ? std::string(to_string(config->model_type)) : std::string();
     j["priority"] = config != nullptr ? config->priority : 0;
-    j["weight"] = config == nullptr ? 0 : config->weight > 0 ? config->weight : config->req_per_min;
+    j["weight"] = config != nullptr ? config->weight : 0;  // req_per_min when not configured
     j["rpm_limit"] = d.req_per_min;
     j["rpm_used"] = d.requests_in_window;
     j["tpm_limit"] = d.tokens_per_min;

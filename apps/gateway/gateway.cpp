@@ -239,13 +239,13 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle(HttpExchange request) {
 
 boost::asio::awaitable<void> Gateway::record_sample() {
   const QueueStats stats = co_await queue_.stats();
-  history_->record(QueueSample{unix_seconds_now(), stats.queue_depth, stats.in_flight});
+  history_.record(QueueSample{unix_seconds_now(), stats.queue_depth, stats.in_flight});
 }
 
 HttpAnswer Gateway::stats_answer(const QueueStats& stats) const {
   HttpAnswer a = json_answer(
       200, stats_document(stats, queue_.deployments(), metrics_->dashboard_view(kStatsTopUsers),
-                          history_->samples(), unix_seconds_now()));
+                          history_.samples(), unix_seconds_now()));
   a.headers.emplace_back("cache-control", "no-store");
   a.headers.emplace_back("x-content-type-options", "nosniff");
   return a;
@@ -404,7 +404,8 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
   prefs.require_llm_model = chat;
   prefs.require_embedding_model = !chat;
   bool known = false;
-  for (const Deployment& d : queue_.deployments()) {
+  const DeploymentList deployments = queue_.deployments();  // one configuration for both
+  for (const Deployment& d : deployments) {
     if (is_llm(d.model_type) != chat) continue;
     if (d.unique_model_id == model || d.deployment_name_in_azure == model) {
       (chat ? prefs.specific_llm_model : prefs.specific_embedding_model) = d.unique_model_id;
@@ -413,7 +414,7 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
     }
   }
   if (!known) {
-    for (const Deployment& d : queue_.deployments()) {
+    for (const Deployment& d : deployments) {
       if (is_llm(d.model_type) == chat && d.model_name_in_azure == model) {
         (chat ? prefs.llm_model_name : prefs.embedding_model_name) = model;
         known = true;

@@ -106,7 +106,6 @@ class Gateway {
   /// Adds the queue's depth and in-flight count now to the samples /stats returns (the
   /// gateway calls it once a second).
   boost::asio::awaitable<void> record_sample();
-  [[nodiscard]] const std::shared_ptr<StatsHistory>& history() const noexcept { return history_; }
 
   /// Logs a request the HTTP server refused before it reached handle() (malformed, too
   /// large): counted in the metrics, and a line in the access log.
@@ -148,7 +147,7 @@ class Gateway {
   std::function<boost::asio::awaitable<ReloadOutcome>()> reload_;
   std::shared_ptr<Metrics> metrics_;
   std::shared_ptr<AccessLog> access_log_;
-  std::shared_ptr<StatsHistory> history_ = std::make_shared<StatsHistory>();
+  StatsHistory history_;
   std::atomic<bool> ready_{false};
 };
 

@@ -145,6 +145,16 @@ asio::awaitable<void> sample_stats(Gateway& gateway, std::shared_ptr<Ticker> tic
   ticker->finished = true;
 }
 
+/// Waits until `done()` holds, looking every 10 ms, at most 10 s.
+template <class Done>
+asio::awaitable<void> wait_until(asio::any_io_executor ex, Done done) {
+  asio::steady_timer t(std::move(ex));
+  for (int i = 0; i < 1000 && !done(); ++i) {
+    t.expires_after(std::chrono::milliseconds(10));
+    co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+  }
+}
+
 /// Runs on a strand of `io` (so its signal handlers and its own steps never overlap);
 /// the queue, the server's connections and the upstream client run on `io`'s threads.
 asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args args,
@@ -210,14 +220,10 @@ asio::awaitable<void> serve(asio::io_context& io, GatewaySettings settings, Args
   stats_ticker->cancel();
   co_await queue.graceful_shutdown();
   // The sampler uses the gateway and the queue: it ends before they do.
-  while (!stats_ticker->finished) co_await asio::post(io, asio::use_awaitable);
+  co_await wait_until(control, [&] { return stats_ticker->finished.load(); });
   co_await server.drain(std::chrono::seconds(5));
   // A reload still running refers to the queue, the gateway and the server.
-  asio::steady_timer wait(control);
-  for (int i = 0; i < 1000 && reloader.busy(); ++i) {
-    wait.expires_after(std::chrono::milliseconds(10));
-    co_await wait.async_wait(asio::as_tuple(asio::use_awaitable));
-  }
+  co_await wait_until(control, [&] { return !reloader.busy(); });
   client->close();
   signals.cancel();
   access_ticker->cancel();

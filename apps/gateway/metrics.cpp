@@ -102,10 +102,9 @@ double Histogram::quantile(double q) const {
 Metrics::Metrics()
     : queue_wait_(latency_bounds()),
       upstream_latency_(latency_bounds()),
-      total_latency_(latency_bounds()) {
-  last_reload_time_ = last_reload_success_time_ =
-      std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
+      total_latency_(latency_bounds()),
+      last_reload_time_(unix_seconds_now()),
+      last_reload_success_time_(last_reload_time_) {}
 
 void Metrics::observe(const TelemetryData& t) {
   std::lock_guard lock(mutex_);

@@ -57,10 +57,6 @@ const std::vector<RestartOnly>& restart_only_keys() {
   return keys;
 }
 
-double unix_seconds() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 ReloadOutcome refused(std::string error) {
   ReloadOutcome o;
   o.error = std::move(error);
@@ -105,7 +101,7 @@ boost::asio::awaitable<ReloadOutcome> ConfigReloader::reload() {
     }
     again_.store(false);  // asked before this read: this read serves it
     o = co_await reload_once();
-    gateway_.metrics()->config_reloaded(o.ok, unix_seconds());
+    gateway_.metrics()->config_reloaded(o.ok, unix_seconds_now());
     if (o.ok) {
       logger()->info("llmq-gateway: configuration reloaded from {} ({} deployments)",
                      path_.string(), queue_.deployments().size());

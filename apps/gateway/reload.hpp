@@ -50,9 +50,6 @@ class ConfigReloader {
   void stop() noexcept { stopped_.store(true); }
   [[nodiscard]] bool busy() const noexcept { return busy_.load(); }
 
-  /// The settings in use.
-  [[nodiscard]] const GatewaySettings& running() const noexcept { return running_; }
-
  private:
   boost::asio::awaitable<ReloadOutcome> reload_once();
 
