@@ -76,6 +76,14 @@ struct TelemetryData {
   int attempts = 0;                        ///< executor runs (1 + retries)
   std::vector<AttemptRecord> attempt_log;  ///< one entry per executor run, in order
 
+  /// Streamed answers (LLMQueue::execute_streaming_request): true when chunks reached the
+  /// reader; then the two durations below are set.
+  bool streamed = false;
+  /// From queued_at to the first chunk handed to the reader (time to first token).
+  std::optional<std::chrono::microseconds> time_to_first_token;
+  /// From the first chunk to the end of the stream (its last chunk, error or abort).
+  std::optional<std::chrono::microseconds> stream_duration;
+
   int status = 0;     ///< the status the caller received (rejections: the error's status)
   std::string error;  ///< error message, empty on success; never contains a key
   std::optional<nlohmann::json> payload;  ///< request body, only if QueueOptions::record_payload

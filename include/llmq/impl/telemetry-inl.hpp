@@ -55,6 +55,12 @@ LLMQ_INLINE nlohmann::json to_json(const TelemetryData& t) {
   j["attempts"] = t.attempts;
   j["attempt_log"] = to_json(t.attempt_log);
   j["spillovers"] = spillover_count(t);
+  j["streamed"] = t.streamed;
+  j["time_to_first_token_us"] = t.time_to_first_token
+                                    ? nlohmann::json(t.time_to_first_token->count())
+                                    : nlohmann::json(nullptr);
+  j["stream_duration_us"] =
+      t.stream_duration ? nlohmann::json(t.stream_duration->count()) : nlohmann::json(nullptr);
   j["status"] = t.status;
   j["error"] = t.error;
   if (t.payload) j["payload"] = *t.payload;
