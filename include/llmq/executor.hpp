@@ -3,6 +3,7 @@
 /// The user-supplied code that performs a request once the queue grants deployments.
 
 #include <llmq/request.hpp>
+#include <llmq/stream.hpp>
 #include <llmq/telemetry.hpp>
 
 #include <boost/asio/awaitable.hpp>
@@ -30,6 +31,24 @@ class RequestExecutor {
   virtual boost::asio::awaitable<Response> process_request(const Request& req,
                                                            const ChosenDeployments& chosen,
                                                            TelemetryData& telemetry) = 0;
+
+  /// The streamed form, for LLMQueue::execute_streaming_request: writes the answer's
+  /// chunks to `out` as they arrive and returns how the stream ended (status 200 when it
+  /// completed; an error Response when it was cut short). Before the first write the
+  /// request may still be retried elsewhere like any other (return the upstream's 429/5xx
+  /// with its outcome); after it, never: report a mid-stream failure in the Response and
+  /// the outcome. A write throws `operation_aborted` once the reader is gone: let it
+  /// propagate (or stop), and release the upstream call. Fill the telemetry's token usage
+  /// from the upstream's final usage, as process_request does.
+  ///
+  /// Default: process_request, its answer handed over whole (the reader sees a stream
+  /// that is not streaming(): ResponseStream::response() holds the Response).
+  virtual boost::asio::awaitable<Response> process_streaming_request(
+      const Request& req, const ChosenDeployments& chosen, TelemetryData& telemetry,
+      StreamWriter& out) {
+    (void)out;
+    co_return co_await process_request(req, chosen, telemetry);
+  }
 };
 
 }  // namespace llmq

@@ -177,6 +177,16 @@ class HttpClient {
       HttpRequest req, std::function<void(const HttpResponse& head)> on_head,
       std::function<void(std::string_view chunk)> on_body_chunk);
 
+  /// request_streaming with backpressure: `on_body_chunk` is awaited before the next read,
+  /// so a consumer that takes its time slows the upstream (TCP flow control) instead of
+  /// buffering. The piece it gets is valid until its awaitable completes. It runs on the
+  /// client's strand. An exception from it (e.g. `operation_aborted` when its reader has
+  /// gone) aborts the request: the connection is closed, never pooled half-read.
+  /// `request_timeout` bounds the whole stream, time spent in `on_body_chunk` included.
+  boost::asio::awaitable<void> request_streaming_paced(
+      HttpRequest req, std::function<void(const HttpResponse& head)> on_head,
+      std::function<boost::asio::awaitable<void>(std::string_view chunk)> on_body_chunk);
+
   /// Closes idle connections and every connection in use (their requests fail with
   /// client_closed), wakes waiters (client_closed); later requests fail with
   /// client_closed. Returns at once; the closing happens on the client's strand.

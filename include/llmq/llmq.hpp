@@ -16,6 +16,7 @@
 #include <llmq/request_validation.hpp>
 #include <llmq/scheduler.hpp>
 #include <llmq/sliding_window_limiter.hpp>
+#include <llmq/stream.hpp>
 #include <llmq/telemetry.hpp>
 #include <llmq/token_estimator.hpp>
 #include <llmq/user_tiers.hpp>

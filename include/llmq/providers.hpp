@@ -195,6 +195,24 @@ class ChatStreamAssembler {
   return call_chat(client, deployment, std::move(body), telemetry, ProviderOptions{});
 }
 
+/// The streamed form of call_chat: sends `body` with `"stream": true` (and, per
+/// ProviderOptions::request_stream_usage, `stream_options.include_usage`) and writes each
+/// `chat.completion.chunk` to `out` as the upstream sends it: the event's `data:` text
+/// unchanged, `[DONE]` not included (the end of the stream says it). A usage-only chunk
+/// that llmq asked for is dropped unless `body` asked for it itself; its usage goes into
+/// the telemetry either way. Azure's content-filter fields pass through untouched.
+///
+/// Returns 200 `{"object":"chat.completion.stream","usage":...}` when the stream
+/// completed (`[DONE]`, or a finish_reason for every choice); an upstream that answered
+/// with an error before any event gives that answer, as call_chat does (nothing written,
+/// so the queue may retry elsewhere); a stream that breaks off, sends a malformed or
+/// too-deep event or an error event, gives a 502 with the outcome recorded (the reader
+/// has seen the chunks before it). A write that throws (the reader is gone) aborts the
+/// upstream call, whose connection is then closed, and propagates.
+[[nodiscard]] boost::asio::awaitable<Response> call_chat_streaming(
+    HttpClient& client, const Deployment& deployment, nlohmann::json body, TelemetryData& telemetry,
+    ProviderOptions options, StreamWriter& out);
+
 /// Makes one embeddings call to `deployment`. Records `telemetry.embedding_outcome` and
 /// adds `usage.prompt_tokens` (else `usage.total_tokens`) to `telemetry.embedding_tokens`.
 /// Otherwise as call_chat.
@@ -228,6 +246,12 @@ class UpstreamExecutor : public RequestExecutor {
   boost::asio::awaitable<Response> process_request(const Request& req,
                                                    const ChosenDeployments& chosen,
                                                    TelemetryData& telemetry) override;
+
+  /// Chat: call_chat_streaming on the chosen LLM deployment. Embeddings: answered whole.
+  boost::asio::awaitable<Response> process_streaming_request(const Request& req,
+                                                             const ChosenDeployments& chosen,
+                                                             TelemetryData& telemetry,
+                                                             StreamWriter& out) override;
 
   [[nodiscard]] const ProviderOptions& options() const noexcept { return options_; }
 

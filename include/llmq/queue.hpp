@@ -11,24 +11,31 @@
 #include <llmq/rate_limit_store.hpp>
 #include <llmq/request.hpp>
 #include <llmq/scheduler.hpp>
+#include <llmq/stream.hpp>
 #include <llmq/telemetry.hpp>
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/associated_cancellation_slot.hpp>
+#include <boost/asio/associated_executor.hpp>
 #include <boost/asio/async_result.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/bind_cancellation_slot.hpp>
+#include <boost/asio/bind_executor.hpp>
 #include <boost/asio/cancellation_signal.hpp>
+#include <boost/asio/co_spawn.hpp>
 #include <boost/system/error_code.hpp>
 #include <nlohmann/json.hpp>
 
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <exception>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace llmq {
@@ -98,6 +105,10 @@ struct QueueOptions {
   /// (default): none, and the queue keeps no per-user count (one hash lookup per push
   /// and per dispatch otherwise).
   std::size_t stats_top_users = 0;
+  /// Chunks a streamed answer buffers between its executor and its reader
+  /// (execute_streaming_request); a reader further behind holds the executor's writes,
+  /// and so its upstream read, back. At least 1. Default kDefaultStreamBufferChunks (16).
+  std::size_t stream_buffer_chunks = kDefaultStreamBufferChunks;
   /// Where the queue reads the time and waits (deadlines, timeouts, backoffs, pacing,
   /// telemetry intervals, the shutdown deadline). Null (default): the steady clock. Tests
   /// pass a ManualClock to run all of these in virtual time.
@@ -293,6 +304,61 @@ class LLMQueue {
                                                    nlohmann::json request_data, std::string user_id,
                                                    ModelPreferences model_pref = {});
 
+  /// Admits, queues and runs one request whose answer is streamed: the executor's
+  /// process_streaming_request writes chunks, the caller reads them from the returned
+  /// ResponseStream as they arrive (see stream.hpp). Completes once the first chunk is
+  /// there, or once the request ended without one (then the stream is not streaming()
+  /// and holds the Response). The request keeps its deployments while the stream runs;
+  /// its token charge is reconciled from the usage the executor reports; an attempt that
+  /// fails before its first chunk is retried as execute_request's are, never after it.
+  /// Closing the stream early cancels the request (status 499 in telemetry).
+  /// The execution_timeout bounds the whole stream.
+  ///
+  /// Refusals throw as execute_request's do; cancelling the awaiting coroutine before the
+  /// first chunk cancels the request and throws `system_error(operation_aborted)`.
+  boost::asio::awaitable<ResponseStream> execute_streaming_request(std::string req_type,
+                                                                   nlohmann::json request_data,
+                                                                   std::string user_id,
+                                                                   ModelPreferences model_pref,
+                                                                   RequestOptions options);
+  /// As above, without options.
+  boost::asio::awaitable<ResponseStream> execute_streaming_request(
+      std::string req_type, nlohmann::json request_data, std::string user_id,
+      ModelPreferences model_pref = {});
+
+  /// execute_streaming_request for any completion token. Completion signature
+  /// `void(boost::system::error_code, llmq::ResponseStream)`: no error with the stream
+  /// (streaming or not, as above); an llmq::errc with a stream that is not streaming()
+  /// and holds the refusal's Response; operation_aborted when cancelled before the first
+  /// chunk. The handler runs on its associated executor (else the queue's).
+  template <class CompletionToken>
+  auto async_execute_streaming_request(std::string req_type, nlohmann::json request_data,
+                                       std::string user_id, ModelPreferences model_pref,
+                                       RequestOptions options, CompletionToken&& token) {
+    return boost::asio::async_initiate<CompletionToken,
+                                       void(boost::system::error_code, ResponseStream)>(
+        [this](auto handler, std::string rt, nlohmann::json body, std::string user,
+               ModelPreferences prefs, RequestOptions opts) {
+          auto slot = boost::asio::get_associated_cancellation_slot(handler);
+          auto ex = boost::asio::get_associated_executor(handler, executor_of(*core_));
+          boost::asio::co_spawn(
+              executor_of(*core_),
+              open_stream(std::move(rt), std::move(body), std::move(user), std::move(prefs),
+                          std::move(opts)),
+              boost::asio::bind_cancellation_slot(
+                  slot,
+                  boost::asio::bind_executor(
+                      ex, [h = std::move(handler)](
+                              std::exception_ptr ep,
+                              std::pair<boost::system::error_code, ResponseStream> p) mutable {
+                        if (ep) p.first = boost::asio::error::operation_aborted;
+                        std::move(h)(p.first, std::move(p.second));
+                      })));
+        },
+        token, std::move(req_type), std::move(request_data), std::move(user_id),
+        std::move(model_pref), std::move(options));
+  }
+
   /// Stops admitting (new calls get errc::queue_closed), lets queued and in-flight work
   /// finish until QueueOptions::shutdown_timeout, then answers what is left with
   /// errc::queue_closed (a request waiting to be retried gets its last attempt's answer)
@@ -347,6 +413,16 @@ class LLMQueue {
                                                        std::string&& user_id,
                                                        ModelPreferences&& model_pref,
                                                        RequestOptions&& options);
+  /// Admits a streamed request; returns its stream's state.
+  std::shared_ptr<detail::StreamState> launch_stream(std::string&& req_type,
+                                                     nlohmann::json&& request_data,
+                                                     std::string&& user_id,
+                                                     ModelPreferences&& model_pref,
+                                                     RequestOptions&& options);
+  /// The stream of one request and how it began (the errc of a refusal, or none).
+  boost::asio::awaitable<std::pair<boost::system::error_code, ResponseStream>> open_stream(
+      std::string req_type, nlohmann::json request_data, std::string user_id,
+      ModelPreferences model_pref, RequestOptions options);
   static void start(detail::QueueCore& core, detail::ErasedHandler handler,
                     boost::asio::cancellation_slot slot, std::shared_ptr<detail::Entry> entry);
   [[nodiscard]] static const boost::asio::any_io_executor& executor_of(

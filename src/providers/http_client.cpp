@@ -203,6 +203,8 @@ struct ResponseSink {
   HttpResponse* collect = nullptr;
   std::function<void(const HttpResponse&)> on_head;
   std::function<void(std::string_view)> on_chunk;
+  /// Awaited before the next read: the reader's pace is the stream's.
+  std::function<asio::awaitable<void>(std::string_view)> on_chunk_async;
 };
 
 /// Distinct URLs whose split is kept (a client talks to a few deployments).
@@ -281,6 +283,16 @@ class HttpClientImpl : public std::enable_shared_from_this<HttpClientImpl> {
     ResponseSink sink;
     sink.on_head = std::move(on_head);
     sink.on_chunk = std::move(on_chunk);
+    co_await perform(self, std::move(req), sink);
+  }
+
+  static asio::awaitable<void> stream_paced(
+      std::shared_ptr<HttpClientImpl> self, HttpRequest req,
+      std::function<void(const HttpResponse&)> on_head,
+      std::function<asio::awaitable<void>(std::string_view)> on_chunk) {
+    ResponseSink sink;
+    sink.on_head = std::move(on_head);
+    sink.on_chunk_async = std::move(on_chunk);
     co_await perform(self, std::move(req), sink);
   }
 
@@ -712,6 +724,8 @@ class HttpClientImpl : public std::enable_shared_from_this<HttpClientImpl> {
           sink.collect->body.append(conn.chunk.data(), got);
         } else if (sink.on_chunk) {
           sink.on_chunk(std::string_view(conn.chunk.data(), got));
+        } else if (sink.on_chunk_async) {
+          co_await sink.on_chunk_async(std::string_view(conn.chunk.data(), got));
         }
       }
       if (bec == http::error::need_buffer) continue;
@@ -811,6 +825,15 @@ boost::asio::awaitable<void> HttpClient::request_streaming(
   std::shared_ptr<detail::HttpClientImpl> impl = impl_;
   auto work = detail::HttpClientImpl::stream(impl, std::move(req), std::move(on_head),
                                              std::move(on_body_chunk));
+  co_await detail::run_on_strand(impl->strand(), std::move(work));
+}
+
+boost::asio::awaitable<void> HttpClient::request_streaming_paced(
+    HttpRequest req, std::function<void(const HttpResponse& head)> on_head,
+    std::function<boost::asio::awaitable<void>(std::string_view chunk)> on_body_chunk) {
+  std::shared_ptr<detail::HttpClientImpl> impl = impl_;
+  auto work = detail::HttpClientImpl::stream_paced(impl, std::move(req), std::move(on_head),
+                                                   std::move(on_body_chunk));
   co_await detail::run_on_strand(impl->strand(), std::move(work));
 }
 

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <limits>
 #include <optional>
+#include <set>
 #include <string_view>
 
 namespace llmq {
@@ -578,6 +579,130 @@ class StreamCollector {
   std::optional<Response> error_;
 };
 
+/// Thrown from the relay's chunk handler to stop reading a stream that went wrong (the
+/// HTTP client then closes the connection).
+struct StopReading {};
+
+/// Relays a streamed chat answer to a StreamWriter event by event, as the upstream sends
+/// them: the `data:` text of each `chat.completion.chunk` unchanged, except that the
+/// usage-only chunk llmq asked for on the caller's behalf is dropped. Records the usage.
+/// An answer that is not an event stream (an error before any byte) is collected whole.
+class StreamRelay {
+ public:
+  StreamRelay(const Secrets& secrets, std::size_t max_depth, bool pass_usage, StreamWriter& out)
+      : secrets_(secrets), max_depth_(max_depth), pass_usage_(pass_usage), out_(out) {}
+
+  void on_head(const HttpResponse& head) {
+    head_ = head;
+    const std::string type = head.header("content-type").value_or("");
+    sse_ = is_success(head.status) && type.find("text/event-stream") != std::string::npos;
+  }
+
+  boost::asio::awaitable<void> on_chunk(std::string_view chunk) {
+    if (!sse_) {
+      raw_.append(chunk);
+      co_return;
+    }
+    for (SseEvent& event : parser_.feed(chunk)) {
+      co_await handle(event);
+      if (error_) throw StopReading{};
+    }
+  }
+
+  /// The stream ended (or was stopped).
+  boost::asio::awaitable<Response> finish(TelemetryData& t, UpstreamOutcome& outcome) {
+    if (!sse_) {
+      HttpResponse full = head_;
+      full.body = std::move(raw_);
+      co_return response_from_http(full, UpstreamOperation::chat_completions, t, outcome, secrets_,
+                                   max_depth_);
+    }
+    if (!error_)
+      for (SseEvent& event : parser_.finish()) co_await handle(event);
+    outcome = outcome_from_response(head_, json(), SysClock::now());
+    if (usage_) add_usage(UpstreamOperation::chat_completions, *usage_, t);
+    if (error_) {
+      outcome.status = 502;
+      co_return std::move(*error_);
+    }
+    if (!done_ && (seen_.empty() || seen_.size() != finished_.size())) {
+      outcome.status = 502;
+      co_return error_response(502,
+                               "upstream stream ended before [DONE] (the answer is incomplete)",
+                               "upstream_error", "bad_upstream_response");
+    }
+    json body = json::object();
+    body["object"] = "chat.completion.stream";
+    body["usage"] = usage_json_;
+    co_return Response{std::move(body), head_.status};
+  }
+
+ private:
+  boost::asio::awaitable<void> handle(SseEvent& event) {
+    if (done_ || error_) co_return;
+    if (event.is_done()) {
+      done_ = true;
+      co_return;
+    }
+    if (event.data.empty()) co_return;
+    json chunk;
+    if (const auto problem = parse_json_bounded(event.data, max_depth_, chunk)) {
+      const std::string message = problem->code == "json_too_deep"
+                                      ? too_deep_message(max_depth_)
+                                      : secrets_.clean(malformed_json_message(event.data));
+      error_ = error_response(502, message + " (in the event stream)", "upstream_error",
+                              "bad_upstream_response");
+      co_return;
+    }
+    if (!chunk.is_object()) co_return;
+    const auto choices = chunk.find("choices");
+    if (chunk.contains("error") && choices == chunk.end()) {
+      error_ = Response{std::move(chunk), 502};  // an error event inside the stream
+      co_return;
+    }
+    bool usage_only = false;
+    if (const auto u = chunk.find("usage"); u != chunk.end() && u->is_object()) {
+      UsageCounts counts;
+      counts.prompt_tokens = usage_count(*u, "prompt_tokens");
+      counts.completion_tokens = usage_count(*u, "completion_tokens");
+      counts.total_tokens = usage_count(*u, "total_tokens");
+      usage_ = counts;
+      usage_json_ = *u;
+      usage_only = choices == chunk.end() || (choices->is_array() && choices->empty());
+    }
+    if (choices != chunk.end() && choices->is_array()) {
+      for (const json& c : *choices) {
+        if (!c.is_object()) continue;
+        const auto index = c.find("index");
+        const std::int64_t i =
+            index != c.end() && index->is_number_integer() ? index->get<std::int64_t>() : 0;
+        if (seen_.size() < kMaxChoices) seen_.insert(i);
+        const auto reason = c.find("finish_reason");
+        if (reason != c.end() && reason->is_string() && seen_.contains(i)) finished_.insert(i);
+      }
+    }
+    if (usage_only && !pass_usage_) co_return;  // asked for by llmq, not by the caller
+    co_await out_.write(std::move(event.data));
+  }
+
+  static constexpr std::size_t kMaxChoices = 128;  // `n` is at most 128
+
+  Secrets secrets_;
+  std::size_t max_depth_;
+  bool pass_usage_;
+  StreamWriter& out_;
+  HttpResponse head_;
+  bool sse_ = false;
+  std::string raw_;
+  SseParser parser_;
+  bool done_ = false;
+  std::optional<Response> error_;
+  std::optional<UsageCounts> usage_;
+  json usage_json_;
+  std::set<std::int64_t> seen_;
+  std::set<std::int64_t> finished_;
+};
+
 /// The answer to a transport failure. HttpError messages name hosts and ports: those go
 /// to the log (log_failure); the answer says only what happened.
 Response transport_error_response(const Deployment& d, const HttpError& e) {
@@ -688,6 +813,30 @@ boost::asio::awaitable<Response> call_upstream(HttpClient& client, const Deploym
   co_return std::move(*result);
 }
 
+/// Whether a chat body asks for the usage chunk itself (`stream_options.include_usage`).
+bool asks_for_usage(const json& body) {
+  const auto so = body.find("stream_options");
+  if (so == body.end() || !so->is_object()) return false;
+  const auto iu = so->find("include_usage");
+  return iu != so->end() && iu->is_boolean() && iu->get<bool>();
+}
+
+/// The body of a streamed call: `"stream": true`, and the usage chunk asked for when the
+/// options say so.
+json streaming_body(const json& body, const ProviderOptions& options) {
+  json out = body;
+  out["stream"] = true;
+  if (options.request_stream_usage && !asks_for_usage(body)) {
+    auto so = out.find("stream_options");
+    if (so == out.end() || !so->is_object()) {
+      out["stream_options"] = json::object();
+      so = out.find("stream_options");
+    }
+    (*so)["include_usage"] = true;
+  }
+  return out;
+}
+
 std::map<std::string, std::shared_ptr<RequestExecutor>> make_default_executors(
     const std::shared_ptr<HttpClient>& client, const ProviderOptions& options) {
   if (!client) throw ConfigError("the default executors need an HttpClient (got null)");
@@ -793,6 +942,55 @@ boost::asio::awaitable<Response> call_embeddings(HttpClient& client, const Deplo
   co_return r;
 }
 
+boost::asio::awaitable<Response> call_chat_streaming(HttpClient& client,
+                                                     const Deployment& deployment, json body,
+                                                     TelemetryData& telemetry,
+                                                     ProviderOptions options, StreamWriter& out) {
+  const Deployment& d = deployment;
+  UpstreamOutcome& outcome = telemetry.llm_outcome;
+  if (!body.is_object()) co_return invalid_body_response(UpstreamOperation::chat_completions);
+  const bool pass_usage = asks_for_usage(body);
+  const json sent = streaming_body(body, options);
+  std::optional<std::string> token;
+  if (d.provider == Provider::azure && options.azure_token_provider) {
+    std::string fresh = co_await options.azure_token_provider();
+    token = std::move(fresh);
+  }
+  const Secrets secrets{d.api_key, token ? std::string_view(*token) : std::string_view()};
+  HttpRequest request =
+      build_upstream_request(d, UpstreamOperation::chat_completions, sent, options, token);
+  if (!telemetry.request_id.empty()) {
+    request.headers.emplace_back("x-request-id", telemetry.request_id);
+    if (d.provider == Provider::azure)
+      request.headers.emplace_back("x-ms-client-request-id", telemetry.request_id);
+  }
+  const std::string log_url = url_for_debug_log(request.url);
+  const Steady::time_point started = Steady::now();
+  StreamRelay relay(secrets, options.max_json_depth, pass_usage, out);
+  std::optional<HttpError> failure;
+  try {
+    std::function<void(const HttpResponse&)> on_head = [&relay](const HttpResponse& head) {
+      relay.on_head(head);
+    };
+    std::function<boost::asio::awaitable<void>(std::string_view)> on_chunk =
+        [&relay](std::string_view chunk) { return relay.on_chunk(chunk); };
+    co_await client.request_streaming_paced(std::move(request), std::move(on_head),
+                                            std::move(on_chunk));
+  } catch (const HttpError& e) {
+    failure = e;
+  } catch (const StopReading&) {
+    // the relay holds the error; the connection is closed
+  }
+  if (failure) {
+    outcome = outcome_from_error(*failure);
+    log_failure(d, UpstreamOperation::chat_completions, *failure);
+    co_return transport_error_response(d, *failure);
+  }
+  Response r = co_await relay.finish(telemetry, outcome);
+  log_call(d, UpstreamOperation::chat_completions, log_url, r.status, started);
+  co_return r;
+}
+
 UpstreamExecutor::UpstreamExecutor(std::shared_ptr<HttpClient> client, UpstreamOperation op,
                                    std::optional<Provider> only, ProviderOptions options)
     : client_(std::move(client)), op_(op), only_(only), options_(std::move(options)) {
@@ -806,6 +1004,20 @@ boost::asio::awaitable<Response> UpstreamExecutor::process_request(const Request
   if (d == nullptr) co_return missing_deployment_response(op_, req.req_type);
   if (only_ && d->provider != *only_) co_return wrong_provider_response(*d, *only_);
   Response r = co_await call_upstream(*client_, *d, op_, req.body, telemetry, options_);
+  co_return r;
+}
+
+boost::asio::awaitable<Response> UpstreamExecutor::process_streaming_request(
+    const Request& req, const ChosenDeployments& chosen, TelemetryData& telemetry,
+    StreamWriter& out) {
+  if (op_ != UpstreamOperation::chat_completions) {
+    Response whole = co_await process_request(req, chosen, telemetry);
+    co_return whole;
+  }
+  const Deployment* d = chosen.llm;
+  if (d == nullptr) co_return missing_deployment_response(op_, req.req_type);
+  if (only_ && d->provider != *only_) co_return wrong_provider_response(*d, *only_);
+  Response r = co_await call_chat_streaming(*client_, *d, req.body, telemetry, options_, out);
   co_return r;
 }
 

@@ -11,6 +11,7 @@
 #include <boost/asio/bind_cancellation_slot.hpp>
 #include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
@@ -697,6 +698,163 @@ TEST(StreamingChat, ErrorAnswerToAStreamedRequestPassesThrough) {
   EXPECT_EQ(call.response.status, 429);
   EXPECT_EQ(call.response.body["error"]["message"], "slow down");
   EXPECT_EQ(call.telemetry.llm_outcome.retry_after, 800ms);
+}
+
+// ---- streamed answers (process_streaming_request) -----------------------------------------
+
+struct StreamCall {
+  std::vector<std::string> chunks;
+  llmq::Response response;
+  llmq::TelemetryData telemetry;
+  bool threw_aborted = false;
+};
+
+/// Runs `executor`'s streamed form against its reader; the reader stops after
+/// `read_limit` chunks (negative: reads to the end) and closes the stream.
+StreamCall run_streaming(asio::io_context& io, llmq::RequestExecutor& executor, json body,
+                         const llmq::Deployment* llm, int read_limit = -1) {
+  auto state = std::make_shared<llmq::detail::StreamState>(io.get_executor(), 4);
+  llmq::Request req;
+  req.id = "r1";
+  req.req_type = "test";
+  req.user_id = "u1";
+  req.body = std::move(body);
+  llmq::ChosenDeployments chosen;
+  chosen.llm = llm;
+  StreamCall call;
+  call.telemetry.request_id = req.id;
+  llmq::StreamWriter writer(state);
+  auto produce = [&]() -> awaitable<void> {
+    try {
+      call.response =
+          co_await executor.process_streaming_request(req, chosen, call.telemetry, writer);
+    } catch (const boost::system::system_error& e) {
+      call.threw_aborted = e.code() == asio::error::operation_aborted;
+    } catch (const std::exception& e) {
+      ADD_FAILURE() << "the streamed call threw: " << e.what();
+    }
+    state->finish(boost::system::error_code(), call.response);
+  };
+  auto consume = [&]() -> awaitable<void> {
+    llmq::ResponseStream s(state);
+    while (read_limit < 0 || static_cast<int>(call.chunks.size()) < read_limit) {
+      std::optional<std::string> c = co_await s.next();
+      if (!c) break;
+      call.chunks.push_back(std::move(*c));
+    }
+  };
+  int done = 0;
+  auto one_done = [&](std::exception_ptr) {
+    if (++done == 2) io.stop();
+  };
+  asio::co_spawn(io, produce(), one_done);
+  asio::co_spawn(io, consume(), one_done);
+  io.restart();
+  io.run_for(10s);
+  EXPECT_EQ(done, 2) << "the streamed call did not finish";
+  return call;
+}
+
+const std::vector<std::string> kStreamEvents = {
+    "data: {\"id\":\"\",\"choices\":[],\"prompt_filter_results\":[{\"prompt_index\":0,"
+    "\"content_filter_results\":{\"hate\":{\"filtered\":false}}}]}\n\n",
+    "data: {\"id\":\"c9\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},"
+    "\"finish_reason\":null}],\"usage\":null}\n\n",
+    "data: {\"id\":\"c9\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},"
+    "\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+    "data: {\"id\":\"c9\",\"choices\":[],\"usage\":{\"prompt_tokens\":9,"
+    "\"completion_tokens\":2,\"total_tokens\":11}}\n\n",
+    "data: [DONE]\n\n",
+};
+
+/// The `data:` text of an event of kStreamEvents.
+std::string data_of(const std::string& event) { return event.substr(6, event.size() - 8); }
+
+TEST(StreamedChat, ChunksPassUnchangedAndTheUsageChunkOnlyWhenAsked) {
+  for (const bool asked : {false, true}) {
+    SCOPED_TRACE(asked);
+    asio::io_context io;
+    LoopbackServer server(io, [](const ReceivedRequest&) { return sse_reply(kStreamEvents); });
+    const llmq::Deployment d = azure(server);
+    llmq::ChatCompletionExecutor executor(make_client(io));
+    json body = chat_body();  // no "stream": the streamed form sets it
+    if (asked) body["stream_options"]["include_usage"] = true;
+    const StreamCall call = run_streaming(io, executor, body, &d);
+    ASSERT_EQ(server.requests().size(), 1u);
+    const json sent = json::parse(server.requests()[0].body);
+    EXPECT_EQ(sent["stream"], true);
+    EXPECT_EQ(sent["stream_options"]["include_usage"], true);
+    std::vector<std::string> expected = {data_of(kStreamEvents[0]), data_of(kStreamEvents[1]),
+                                         data_of(kStreamEvents[2])};
+    if (asked) expected.push_back(data_of(kStreamEvents[3]));
+    EXPECT_EQ(call.chunks, expected);  // byte for byte, content filter fields included
+    EXPECT_EQ(call.response.status, 200) << call.response.body.dump();
+    EXPECT_EQ(call.response.body["usage"]["total_tokens"], 11);
+    EXPECT_EQ(call.telemetry.prompt_tokens, 9);
+    EXPECT_EQ(call.telemetry.completion_tokens, 2);
+    EXPECT_EQ(call.telemetry.llm_outcome.status, 200);
+  }
+}
+
+TEST(StreamedChat, AStreamThatBreaksOffEndsWithA502AfterTheChunksSent) {
+  asio::io_context io;
+  LoopbackServer server(io, [](const ReceivedRequest&) {
+    return sse_reply({kStreamEvents[1], "data: {\"id\":\"c9\",\"cho"});
+  });
+  const llmq::Deployment d = azure(server);
+  llmq::ChatCompletionExecutor executor(make_client(io));
+  const StreamCall call = run_streaming(io, executor, chat_body(), &d);
+  EXPECT_EQ(call.chunks, std::vector<std::string>{data_of(kStreamEvents[1])});
+  EXPECT_EQ(call.response.status, 502);
+  EXPECT_EQ(call.response.body["error"]["code"], "bad_upstream_response");
+  EXPECT_EQ(call.telemetry.llm_outcome.status, 502);
+}
+
+TEST(StreamedChat, AnErrorEventEndsTheStreamWithIt) {
+  asio::io_context io;
+  LoopbackServer server(io, [](const ReceivedRequest&) {
+    return sse_reply({kStreamEvents[1],
+                      "data: {\"error\":{\"message\":\"overloaded\",\"code\":\"x\"}}\n\n",
+                      kStreamEvents[2]});
+  });
+  const llmq::Deployment d = azure(server);
+  llmq::ChatCompletionExecutor executor(make_client(io));
+  const StreamCall call = run_streaming(io, executor, chat_body(), &d);
+  EXPECT_EQ(call.chunks.size(), 1u);
+  EXPECT_EQ(call.response.status, 502);
+  EXPECT_EQ(call.response.body["error"]["message"], "overloaded");
+}
+
+TEST(StreamedChat, AnErrorBeforeTheStreamIsTheUpstreamsAnswerWithNothingWritten) {
+  asio::io_context io;
+  LoopbackServer server(io, [](const ReceivedRequest&) {
+    Reply r = llmq::testing::json_reply(429, R"({"error":{"code":"429","message":"slow down"}})");
+    r.headers.emplace_back("retry-after-ms", "800");
+    return r;
+  });
+  const llmq::Deployment d = azure(server);
+  llmq::ChatCompletionExecutor executor(make_client(io));
+  const StreamCall call = run_streaming(io, executor, chat_body(), &d);
+  EXPECT_TRUE(call.chunks.empty());
+  EXPECT_EQ(call.response.status, 429);
+  EXPECT_EQ(call.telemetry.llm_outcome.retry_after, 800ms);
+}
+
+TEST(StreamedChat, AReaderThatLeavesAbortsTheUpstreamCallAndItsConnection) {
+  asio::io_context io;
+  std::vector<std::string> many;
+  for (int i = 0; i < 200; ++i) many.push_back(kStreamEvents[1]);
+  LoopbackServer server(io, [&](const ReceivedRequest&) { return sse_reply(many); });
+  const llmq::Deployment d = azure(server);
+  auto client = make_client(io);
+  llmq::ChatCompletionExecutor executor(client);
+  const StreamCall call = run_streaming(io, executor, chat_body(), &d, 3);
+  EXPECT_EQ(call.chunks.size(), 3u);
+  EXPECT_TRUE(call.threw_aborted);
+  // The half-read connection was closed, not pooled: the next call opens a new one.
+  const Call next = run_executor(io, executor, chat_body(), &d);
+  (void)next;
+  EXPECT_EQ(server.accepted(), 2u);
 }
 
 // ---- cancellation -------------------------------------------------------------------------

@@ -2328,3 +2328,296 @@ TEST(LLMQueueReconfigure, ReconfiguringOverAndOverUnderLoadOnManyThreadsLosesNot
   EXPECT_EQ(run.ok, n);
   EXPECT_EQ(run.telemetry_rows, static_cast<std::uint64_t>(n));
 }
+
+// ---- streamed answers (execute_streaming_request) ---------------------------------------
+
+namespace streaming {
+
+/// Writes `chunks` chunks ("c0", "c1", ...), each `gap` after the previous one on the
+/// clock. A deployment in `fail_before` answers 503 (with its outcome) before writing; with
+/// `break_after` >= 0 the stream breaks off (502) after that many chunks.
+class ChunkExecutor : public llmq::RequestExecutor {
+ public:
+  ChunkExecutor(std::shared_ptr<llmq::Clock> clock, int chunks, steady::duration gap)
+      : clock_(std::move(clock)), chunks_(chunks), gap_(gap) {}
+
+  awaitable<llmq::Response> process_request(const llmq::Request& req,
+                                            const llmq::ChosenDeployments& chosen,
+                                            llmq::TelemetryData&) override {
+    ++whole_calls;
+    co_return llmq::Response{echo_body(req, chosen), 200};
+  }
+
+  awaitable<llmq::Response> process_streaming_request(const llmq::Request&,
+                                                      const llmq::ChosenDeployments& chosen,
+                                                      llmq::TelemetryData& t,
+                                                      llmq::StreamWriter& out) override {
+    const std::string id = chosen.llm->unique_model_id;
+    tried.push_back(id);
+    if (fail_before.count(id)) {
+      t.llm_outcome.status = 503;
+      co_return llmq::Response{llmq::make_error_body("overloaded", "server_error", "503"), 503};
+    }
+    try {
+      for (int i = 0; i < chunks_; ++i) {
+        if (gap_.count() > 0) co_await sleep_for(clock_, gap_);
+        if (i == break_after) {
+          t.llm_outcome.status = 502;
+          co_return llmq::Response{llmq::make_error_body("upstream broke off", "upstream_error",
+                                                         "bad_upstream_response"),
+                                   502};
+        }
+        co_await out.write("c" + std::to_string(i));
+        ++written;
+      }
+    } catch (const boost::system::system_error&) {
+      ++aborted;
+      throw;
+    }
+    t.llm_outcome.status = 200;
+    t.prompt_tokens = 11;
+    t.completion_tokens = chunks_;
+    json body = json::object();
+    body["done"] = true;
+    co_return llmq::Response{body, 200};
+  }
+
+  std::set<std::string> fail_before;
+  int break_after = -1;
+  std::vector<std::string> tried;
+  int written = 0, aborted = 0, whole_calls = 0;
+
+ private:
+  std::shared_ptr<llmq::Clock> clock_;
+  int chunks_;
+  steady::duration gap_;
+};
+
+/// Reads a stream to its end.
+awaitable<std::vector<std::string>> read_all(llmq::ResponseStream& s) {
+  std::vector<std::string> got;
+  while (std::optional<std::string> c = co_await s.next()) got.push_back(std::move(*c));
+  co_return got;
+}
+
+std::vector<std::string> chunk_names(int n) {
+  std::vector<std::string> v;
+  for (int i = 0; i < n; ++i) v.push_back("c" + std::to_string(i));
+  return v;
+}
+
+}  // namespace streaming
+
+TEST(LLMQueueStreaming, ChunksArriveInOrderWithTimeToFirstTokenAndDurationRecorded) {
+  Harness h(default_config(), {});
+  auto exec = std::make_shared<streaming::ChunkExecutor>(h.clock, 5, 10ms);
+  h.queue->register_request_executor("chat_completion", exec);
+  std::vector<std::string> got;
+  steady::duration first_at{};
+  llmq::Response end;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    llmq::ResponseStream s =
+        co_await h.queue->execute_streaming_request("chat_completion", chat_body(), "u");
+    first_at = h.elapsed();  // the call completes with the first chunk
+    EXPECT_TRUE(s.streaming());
+    got = co_await streaming::read_all(s);
+    end = s.response();
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(first_at, 10ms);
+  EXPECT_EQ(got, streaming::chunk_names(5));
+  EXPECT_EQ(end.status, 200);
+  EXPECT_EQ(end.body["done"], true);
+  EXPECT_FALSE(end.request_id.empty());
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_TRUE(records[0].streamed);
+  EXPECT_EQ(records[0].status, 200);
+  ASSERT_TRUE(records[0].time_to_first_token);
+  EXPECT_EQ(*records[0].time_to_first_token, 10ms);
+  ASSERT_TRUE(records[0].stream_duration);
+  EXPECT_EQ(*records[0].stream_duration, 40ms);
+  EXPECT_EQ(records[0].completion_tokens, 5);
+}
+
+TEST(LLMQueueStreaming, ASlowReaderHoldsTheWriterBackAtTheBufferSize) {
+  llmq::QueueOptions o;
+  o.stream_buffer_chunks = 2;
+  Harness h(default_config(), {}, o);
+  auto exec = std::make_shared<streaming::ChunkExecutor>(h.clock, 50, 0ms);
+  h.queue->register_request_executor("chat_completion", exec);
+  int written_while_reader_slept = -1;
+  std::vector<std::string> got;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    llmq::ResponseStream s =
+        co_await h.queue->execute_streaming_request("chat_completion", chat_body(), "u");
+    co_await sleep_for(h.clock, 1s);  // the executor runs meanwhile, as far as it may
+    written_while_reader_slept = exec->written;
+    got = co_await streaming::read_all(s);
+    co_await h.queue->graceful_shutdown();
+  });
+  // The first chunk went to the waiting reader; two more fill the buffer; the next write
+  // waits (it counts once it completed).
+  EXPECT_EQ(written_while_reader_slept, 3);
+  EXPECT_EQ(got, streaming::chunk_names(50));
+}
+
+TEST(LLMQueueStreaming, ClosingTheStreamCancelsTheExecutorAndIsRecordedAs499) {
+  Harness h(default_config(), {});
+  auto exec = std::make_shared<streaming::ChunkExecutor>(h.clock, 100, 10ms);
+  h.queue->register_request_executor("chat_completion", exec);
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    {
+      llmq::ResponseStream s =
+          co_await h.queue->execute_streaming_request("chat_completion", chat_body(), "u");
+      EXPECT_EQ(co_await s.next(), std::optional<std::string>("c0"));
+      EXPECT_EQ(co_await s.next(), std::optional<std::string>("c1"));
+    }  // closed here
+    co_await sleep_for(h.clock, 1s);
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(exec->aborted, 1);
+  EXPECT_LT(exec->written, 5);
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].status, 499);
+  EXPECT_TRUE(records[0].streamed);
+  EXPECT_EQ(records[0].attempts, 1);
+}
+
+TEST(LLMQueueStreaming, CancellingTheReadCancelsTheRequest) {
+  Harness h(default_config(), {});
+  auto exec = std::make_shared<streaming::ChunkExecutor>(h.clock, 100, 10ms);
+  h.queue->register_request_executor("chat_completion", exec);
+  bool aborted = false;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    llmq::ResponseStream s =
+        co_await h.queue->execute_streaming_request("chat_completion", chat_body(), "u");
+    asio::cancellation_signal cancel;
+    auto ex = co_await asio::this_coro::executor;
+    asio::co_spawn(ex, sleep_for(h.clock, 25ms),
+                   [&](std::exception_ptr) { cancel.emit(asio::cancellation_type::terminal); });
+    try {
+      for (;;) {
+        auto c = co_await asio::co_spawn(
+            ex, s.next(), asio::bind_cancellation_slot(cancel.slot(), asio::use_awaitable));
+        if (!c) break;
+      }
+    } catch (const boost::system::system_error& e) {
+      aborted = e.code() == asio::error::operation_aborted;
+    }
+    co_await sleep_for(h.clock, 1s);
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_TRUE(aborted);
+  EXPECT_EQ(exec->aborted, 1);
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].status, 499);
+}
+
+TEST(LLMQueueStreaming, AFailureBeforeTheFirstChunkIsRetriedOnAnotherDeployment) {
+  Harness h(default_config(), {});
+  auto exec = std::make_shared<streaming::ChunkExecutor>(h.clock, 3, 1ms);
+  exec->fail_before = {"chat-a"};
+  h.queue->register_request_executor("chat_completion", exec);
+  std::vector<std::string> got;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    llmq::ResponseStream s = co_await h.queue->execute_streaming_request(
+        "chat_completion", chat_body(), "u", pinned_name("gpt-4o"));
+    got = co_await streaming::read_all(s);
+    EXPECT_EQ(s.response().status, 200);
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(exec->tried, (std::vector<std::string>{"chat-a", "chat-b"}));
+  EXPECT_EQ(got, streaming::chunk_names(3));
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].attempts, 2);
+  EXPECT_EQ(records[0].llm_deployment, "chat-b");
+}
+
+TEST(LLMQueueStreaming, AFailureAfterTheFirstChunkEndsTheStreamWithTheErrorAndIsNotRetried) {
+  Harness h(default_config(), {});
+  auto exec = std::make_shared<streaming::ChunkExecutor>(h.clock, 5, 1ms);
+  exec->break_after = 2;
+  h.queue->register_request_executor("chat_completion", exec);
+  std::vector<std::string> got;
+  llmq::Response end;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    llmq::ResponseStream s =
+        co_await h.queue->execute_streaming_request("chat_completion", chat_body(), "u");
+    got = co_await streaming::read_all(s);
+    end = s.response();
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_EQ(got, streaming::chunk_names(2));
+  EXPECT_EQ(end.status, 502);
+  EXPECT_EQ(end.body["error"]["code"], "bad_upstream_response");
+  EXPECT_EQ(exec->tried.size(), 1u);
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_EQ(records[0].status, 502);
+  EXPECT_TRUE(records[0].streamed);
+}
+
+TEST(LLMQueueStreaming, RefusalsThrowAndTheTokenFormGivesTheErrc) {
+  Harness h(default_config(), {});
+  auto exec = std::make_shared<streaming::ChunkExecutor>(h.clock, 1, 0ms);
+  h.queue->register_request_executor("chat_completion", exec);
+  bool threw = false;
+  boost::system::error_code ec;
+  bool token_form_streaming = true;
+  int token_form_status = 0;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    try {
+      llmq::ResponseStream s =
+          co_await h.queue->execute_streaming_request("chat_completion", chat_body(), "");
+    } catch (const llmq::UserIdHeaderMissingError&) {
+      threw = true;
+    }
+    // Named: g++ 12 destroys class temporaries of a co_await expression twice.
+    llmq::ModelPreferences prefs;
+    llmq::RequestOptions options;
+    auto [e2, s2] = co_await h.queue->async_execute_streaming_request(
+        "no_such_type", chat_body(), "u", prefs, options, asio::as_tuple(asio::use_awaitable));
+    ec = e2;
+    token_form_streaming = s2.streaming();
+    token_form_status = s2.response().status;
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_TRUE(threw);
+  EXPECT_EQ(ec, llmq::errc::unknown_request_type);
+  EXPECT_FALSE(token_form_streaming);
+  EXPECT_EQ(token_form_status, 404);
+}
+
+TEST(LLMQueueStreaming, AnExecutorThatDoesNotStreamAnswersWhole) {
+  auto echo = std::make_shared<EchoExecutor>();
+  Harness h(default_config(), {{"chat_completion", echo}});
+  bool streaming_flag = true;
+  llmq::Response r;
+  h.run([&]() -> awaitable<void> {
+    co_await h.queue->initiate();
+    llmq::ResponseStream s =
+        co_await h.queue->execute_streaming_request("chat_completion", chat_body(), "user9");
+    streaming_flag = s.streaming();
+    EXPECT_EQ(co_await s.next(), std::nullopt);
+    r = s.response();
+    co_await h.queue->graceful_shutdown();
+  });
+  EXPECT_FALSE(streaming_flag);
+  EXPECT_EQ(r.status, 200);
+  EXPECT_EQ(r.body["user"], "user9");
+  auto records = h.telemetry->records();
+  ASSERT_EQ(records.size(), 1u);
+  EXPECT_FALSE(records[0].streamed);
+  EXPECT_FALSE(records[0].time_to_first_token);
+}

@@ -230,6 +230,8 @@ struct Entry {
   std::string error_text;                 // the message of a refusal decided at admission
   std::optional<std::chrono::milliseconds> retry_after;  // of a refusal, when known
   ErasedHandler deliver;
+  // A streamed request's stream (execute_streaming_request); null otherwise.
+  std::shared_ptr<StreamState> stream;
   // Intrusive list of running entries, in dispatch (== execution deadline) order, and of
   // entries waiting for the shared budget store.
   Entry* list_prev = nullptr;
@@ -992,6 +994,13 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     TelemetryData& t = *e.telemetry;
     if (t.completed_at == WallTime{}) t.completed_at = wall_at(at);
     if (e.first_dispatch) t.execution_time = duration_cast<microseconds>(at - *e.first_dispatch);
+    if (e.stream) {
+      if (const auto times = e.stream->chunk_times()) {
+        t.streamed = true;
+        t.time_to_first_token = duration_cast<microseconds>(times->first - e.queued_at);
+        t.stream_duration = duration_cast<microseconds>(std::max(at, times->second) - times->first);
+      }
+    }
     telemetry_->record(std::move(e.telemetry));
     records_.fetch_add(1, std::memory_order_relaxed);
     if (!on_strand) return;
@@ -1435,13 +1444,24 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     Response r;
     bool threw = false;
     try {
-      r = co_await e->executor->process_request(e->request, e->chosen, *e->telemetry);
+      if (e->stream) {
+        StreamWriter out(e->stream);
+        r = co_await e->executor->process_streaming_request(e->request, e->chosen, *e->telemetry,
+                                                            out);
+      } else {
+        r = co_await e->executor->process_request(e->request, e->chosen, *e->telemetry);
+      }
     } catch (const std::exception& ex) {
       threw = true;
       r = executor_failure(*e, ex.what());
     } catch (...) {
       threw = true;
       r = executor_failure(*e, "unknown exception");
+    }
+    if (e->stream && e->stream->reader_closed()) {
+      // The reader left; its cancellation may not have reached the strand yet.
+      threw = true;  // no retry
+      r = cancelled_response();
     }
     attempt_done(e, std::move(r), threw);
   }
@@ -1538,6 +1558,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
   bool should_retry(const Entry& e, const Response& r, time_point t) const {
     if (r.status < 400) return false;
     if (e.telemetry->attempts >= options_.max_attempts) return false;
+    if (e.stream && e.stream->written() > 0) return false;  // the reader has seen chunks
     if (t - *e.first_dispatch >= options_.retry_budget) return false;
     bool transient = false;
     auto check = [&](bool granted, const UpstreamOutcome& o) {
@@ -1876,6 +1897,57 @@ LLMQ_INLINE boost::asio::awaitable<Response> LLMQueue::execute_request(
     ModelPreferences model_pref) {
   return execute_request(std::move(req_type), std::move(request_data), std::move(user_id),
                          std::move(model_pref), RequestOptions{});
+}
+
+LLMQ_INLINE std::shared_ptr<detail::StreamState> LLMQueue::launch_stream(
+    std::string&& req_type, nlohmann::json&& request_data, std::string&& user_id,
+    ModelPreferences&& model_pref, RequestOptions&& options) {
+  detail::QueueCore& core = *core_;
+  auto state = std::make_shared<detail::StreamState>(
+      core.base_executor(), core.options_.stream_buffer_chunks, core.clock_);
+  std::shared_ptr<detail::Entry> entry =
+      prepare(std::move(req_type), std::move(request_data), std::move(user_id),
+              std::move(model_pref), std::move(options));
+  entry->stream = state;
+  // The answer comes through the stream's strand, which also carries the reader's
+  // cancellation (StreamState::close_reader), so the slot is never used from two threads.
+  auto finish = [state](boost::system::error_code ec, Response r) {
+    state->finish(ec, std::move(r));
+  };
+  boost::asio::cancellation_slot slot = state->cancel_signal().slot();
+  start(core,
+        detail::ErasedHandler(boost::asio::bind_cancellation_slot(
+                                  slot, boost::asio::bind_executor(state->strand(), finish)),
+                              core.base_executor()),
+        slot, std::move(entry));
+  return state;
+}
+
+LLMQ_INLINE boost::asio::awaitable<std::pair<boost::system::error_code, ResponseStream>>
+LLMQueue::open_stream(std::string req_type, nlohmann::json request_data, std::string user_id,
+                      ModelPreferences model_pref, RequestOptions options) {
+  ResponseStream stream(launch_stream(std::move(req_type), std::move(request_data),
+                                      std::move(user_id), std::move(model_pref),
+                                      std::move(options)));
+  co_await stream.begin();  // cancelled: closes the stream, which cancels the request
+  boost::system::error_code ec = stream.streaming() ? boost::system::error_code() : stream.error();
+  co_return std::make_pair(ec, std::move(stream));
+}
+
+LLMQ_INLINE boost::asio::awaitable<ResponseStream> LLMQueue::execute_streaming_request(
+    std::string req_type, nlohmann::json request_data, std::string user_id,
+    ModelPreferences model_pref, RequestOptions options) {
+  auto [ec, stream] = co_await open_stream(std::move(req_type), std::move(request_data), user_id,
+                                           std::move(model_pref), std::move(options));
+  if (ec) detail::throw_error(ec, stream.response(), user_id);
+  co_return std::move(stream);
+}
+
+LLMQ_INLINE boost::asio::awaitable<ResponseStream> LLMQueue::execute_streaming_request(
+    std::string req_type, nlohmann::json request_data, std::string user_id,
+    ModelPreferences model_pref) {
+  return execute_streaming_request(std::move(req_type), std::move(request_data), std::move(user_id),
+                                   std::move(model_pref), RequestOptions{});
 }
 
 LLMQ_INLINE boost::asio::awaitable<void> LLMQueue::graceful_shutdown() {
