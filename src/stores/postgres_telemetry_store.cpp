@@ -28,7 +28,7 @@ namespace rows = detail::stores;
 
 namespace {
 
-constexpr std::size_t column_count = 21;
+constexpr std::size_t column_count = rows::column_count;
 constexpr std::string_view error_prefix = "postgres telemetry store: ";
 
 std::string trimmed(std::string s) {
@@ -68,16 +68,13 @@ std::string upgrade_table_sql(const std::string& table) {
 
 /// `INSERT ... VALUES (...), (...)` for `n` rows with typed placeholders.
 std::string insert_sql(const std::string& table, std::size_t n) {
-  static constexpr const char* casts[column_count] = {
-      "text",   "text",    "text",    "text",   "text",   "ts",     "ts",
-      "ts",     "ts",      "bigint",  "bigint", "bigint", "bigint", "bigint",
-      "bigint", "integer", "integer", "text",   "jsonb",  "jsonb",  "integer"};
-  std::string sql =
-      "INSERT INTO " + table +
-      " (request_id, user_id, req_type, llm_deployment, embedding_deployment, "
-      "received_at, queued_at, dispatched_at, completed_at, queue_wait_us, "
-      "execution_time_us, estimated_tokens, prompt_tokens, completion_tokens, "
-      "embedding_tokens, attempts, status, error, payload, attempt_log, spillovers) VALUES ";
+  // Parameter types, in rows::insert_columns() order.
+  static constexpr const char* casts[] = {
+      "text",    "text",   "text",   "text",   "text",    "ts",      "ts",     "ts",
+      "ts",      "bigint", "bigint", "bigint", "bigint",  "bigint",  "bigint", "integer",
+      "integer", "text",   "jsonb",  "jsonb",  "integer", "boolean", "bigint", "bigint"};
+  static_assert(std::size(casts) == column_count);
+  std::string sql = "INSERT INTO " + table + " " + rows::insert_columns() + " VALUES ";
   std::size_t param = 1;
   for (std::size_t row = 0; row < n; ++row) {
     sql += row == 0 ? "(" : ", (";
@@ -124,6 +121,12 @@ std::optional<std::string> time_param(WallTime t) {
   return std::to_string(us);
 }
 
+std::optional<std::string> duration_param(std::optional<std::chrono::microseconds> d) {
+  if (!d) return std::nullopt;
+  return std::to_string(d->count());
+}
+
+/// Appends `t`'s values in rows::insert_columns() order.
 void append_row(std::vector<Param>& params, const TelemetryData& t) {
   params.emplace_back(rows::valid_utf8(t.request_id, true));
   params.emplace_back(rows::valid_utf8(t.user_id, true));
@@ -150,6 +153,9 @@ void append_row(std::vector<Param>& params, const TelemetryData& t) {
   }
   params.emplace_back(jsonb_safe(rows::json_text(to_json(t.attempt_log))));
   params.emplace_back(std::to_string(spillover_count(t)));
+  params.emplace_back(t.streamed ? "true" : "false");
+  params.push_back(duration_param(t.time_to_first_token));
+  params.push_back(duration_param(t.stream_duration));
 }
 
 }  // namespace

@@ -20,7 +20,7 @@ namespace rows = detail::stores;
 
 namespace {
 
-constexpr int column_count = 21;
+constexpr int column_count = static_cast<int>(rows::column_count);
 
 std::string create_table_sql(const std::string& table) {
   return "CREATE TABLE IF NOT EXISTS " + table +
@@ -37,12 +37,7 @@ std::string create_table_sql(const std::string& table) {
 }
 
 std::string insert_sql(const std::string& table) {
-  std::string sql =
-      "INSERT INTO " + table +
-      " (request_id, user_id, req_type, llm_deployment, embedding_deployment, "
-      "received_at, queued_at, dispatched_at, completed_at, queue_wait_us, "
-      "execution_time_us, estimated_tokens, prompt_tokens, completion_tokens, "
-      "embedding_tokens, attempts, status, error, payload, attempt_log, spillovers) VALUES (";
+  std::string sql = "INSERT INTO " + table + " " + rows::insert_columns() + " VALUES (";
   for (int i = 1; i <= column_count; ++i) {
     if (i > 1) sql += ", ";
     sql += "?" + std::to_string(i);
@@ -166,6 +161,15 @@ struct SqliteTelemetryStore::Impl {
     }
   }
 
+  void bind_duration(int index, std::optional<std::chrono::microseconds> d) const {
+    if (d) {
+      bind_int(index, d->count());
+    } else if (sqlite3_bind_null(insert, index) != SQLITE_OK) {
+      fail("bind");
+    }
+  }
+
+  /// Binds `t`'s values in rows::insert_columns() order.
   void bind_row(const TelemetryData& t) const {
     bind_text(1, t.request_id);
     bind_text(2, t.user_id);
@@ -192,6 +196,10 @@ struct SqliteTelemetryStore::Impl {
     }
     bind_text(20, rows::json_text(to_json(t.attempt_log)));
     bind_int(21, spillover_count(t));
+    bind_int(22, t.streamed ? 1 : 0);
+    bind_duration(23, t.time_to_first_token);
+    bind_duration(24, t.stream_duration);
+    static_assert(column_count == 24, "bind every column");
   }
 
   void write(std::span<const TelemetryData> batch) {

@@ -15,8 +15,11 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <nlohmann/json.hpp>
 
+#include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <iterator>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -96,7 +99,35 @@ struct AddedColumn {
 };
 inline constexpr AddedColumn added_columns[] = {
     {"spillovers", "integer NOT NULL DEFAULT 0", "INTEGER NOT NULL DEFAULT 0"},
+    {"streamed", "boolean NOT NULL DEFAULT false", "INTEGER NOT NULL DEFAULT 0"},
+    {"time_to_first_token_us", "bigint", "INTEGER"},
+    {"stream_duration_us", "bigint", "INTEGER"},
 };
+
+/// The columns of the first version's table that the stores insert (all but `id`), in
+/// the order they bind them; added_columns follow, in their order.
+inline constexpr std::string_view first_version_columns =
+    "request_id, user_id, req_type, llm_deployment, embedding_deployment, "
+    "received_at, queued_at, dispatched_at, completed_at, queue_wait_us, "
+    "execution_time_us, estimated_tokens, prompt_tokens, completion_tokens, "
+    "embedding_tokens, attempts, status, error, payload, attempt_log";
+
+/// Values an insert binds per row.
+inline constexpr std::size_t column_count =
+    1 + static_cast<std::size_t>(std::ranges::count(first_version_columns, ',')) +
+    std::size(added_columns);
+
+/// `(request_id, ..., <added columns>)`: the column list of the stores' INSERT.
+inline std::string insert_columns() {
+  std::string out = "(";
+  out += first_version_columns;
+  for (const AddedColumn& c : added_columns) {
+    out += ", ";
+    out += c.name;
+  }
+  out += ')';
+  return out;
+}
 
 /// Checks `[schema.]table` (letters, digits, `_`; not starting with a digit; at most 63
 /// bytes a part) and returns it double-quoted per part. Throws ConfigError.

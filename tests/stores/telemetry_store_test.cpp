@@ -40,9 +40,14 @@ const std::string odd_user_json(
     9);
 
 bool rejected(int i) { return i % 10 == 9; }
+/// req-2, req-7, req-12, ...: a streamed answer (never a rejection).
+bool streamed(int i) { return i % 5 == 2; }
+std::int64_t first_token_us(int i) { return 1500 + i; }
+std::int64_t stream_us(int i) { return 30'000 + i; }
 
 /// A record with every field set; every 7th has an invalid-UTF-8 user id, every 3rd a
-/// payload (with a NUL in it), every 10th is a rejection (no queue/dispatch times).
+/// payload (with a NUL in it), every 10th is a rejection (no queue/dispatch times), every
+/// 5th (from req-2) a streamed answer.
 TelemetryData record(int i) {
   TelemetryData t;
   t.request_id = "req-" + std::to_string(i);
@@ -71,6 +76,11 @@ TelemetryData record(int i) {
     r.duration = std::chrono::microseconds(1000 * (a + 1));
     r.spilled = a == 0 && i % 4 == 1;  // req-21: its only attempt spilled over
     t.attempt_log.push_back(r);
+  }
+  if (streamed(i)) {
+    t.streamed = true;
+    t.time_to_first_token = std::chrono::microseconds(first_token_us(i));
+    t.stream_duration = std::chrono::microseconds(stream_us(i));
   }
   t.status = rejected(i) ? 429 : 200;
   t.error = rejected(i) ? "rate limit exceeded for user" : "";
@@ -137,6 +147,11 @@ TEST(JsonlTelemetryStore, AppendsOneParsableObjectPerRecord) {
     EXPECT_EQ(j.at("error"), t.error);
     EXPECT_EQ(j.at("attempt_log").size(), t.attempt_log.size());
     EXPECT_EQ(j.at("spillovers"), i % 4 == 1 && !t.attempt_log.empty() ? 1 : 0);
+    EXPECT_EQ(j.at("streamed"), streamed(i));
+    EXPECT_EQ(j.at("time_to_first_token_us"),
+              streamed(i) ? nlohmann::json(first_token_us(i)) : nlohmann::json(nullptr));
+    EXPECT_EQ(j.at("stream_duration_us"),
+              streamed(i) ? nlohmann::json(stream_us(i)) : nlohmann::json(nullptr));
     if (!t.attempt_log.empty()) {
       EXPECT_EQ(j.at("attempt_log").at(0).at("spilled"), i % 4 == 1);
     }
@@ -219,7 +234,8 @@ TEST(SqliteTelemetryStore, WritesRowsInWalMode) {
   EXPECT_EQ(db.query("SELECT count(*) FROM llmq_telemetry").at(0).at(0), "110");
   const auto rows = db.query(
       "SELECT request_id, user_id, received_at, queued_at, completed_at, execution_time_us, "
-      "attempts, status, error, payload, attempt_log, embedding_deployment, spillovers "
+      "attempts, status, error, payload, attempt_log, embedding_deployment, spillovers, "
+      "streamed, time_to_first_token_us, stream_duration_us "
       "FROM llmq_telemetry WHERE request_id IN ('req-7', 'req-9', 'req-21') ORDER BY id");
   ASSERT_EQ(rows.size(), 3U);
   // req-7: odd user id, made valid UTF-8
@@ -233,6 +249,10 @@ TEST(SqliteTelemetryStore, WritesRowsInWalMode) {
   EXPECT_EQ(rows[0][9], "NULL");
   EXPECT_EQ(nlohmann::json::parse(rows[0][10]).size(), 2U);
   EXPECT_EQ(rows[0][11], "ada-west");
+  // req-7 was streamed
+  EXPECT_EQ(rows[0][13], "1");
+  EXPECT_EQ(rows[0][14], "1507");
+  EXPECT_EQ(rows[0][15], "30007");
   // req-9: a rejection: no queue time, status and error kept
   EXPECT_EQ(rows[1][3], "NULL");
   EXPECT_EQ(rows[1][7], "429");
@@ -242,6 +262,12 @@ TEST(SqliteTelemetryStore, WritesRowsInWalMode) {
   EXPECT_EQ(nlohmann::json::parse(rows[2][9]).at("messages").at(0).at("role"), "user");
   EXPECT_EQ(rows[2][12], "1");
   EXPECT_EQ(nlohmann::json::parse(rows[2][10]).at(0).at("spilled"), true);
+  // req-9 and req-21 were not streamed: no durations
+  for (std::size_t r : {1U, 2U}) {
+    EXPECT_EQ(rows[r][13], "0");
+    EXPECT_EQ(rows[r][14], "NULL");
+    EXPECT_EQ(rows[r][15], "NULL");
+  }
 }
 
 /// The telemetry table as the first llmq versions created it (no spillovers column).
@@ -255,33 +281,57 @@ constexpr const char* first_version_sqlite_table =
     "completion_tokens INTEGER NOT NULL, embedding_tokens INTEGER NOT NULL, "
     "attempts INTEGER NOT NULL, status INTEGER NOT NULL, error TEXT NOT NULL, "
     "payload TEXT, attempt_log TEXT NOT NULL)";
+/// The table as the version before the stream columns left it (spillovers added).
+const std::string spillovers_version_sqlite_table =
+    std::string(first_version_sqlite_table) +
+    "; ALTER TABLE llmq_telemetry ADD COLUMN spillovers INTEGER NOT NULL DEFAULT 0";
+
+/// Rows of an upgraded table: a row written before the upgrade reads the defaults.
+const std::vector<std::vector<std::string>> upgraded_rows = {{"old-1", "0", "0", "NULL", "NULL"},
+                                                             {"req-20", "0", "0", "NULL", "NULL"},
+                                                             {"req-21", "1", "0", "NULL", "NULL"},
+                                                             {"req-22", "0", "1", "1522", "30022"}};
 
 TEST(SqliteTelemetryStore, UpgradesATableMadeByAnEarlierVersionInPlace) {
-  test::TempDir dir;
-  const auto path = dir.path() / "old.sqlite3";
-  {
-    SqliteDb old(path, true);
-    old.query(first_version_sqlite_table);
-    old.query(
-        "INSERT INTO llmq_telemetry (request_id, user_id, req_type, llm_deployment, "
-        "embedding_deployment, queue_wait_us, execution_time_us, estimated_tokens, "
-        "prompt_tokens, completion_tokens, embedding_tokens, attempts, status, error, "
-        "attempt_log) VALUES ('old-1', 'u', 'chat', 'd', '', 0, 0, 0, 0, 0, 0, 1, 200, '', '[]')");
-  }
-  asio::thread_pool pool(2);
-  SqliteTelemetryOptions o;
-  o.path = path;
-  SqliteTelemetryStore store(pool.get_executor(), o);
-  test::run(pool, store.insert_batch(lvalue(records(20, 22))));
-  test::run(pool, store.close());
-  // Opening again finds the column and adds nothing.
-  test::run(pool, store.insert_batch(lvalue(records(22, 23))));
-  test::run(pool, store.close());
+  for (const std::string& create :
+       {std::string(first_version_sqlite_table), spillovers_version_sqlite_table}) {
+    SCOPED_TRACE(create);
+    test::TempDir dir;
+    const auto path = dir.path() / "old.sqlite3";
+    {
+      SqliteDb old(path, true);
+      if (sqlite3_exec(old.db, create.c_str(), nullptr, nullptr, nullptr) != SQLITE_OK)
+        FAIL() << sqlite3_errmsg(old.db);
+      old.query(
+          "INSERT INTO llmq_telemetry (request_id, user_id, req_type, llm_deployment, "
+          "embedding_deployment, queue_wait_us, execution_time_us, estimated_tokens, "
+          "prompt_tokens, completion_tokens, embedding_tokens, attempts, status, error, "
+          "attempt_log) VALUES ('old-1', 'u', 'chat', 'd', '', 0, 0, 0, 0, 0, 0, 1, 200, '', "
+          "'[]')");
+    }
+    asio::thread_pool pool(2);
+    SqliteTelemetryOptions o;
+    o.path = path;
+    SqliteTelemetryStore store(pool.get_executor(), o);
+    test::run(pool, store.insert_batch(lvalue(records(20, 22))));
+    test::run(pool, store.close());
+    // Opening again finds the columns and adds nothing.
+    test::run(pool, store.insert_batch(lvalue(records(22, 23))));
+    test::run(pool, store.close());
 
-  SqliteDb db(path);
-  EXPECT_EQ(db.query("SELECT request_id, spillovers FROM llmq_telemetry ORDER BY id"),
-            (std::vector<std::vector<std::string>>{
-                {"old-1", "0"}, {"req-20", "0"}, {"req-21", "1"}, {"req-22", "0"}}));
+    SqliteDb db(path);
+    EXPECT_EQ(db.query("SELECT request_id, spillovers, streamed, time_to_first_token_us, "
+                       "stream_duration_us FROM llmq_telemetry ORDER BY id"),
+              upgraded_rows);
+    // name, type, NOT NULL, default of the added columns
+    EXPECT_EQ(
+        db.query("SELECT name, type, \"notnull\", dflt_value FROM "
+                 "pragma_table_info('llmq_telemetry') WHERE cid >= 21 ORDER BY cid"),
+        (std::vector<std::vector<std::string>>{{"spillovers", "INTEGER", "1", "0"},
+                                               {"streamed", "INTEGER", "1", "0"},
+                                               {"time_to_first_token_us", "INTEGER", "0", "NULL"},
+                                               {"stream_duration_us", "INTEGER", "0", "NULL"}}));
+  }
 }
 
 asio::awaitable<bool> insert_and_check_thread(SqliteTelemetryStore& store, std::thread::id caller) {
@@ -362,7 +412,10 @@ TEST_F(PostgresTest, CreatesTypedTableAndInsertsBatches) {
       {"error", "text"},
       {"payload", "jsonb"},
       {"attempt_log", "jsonb"},
-      {"spillovers", "integer"}};
+      {"spillovers", "integer"},
+      {"streamed", "boolean"},
+      {"time_to_first_token_us", "bigint"},
+      {"stream_duration_us", "bigint"}};
   EXPECT_EQ(types, expected);
 
   EXPECT_EQ(pg.query("SELECT count(*), count(DISTINCT request_id) FROM " + table_).at(0),
@@ -372,7 +425,7 @@ TEST_F(PostgresTest, CreatesTypedTableAndInsertsBatches) {
       "queued_at IS NULL, (extract(epoch FROM completed_at) * 1000000)::bigint, "
       "execution_time_us, attempts, status, error, payload->'messages'->0->>'content', "
       "jsonb_array_length(attempt_log), attempt_log->0->>'status', prompt_tokens, spillovers, "
-      "attempt_log->0->>'spilled' FROM " +
+      "attempt_log->0->>'spilled', streamed, time_to_first_token_us, stream_duration_us FROM " +
       table_ + " WHERE request_id IN ('req-7', 'req-9', 'req-21') ORDER BY id");
   ASSERT_EQ(rows.size(), 3U);
   EXPECT_EQ(rows[0][0], "req-7");
@@ -395,38 +448,67 @@ TEST_F(PostgresTest, CreatesTypedTableAndInsertsBatches) {
   EXPECT_EQ(rows[0][14], "false");
   EXPECT_EQ(rows[2][13], "1");
   EXPECT_EQ(rows[2][14], "true");
+  // req-7 was streamed; req-9 and req-21 were not: no durations
+  EXPECT_EQ(rows[0][15], "t");
+  EXPECT_EQ(rows[0][16], "1507");
+  EXPECT_EQ(rows[0][17], "30007");
+  for (std::size_t r : {1U, 2U}) {
+    EXPECT_EQ(rows[r][15], "f");
+    EXPECT_EQ(rows[r][16], "NULL");
+    EXPECT_EQ(rows[r][17], "NULL");
+  }
 }
 
 TEST_F(PostgresTest, UpgradesATableMadeByAnEarlierVersionInPlace) {
-  {
+  // The first version's table, then the one before the stream columns (spillovers added).
+  for (const bool with_spillovers : {false, true}) {
+    SCOPED_TRACE(with_spillovers ? "spillovers version" : "first version");
+    {
+      test::PgConnection pg(conninfo_);
+      pg.query("DROP TABLE IF EXISTS " + table_);
+      pg.query("CREATE TABLE " + table_ +
+               " (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
+               "request_id text NOT NULL, user_id text NOT NULL, req_type text NOT NULL, "
+               "llm_deployment text NOT NULL, embedding_deployment text NOT NULL, "
+               "received_at timestamptz, queued_at timestamptz, dispatched_at timestamptz, "
+               "completed_at timestamptz, queue_wait_us bigint NOT NULL, "
+               "execution_time_us bigint NOT NULL, estimated_tokens bigint NOT NULL, "
+               "prompt_tokens bigint NOT NULL, completion_tokens bigint NOT NULL, "
+               "embedding_tokens bigint NOT NULL, attempts integer NOT NULL, "
+               "status integer NOT NULL, error text NOT NULL, payload jsonb, "
+               "attempt_log jsonb NOT NULL)");
+      if (with_spillovers)
+        pg.query("ALTER TABLE " + table_ + " ADD COLUMN spillovers integer NOT NULL DEFAULT 0");
+      pg.query("INSERT INTO " + table_ +
+               " (request_id, user_id, req_type, llm_deployment, embedding_deployment, "
+               "queue_wait_us, execution_time_us, estimated_tokens, prompt_tokens, "
+               "completion_tokens, embedding_tokens, attempts, status, error, attempt_log) "
+               "VALUES ('old-1', 'u', 'chat', 'd', '', 0, 0, 0, 0, 0, 0, 1, 200, '', '[]')");
+    }
+    for (int round = 0; round < 2; ++round) {  // the second connect finds the columns
+      PostgresTelemetryStore store(pool_.get_executor(), store_options());
+      test::run(pool_, store.insert_batch(lvalue(records(20 + round * 2, 22 + round * 2))));
+      test::run(pool_, store.close());
+    }
     test::PgConnection pg(conninfo_);
-    pg.query("CREATE TABLE " + table_ +
-             " (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "
-             "request_id text NOT NULL, user_id text NOT NULL, req_type text NOT NULL, "
-             "llm_deployment text NOT NULL, embedding_deployment text NOT NULL, "
-             "received_at timestamptz, queued_at timestamptz, dispatched_at timestamptz, "
-             "completed_at timestamptz, queue_wait_us bigint NOT NULL, "
-             "execution_time_us bigint NOT NULL, estimated_tokens bigint NOT NULL, "
-             "prompt_tokens bigint NOT NULL, completion_tokens bigint NOT NULL, "
-             "embedding_tokens bigint NOT NULL, attempts integer NOT NULL, "
-             "status integer NOT NULL, error text NOT NULL, payload jsonb, "
-             "attempt_log jsonb NOT NULL)");
-    pg.query("INSERT INTO " + table_ +
-             " (request_id, user_id, req_type, llm_deployment, embedding_deployment, "
-             "queue_wait_us, execution_time_us, estimated_tokens, prompt_tokens, "
-             "completion_tokens, embedding_tokens, attempts, status, error, attempt_log) "
-             "VALUES ('old-1', 'u', 'chat', 'd', '', 0, 0, 0, 0, 0, 0, 1, 200, '', '[]')");
+    EXPECT_EQ(pg.query("SELECT request_id, spillovers, streamed, time_to_first_token_us, "
+                       "stream_duration_us FROM " +
+                       table_ + " ORDER BY id"),
+              (std::vector<std::vector<std::string>>{{"old-1", "0", "f", "NULL", "NULL"},
+                                                     {"req-20", "0", "f", "NULL", "NULL"},
+                                                     {"req-21", "1", "f", "NULL", "NULL"},
+                                                     {"req-22", "0", "t", "1522", "30022"},
+                                                     {"req-23", "0", "f", "NULL", "NULL"}}));
+    // type, NOT NULL and default of the added columns
+    EXPECT_EQ(
+        pg.query("SELECT column_name, data_type, is_nullable, column_default FROM "
+                 "information_schema.columns WHERE table_name = '" +
+                 table_ + "' AND ordinal_position > 21 ORDER BY ordinal_position"),
+        (std::vector<std::vector<std::string>>{{"spillovers", "integer", "NO", "0"},
+                                               {"streamed", "boolean", "NO", "false"},
+                                               {"time_to_first_token_us", "bigint", "YES", "NULL"},
+                                               {"stream_duration_us", "bigint", "YES", "NULL"}}));
   }
-  for (int round = 0; round < 2; ++round) {  // the second connect finds the column
-    PostgresTelemetryStore store(pool_.get_executor(), store_options());
-    test::run(pool_, store.insert_batch(lvalue(records(20 + round * 2, 22 + round * 2))));
-    test::run(pool_, store.close());
-  }
-  test::PgConnection pg(conninfo_);
-  EXPECT_EQ(
-      pg.query("SELECT request_id, spillovers FROM " + table_ + " ORDER BY id"),
-      (std::vector<std::vector<std::string>>{
-          {"old-1", "0"}, {"req-20", "0"}, {"req-21", "1"}, {"req-22", "0"}, {"req-23", "0"}}));
 }
 
 /// The http_status() of the llmq::Error `f` throws; 0 when it throws none.
