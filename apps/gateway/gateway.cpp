@@ -74,24 +74,50 @@ LogThrottle& store_refusal_throttle() {
   return throttle;
 }
 
-/// The access log's line for an answer (see AccessRecord).
-void log_access(AccessLog& log, const HttpExchange& request, const HttpAnswer& a,
-                std::string request_id, std::string user, std::string model, bool queued,
-                std::chrono::steady_clock::time_point started) {
-  const auto now = std::chrono::steady_clock::now();
+/// The access log's line for a request, but for what the answer decides (status, bytes
+/// out, time, duration).
+AccessRecord access_record(const HttpExchange& request, std::string request_id, std::string user,
+                           std::string model, bool queued) {
   AccessRecord r;
-  r.time = wall_now();
   r.request_id = std::move(request_id);
   r.method = request.method.substr(0, 16);
   r.route = std::string(split_target(request.target).first.substr(0, 256));
   r.user = std::move(user);
   r.model = std::move(model);
-  r.status = a.status;
   r.bytes_in = request.body.size();
-  r.bytes_out = a.body.size();
-  r.duration = std::chrono::duration_cast<std::chrono::microseconds>(now - started);
   r.queued = queued;
+  return r;
+}
+
+/// Logs `r` as answered now with `status` and `bytes_out` (see AccessRecord).
+void log_answered(AccessLog& log, AccessRecord r, int status, std::size_t bytes_out,
+                  std::chrono::steady_clock::time_point started) {
+  const auto now = std::chrono::steady_clock::now();
+  r.time = wall_now();
+  r.status = status;
+  r.bytes_out = bytes_out;
+  r.duration = std::chrono::duration_cast<std::chrono::microseconds>(now - started);
   log.answered(std::move(r), now);
+}
+
+bool is_error_envelope(const nlohmann::json& body) {
+  if (!body.is_object()) return false;
+  const auto e = body.find("error");
+  return e != body.end() && e->is_object();
+}
+
+/// The `data:` event that ends a stream cut short: the error envelope of `r` (or one
+/// naming its status), with the request id.
+std::string stream_error_event(const Response& r, const std::string& request_id) {
+  nlohmann::json body;
+  if (!is_raw_body(r.body) && is_error_envelope(r.body)) {
+    body = r.body;
+  } else {
+    body = make_error_body("the stream ended with status " + std::to_string(r.status),
+                           "upstream_error", "stream_error");
+  }
+  body["error"]["request_id"] = request_id;
+  return "data: " + body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n\n";
 }
 
 /// The answer to a reload that was done.
@@ -136,12 +162,6 @@ std::optional<HttpAnswer> dashboard_route(std::string_view path) {
   return std::nullopt;
 }
 
-bool is_error_envelope(const nlohmann::json& body) {
-  if (!body.is_object()) return false;
-  const auto e = body.find("error");
-  return e != body.end() && e->is_object();
-}
-
 }  // namespace
 
 const std::string* HttpExchange::header(std::string_view lower_name) const {
@@ -161,6 +181,7 @@ HttpAnswer error_answer(int status, std::string_view message, std::string_view t
 
 void finish_answer(HttpAnswer& a, const std::string& request_id) {
   a.headers.emplace_back("x-request-id", request_id);
+  a.request_id = request_id;
   if (a.error.is_null()) return;
   if (is_error_envelope(a.error)) a.error["error"]["request_id"] = request_id;
   a.body = a.error.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -229,12 +250,60 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle(HttpExchange request) {
   HttpAnswer a = co_await answer(request, facts);
   if (facts.request_id.empty()) facts.request_id = make_request_id();
   finish_answer(a, facts.request_id);
+  std::optional<AccessRecord> line;
+  if (access_log_)
+    line = access_record(request, std::move(facts.request_id), std::move(facts.user),
+                         std::move(facts.model), facts.queued);
+  if (a.stream) {
+    // Counted and logged once the stream has ended, with the status it ended with.
+    metrics_->stream_open(1);
+    a.stream_ended = [metrics = metrics_, log = access_log_, line = std::move(line), started](
+                         int status, std::size_t bytes) mutable {
+      metrics->stream_open(-1);
+      if (status != 499) metrics->answered(status);
+      if (log && line) log_answered(*log, std::move(*line), status, bytes, started);
+    };
+    co_return a;
+  }
   // 499: the client left, nothing is sent (counted as a disconnect instead).
   if (a.status != 499) metrics_->answered(a.status);
-  if (access_log_)
-    log_access(*access_log_, request, a, std::move(facts.request_id), std::move(facts.user),
-               std::move(facts.model), facts.queued, started);
+  if (line) log_answered(*access_log_, std::move(*line), a.status, a.body.size(), started);
   co_return a;
+}
+
+boost::asio::awaitable<int> send_event_stream(
+    ResponseStream& stream, const std::string& request_id,
+    const std::function<boost::asio::awaitable<bool>(std::string_view)>& write) {
+  std::string event;
+  try {
+    while (std::optional<std::string> chunk = co_await stream.next()) {
+      event.clear();
+      event.reserve(chunk->size() + 8);
+      event += "data: ";
+      event += *chunk;
+      event += "\n\n";
+      if (!co_await write(event)) {
+        stream.close();
+        co_return 499;
+      }
+    }
+  } catch (const std::exception&) {
+    stream.close();  // the wait was cancelled: the client left
+    co_return 499;
+  }
+  const Response& end = stream.response();
+  const int status = stream.error() == boost::asio::error::operation_aborted ? 499 : end.status;
+  if (status == 200) {
+    event = "data: [DONE]\n\n";
+  } else {
+    event = stream_error_event(end, request_id);
+  }
+  try {
+    if (!co_await write(event)) co_return 499;
+  } catch (const std::exception&) {
+    co_return 499;
+  }
+  co_return status;
 }
 
 boost::asio::awaitable<void> Gateway::record_sample() {
@@ -384,10 +453,9 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
   if (!body.is_object())
     co_return reject(400, "the request body must be a JSON object", "invalid_request_error",
                      "invalid_json", "bad_request");
-  auto stream = body.find("stream");
-  if (stream != body.end() && stream->is_boolean() && stream->get<bool>())
-    co_return reject(400, "streaming (\"stream\": true) is not supported by llmq-gateway",
-                     "invalid_request_error", "stream_unsupported", "bad_request", "stream");
+  const auto stream_field = body.find("stream");
+  const bool streamed =
+      chat && stream_field != body.end() && stream_field->is_boolean() && stream_field->get<bool>();
 
   std::string model = route.model;
   if (model.empty()) {
@@ -439,6 +507,10 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
     user = facts.user;
   else
     user = std::move(facts.user);
+  if (streamed) {
+    co_return co_await handle_streamed(std::move(body), std::move(user), std::move(prefs),
+                                       std::move(options), facts);
+  }
   auto [ec, r] = co_await queue_.async_execute_request(
       req_type, std::move(body), std::move(user), std::move(prefs), std::move(options),
       boost::asio::as_tuple(boost::asio::use_awaitable));
@@ -447,6 +519,10 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
     co_return reject(499, "the client closed the connection", "invalid_request_error",
                      "client_closed_request", "client_disconnected");
   if (ec) co_return refusal(ec, r, *facts.config);
+  co_return whole_answer(std::move(r));
+}
+
+HttpAnswer Gateway::whole_answer(Response r) {
   HttpAnswer a;
   a.status = r.status;
   if (r.status >= 400 && !is_raw_body(r.body) && is_error_envelope(r.body))
@@ -454,6 +530,27 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
   else
     a.body = response_body_text(r.body);  // raw upstream bytes are sent as they came
   if (r.status == 429 || r.status == 503) add_retry_after(a, r.retry_after);
+  return a;
+}
+
+boost::asio::awaitable<HttpAnswer> Gateway::handle_streamed(nlohmann::json body, std::string user,
+                                                            ModelPreferences prefs,
+                                                            RequestOptions options, Facts& facts) {
+  const std::string req_type = "chat_completion";
+  auto [ec, stream] = co_await queue_.async_execute_streaming_request(
+      req_type, std::move(body), std::move(user), std::move(prefs), std::move(options),
+      boost::asio::as_tuple(boost::asio::use_awaitable));
+  const Response& r = stream.response();
+  if (facts.request_id.empty()) facts.request_id = stream.request_id();
+  if (ec == boost::asio::error::operation_aborted)  // the client disconnected
+    co_return reject(499, "the client closed the connection", "invalid_request_error",
+                     "client_closed_request", "client_disconnected");
+  if (ec) co_return refusal(ec, r, *facts.config);
+  if (!stream.streaming()) co_return whole_answer(r);  // ended before its first chunk
+  HttpAnswer a;
+  a.content_type = "text/event-stream";
+  a.headers.emplace_back("cache-control", "no-cache");
+  a.stream = std::make_shared<ResponseStream>(std::move(stream));
   co_return a;
 }
 

@@ -42,7 +42,27 @@ struct HttpAnswer {
   /// An error envelope `{"error":{...}}` still to be serialised into `body` (the gateway
   /// adds the request id to it first). Null: `body` is the answer.
   nlohmann::json error;
+  /// A streamed answer (`text/event-stream`): its events are still to be sent after the
+  /// head (send_event_stream). Null: `body` is the answer.
+  std::shared_ptr<ResponseStream> stream;
+  /// For a streamed answer: called once it has ended, with its final status (200, the
+  /// status of the error that cut it short, 499 when the client left) and the bytes of
+  /// events sent.
+  std::function<void(int status, std::size_t bytes)> stream_ended;
+  /// The answer's request id (finish_answer sets it).
+  std::string request_id;
 };
+
+/// Sends a streamed answer: `data: <chunk>\n\n` for each chunk as it arrives, then
+/// `data: [DONE]\n\n` when the stream completed, or an OpenAI-style error event
+/// `data: {"error":{...,"request_id"}}\n\n` when it was cut short (an upstream that broke
+/// off, an execution timeout), never a silent truncation. `write` sends bytes; false means
+/// the client is gone. Returns the final status: 200, the error's, or 499 when the client
+/// left (or the wait was cancelled); the stream is closed then, which cancels the upstream
+/// call. Never throws.
+boost::asio::awaitable<int> send_event_stream(
+    ResponseStream& stream, const std::string& request_id,
+    const std::function<boost::asio::awaitable<bool>(std::string_view)>& write);
 
 /// Builds the OpenAI-style error answer `{"error":{"message","type","param","code"}}`
 /// (`param` null when empty), not yet serialised (see HttpAnswer::error).
@@ -134,6 +154,12 @@ class Gateway {
   boost::asio::awaitable<HttpAnswer> handle_inference(const HttpExchange& request,
                                                       const Route& route, RequestOptions options,
                                                       Facts& facts);
+  /// A streamed chat request (`"stream": true`): the stream, or the answer it ended with.
+  boost::asio::awaitable<HttpAnswer> handle_streamed(nlohmann::json body, std::string user,
+                                                     ModelPreferences prefs, RequestOptions options,
+                                                     Facts& facts);
+  /// The answer carrying an executor's whole Response.
+  static HttpAnswer whole_answer(Response r);
   HttpAnswer reject(int status, std::string_view message, std::string_view type,
                     std::string_view code, std::string_view reason, std::string_view param = {});
   /// The /stats answer for `stats`.

@@ -103,6 +103,8 @@ Metrics::Metrics()
     : queue_wait_(latency_bounds()),
       upstream_latency_(latency_bounds()),
       total_latency_(latency_bounds()),
+      time_to_first_token_(latency_bounds()),
+      stream_duration_(latency_bounds()),
       last_reload_time_(unix_seconds_now()),
       last_reload_success_time_(last_reload_time_) {}
 
@@ -115,6 +117,11 @@ void Metrics::observe(const TelemetryData& t) {
   }
   if (t.completed_at >= t.received_at && t.received_at.time_since_epoch().count() != 0)
     total_latency_.observe(secs(t.completed_at - t.received_at));
+  if (t.streamed) {
+    ++streamed_;
+    if (t.time_to_first_token) time_to_first_token_.observe(secs(*t.time_to_first_token));
+    if (t.stream_duration) stream_duration_.observe(secs(*t.stream_duration));
+  }
   for (const AttemptRecord& a : t.attempt_log)
     if (a.status == 429) {
       if (!a.llm_deployment.empty()) ++upstream_429_[a.llm_deployment];
@@ -310,6 +317,17 @@ std::string Metrics::render(const QueueStats& s) const {
   upstream_latency_.render(out, "llmq_upstream_latency_seconds");
   header(out, "llmq_request_latency_seconds", "histogram", "Time from arrival to answer.");
   total_latency_.render(out, "llmq_request_latency_seconds");
+  single(out, "llmq_streamed_requests_total", "counter",
+         "Requests whose answer was streamed (at least one chunk reached the client).",
+         static_cast<double>(streamed_));
+  single(out, "llmq_gateway_streams_open", "gauge", "Streamed answers being sent now.",
+         static_cast<double>(streams_open_.load()));
+  header(out, "llmq_time_to_first_token_seconds", "histogram",
+         "Streamed answers: time from queueing to the first chunk.");
+  time_to_first_token_.render(out, "llmq_time_to_first_token_seconds");
+  header(out, "llmq_stream_duration_seconds", "histogram",
+         "Streamed answers: time from the first chunk to the end of the stream.");
+  stream_duration_.render(out, "llmq_stream_duration_seconds");
   return out;
 }
 

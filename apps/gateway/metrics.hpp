@@ -60,6 +60,8 @@ class Metrics {
   void answered(int status);
   /// A client disconnected while its request was queued or running (it was cancelled).
   void client_disconnected();
+  /// A streamed answer began (+1) or ended (-1), for llmq_gateway_streams_open.
+  void stream_open(int delta) noexcept { streams_open_.fetch_add(delta); }
   /// A configuration reload ended at `unix_seconds` (ok: its file is in use). Until the
   /// first, the configuration read at start counts as the last successful one.
   void config_reloaded(bool ok, double unix_seconds);
@@ -78,6 +80,10 @@ class Metrics {
   Histogram queue_wait_;
   Histogram upstream_latency_;
   Histogram total_latency_;
+  Histogram time_to_first_token_;
+  Histogram stream_duration_;
+  std::atomic<std::int64_t> streams_open_{0};
+  std::uint64_t streamed_ = 0;
   std::map<std::string, std::uint64_t> rejected_;
   /// By status 100-599 (nothing else is sent). Atomic: counted for every answer, from
   /// every I/O thread, without the mutex.

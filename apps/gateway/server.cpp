@@ -6,6 +6,8 @@
 
 #include <boost/beast/http/status.hpp>
 
+#include <cstdio>
+#include <functional>
 #include <string>
 #include <string_view>
 
@@ -20,7 +22,8 @@ bool has_body(int status) { return status >= 200 && status != 204 && status != 3
 /// The status line and header fields of an answer (all of them the gateway's own), as
 /// Beast would frame them: Content-Length, and Connection where the version's default
 /// differs. Statuses that carry no body (1xx, 204, 304) get neither length nor body.
-std::string response_head(const HttpAnswer& a, unsigned version, bool keep_alive) {
+std::string response_head(const HttpAnswer& a, unsigned version, bool keep_alive,
+                          bool streamed = false) {
   std::string head;
   head.reserve(200);
   head += version == 10 ? "HTTP/1.0 " : "HTTP/1.1 ";
@@ -38,7 +41,10 @@ std::string response_head(const HttpAnswer& a, unsigned version, bool keep_alive
   }
   if (version == 10 && keep_alive) head += "Connection: keep-alive\r\n";
   if (version != 10 && !keep_alive) head += "Connection: close\r\n";
-  if (has_body(a.status)) {
+  if (streamed) {
+    // HTTP/1.1: chunked; HTTP/1.0: the body ends when the connection closes.
+    if (version != 10) head += "Transfer-Encoding: chunked\r\n";
+  } else if (has_body(a.status)) {
     head += "Content-Length: ";
     head += std::to_string(a.body.size());
     head += "\r\n";
@@ -89,12 +95,46 @@ class GatewayHandler final : public server::RequestHandler {
     const unsigned version = req.version;
     const bool keep_alive = req.keep_alive;
     HttpAnswer answer = co_await gateway_.handle(to_exchange(req));
+    if (answer.stream) co_return co_await send_stream(conn, answer, version, keep_alive);
     if (conn.client_gone()) co_return false;  // nobody to answer
     const bool keep = keep_alive && !conn.stopping();
     const std::string head = response_head(answer, version, keep);
     const bool written = co_await conn.write(
         head, has_body(answer.status) ? std::string_view(answer.body) : std::string_view());
     co_return written&& keep;
+  }
+
+  /// Sends a streamed answer: the head, then each event as it comes (one HTTP chunk
+  /// each, so that it leaves at once), then the last chunk.
+  static asio::awaitable<bool> send_stream(server::Connection& conn, HttpAnswer& answer,
+                                           unsigned version, bool keep_alive) {
+    std::size_t bytes = 0;
+    int status = 499;
+    bool ok = false;
+    const bool chunked = version != 10;
+    const bool keep = keep_alive && chunked && !conn.stopping();
+    if (!conn.client_gone() &&
+        co_await conn.write_part(response_head(answer, version, keep, true))) {
+      std::string frame;
+      std::function<asio::awaitable<bool>(std::string_view)> write =
+          [&](std::string_view event) -> asio::awaitable<bool> {
+        bytes += event.size();
+        if (!chunked) co_return co_await conn.write_part(event);
+        frame.clear();
+        char size[20];
+        const int n = std::snprintf(size, sizeof size, "%zx\r\n", event.size());
+        frame.append(size, static_cast<std::size_t>(n));
+        frame += event;
+        frame += "\r\n";
+        co_return co_await conn.write_part(frame);
+      };
+      status = co_await send_event_stream(*answer.stream, answer.request_id, write);
+      ok = status != 499 && !conn.client_gone();
+      if (ok && chunked) ok = co_await conn.write("0\r\n\r\n");
+    }
+    answer.stream->close();  // cancels the request if it still runs
+    answer.stream_ended(status, bytes);
+    co_return ok&& keep;
   }
 
   std::string refusal(unsigned status) override {

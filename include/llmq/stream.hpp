@@ -62,6 +62,10 @@ class StreamState : public std::enable_shared_from_this<StreamState> {
   /// Counts a chunk about to be written and notes its time.
   void note_write();
 
+  /// The request's id (set before the request starts, read-only afterwards).
+  void set_request_id(std::string id) { request_id_ = std::move(id); }
+  [[nodiscard]] const std::string& request_id() const noexcept { return request_id_; }
+
   [[nodiscard]] bool done() const;
   [[nodiscard]] boost::system::error_code result_code() const;
   /// The final Response; valid once done().
@@ -78,6 +82,7 @@ class StreamState : public std::enable_shared_from_this<StreamState> {
   bool done_ = false;
   boost::system::error_code ec_;
   Response result_;
+  std::string request_id_;
   std::optional<Clock::time_point> first_at_;
   Clock::time_point last_at_{};
 };
@@ -147,6 +152,8 @@ class ResponseStream {
 
   /// How the request ended. Valid when not streaming(), and after next() returned nullopt.
   [[nodiscard]] const Response& response() const;
+  /// The request's id (Request::id), known from the start.
+  [[nodiscard]] const std::string& request_id() const noexcept;
   /// The error_code of the end (an llmq::errc, operation_aborted, or none).
   [[nodiscard]] boost::system::error_code error() const;
 

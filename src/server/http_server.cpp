@@ -257,6 +257,11 @@ class ConnectionImpl final : public ServerConnection {
     // Answering: a client that closes once it has read the answer has not disconnected
     // early, and there is nothing left to cancel (a write to a peer that is gone fails).
     stop_watching();
+    co_return co_await write_part(head, body);
+  }
+
+  asio::awaitable<bool> write_part(std::string_view head, std::string_view body) override {
+    if (closed_) co_return false;
     const std::array<asio::const_buffer, 2> wire{asio::buffer(head.data(), head.size()),
                                                  asio::buffer(body.data(), body.size())};
     tcp_().expires_after(st_->options.read_timeout);

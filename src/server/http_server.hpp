@@ -108,6 +108,11 @@ class Connection {
   /// Writes `head` then `body` (one gather write) within read_timeout. False when the
   /// write failed or the connection is closed.
   virtual boost::asio::awaitable<bool> write(std::string_view head, std::string_view body = {}) = 0;
+  /// Writes one part of an answer that goes on (a streamed body), within read_timeout;
+  /// unlike write(), the disconnect watch stays on, so a client that leaves mid-answer
+  /// cancels the handler. End the answer with write(). False as write().
+  virtual boost::asio::awaitable<bool> write_part(std::string_view head,
+                                                  std::string_view body = {}) = 0;
   /// Waits `d`; false when the connection was closed meanwhile.
   virtual boost::asio::awaitable<bool> wait(std::chrono::steady_clock::duration d) = 0;
   /// Reads and discards until the peer closes or the connection is closed (no timeout).

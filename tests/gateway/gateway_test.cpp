@@ -96,6 +96,43 @@ class FakeUpstream : public llmq::RequestExecutor {
     }
     co_return llmq::Response{answer(req, chosen), 200};
   }
+  /// `"stream_chunks": N` in the body: N chunks `{"i":k}`, `stream_gap_ms` apart; with
+  /// `"stream_break_after": k`, a 502 after k of them. Otherwise answered whole.
+  boost::asio::awaitable<llmq::Response> process_streaming_request(
+      const llmq::Request& req, const llmq::ChosenDeployments& chosen, llmq::TelemetryData& t,
+      llmq::StreamWriter& out) override {
+    const auto chunks = req.body.find("stream_chunks");
+    if (chunks == req.body.end()) {
+      llmq::Response whole = co_await process_request(req, chosen, t);
+      co_return whole;
+    }
+    ++calls;
+    const int n = chunks->get<int>();
+    const int break_after = req.body.value("stream_break_after", -1);
+    const auto gap = std::chrono::milliseconds(req.body.value("stream_gap_ms", 0));
+    try {
+      for (int i = 0; i < n; ++i) {
+        if (i == break_after) {
+          t.llm_outcome.status = 502;
+          co_return llmq::Response{llmq::make_error_body("upstream broke off", "upstream_error",
+                                                         "bad_upstream_response"),
+                                   502};
+        }
+        if (gap.count() > 0) {
+          asio::steady_timer timer(co_await asio::this_coro::executor, gap);
+          co_await timer.async_wait(asio::use_awaitable);
+        }
+        json c = json::object();
+        c["i"] = i;
+        co_await out.write(c.dump());
+      }
+    } catch (const boost::system::system_error&) {
+      ++cancelled;
+      throw;
+    }
+    t.llm_outcome.status = 200;
+    co_return llmq::Response{json::object(), 200};
+  }
   static json raw_body(const std::string& text) {
     return json::binary(json::binary_t::container_type(text.begin(), text.end()));
   }
@@ -806,6 +843,86 @@ TEST_F(GatewayTest, ClientThatDisconnectsWhileRunningCancelsTheUpstreamCall) {
   EXPECT_TRUE(wait_metric("llmq_in_flight", 0));
   EXPECT_EQ(upstream_->cancelled.load(), 1);
   EXPECT_EQ(metric("llmq_gateway_client_disconnects_total"), 1);
+}
+
+json streamed_chat(int chunks) {
+  json b = json::object();
+  b["model"] = "gpt-4o";
+  json m = json::object();
+  m["role"] = "user";
+  m["content"] = "hi";
+  b["messages"] = json::array({m});
+  b["stream"] = true;
+  b["stream_chunks"] = chunks;
+  return b;
+}
+
+TEST_F(GatewayTest, StreamedAnswersAreServerSentEventsEndingWithDone) {
+  start();
+  auto s = connect();
+  for (int round = 0; round < 2; ++round) {  // keep-alive: the connection serves again
+    const Reply r = send(s, http::verb::post, "/v1/chat/completions", streamed_chat(3).dump());
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.header("Content-Type"), "text/event-stream");
+    EXPECT_EQ(r.header("Transfer-Encoding"), "chunked");
+    EXPECT_EQ(r.header("cache-control"), "no-cache");
+    EXPECT_FALSE(r.header("x-request-id").empty());
+    EXPECT_EQ(r.body, "data: {\"i\":0}\n\ndata: {\"i\":1}\n\ndata: {\"i\":2}\n\ndata: [DONE]\n\n");
+  }
+  EXPECT_TRUE(wait_metric("llmq_streamed_requests_total", 2));
+  EXPECT_EQ(metric("llmq_gateway_streams_open"), 0);
+  EXPECT_EQ(metric("llmq_time_to_first_token_seconds_count"), 2);
+}
+
+TEST_F(GatewayTest, AStreamCutShortEndsWithAnErrorEventNotASilentEnd) {
+  start();
+  json body = streamed_chat(5);
+  body["stream_break_after"] = 2;
+  const Reply r = post("/v1/chat/completions", body);
+  EXPECT_EQ(r.status, 200);  // the head went out with the first chunk
+  const std::string head = "data: {\"i\":0}\n\ndata: {\"i\":1}\n\ndata: ";
+  ASSERT_EQ(r.body.substr(0, head.size()), head);
+  EXPECT_EQ(r.body.find("[DONE]"), std::string::npos);
+  ASSERT_GE(r.body.size(), head.size() + 2);
+  const json event = json::parse(r.body.substr(head.size(), r.body.size() - head.size() - 2));
+  EXPECT_EQ(event["error"]["code"], "bad_upstream_response");
+  EXPECT_EQ(event["error"]["request_id"], r.header("x-request-id"));
+  EXPECT_EQ(r.body.substr(r.body.size() - 2), "\n\n");
+}
+
+TEST_F(GatewayTest, AFailureBeforeTheStreamIsAPlainJsonAnswer) {
+  start();
+  json body = chat("gpt-4o");
+  body["stream"] = true;
+  body["reply_status"] = 429;
+  body["reply_retry_after_ms"] = 2500;
+  const Reply r = post("/v1/chat/completions", body);
+  EXPECT_EQ(r.status, 429);
+  EXPECT_EQ(r.header("Content-Type"), "application/json");
+  EXPECT_EQ(r.j()["error"]["message"], "refused");
+  EXPECT_EQ(r.header("retry-after"), "3");
+}
+
+TEST_F(GatewayTest, AClientThatLeavesMidStreamCancelsTheUpstreamCall) {
+  start();
+  json body = streamed_chat(1000);
+  body["stream_gap_ms"] = 20;
+  {
+    auto s = connect();
+    http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+    req.set(http::field::host, "127.0.0.1");
+    req.set(http::field::content_type, "application/json");
+    req.set("x-user-id", "alice");
+    req.body() = body.dump();
+    req.prepare_payload();
+    http::write(s, req);
+    const std::string got = read_until(s, "data: {\"i\":1}");
+    EXPECT_NE(got.find("data: {\"i\":0}"), std::string::npos);
+  }  // the client closes the connection mid-stream
+  EXPECT_TRUE(wait_metric("llmq_in_flight", 0));
+  EXPECT_TRUE(wait_metric("llmq_gateway_streams_open", 0));
+  EXPECT_EQ(upstream_->cancelled.load(), 1);
+  EXPECT_GE(metric("llmq_gateway_client_disconnects_total"), 1);
 }
 
 TEST_F(GatewayTest, UpstreamRetryAfterReachesTheClient) {

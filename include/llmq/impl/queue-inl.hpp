@@ -1905,6 +1905,9 @@ LLMQ_INLINE std::shared_ptr<detail::StreamState> LLMQueue::launch_stream(
   detail::QueueCore& core = *core_;
   auto state = std::make_shared<detail::StreamState>(
       core.base_executor(), core.options_.stream_buffer_chunks, core.clock_);
+  // Known from the start, for readers that need it before the end (e.g. an error event).
+  if (options.request_id.empty()) options.request_id = core.next_request_id();
+  state->set_request_id(options.request_id);
   std::shared_ptr<detail::Entry> entry =
       prepare(std::move(req_type), std::move(request_data), std::move(user_id),
               std::move(model_pref), std::move(options));

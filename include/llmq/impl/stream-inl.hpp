@@ -144,6 +144,11 @@ LLMQ_INLINE const Response& ResponseStream::response() const {
   return state_->result();
 }
 
+LLMQ_INLINE const std::string& ResponseStream::request_id() const noexcept {
+  static const std::string none;
+  return state_ ? state_->request_id() : none;
+}
+
 LLMQ_INLINE boost::system::error_code ResponseStream::error() const {
   return state_ ? state_->result_code() : boost::system::error_code();
 }

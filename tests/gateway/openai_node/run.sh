@@ -13,10 +13,11 @@ if [ ! -d "$here/node_modules/openai" ]; then
 fi
 
 start_server llmq-mock-azure "$mock_bin" --config "$here/mock.yaml"
+mock_url=$server_url
 start_server llmq-gateway env LLMQ_TEST_MOCK_URL="$server_url" \
   LLMQ_TEST_UPSTREAM_KEY=node-test-upstream-key "$gateway_bin" --config "$here/gateway.yaml"
 
-GATEWAY_URL="$server_url" node "$here/test.mjs"
+GATEWAY_URL="$server_url" MOCK_URL="$mock_url" node "$here/test.mjs"
 
 # SIGTERM: the gateway drains, flushes and exits 0.
 gateway_pid=${pids[1]}
