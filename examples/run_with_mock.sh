@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Runs examples/rag_pipeline against llmq-mock-azure on loopback.
-# Usage: run_rag_pipeline.sh MOCK_BINARY RAG_PIPELINE_BINARY
+# Runs an example (examples/rag_pipeline, examples/streaming_chat) against llmq-mock-azure
+# on loopback. Usage: run_with_mock.sh MOCK_BINARY EXAMPLE_BINARY
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=../scripts/lib/servers.sh
