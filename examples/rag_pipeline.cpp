@@ -12,6 +12,8 @@
 // by the questions its passages answer, and the question asked is one of them.
 // Exits 0 when the answer was built from the right passage.
 
+#include "mock_upstream.hpp"
+
 #include <llmq/llmq.hpp>
 #include <llmq/providers.hpp>
 
@@ -19,7 +21,6 @@
 #include <boost/asio/io_context.hpp>
 
 #include <cmath>
-#include <cstring>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -114,30 +115,12 @@ class RagExecutor : public llmq::RequestExecutor {
   std::shared_ptr<llmq::HttpClient> client_;
 };
 
-std::string config_yaml(const std::string& endpoint, const std::string& key) {
-  return "azure_open_ai:\n"
-         "  - api_key: \"" +
-         key +
-         "\"\n"
-         "    api_version: \"2024-10-21\"\n"
-         "    azure_endpoint: \"" +
-         endpoint +
-         "\"\n"
-         "    azure_oai_models:\n"
-         "      - {unique_model_id: chat, model_name_in_azure: gpt-4o,\n"
-         "         deployment_name_in_azure: chat, model_type: chat,\n"
-         "         req_per_min: 6000, tokens_per_min: 1000000}\n"
-         "      - {unique_model_id: embed, model_name_in_azure: text-embedding-3-small,\n"
-         "         deployment_name_in_azure: embed, model_type: embeddings,\n"
-         "         req_per_min: 6000, tokens_per_min: 1000000}\n";
-}
-
-asio::awaitable<int> run(std::string endpoint, std::string key) {
+asio::awaitable<int> run(examples::MockArgs args) {
   auto ex = co_await asio::this_coro::executor;
   auto client = std::make_shared<llmq::HttpClient>(ex);
   std::map<std::string, std::shared_ptr<llmq::RequestExecutor>> executors;
   executors["rag"] = std::make_shared<RagExecutor>(client);
-  llmq::LLMQueue queue(ex, llmq::parse_config(config_yaml(endpoint, key)), executors);
+  llmq::LLMQueue queue(ex, examples::mock_config(args, true), executors);
   co_await queue.initiate();
 
   llmq::ModelPreferences both;  // one grant on each kind, or none
@@ -171,29 +154,8 @@ asio::awaitable<int> run(std::string endpoint, std::string key) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string endpoint;
-  std::string key = "rag-example-key";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::strcmp(argv[i], "--endpoint") == 0) endpoint = argv[i + 1];
-    if (std::strcmp(argv[i], "--api-key") == 0) key = argv[i + 1];
-  }
-  if (endpoint.empty()) {
-    std::cerr << "usage: rag_pipeline --endpoint URL [--api-key KEY]\n";
-    return 2;
-  }
-  asio::io_context io;
-  int failures = 1;
-  asio::co_spawn(io, run(endpoint, key), [&](std::exception_ptr ep, int n) {
-    if (ep) {
-      try {
-        std::rethrow_exception(ep);
-      } catch (const std::exception& e) {
-        std::cerr << "rag_pipeline failed: " << e.what() << "\n";
-      }
-      return;
-    }
-    failures = n;
-  });
-  io.run();
+  const std::optional<examples::MockArgs> args = examples::mock_args(argc, argv, "rag_pipeline");
+  if (!args) return 2;
+  const int failures = examples::run_example("rag_pipeline", [&] { return run(*args); });
   return failures == 0 ? 0 : 1;
 }

@@ -7,6 +7,8 @@
 // hands over the next `chat.completion.chunk` as the upstream sends it, and the request
 // keeps its deployment until the stream ends. Exits 0 when every outcome is as documented.
 
+#include "mock_upstream.hpp"
+
 #include <llmq/llmq.hpp>
 #include <llmq/providers.hpp>
 
@@ -14,7 +16,6 @@
 #include <boost/asio/io_context.hpp>
 
 #include <chrono>
-#include <cstring>
 #include <iostream>
 #include <map>
 #include <memory>
@@ -30,21 +31,6 @@ int failures = 0;
 void check(bool ok, const std::string& what) {
   std::cout << (ok ? "ok: " : "FAILED: ") << what << "\n";
   if (!ok) ++failures;
-}
-
-std::string config_yaml(const std::string& endpoint, const std::string& key) {
-  return "azure_open_ai:\n"
-         "  - api_key: \"" +
-         key +
-         "\"\n"
-         "    api_version: \"2024-10-21\"\n"
-         "    azure_endpoint: \"" +
-         endpoint +
-         "\"\n"
-         "    azure_oai_models:\n"
-         "      - {unique_model_id: chat, model_name_in_azure: gpt-4o,\n"
-         "         deployment_name_in_azure: chat, model_type: chat,\n"
-         "         req_per_min: 6000, tokens_per_min: 1000000}\n";
 }
 
 json question(const std::string& text) {
@@ -67,11 +53,10 @@ std::string delta_text(const json& chunk) {
                                                         : std::string();
 }
 
-asio::awaitable<void> run(std::string endpoint, std::string key) {
+asio::awaitable<int> run(examples::MockArgs args) {
   auto ex = co_await asio::this_coro::executor;
   auto client = std::make_shared<llmq::HttpClient>(ex);
-  llmq::LLMQueue queue(ex, llmq::parse_config(config_yaml(endpoint, key)),
-                       llmq::default_executors(client));
+  llmq::LLMQueue queue(ex, examples::mock_config(args, false), llmq::default_executors(client));
   co_await queue.initiate();
 
   // 1. A stream, printed as it comes.
@@ -128,40 +113,19 @@ asio::awaitable<void> run(std::string endpoint, std::string key) {
     streamed += t.streamed ? 1 : 0;
     cancelled += t.status == 499 ? 1 : 0;
     if (t.time_to_first_token)
-      std::cout << "request " << t.request_id << ": status " << t.status
-                << ", time to first token " << t.time_to_first_token->count() << " us\n";
+      std::cout << "request " << t.request_id << ": status " << t.status << ", time to first token "
+                << t.time_to_first_token->count() << " us\n";
   }
   check(streamed == 2, "both requests recorded as streamed");
   check(cancelled == 1, "the early close recorded as 499");
   std::cout << "streaming_chat: " << failures << " failed\n";
+  co_return failures;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string endpoint;
-  std::string key = "rag-example-key";
-  for (int i = 1; i + 1 < argc; i += 2) {
-    if (std::strcmp(argv[i], "--endpoint") == 0) endpoint = argv[i + 1];
-    if (std::strcmp(argv[i], "--api-key") == 0) key = argv[i + 1];
-  }
-  if (endpoint.empty()) {
-    std::cerr << "usage: streaming_chat --endpoint URL [--api-key KEY]\n";
-    return 2;
-  }
-  asio::io_context io;
-  bool finished = false;
-  asio::co_spawn(io, run(endpoint, key), [&](std::exception_ptr ep) {
-    if (ep) {
-      try {
-        std::rethrow_exception(ep);
-      } catch (const std::exception& e) {
-        std::cerr << "streaming_chat failed: " << e.what() << "\n";
-      }
-      return;
-    }
-    finished = true;
-  });
-  io.run();
-  return finished && failures == 0 ? 0 : 1;
+  const std::optional<examples::MockArgs> args = examples::mock_args(argc, argv, "streaming_chat");
+  if (!args) return 2;
+  return examples::run_example("streaming_chat", [&] { return run(*args); }) == 0 ? 0 : 1;
 }

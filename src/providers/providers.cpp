@@ -500,58 +500,29 @@ Response response_from_http(const HttpResponse& resp, UpstreamOperation op, Tele
   return Response{std::move(parsed), resp.status};
 }
 
-/// Collects a streamed chat answer: SSE events into a ChatStreamAssembler, or the raw
-/// body when the upstream answered without an event stream (an error, or no streaming).
-class StreamCollector {
+/// What the two readers of a streamed chat answer share: the head (an event stream, or
+/// an answer to collect whole), the SSE parser, and the checks of each event.
+class SseAnswer {
  public:
-  StreamCollector(const Secrets& secrets, std::size_t max_depth)
-      : secrets_(secrets), max_depth_(max_depth) {}
-
   void on_head(const HttpResponse& head) {
     head_ = head;
     const std::string type = head.header("content-type").value_or("");
     sse_ = is_success(head.status) && type.find("text/event-stream") != std::string::npos;
   }
 
-  void on_chunk(std::string_view chunk) {
-    if (!sse_) {
-      raw_.append(chunk);
-      return;
-    }
-    for (const SseEvent& event : parser_.feed(chunk)) handle(event);
-  }
+ protected:
+  SseAnswer(const Secrets& secrets, std::size_t max_depth)
+      : secrets_(secrets), max_depth_(max_depth) {}
 
-  Response finish(TelemetryData& t, UpstreamOutcome& outcome) {
-    if (!sse_) {
-      HttpResponse full = head_;
-      full.body = std::move(raw_);
-      return response_from_http(full, UpstreamOperation::chat_completions, t, outcome, secrets_,
-                                max_depth_);
-    }
-    for (const SseEvent& event : parser_.finish()) handle(event);
-    outcome = outcome_from_response(head_, json(), SysClock::now());
-    if (error_) {
-      outcome.status = 502;
-      return std::move(*error_);
-    }
-    if (!done_ && !assembler_.complete()) {
-      outcome.status = 502;
-      return error_response(502, "upstream stream ended before [DONE] (the answer is incomplete)",
-                            "upstream_error", "bad_upstream_response");
-    }
-    json body = assembler_.result();
-    record_usage(UpstreamOperation::chat_completions, body, t);
-    return Response{std::move(body), head_.status};
-  }
-
- private:
-  void handle(const SseEvent& event) {
-    if (done_ || error_) return;
+  /// The JSON of one event to take in; nullopt for the end marker, an empty event, or an
+  /// event that ended the stream (malformed, too deep, an error event: then error_ is set).
+  std::optional<json> take_event(const SseEvent& event) {
+    if (done_ || error_) return std::nullopt;
     if (event.is_done()) {
       done_ = true;
-      return;
+      return std::nullopt;
     }
-    if (event.data.empty()) return;
+    if (event.data.empty()) return std::nullopt;
     json chunk;
     if (const auto problem = parse_json_bounded(event.data, max_depth_, chunk)) {
       const std::string message = problem->code == "json_too_deep"
@@ -559,13 +530,36 @@ class StreamCollector {
                                       : secrets_.clean(malformed_json_message(event.data));
       error_ = error_response(502, message + " (in the event stream)", "upstream_error",
                               "bad_upstream_response");
-      return;
+      return std::nullopt;
     }
     if (chunk.is_object() && chunk.contains("error") && !chunk.contains("choices")) {
       error_ = Response{std::move(chunk), 502};  // an error event inside the stream
-      return;
+      return std::nullopt;
     }
-    assembler_.add(chunk);
+    return chunk;
+  }
+
+  /// The answer of an upstream that did not stream (an error before any event).
+  Response whole_answer(TelemetryData& t, UpstreamOutcome& outcome) {
+    HttpResponse full = head_;
+    full.body = std::move(raw_);
+    return response_from_http(full, UpstreamOperation::chat_completions, t, outcome, secrets_,
+                              max_depth_);
+  }
+
+  /// The end of an event stream: the error that ended it, or a 502 for one cut short.
+  std::optional<Response> stream_problem(UpstreamOutcome& outcome, bool complete) {
+    outcome = outcome_from_response(head_, json(), SysClock::now());
+    if (error_) {
+      outcome.status = 502;
+      return std::move(*error_);
+    }
+    if (!done_ && !complete) {
+      outcome.status = 502;
+      return error_response(502, "upstream stream ended before [DONE] (the answer is incomplete)",
+                            "upstream_error", "bad_upstream_response");
+    }
+    return std::nullopt;
   }
 
   Secrets secrets_;
@@ -574,9 +568,38 @@ class StreamCollector {
   bool sse_ = false;
   std::string raw_;
   SseParser parser_;
-  ChatStreamAssembler assembler_;
   bool done_ = false;
   std::optional<Response> error_;
+};
+
+/// Collects a streamed chat answer: SSE events into a ChatStreamAssembler, or the raw
+/// body when the upstream answered without an event stream (an error, or no streaming).
+class StreamCollector : public SseAnswer {
+ public:
+  StreamCollector(const Secrets& secrets, std::size_t max_depth) : SseAnswer(secrets, max_depth) {}
+
+  void on_chunk(std::string_view chunk) {
+    if (!sse_) {
+      raw_.append(chunk);
+      return;
+    }
+    for (const SseEvent& event : parser_.feed(chunk))
+      if (std::optional<json> c = take_event(event)) assembler_.add(*c);
+  }
+
+  Response finish(TelemetryData& t, UpstreamOutcome& outcome) {
+    if (!sse_) return whole_answer(t, outcome);
+    for (const SseEvent& event : parser_.finish())
+      if (std::optional<json> c = take_event(event)) assembler_.add(*c);
+    if (std::optional<Response> problem = stream_problem(outcome, assembler_.complete()))
+      return std::move(*problem);
+    json body = assembler_.result();
+    record_usage(UpstreamOperation::chat_completions, body, t);
+    return Response{std::move(body), head_.status};
+  }
+
+ private:
+  ChatStreamAssembler assembler_;
 };
 
 /// Thrown from the relay's chunk handler to stop reading a stream that went wrong (the
@@ -587,16 +610,10 @@ struct StopReading {};
 /// them: the `data:` text of each `chat.completion.chunk` unchanged, except that the
 /// usage-only chunk llmq asked for on the caller's behalf is dropped. Records the usage.
 /// An answer that is not an event stream (an error before any byte) is collected whole.
-class StreamRelay {
+class StreamRelay : public SseAnswer {
  public:
   StreamRelay(const Secrets& secrets, std::size_t max_depth, bool pass_usage, StreamWriter& out)
-      : secrets_(secrets), max_depth_(max_depth), pass_usage_(pass_usage), out_(out) {}
-
-  void on_head(const HttpResponse& head) {
-    head_ = head;
-    const std::string type = head.header("content-type").value_or("");
-    sse_ = is_success(head.status) && type.find("text/event-stream") != std::string::npos;
-  }
+      : SseAnswer(secrets, max_depth), pass_usage_(pass_usage), out_(out) {}
 
   boost::asio::awaitable<void> on_chunk(std::string_view chunk) {
     if (!sse_) {
@@ -611,26 +628,13 @@ class StreamRelay {
 
   /// The stream ended (or was stopped).
   boost::asio::awaitable<Response> finish(TelemetryData& t, UpstreamOutcome& outcome) {
-    if (!sse_) {
-      HttpResponse full = head_;
-      full.body = std::move(raw_);
-      co_return response_from_http(full, UpstreamOperation::chat_completions, t, outcome, secrets_,
-                                   max_depth_);
-    }
+    if (!sse_) co_return whole_answer(t, outcome);
     if (!error_)
       for (SseEvent& event : parser_.finish()) co_await handle(event);
-    outcome = outcome_from_response(head_, json(), SysClock::now());
     if (usage_) add_usage(UpstreamOperation::chat_completions, *usage_, t);
-    if (error_) {
-      outcome.status = 502;
-      co_return std::move(*error_);
-    }
-    if (!done_ && (seen_.empty() || seen_.size() != finished_.size())) {
-      outcome.status = 502;
-      co_return error_response(502,
-                               "upstream stream ended before [DONE] (the answer is incomplete)",
-                               "upstream_error", "bad_upstream_response");
-    }
+    const bool complete = !seen_.empty() && seen_.size() == finished_.size();
+    if (std::optional<Response> problem = stream_problem(outcome, complete))
+      co_return std::move(*problem);
     json body = json::object();
     body["object"] = "chat.completion.stream";
     body["usage"] = usage_json_;
@@ -639,27 +643,10 @@ class StreamRelay {
 
  private:
   boost::asio::awaitable<void> handle(SseEvent& event) {
-    if (done_ || error_) co_return;
-    if (event.is_done()) {
-      done_ = true;
-      co_return;
-    }
-    if (event.data.empty()) co_return;
-    json chunk;
-    if (const auto problem = parse_json_bounded(event.data, max_depth_, chunk)) {
-      const std::string message = problem->code == "json_too_deep"
-                                      ? too_deep_message(max_depth_)
-                                      : secrets_.clean(malformed_json_message(event.data));
-      error_ = error_response(502, message + " (in the event stream)", "upstream_error",
-                              "bad_upstream_response");
-      co_return;
-    }
-    if (!chunk.is_object()) co_return;
+    std::optional<json> parsed = take_event(event);
+    if (!parsed || !parsed->is_object()) co_return;
+    const json& chunk = *parsed;
     const auto choices = chunk.find("choices");
-    if (chunk.contains("error") && choices == chunk.end()) {
-      error_ = Response{std::move(chunk), 502};  // an error event inside the stream
-      co_return;
-    }
     bool usage_only = false;
     if (const auto u = chunk.find("usage"); u != chunk.end() && u->is_object()) {
       UsageCounts counts;
@@ -687,16 +674,8 @@ class StreamRelay {
 
   static constexpr std::size_t kMaxChoices = 128;  // `n` is at most 128
 
-  Secrets secrets_;
-  std::size_t max_depth_;
   bool pass_usage_;
   StreamWriter& out_;
-  HttpResponse head_;
-  bool sse_ = false;
-  std::string raw_;
-  SseParser parser_;
-  bool done_ = false;
-  std::optional<Response> error_;
   std::optional<UsageCounts> usage_;
   json usage_json_;
   std::set<std::int64_t> seen_;

@@ -86,13 +86,19 @@ struct Call {
   llmq::TelemetryData telemetry;
 };
 
-Call run_executor(asio::io_context& io, llmq::RequestExecutor& executor, json body,
-                  const llmq::Deployment* llm, const llmq::Deployment* embedding = nullptr) {
+/// The request the executor tests run (as the queue would hand it over).
+llmq::Request test_request(json body) {
   llmq::Request req;
   req.id = "r1";
   req.req_type = "test";
   req.user_id = "u1";
   req.body = std::move(body);
+  return req;
+}
+
+Call run_executor(asio::io_context& io, llmq::RequestExecutor& executor, json body,
+                  const llmq::Deployment* llm, const llmq::Deployment* embedding = nullptr) {
+  const llmq::Request req = test_request(std::move(body));
   llmq::ChosenDeployments chosen;
   chosen.llm = llm;
   chosen.embedding = embedding;
@@ -599,6 +605,13 @@ Reply sse_reply(std::vector<std::string> events) {
   return r;
 }
 
+/// A 429 with its Retry-After, as Azure answers before any event.
+Reply slow_down_reply() {
+  Reply r = llmq::testing::json_reply(429, R"({"error":{"code":"429","message":"slow down"}})");
+  r.headers.emplace_back("retry-after-ms", "800");
+  return r;
+}
+
 TEST(StreamingChat, DeltasAreAssembledIntoOneCompletion) {
   asio::io_context io;
   LoopbackServer server(io, [](const ReceivedRequest&) {
@@ -685,11 +698,7 @@ TEST(StreamingChat, DeeplyNestedEventIs502) {
 
 TEST(StreamingChat, ErrorAnswerToAStreamedRequestPassesThrough) {
   asio::io_context io;
-  LoopbackServer server(io, [](const ReceivedRequest&) {
-    Reply r = llmq::testing::json_reply(429, R"({"error":{"code":"429","message":"slow down"}})");
-    r.headers.emplace_back("retry-after-ms", "800");
-    return r;
-  });
+  LoopbackServer server(io, [](const ReceivedRequest&) { return slow_down_reply(); });
   const llmq::Deployment d = azure(server);
   llmq::ChatCompletionExecutor executor(make_client(io));
   json body = chat_body();
@@ -714,11 +723,7 @@ struct StreamCall {
 StreamCall run_streaming(asio::io_context& io, llmq::RequestExecutor& executor, json body,
                          const llmq::Deployment* llm, int read_limit = -1) {
   auto state = std::make_shared<llmq::detail::StreamState>(io.get_executor(), 4);
-  llmq::Request req;
-  req.id = "r1";
-  req.req_type = "test";
-  req.user_id = "u1";
-  req.body = std::move(body);
+  const llmq::Request req = test_request(std::move(body));
   llmq::ChosenDeployments chosen;
   chosen.llm = llm;
   StreamCall call;
@@ -827,11 +832,7 @@ TEST(StreamedChat, AnErrorEventEndsTheStreamWithIt) {
 
 TEST(StreamedChat, AnErrorBeforeTheStreamIsTheUpstreamsAnswerWithNothingWritten) {
   asio::io_context io;
-  LoopbackServer server(io, [](const ReceivedRequest&) {
-    Reply r = llmq::testing::json_reply(429, R"({"error":{"code":"429","message":"slow down"}})");
-    r.headers.emplace_back("retry-after-ms", "800");
-    return r;
-  });
+  LoopbackServer server(io, [](const ReceivedRequest&) { return slow_down_reply(); });
   const llmq::Deployment d = azure(server);
   llmq::ChatCompletionExecutor executor(make_client(io));
   const StreamCall call = run_streaming(io, executor, chat_body(), &d);
