@@ -428,8 +428,10 @@ TEST_F(GatewayTest, ErrorsMapToStatusesWithOpenAiEnvelope) {
   EXPECT_EQ(bad_json.status, 400);
   EXPECT_EQ(bad_json.j()["error"]["code"], "invalid_json");
   json streaming = chat("gpt-4o");
-  streaming["stream"] = true;
-  EXPECT_EQ(post("/v1/chat/completions", streaming).status, 400);
+  streaming["stream"] = "yes";  // `true` streams; a non-boolean is refused
+  const Reply bad_stream = post("/v1/chat/completions", streaming);
+  EXPECT_EQ(bad_stream.status, 400);
+  EXPECT_EQ(bad_stream.j()["error"]["param"], "stream");
   json no_model = chat("gpt-4o");
   no_model.erase("model");
   EXPECT_EQ(post("/v1/chat/completions", no_model).status, 400);
