@@ -40,7 +40,8 @@ ec unrelated.key
 cd - >/dev/null
 
 # ---- configurations --------------------------------------------------------------------
-# The openai-package test's deployments and client key, plus one slow deployment.
+# The openai-package test's deployments and client key, plus one slow deployment (and
+# the package test's streaming one).
 cat >"$work/mock.yaml" <<YAML
 api_key: tls-upstream-key
 latency: {distribution: fixed, ms: 2}
@@ -49,6 +50,7 @@ deployments:
   - {name: gpt-4o-west, model: gpt-4o, type: chat}
   - {name: embed-1, model: text-embedding-3-small, type: embeddings}
   - {name: slow, model: slow-model, type: chat, latency: {distribution: fixed, ms: 20000}}
+  - {name: gpt-4o-slow, model: gpt-4o-slow, type: chat, stream_tokens_per_second: 50}
 YAML
 tls_config() {  # tls_config FILE [CLIENT_CA]
   cat >"$1" <<YAML
@@ -65,6 +67,8 @@ azure_open_ai:
          model_type: embeddings, req_per_min: 60000, tokens_per_min: 100000000}
       - {unique_model_id: slow, model_name_in_azure: slow-model, deployment_name_in_azure: slow,
          model_type: chat, req_per_min: 60000, tokens_per_min: 100000000}
+      - {unique_model_id: gpt-4o-slow, model_name_in_azure: gpt-4o-slow, deployment_name_in_azure: gpt-4o-slow,
+         model_type: chat, req_per_min: 60000, tokens_per_min: 100000000, error_backoff_in_seconds: 0.2}
 user_limits:
   max_num_requests_in_time_window: 40
   time_window_in_seconds: 60
@@ -224,7 +228,8 @@ if grep -q "BEGIN" "$work/bad.log" 2>/dev/null; then fail "key material in an er
 # ---- the official openai client over HTTPS ---------------------------------------------
 if [ -d "$here/openai_node/node_modules/openai" ] || (cd "$here/openai_node" &&
   npm ci --no-audit --no-fund --loglevel=error >/dev/null 2>&1); then
-  if GATEWAY_URL="$tls_url" NODE_EXTRA_CA_CERTS="$pki/ca.pem" node "$here/openai_node/test.mjs" \
+  if GATEWAY_URL="$tls_url" MOCK_URL="$mock_url" NODE_EXTRA_CA_CERTS="$pki/ca.pem" \
+    node "$here/openai_node/test.mjs" \
     >"$work/node.log" 2>&1; then
     pass "openai npm client over HTTPS: $(grep -c '^ok' "$work/node.log") checks"
   else
