@@ -1656,6 +1656,52 @@ TEST_F(GatewayTest, ConfigReloaderSwitchesToAUsableFileAndKeepsTheRunningOneOthe
 
 namespace {
 
+TEST_F(GatewayTest, StreamsFromSeveralThreadsArriveWhole) {
+  io_threads_ = 2;  // each connection on its own strand, the queue on its own
+  start();
+  constexpr int kClients = 6;
+  constexpr int kEach = 5;
+  std::string expected;
+  for (int i = 0; i < 20; ++i) expected += "data: {\"i\":" + std::to_string(i) + "}\n\n";
+  expected += "data: [DONE]\n\n";
+  std::atomic<int> whole{0};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < kClients; ++c)
+    clients.emplace_back([&, c] {
+      auto s = connect();
+      for (int i = 0; i < kEach; ++i) {
+        json body = streamed_chat(20);
+        body["stream_gap_ms"] = 1;
+        const std::string user = "s" + std::to_string(c) + "-" + std::to_string(i);
+        const Reply r =
+            send(s, http::verb::post, "/v1/chat/completions", body.dump(), {{"x-user-id", user}});
+        if (r.status == 200 && r.body == expected) whole.fetch_add(1);
+      }
+    });
+  // Meanwhile one client leaves in the middle of its stream, again and again.
+  std::thread leaver([&] {
+    for (int i = 0; i < 5; ++i) {
+      auto s = connect();
+      json body = streamed_chat(1000);
+      body["stream_gap_ms"] = 2;
+      http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
+      req.set(http::field::host, "127.0.0.1");
+      req.set(http::field::content_type, "application/json");
+      req.set("x-user-id", "leaver-" + std::to_string(i));
+      req.body() = body.dump();
+      req.prepare_payload();
+      http::write(s, req);
+      (void)read_until(s, "data: {\"i\":3}");
+    }
+  });
+  for (std::thread& t : clients) t.join();
+  leaver.join();
+  EXPECT_EQ(whole.load(), kClients * kEach);
+  EXPECT_TRUE(wait_metric("llmq_gateway_streams_open", 0));
+  EXPECT_TRUE(wait_metric("llmq_in_flight", 0));
+  EXPECT_EQ(upstream_->cancelled.load(), 5);
+}
+
 TEST_F(GatewayTest, ServesManyConnectionsFromSeveralThreads) {
   io_threads_ = 2;  // gateway.threads: 2, each connection on its own strand
   llmq::gateway::GatewayConfig gc;
