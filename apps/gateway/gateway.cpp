@@ -508,16 +508,13 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_inference(const HttpExchange&
   else
     user = std::move(facts.user);
   if (streamed) {
-    co_return co_await handle_streamed(std::move(body), std::move(user), std::move(prefs),
+    co_return co_await handle_streamed(req_type, std::move(body), std::move(user), std::move(prefs),
                                        std::move(options), facts);
   }
   auto [ec, r] = co_await queue_.async_execute_request(
       req_type, std::move(body), std::move(user), std::move(prefs), std::move(options),
       boost::asio::as_tuple(boost::asio::use_awaitable));
   if (facts.request_id.empty()) facts.request_id = r.request_id;
-  if (ec == boost::asio::error::operation_aborted)  // the client disconnected
-    co_return reject(499, "the client closed the connection", "invalid_request_error",
-                     "client_closed_request", "client_disconnected");
   if (ec) co_return refusal(ec, r, *facts.config);
   co_return whole_answer(std::move(r));
 }
@@ -533,18 +530,15 @@ HttpAnswer Gateway::whole_answer(Response r) {
   return a;
 }
 
-boost::asio::awaitable<HttpAnswer> Gateway::handle_streamed(nlohmann::json body, std::string user,
+boost::asio::awaitable<HttpAnswer> Gateway::handle_streamed(const std::string& req_type,
+                                                            nlohmann::json body, std::string user,
                                                             ModelPreferences prefs,
                                                             RequestOptions options, Facts& facts) {
-  const std::string req_type = "chat_completion";
   auto [ec, stream] = co_await queue_.async_execute_streaming_request(
       req_type, std::move(body), std::move(user), std::move(prefs), std::move(options),
       boost::asio::as_tuple(boost::asio::use_awaitable));
   const Response& r = stream.response();
   if (facts.request_id.empty()) facts.request_id = stream.request_id();
-  if (ec == boost::asio::error::operation_aborted)  // the client disconnected
-    co_return reject(499, "the client closed the connection", "invalid_request_error",
-                     "client_closed_request", "client_disconnected");
   if (ec) co_return refusal(ec, r, *facts.config);
   if (!stream.streaming()) co_return whole_answer(r);  // ended before its first chunk
   HttpAnswer a;
@@ -573,6 +567,9 @@ boost::asio::awaitable<HttpAnswer> Gateway::handle_reload(const HttpExchange& re
 
 HttpAnswer Gateway::refusal(const boost::system::error_code& ec, const Response& r,
                             const GatewayConfig& config) {
+  if (ec == boost::asio::error::operation_aborted)  // the client disconnected
+    return reject(499, "the client closed the connection", "invalid_request_error",
+                  "client_closed_request", "client_disconnected");
   if (ec.category() != error_category()) {
     logger()->error("gateway: unexpected error: {}", ec.message());
     return reject(500, "internal error", "server_error", "internal_error", "error");

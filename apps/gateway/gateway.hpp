@@ -155,7 +155,8 @@ class Gateway {
                                                       const Route& route, RequestOptions options,
                                                       Facts& facts);
   /// A streamed chat request (`"stream": true`): the stream, or the answer it ended with.
-  boost::asio::awaitable<HttpAnswer> handle_streamed(nlohmann::json body, std::string user,
+  boost::asio::awaitable<HttpAnswer> handle_streamed(const std::string& req_type,
+                                                     nlohmann::json body, std::string user,
                                                      ModelPreferences prefs, RequestOptions options,
                                                      Facts& facts);
   /// The answer carrying an executor's whole Response.
@@ -164,7 +165,8 @@ class Gateway {
                     std::string_view code, std::string_view reason, std::string_view param = {});
   /// The /stats answer for `stats`.
   HttpAnswer stats_answer(const QueueStats& stats) const;
-  /// The answer to a request llmq refused or ended (`ec`, an llmq::errc, with its Response).
+  /// The answer to a request llmq refused or ended (`ec`, an llmq::errc, with its
+  /// Response), or whose client left (operation_aborted: 499, not sent).
   HttpAnswer refusal(const boost::system::error_code& ec, const Response& r,
                      const GatewayConfig& config);
 

@@ -429,18 +429,21 @@ void add_usage(UpstreamOperation op, const UsageCounts& u, TelemetryData& t) {
   }
 }
 
+/// The members of a parsed `usage` object that the telemetry takes.
+UsageCounts usage_counts(const json& usage) {
+  UsageCounts u;
+  u.prompt_tokens = usage_count(usage, "prompt_tokens");
+  u.completion_tokens = usage_count(usage, "completion_tokens");
+  u.total_tokens = usage_count(usage, "total_tokens");
+  return u;
+}
+
 /// Adds the `usage` of a successful body to the telemetry.
 void record_usage(UpstreamOperation op, const json& body, TelemetryData& t) {
   if (!body.is_object()) return;
   const auto usage = body.find("usage");
   if (usage == body.end() || !usage->is_object()) return;
-  if (op == UpstreamOperation::chat_completions) {
-    t.prompt_tokens += usage_count(*usage, "prompt_tokens");
-    t.completion_tokens += usage_count(*usage, "completion_tokens");
-  } else {
-    const std::int64_t prompt = usage_count(*usage, "prompt_tokens");
-    t.embedding_tokens += prompt > 0 ? prompt : usage_count(*usage, "total_tokens");
-  }
+  add_usage(op, usage_counts(*usage), t);
 }
 
 UpstreamOutcome& outcome_of(UpstreamOperation op, TelemetryData& t) {
@@ -629,8 +632,7 @@ class StreamRelay : public SseAnswer {
   /// The stream ended (or was stopped).
   boost::asio::awaitable<Response> finish(TelemetryData& t, UpstreamOutcome& outcome) {
     if (!sse_) co_return whole_answer(t, outcome);
-    if (!error_)
-      for (SseEvent& event : parser_.finish()) co_await handle(event);
+    for (SseEvent& event : parser_.finish()) co_await handle(event);
     if (usage_) add_usage(UpstreamOperation::chat_completions, *usage_, t);
     const bool complete = !seen_.empty() && seen_.size() == finished_.size();
     if (std::optional<Response> problem = stream_problem(outcome, complete))
@@ -649,11 +651,7 @@ class StreamRelay : public SseAnswer {
     const auto choices = chunk.find("choices");
     bool usage_only = false;
     if (const auto u = chunk.find("usage"); u != chunk.end() && u->is_object()) {
-      UsageCounts counts;
-      counts.prompt_tokens = usage_count(*u, "prompt_tokens");
-      counts.completion_tokens = usage_count(*u, "completion_tokens");
-      counts.total_tokens = usage_count(*u, "total_tokens");
-      usage_ = counts;
+      usage_ = usage_counts(*u);
       usage_json_ = *u;
       usage_only = choices == chunk.end() || (choices->is_array() && choices->empty());
     }
@@ -737,29 +735,60 @@ void log_failure(const Deployment& d, UpstreamOperation op, const HttpError& e) 
                    held_back_note(*held));
 }
 
+/// One upstream call ready to send: the request (auth, the request id), and what its
+/// answer is checked and logged with.
+struct UpstreamCall {
+  HttpRequest request;
+  std::optional<std::string> token;  // the Entra ID token, when one is used
+  std::string log_url;
+  Steady::time_point started;
+  /// The call's secrets, kept out of messages built from upstream content.
+  [[nodiscard]] Secrets secrets(const Deployment& d) const {
+    return Secrets{d.api_key, token ? std::string_view(*token) : std::string_view()};
+  }
+};
+
+/// Builds the call of `body` (sent as given) to `d`. `body` and `options` must outlive
+/// the awaitable (the callers await it at once).
+boost::asio::awaitable<UpstreamCall> begin_call(const Deployment& d, UpstreamOperation op,
+                                                const json& body, const TelemetryData& t,
+                                                const ProviderOptions& options) {
+  UpstreamCall call;
+  if (d.provider == Provider::azure && options.azure_token_provider) {
+    std::string fresh = co_await options.azure_token_provider();
+    call.token = std::move(fresh);
+  }
+  call.request = build_upstream_request(d, op, body, options, call.token);
+  // The request's id (1-128 printable ASCII, checked at admission) goes upstream, so that
+  // the provider's logs and ours can be joined.
+  if (!t.request_id.empty()) {
+    call.request.headers.emplace_back("x-request-id", t.request_id);
+    if (d.provider == Provider::azure)
+      call.request.headers.emplace_back("x-ms-client-request-id", t.request_id);
+  }
+  call.log_url = url_for_debug_log(call.request.url);
+  call.started = Steady::now();
+  co_return call;
+}
+
+/// A call that failed in transport: the outcome recorded, the failure logged, its answer.
+Response failed_call(const Deployment& d, UpstreamOperation op, const HttpError& e,
+                     UpstreamOutcome& outcome) {
+  outcome = outcome_from_error(e);
+  log_failure(d, op, e);
+  return transport_error_response(d, e);
+}
+
 /// `body` and `options` must outlive the awaitable (the callers await it at once).
 boost::asio::awaitable<Response> call_upstream(HttpClient& client, const Deployment& d,
                                                UpstreamOperation op, const json& body,
                                                TelemetryData& t, const ProviderOptions& options) {
   UpstreamOutcome& outcome = outcome_of(op, t);
   if (!body.is_object()) co_return invalid_body_response(op);
-  std::optional<std::string> token;
-  if (d.provider == Provider::azure && options.azure_token_provider) {
-    std::string fresh = co_await options.azure_token_provider();
-    token = std::move(fresh);
-  }
-  const Secrets secrets{d.api_key, token ? std::string_view(*token) : std::string_view()};
+  UpstreamCall call = co_await begin_call(d, op, body, t, options);
+  const Secrets secrets = call.secrets(d);
   const bool streaming = op == UpstreamOperation::chat_completions && is_streaming(body);
-  HttpRequest request = build_upstream_request(d, op, body, options, token);
-  // The request's id (1-128 printable ASCII, checked at admission) goes upstream, so that
-  // the provider's logs and ours can be joined.
-  if (!t.request_id.empty()) {
-    request.headers.emplace_back("x-request-id", t.request_id);
-    if (d.provider == Provider::azure)
-      request.headers.emplace_back("x-ms-client-request-id", t.request_id);
-  }
-  const std::string log_url = url_for_debug_log(request.url);
-  const Steady::time_point started = Steady::now();
+  HttpRequest& request = call.request;
 
   std::optional<Response> result;
   std::optional<HttpError> failure;
@@ -783,12 +812,8 @@ boost::asio::awaitable<Response> call_upstream(HttpClient& client, const Deploym
   } catch (const HttpError& e) {
     failure = e;
   }
-  if (failure) {
-    outcome = outcome_from_error(*failure);
-    log_failure(d, op, *failure);
-    co_return transport_error_response(d, *failure);
-  }
-  log_call(d, op, log_url, result->status, started);
+  if (failure) co_return failed_call(d, op, *failure, outcome);
+  log_call(d, op, call.log_url, result->status, call.started);
   co_return std::move(*result);
 }
 
@@ -930,22 +955,9 @@ boost::asio::awaitable<Response> call_chat_streaming(HttpClient& client,
   if (!body.is_object()) co_return invalid_body_response(UpstreamOperation::chat_completions);
   const bool pass_usage = asks_for_usage(body);
   const json sent = streaming_body(body, options);
-  std::optional<std::string> token;
-  if (d.provider == Provider::azure && options.azure_token_provider) {
-    std::string fresh = co_await options.azure_token_provider();
-    token = std::move(fresh);
-  }
-  const Secrets secrets{d.api_key, token ? std::string_view(*token) : std::string_view()};
-  HttpRequest request =
-      build_upstream_request(d, UpstreamOperation::chat_completions, sent, options, token);
-  if (!telemetry.request_id.empty()) {
-    request.headers.emplace_back("x-request-id", telemetry.request_id);
-    if (d.provider == Provider::azure)
-      request.headers.emplace_back("x-ms-client-request-id", telemetry.request_id);
-  }
-  const std::string log_url = url_for_debug_log(request.url);
-  const Steady::time_point started = Steady::now();
-  StreamRelay relay(secrets, options.max_json_depth, pass_usage, out);
+  UpstreamCall call =
+      co_await begin_call(d, UpstreamOperation::chat_completions, sent, telemetry, options);
+  StreamRelay relay(call.secrets(d), options.max_json_depth, pass_usage, out);
   std::optional<HttpError> failure;
   try {
     std::function<void(const HttpResponse&)> on_head = [&relay](const HttpResponse& head) {
@@ -953,20 +965,16 @@ boost::asio::awaitable<Response> call_chat_streaming(HttpClient& client,
     };
     std::function<boost::asio::awaitable<void>(std::string_view)> on_chunk =
         [&relay](std::string_view chunk) { return relay.on_chunk(chunk); };
-    co_await client.request_streaming_paced(std::move(request), std::move(on_head),
+    co_await client.request_streaming_paced(std::move(call.request), std::move(on_head),
                                             std::move(on_chunk));
   } catch (const HttpError& e) {
     failure = e;
   } catch (const StopReading&) {
     // the relay holds the error; the connection is closed
   }
-  if (failure) {
-    outcome = outcome_from_error(*failure);
-    log_failure(d, UpstreamOperation::chat_completions, *failure);
-    co_return transport_error_response(d, *failure);
-  }
+  if (failure) co_return failed_call(d, UpstreamOperation::chat_completions, *failure, outcome);
   Response r = co_await relay.finish(telemetry, outcome);
-  log_call(d, UpstreamOperation::chat_completions, log_url, r.status, started);
+  log_call(d, UpstreamOperation::chat_completions, call.log_url, r.status, call.started);
   co_return r;
 }
 

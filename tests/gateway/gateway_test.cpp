@@ -338,12 +338,18 @@ class GatewayTest : public ::testing::Test {
   /// reading the answer.
   static void write_chat(tcp::socket& s, const std::string& user,
                          const std::string& priority = {}) {
+    write_chat_body(s, chat("gpt-4o"), user, priority);
+  }
+
+  /// Sends `body` to /v1/chat/completions as `user` on `s` without reading the answer.
+  static void write_chat_body(tcp::socket& s, const json& body, const std::string& user,
+                              const std::string& priority = {}) {
     http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
     req.set(http::field::host, "127.0.0.1");
     req.set(http::field::content_type, "application/json");
     req.set("x-user-id", user);
     if (!priority.empty()) req.set("x-llmq-priority", priority);
-    req.body() = chat("gpt-4o").dump();
+    req.body() = body.dump();
     req.prepare_payload();
     http::write(s, req);
   }
@@ -911,13 +917,7 @@ TEST_F(GatewayTest, AClientThatLeavesMidStreamCancelsTheUpstreamCall) {
   body["stream_gap_ms"] = 20;
   {
     auto s = connect();
-    http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
-    req.set(http::field::host, "127.0.0.1");
-    req.set(http::field::content_type, "application/json");
-    req.set("x-user-id", "alice");
-    req.body() = body.dump();
-    req.prepare_payload();
-    http::write(s, req);
+    write_chat_body(s, body, "alice");
     const std::string got = read_until(s, "data: {\"i\":1}");
     EXPECT_NE(got.find("data: {\"i\":0}"), std::string::npos);
   }  // the client closes the connection mid-stream
@@ -1684,13 +1684,7 @@ TEST_F(GatewayTest, StreamsFromSeveralThreadsArriveWhole) {
       auto s = connect();
       json body = streamed_chat(1000);
       body["stream_gap_ms"] = 2;
-      http::request<http::string_body> req{http::verb::post, "/v1/chat/completions", 11};
-      req.set(http::field::host, "127.0.0.1");
-      req.set(http::field::content_type, "application/json");
-      req.set("x-user-id", "leaver-" + std::to_string(i));
-      req.body() = body.dump();
-      req.prepare_payload();
-      http::write(s, req);
+      write_chat_body(s, body, "leaver-" + std::to_string(i));
       (void)read_until(s, "data: {\"i\":3}");
     }
   });

@@ -197,38 +197,33 @@ await check('a throttled deployment before the first byte is retried elsewhere, 
   }
 });
 
-await check('a stream that breaks off mid-way ends with an error, not a silent truncation', async () => {
-  await setFaults('gpt-4o-slow', { stream_break_rate: 1, stream_fault_after: 3 });
+/// Streams from gpt-4o-slow with `faults` set on it; returns the error the stream ended
+/// with and the content pieces that came before it.
+async function streamWithFaults(faults) {
+  await setFaults('gpt-4o-slow', faults);
   try {
     const stream = await openai.chat.completions.create({ model: 'gpt-4o-slow', messages: streamMessages, stream: true });
-    let error;
     const texts = [];
     try {
       for await (const chunk of stream) if (chunk.choices[0]) texts.push(chunk.choices[0].delta.content);
     } catch (e) {
-      error = e;
+      return { error: e, texts };
     }
-    assert(error instanceof OpenAI.APIError, `got ${error && error.constructor && error.constructor.name}`);
-    assert(texts.length > 0, 'chunks before the break reached the client');
+    return { error: undefined, texts };
   } finally {
     await setFaults('gpt-4o-slow', {});
   }
+}
+
+await check('a stream that breaks off mid-way ends with an error, not a silent truncation', async () => {
+  const { error, texts } = await streamWithFaults({ stream_break_rate: 1, stream_fault_after: 3 });
+  assert(error instanceof OpenAI.APIError, `got ${error && error.constructor && error.constructor.name}`);
+  assert(texts.length > 0, 'chunks before the break reached the client');
 });
 
 await check('a malformed chunk mid-stream ends the stream with an error', async () => {
-  await setFaults('gpt-4o-slow', { stream_malformed_rate: 1, stream_fault_after: 3 });
-  try {
-    const stream = await openai.chat.completions.create({ model: 'gpt-4o-slow', messages: streamMessages, stream: true });
-    let error;
-    try {
-      for await (const chunk of stream) void chunk;
-    } catch (e) {
-      error = e;
-    }
-    assert(error instanceof OpenAI.APIError, `got ${error && error.constructor && error.constructor.name}`);
-  } finally {
-    await setFaults('gpt-4o-slow', {});
-  }
+  const { error } = await streamWithFaults({ stream_malformed_rate: 1, stream_fault_after: 3 });
+  assert(error instanceof OpenAI.APIError, `got ${error && error.constructor && error.constructor.name}`);
 });
 
 await check('aborting mid-stream cancels the upstream call', async () => {
