@@ -18,8 +18,14 @@ request = function()
   return requests[n % 64]
 end
 done = function(summary, latency, requests)
-  io.write(string.format("RESULT requests/s %.0f p50_us %d p99_us %d errors %d non2xx %d\n",
+  io.write(string.format("RESULT requests/s %.0f p50_us %d p99_us %d errors %d non2xx %d requests %d\n",
     summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99),
     summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout,
-    summary.errors.status))
+    summary.errors.status, summary.requests))
+  -- The latency distribution, for bench/gateway/plot_latency.sh: one line per percentile.
+  if os.getenv("LLMQ_BENCH_PERCENTILES") then
+    for _, p in ipairs({1, 5, 10, 25, 50, 75, 90, 95, 99, 99.5, 99.9, 99.99}) do
+      io.write(string.format("PERCENTILE %g %d\n", p, latency:percentile(p)))
+    end
+  end
 end

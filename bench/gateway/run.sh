@@ -6,13 +6,23 @@
 # "1 2"); LLMQ_BENCH_CONNECTIONS the wrk connection counts (default "1 16 64"). Where nginx
 # is installed it is measured too, as a plain reverse proxy to the same mock (one worker,
 # LLMQ_NGINX_WORKERS to change), and each gateway row is followed by its ratio to nginx
-# in the same run.
+# in the same run. Where the allocation counter is built (bench/alloc_count.cpp, the
+# release preset builds it), the gateway's allocations per request are counted too
+# (LLMQ_BENCH_ALLOC_CONNECTIONS, default 32). LLMQ_BENCH_LATENCY_DIR=DIR writes each row's
+# latency distribution to DIR/<target>-<connections>.dat (bench/gateway/plot_latency.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 secs=${1:-10}
 bin=${LLMQ_BUILD_DIR:-build/release}
 cmake --preset release -B "$bin" >/dev/null
 cmake --build "$bin" -j "$(nproc)" --target llmq-mock-azure llmq-gateway >/dev/null
+cmake --build "$bin" -j "$(nproc)" --target llmq_alloc_count >/dev/null 2>&1 || true
+alloc_lib=$(realpath "$bin/bench/libllmq_alloc_count.so" 2>/dev/null || true)
+latency_dir=${LLMQ_BENCH_LATENCY_DIR:-}
+if [ -n "$latency_dir" ]; then
+  mkdir -p "$latency_dir"
+  export LLMQ_BENCH_PERCENTILES=1
+fi
 # shellcheck source=../../scripts/lib/servers.sh
 source scripts/lib/servers.sh
 
@@ -44,12 +54,20 @@ fi
 
 rps=
 p50=
-run() {  # run <label> <url> <connections>: one wrk row; sets rps and p50 (us)
-  local out
-  out=$(wrk -t1 -c"$3" -d"${secs}s" --timeout 10s --latency -s bench/gateway/post.lua "$2" 2>&1 | grep RESULT)
+requests=
+run() {  # run <label> <url> <connections>: one wrk row; sets rps, p50 (us) and requests
+  local all out
+  all=$(wrk -t1 -c"$3" -d"${secs}s" --timeout 10s --latency -s bench/gateway/post.lua "$2" 2>&1)
+  out=$(grep RESULT <<<"$all" || true)
   echo "$1 connections=$3 $out"
   rps=$(awk '{print $3}' <<<"${out:-RESULT requests/s 0 p50_us 0}")
   p50=$(awk '{print $5}' <<<"${out:-RESULT requests/s 0 p50_us 0}")
+  requests=$(awk '{print $13}' <<<"${out:-RESULT requests/s 0 p50_us 0 p99_us 0 errors 0 non2xx 0 requests 0}")
+  if [ -n "$latency_dir" ]; then
+    local name
+    name=$(xargs <<<"$1" | tr ' =' '-')
+    awk '/^PERCENTILE/ {print $2, $3}' <<<"$all" >"$latency_dir/$name-$3.dat"
+  fi
 }
 echo "machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 direct_path="/openai/deployments/bench-chat-1/chat/completions?api-version=2024-10-21"
@@ -70,3 +88,32 @@ for c in ${LLMQ_BENCH_CONNECTIONS:-1 16 64}; do
     fi
   done
 done
+
+# Allocations per request: the gateway (one thread) started with the counter preloaded,
+# once serving wrk's load and once serving nothing; the difference of their counts over
+# the requests served.
+if [ -n "$alloc_lib" ]; then
+  { cat bench/gateway/gateway.yaml; echo "  threads: 1"; } >"$work/gateway-alloc.yaml"
+  count_allocations() {  # count_allocations <connections, 0 for none>: prints count, requests
+    local port_file=$work/alloc.port count_file=$work/alloc.count pid
+    latency_dir=  # (in this subshell) the counted row is not a latency row
+    rm -f "$port_file" "$count_file"
+    LLMQ_BENCH_MOCK_URL="$mock" LLMQ_BENCH_UPSTREAM_KEY=bench-upstream-key \
+      LD_PRELOAD="$alloc_lib" LLMQ_ALLOC_COUNT_FILE="$count_file" \
+      "$bin/apps/gateway/llmq-gateway" --config "$work/gateway-alloc.yaml" --port 0 \
+      --port-file "$port_file" >"$work/alloc.log" 2>&1 &
+    pid=$!
+    for _ in $(seq 1 100); do [ -s "$port_file" ] && break; sleep 0.1; done
+    requests=0
+    if [ "$1" != 0 ]; then
+      run "gateway (counted)" "http://127.0.0.1:$(cat "$port_file")/v1/chat/completions" "$1" >&2
+    fi
+    kill -TERM "$pid"
+    wait "$pid" || true
+    echo "$(awk '{print $2}' "$count_file") $requests"
+  }
+  read -r idle _ <<<"$(count_allocations 0)"
+  read -r loaded requests <<<"$(count_allocations "${LLMQ_BENCH_ALLOC_CONNECTIONS:-32}")"
+  echo "gateway allocations per request: $(awk -v a="$loaded" -v b="$idle" -v n="$requests" \
+    'BEGIN {printf "%.1f", (a - b) / n}') ($loaded counted over $requests requests, $idle with none)"
+fi

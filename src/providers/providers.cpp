@@ -45,9 +45,9 @@ std::string_view strip_trailing_slashes(std::string_view s) {
   return s;
 }
 
-std::string percent_encode(std::string_view s) {
+/// Appends `s` to `out` percent-encoded (everything but RFC 3986's unreserved characters).
+void append_percent_encoded(std::string& out, std::string_view s) {
   static constexpr char kHex[] = "0123456789ABCDEF";
-  std::string out;
   for (char c : s) {
     const auto u = static_cast<unsigned char>(c);
     if (std::isalnum(u) || c == '-' || c == '.' || c == '_' || c == '~') {
@@ -58,7 +58,6 @@ std::string percent_encode(std::string_view s) {
       out += kHex[u & 0x0f];
     }
   }
-  return out;
 }
 
 /// Replaces every occurrence of a secret by "***".
@@ -861,23 +860,26 @@ std::string upstream_url(const Deployment& d, UpstreamOperation op,
     base = strip_trailing_slashes(base);
     if (ends_with(base, "/openai")) base.remove_suffix(7);
     base = strip_trailing_slashes(base);
-    url = std::string(base);
+    const std::string& version =
+        d.api_version.empty() ? options.default_api_version : d.api_version;
+    // One allocation per request: room for the path and the encoded names' usual size.
+    url.reserve(base.size() + d.deployment_name_in_azure.size() + version.size() + 64);
+    url = base;
     if (options.azure_url_style == AzureUrlStyle::v1) {
       url += "/openai/v1/";
       url += operation_path(op);
       return url;
     }
-    const std::string& version =
-        d.api_version.empty() ? options.default_api_version : d.api_version;
     url += "/openai/deployments/";
-    url += percent_encode(d.deployment_name_in_azure);
+    append_percent_encoded(url, d.deployment_name_in_azure);
     url += '/';
     url += operation_path(op);
     url += "?api-version=";
-    url += percent_encode(version);
+    append_percent_encoded(url, version);
     return url;
   }
-  url = std::string(base);
+  url.reserve(base.size() + 32);
+  url = base;
   url += ends_with(base, "/v1") ? "/" : "/v1/";
   url += operation_path(op);
   return url;

@@ -694,14 +694,15 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     if (plain) {
       if (const ResourceClass* c = plain_slot.load(std::memory_order_acquire)) return c;
     }
-    std::string key;
-    key.reserve(64);
-    auto add_key = [&key](bool need, const std::optional<std::string>& id,
-                          const std::optional<std::string>& name) {
+    // The class key is built in a buffer each thread keeps: no allocation per request.
+    thread_local std::string key;
+    key.clear();
+    auto add_key = [](bool need, const std::optional<std::string>& id,
+                      const std::optional<std::string>& name) {
       key += need ? '1' : '0';
-      key += id ? *id : std::string();
+      if (id) key += *id;
       key += '\x1f';
-      key += name ? *name : std::string();
+      if (name) key += *name;
       key += '\x1e';
     };
     add_key(p.require_llm_model, p.specific_llm_model, p.llm_model_name);
@@ -730,7 +731,7 @@ class QueueCore : public std::enable_shared_from_this<QueueCore> {
     rc.index = static_cast<std::uint32_t>(s.classes.size());
     s.classes.push_back(std::move(rc));
     const ResourceClass* out = &s.classes.back();
-    s.class_index.emplace(std::move(key), out);
+    s.class_index.emplace(key, out);
     if (plain) plain_slot.store(out, std::memory_order_release);
     return out;
   }
