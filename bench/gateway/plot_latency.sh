@@ -26,13 +26,14 @@ panels=$(wc -w <<<"$conns")
   # x: the percentile on a "nines" scale, -log10(1 - p/100): 90 -> 1, 99 -> 2, 99.9 -> 3.
   echo 'set xtics ("50" 0.301, "90" 1, "99" 2, "99.9" 3, "99.99" 4)'
   echo 'set xrange [0:4.2]'
+  # shellcheck disable=SC2016  # gnuplot's $1 and $2, not the shell's
+  curve='using (-log10(1-$1/100)):($2/1000) with linespoints'
   for c in $conns; do
     echo "set title \"$c connection$([ "$c" = 1 ] || echo s)\""
-    line="plot \"$dir/direct-$c.dat\" using (-log10(1-\$1/100)):(\$2/1000) with linespoints title \"mock directly\""
-    [ -f "$dir/nginx-$c.dat" ] &&
-      line+=", \"$dir/nginx-$c.dat\" using (-log10(1-\$1/100)):(\$2/1000) with linespoints title \"nginx\""
+    line="plot \"$dir/direct-$c.dat\" $curve title \"mock directly\""
+    [ -f "$dir/nginx-$c.dat" ] && line+=", \"$dir/nginx-$c.dat\" $curve title \"nginx\""
     for t in $threads; do
-      line+=", \"$dir/gateway-threads-$t-$c.dat\" using (-log10(1-\$1/100)):(\$2/1000) with linespoints title \"llmq-gateway ($t thread$([ "$t" = 1 ] || echo s))\""
+      line+=", \"$dir/gateway-threads-$t-$c.dat\" $curve title \"llmq-gateway ($t thread$([ "$t" = 1 ] || echo s))\""
     done
     echo "$line"
   done

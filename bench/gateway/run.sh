@@ -58,11 +58,9 @@ requests=
 run() {  # run <label> <url> <connections>: one wrk row; sets rps, p50 (us) and requests
   local all out
   all=$(wrk -t1 -c"$3" -d"${secs}s" --timeout 10s --latency -s bench/gateway/post.lua "$2" 2>&1)
-  out=$(grep RESULT <<<"$all" || true)
+  out=$(grep RESULT <<<"$all" || echo "RESULT requests/s 0 p50_us 0 p99_us 0 errors 0 non2xx 0 requests 0")
   echo "$1 connections=$3 $out"
-  rps=$(awk '{print $3}' <<<"${out:-RESULT requests/s 0 p50_us 0}")
-  p50=$(awk '{print $5}' <<<"${out:-RESULT requests/s 0 p50_us 0}")
-  requests=$(awk '{print $13}' <<<"${out:-RESULT requests/s 0 p50_us 0 p99_us 0 errors 0 non2xx 0 requests 0}")
+  read -r _ _ rps _ p50 _ _ _ _ _ _ _ requests <<<"$out"
   if [ -n "$latency_dir" ]; then
     local name
     name=$(xargs <<<"$1" | tr ' =' '-')
@@ -94,26 +92,23 @@ done
 # the requests served.
 if [ -n "$alloc_lib" ]; then
   { cat bench/gateway/gateway.yaml; echo "  threads: 1"; } >"$work/gateway-alloc.yaml"
-  count_allocations() {  # count_allocations <connections, 0 for none>: prints count, requests
-    local port_file=$work/alloc.port count_file=$work/alloc.count pid
+  count_allocations() {  # count_allocations <name> <connections, 0 for none>: prints count, requests
     latency_dir=  # (in this subshell) the counted row is not a latency row
-    rm -f "$port_file" "$count_file"
-    LLMQ_BENCH_MOCK_URL="$mock" LLMQ_BENCH_UPSTREAM_KEY=bench-upstream-key \
-      LD_PRELOAD="$alloc_lib" LLMQ_ALLOC_COUNT_FILE="$count_file" \
-      "$bin/apps/gateway/llmq-gateway" --config "$work/gateway-alloc.yaml" --port 0 \
-      --port-file "$port_file" >"$work/alloc.log" 2>&1 &
-    pid=$!
-    for _ in $(seq 1 100); do [ -s "$port_file" ] && break; sleep 0.1; done
+    start_server "$1" env LLMQ_BENCH_MOCK_URL="$mock" LLMQ_BENCH_UPSTREAM_KEY=bench-upstream-key \
+      LD_PRELOAD="$alloc_lib" LLMQ_ALLOC_COUNT_FILE="$work/$1.count" \
+      "$bin/apps/gateway/llmq-gateway" --config "$work/gateway-alloc.yaml" >&2
     requests=0
-    if [ "$1" != 0 ]; then
-      run "gateway (counted)" "http://127.0.0.1:$(cat "$port_file")/v1/chat/completions" "$1" >&2
-    fi
-    kill -TERM "$pid"
-    wait "$pid" || true
-    echo "$(awk '{print $2}' "$count_file") $requests"
+    if [ "$2" != 0 ]; then run "gateway (counted)" "$server_url/v1/chat/completions" "$2" >&2; fi
+    kill -TERM "${pids[-1]}"
+    wait "${pids[-1]}" || true
+    echo "$(awk '{print $2}' "$work/$1.count") $requests"
   }
-  read -r idle _ <<<"$(count_allocations 0)"
-  read -r loaded requests <<<"$(count_allocations "${LLMQ_BENCH_ALLOC_CONNECTIONS:-32}")"
-  echo "gateway allocations per request: $(awk -v a="$loaded" -v b="$idle" -v n="$requests" \
-    'BEGIN {printf "%.1f", (a - b) / n}') ($loaded counted over $requests requests, $idle with none)"
+  read -r idle _ <<<"$(count_allocations alloc-idle 0)"
+  read -r loaded requests <<<"$(count_allocations alloc-load "${LLMQ_BENCH_ALLOC_CONNECTIONS:-32}")"
+  if [ "${requests:-0}" -gt 0 ]; then
+    echo "gateway allocations per request: $(awk -v a="$loaded" -v b="$idle" -v n="$requests" \
+      'BEGIN {printf "%.1f", (a - b) / n}') ($loaded counted over $requests requests, $idle with none)"
+  else
+    echo "gateway allocations per request: not measured (no request answered)"
+  fi
 fi
